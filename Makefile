@@ -1,0 +1,49 @@
+# meshbox: the README's two commands are `make demo` and `make test`.
+# Both bootstrap what they need: Debian packages (as root) and a venv in .venv/.
+
+SHELL := /bin/bash
+# Debian's interpreter, not a pyenv shim: the proxy runs as UID 1337 and must be able to read it.
+SYSTEM_PYTHON ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DISTS := protos init injector proxy agent discovery ctl
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap venv test lint typecheck proto proto-check demo bench images clean
+
+help:
+	@echo "make demo    run the tutorial on a local mesh (network namespaces; needs root)"
+	@echo "make test    run the whole test suite (lint, type check, unit, integration, e2e)"
+	@echo "make bench   run the benchmarks and print a table of ratios"
+	@echo "make proto   regenerate meshbox.api from protos/"
+	@echo "make lint    ruff + mypy"
+
+bootstrap:
+	@scripts/bootstrap-system.sh
+
+$(VENV)/.installed: $(foreach d,$(DISTS),$(d)/pyproject.toml) requirements-dev.txt
+	@test -x $(SYSTEM_PYTHON) || { echo "need $(SYSTEM_PYTHON) (apt-get install python3 python3-venv)"; exit 1; }
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt $(foreach d,$(DISTS),-e ./$(d))
+	@touch $@
+
+venv: bootstrap $(VENV)/.installed
+
+proto: venv
+	$(PY) scripts/gen_protos.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy protos/meshbox/api $(foreach d,init injector proxy agent discovery ctl,$(d)/meshbox)
+
+test: venv lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+demo: venv
+	$(VENV)/bin/meshctl demo
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,144 @@
+"""Fixtures shared by every test folder: root checks, network namespaces, UID 1337 processes.
+
+Tests that need root (namespaces, iptables, setpriv) use the ``root`` fixture: under CI
+(CI=true) a missing privilege is a failure, elsewhere a skip that says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent
+PROXY_UID = 1337
+
+
+def need(condition: bool, why: str) -> None:
+    """Fail under CI, skip elsewhere, when a test's precondition is missing."""
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide this: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture
+def root() -> None:
+    """The test needs root (network namespaces, iptables, setpriv)."""
+    need(os.geteuid() == 0, "needs root for network namespaces and iptables (run the suite as root)")
+    for tool in ("ip", "iptables", "setpriv"):
+        need(shutil.which(tool) is not None, f"needs {tool} (make bootstrap installs it)")
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+@dataclass
+class Netns:
+    """A network namespace made by a test; removed with every process started in it."""
+
+    name: str
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a command in the namespace and wait for it."""
+        return _run(*self.cmd(*args), check=check)
+
+    def popen(self, *args: str, uid: int | None = None, **kwargs: object) -> subprocess.Popen[bytes]:
+        """Start a long-running process in the namespace (optionally as ``uid``); stopped at teardown."""
+        prefix = self.cmd()
+        if uid is not None:
+            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        proc = subprocess.Popen([*prefix, *args], start_new_session=True, **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=5)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    proc.wait()
+        _run("ip", "netns", "delete", self.name, check=False)
+
+
+class NetnsFactory:
+    """Makes uniquely named namespaces (``mbt-<tag>-<random>``) with lo up, and links them."""
+
+    def __init__(self) -> None:
+        self.made: list[Netns] = []
+        self._prefix = f"mbt{uuid.uuid4().hex[:6]}"
+        self._links = 0
+
+    def __call__(self, tag: str = "ns") -> Netns:
+        ns = Netns(f"{self._prefix}-{tag}")
+        _run("ip", "netns", "add", ns.name)
+        self.made.append(ns)
+        ns.run("ip", "link", "set", "lo", "up")
+        return ns
+
+    def link(self, a: Netns, a_cidr: str, b: Netns, b_cidr: str) -> None:
+        """Connect two namespaces with a veth pair and give each end an address (e.g. 10.99.0.1/24)."""
+        self._links += 1
+        va, vb = f"{self._prefix[:8]}a{self._links}", f"{self._prefix[:8]}b{self._links}"
+        _run("ip", "link", "add", va, "netns", a.name, "type", "veth", "peer", "name", vb, "netns", b.name)
+        for ns, dev, cidr in ((a, va, a_cidr), (b, vb, b_cidr)):
+            ns.run("ip", "addr", "add", cidr, "dev", dev)
+            ns.run("ip", "link", "set", dev, "up")
+
+    def cleanup(self) -> None:
+        for ns in reversed(self.made):
+            ns.stop()
+
+
+@pytest.fixture
+def netns(root: None) -> Iterator[NetnsFactory]:
+    """Factory of network namespaces; everything it made is removed after the test."""
+    factory = NetnsFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+def make_traversable_for_others(path: Path) -> None:
+    """Give 'others' search (x) permission on every ancestor of path, so UID 1337 can reach it.
+
+    Only the execute bit is added: directory listings stay private.
+    """
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)
+
+
+@pytest.fixture
+def uid1337_python(root: None) -> str:
+    """An interpreter path (this venv's) that a process running as UID 1337 can execute."""
+    python = Path(sys.executable)
+    make_traversable_for_others(REPO)
+    make_traversable_for_others(python.parent)
+    probe = _run("setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--",
+                 str(python), "-c", "import meshbox.api", check=False)
+    need(probe.returncode == 0, f"UID {PROXY_UID} cannot run {python}: {probe.stderr.strip()}")
+    return str(python)

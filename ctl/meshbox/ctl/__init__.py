@@ -1,0 +1,1 @@
+"""meshctl: the meshbox user CLI."""

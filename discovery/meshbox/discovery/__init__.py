@@ -1,0 +1,1 @@
+"""meshbox discovery: the control plane that serves each proxy its config over gRPC."""

@@ -1,0 +1,7 @@
+"""meshbox's shared config model.
+
+- ``meshbox.api.v1``: messages generated from protos/meshbox/api/v1/*.proto
+  (MeshConfig, the proxy config resources, RouteRuleSpec, the discovery service).
+- ``meshbox.api.loader``: YAML/JSON documents → those messages, with errors naming the bad field.
+- ``meshbox.api.defaults``: the defaults every component applies to a MeshConfig.
+"""

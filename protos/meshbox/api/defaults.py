@@ -1,0 +1,64 @@
+"""Mesh-wide defaults, applied on top of whatever a user's mesh config sets.
+
+Port numbers and the proxy UID follow the peers (Istio), so users find them where
+they expect: 15001 outbound capture, 15000 admin, 15020 agent status, UID/GID 1337.
+Inbound capture defaults to single-port mode (0 = same as outbound), as in the
+2017 tutorial's `-p 15001 -u 1337`.
+"""
+
+from __future__ import annotations
+
+from meshbox.api.v1 import mesh_config_pb2
+
+OUTBOUND_CAPTURE_PORT = 15001
+SPLIT_INBOUND_CAPTURE_PORT = 15006
+ADMIN_PORT = 15000
+AGENT_STATUS_PORT = 15020
+PROXY_UID = 1337
+PROXY_GID = 1337
+DISCOVERY_PORT = 15010
+DISCOVERY_ADDRESS = f"meshbox-discovery.meshbox-system.svc:{DISCOVERY_PORT}"
+HUB = "docker.io/meshbox"
+TAG = "0.1.0"
+
+
+def default_mesh_config() -> mesh_config_pb2.MeshConfig:
+    """A MeshConfig with every default filled in."""
+    return mesh_config_pb2.MeshConfig(
+        ports=mesh_config_pb2.ProxyPorts(
+            outbound_capture=OUTBOUND_CAPTURE_PORT,
+            inbound_capture=0,
+            admin=ADMIN_PORT,
+            agent_status=AGENT_STATUS_PORT,
+        ),
+        proxy_uid=PROXY_UID,
+        proxy_gid=PROXY_GID,
+        discovery_address=DISCOVERY_ADDRESS,
+        hub=HUB,
+        tag=TAG,
+        log_level=mesh_config_pb2.INFO,
+        outbound_traffic_policy=mesh_config_pb2.ALLOW_ANY,
+    )
+
+
+def with_defaults(config: mesh_config_pb2.MeshConfig) -> mesh_config_pb2.MeshConfig:
+    """Return a copy of ``config`` with unset scalar fields taken from the defaults.
+
+    Repeated fields (CIDR and port lists) are the user's as written: an empty list is a choice.
+    """
+    merged = default_mesh_config()
+    merged.ports.MergeFrom(config.ports)
+    for field, value in config.ListFields():
+        if field.name == "ports":
+            continue
+        if field.label == field.LABEL_REPEATED:
+            merged.ClearField(field.name)
+            getattr(merged, field.name).extend(value)
+        else:
+            setattr(merged, field.name, value)
+    return merged
+
+
+def inbound_capture_port(config: mesh_config_pb2.MeshConfig) -> int:
+    """The effective inbound capture port (single-port mode reuses the outbound one)."""
+    return config.ports.inbound_capture or config.ports.outbound_capture

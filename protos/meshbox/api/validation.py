@@ -1,0 +1,162 @@
+"""Semantic checks of config-model messages, shared by every component.
+
+The loader checks shape (field names, types); these check meaning (port ranges,
+CIDRs, references between resources). The proxy and the discovery server run
+them before accepting a config, so an invalid one is refused (NACKed) whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2
+
+
+class ValidationError(ValueError):
+    """A config that parses but cannot be applied; the message names source and field."""
+
+    def __init__(self, reason: str, *, source: str = "<config>", path: str = "") -> None:
+        self.reason = reason
+        self.source = source
+        self.path = path
+        super().__init__(f"{source}: {path}: {reason}" if path else f"{source}: {reason}")
+
+
+def check_port(value: int, *, source: str, path: str, allow_zero: bool = False) -> None:
+    """Raise ValidationError unless value is a TCP port (1..65535, or 0 when allowed)."""
+    if allow_zero and value == 0:
+        return
+    if not 1 <= value <= 65535:
+        raise ValidationError(f"port must be 1..65535, got {value}", source=source, path=path)
+
+
+def check_cidr(value: str, *, source: str, path: str, allow_wildcard: bool) -> None:
+    """Raise ValidationError unless value is an IPv4/IPv6 CIDR (or '*' where allowed)."""
+    if value == "*":
+        if allow_wildcard:
+            return
+        raise ValidationError("'*' is not allowed here", source=source, path=path)
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(f"not a CIDR: {value!r}", source=source, path=path) from None
+
+
+def validate_mesh_config(config: mesh_config_pb2.MeshConfig, *, source: str = "<mesh config>") -> None:
+    """Check ports, UIDs and CIDR lists of a MeshConfig."""
+    ports = config.ports
+    check_port(ports.outbound_capture, source=source, path="ports.outbound_capture")
+    check_port(ports.inbound_capture, source=source, path="ports.inbound_capture", allow_zero=True)
+    check_port(ports.admin, source=source, path="ports.admin")
+    check_port(ports.agent_status, source=source, path="ports.agent_status")
+    used: dict[int, str] = {}
+    for name in ("outbound_capture", "inbound_capture", "admin", "agent_status"):
+        port = getattr(ports, name)
+        if port and port in used and not (name == "inbound_capture" and used[port] == "outbound_capture"):
+            raise ValidationError(f"port {port} is also {used[port]}", source=source, path=f"ports.{name}")
+        used.setdefault(port, name)
+    for i, cidr in enumerate(config.include_outbound_cidrs):
+        check_cidr(cidr, source=source, path=f"include_outbound_cidrs[{i}]", allow_wildcard=True)
+    for i, cidr in enumerate(config.exclude_outbound_cidrs):
+        check_cidr(cidr, source=source, path=f"exclude_outbound_cidrs[{i}]", allow_wildcard=False)
+    for i, port in enumerate(config.exclude_inbound_ports):
+        check_port(port, source=source, path=f"exclude_inbound_ports[{i}]")
+    for i, port in enumerate(config.exclude_outbound_ports):
+        check_port(port, source=source, path=f"exclude_outbound_ports[{i}]")
+    if config.proxy_uid == 0:
+        raise ValidationError("the proxy must not run as root (uid 0)", source=source, path="proxy_uid")
+
+
+def _check_weights(weights: list[int], *, source: str, path: str) -> None:
+    if weights and sum(weights) <= 0:
+        raise ValidationError("weights must not all be zero", source=source, path=path)
+
+
+def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str = "<proxy config>") -> None:
+    """Check a ProxyConfig: unique names, valid ports and addresses, and no dangling references."""
+    clusters = {}
+    for i, cluster in enumerate(config.clusters):
+        if not cluster.name:
+            raise ValidationError("cluster needs a name", source=source, path=f"clusters[{i}].name")
+        if cluster.name in clusters:
+            raise ValidationError(f"duplicate cluster {cluster.name!r}", source=source, path=f"clusters[{i}].name")
+        clusters[cluster.name] = cluster
+    for i, cla in enumerate(config.endpoints):
+        if cla.cluster_name not in clusters:
+            raise ValidationError(
+                f"endpoints for unknown cluster {cla.cluster_name!r}", source=source, path=f"endpoints[{i}].cluster_name"
+            )
+        for j, ep in enumerate(cla.endpoints):
+            path = f"endpoints[{i}].endpoints[{j}]"
+            try:
+                ipaddress.ip_address(ep.address)
+            except ValueError:
+                raise ValidationError(f"not an IP address: {ep.address!r}", source=source, path=f"{path}.address") from None
+            check_port(ep.port, source=source, path=f"{path}.port")
+    route_configs = {}
+    for i, rc in enumerate(config.route_configs):
+        if not rc.name or rc.name in route_configs:
+            raise ValidationError(f"route config name {rc.name!r} missing or duplicate", source=source,
+                                  path=f"route_configs[{i}].name")
+        route_configs[rc.name] = rc
+        for j, vh in enumerate(rc.virtual_hosts):
+            for k, route in enumerate(vh.routes):
+                path = f"route_configs[{i}].virtual_hosts[{j}].routes[{k}]"
+                if not route.clusters:
+                    raise ValidationError("route has no cluster", source=source, path=f"{path}.clusters")
+                for m, wc in enumerate(route.clusters):
+                    if wc.cluster not in clusters:
+                        raise ValidationError(f"unknown cluster {wc.cluster!r}", source=source,
+                                              path=f"{path}.clusters[{m}].cluster")
+                _check_weights([wc.weight for wc in route.clusters], source=source, path=f"{path}.clusters")
+                for kind in ("delay", "abort"):
+                    if route.fault.HasField(kind):
+                        pct = getattr(route.fault, kind).percent
+                        if not 0 <= pct <= 100:
+                            raise ValidationError(f"percent must be 0..100, got {pct}", source=source,
+                                                  path=f"{path}.fault.{kind}.percent")
+                if route.fault.HasField("abort") and not 200 <= route.fault.abort.http_status <= 599:
+                    raise ValidationError(f"http_status must be 200..599, got {route.fault.abort.http_status}",
+                                          source=source, path=f"{path}.fault.abort.http_status")
+    seen: set[tuple[int, str, str]] = set()
+    for i, listener in enumerate(config.listeners):
+        path = f"listeners[{i}]"
+        check_port(listener.port, source=source, path=f"{path}.port")
+        if listener.address:
+            try:
+                ipaddress.ip_address(listener.address)
+            except ValueError:
+                raise ValidationError(f"not an IP address: {listener.address!r}", source=source,
+                                      path=f"{path}.address") from None
+        key = (listener.direction, listener.address or "0.0.0.0", str(listener.port))
+        if key in seen:
+            raise ValidationError(f"duplicate listener for {key[1]}:{key[2]}", source=source, path=path)
+        seen.add(key)
+        if listener.protocol == proxy_config_pb2.HTTP:
+            if listener.route_config not in route_configs:
+                raise ValidationError(f"unknown route config {listener.route_config!r}", source=source,
+                                      path=f"{path}.route_config")
+        elif listener.protocol == proxy_config_pb2.TCP:
+            if listener.cluster not in clusters:
+                raise ValidationError(f"unknown cluster {listener.cluster!r}", source=source, path=f"{path}.cluster")
+        else:
+            raise ValidationError("protocol must be HTTP or TCP", source=source, path=f"{path}.protocol")
+
+
+def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<route rule>", path: str = "spec") -> None:
+    """Check a RouteRuleSpec: a destination, weights summing to 100, sane fault percentages."""
+    if not spec.destination:
+        raise ValidationError("destination is required", source=source, path=f"{path}.destination")
+    if spec.route:
+        total = sum(d.weight for d in spec.route)
+        if total != 100:
+            raise ValidationError(f"route weights must add up to 100, got {total}", source=source, path=f"{path}.route")
+    for kind in ("delay", "abort"):
+        if spec.fault.HasField(kind):
+            pct = getattr(spec.fault, kind).percent
+            if not 0 <= pct <= 100:
+                raise ValidationError(f"percent must be 0..100, got {pct}", source=source,
+                                      path=f"{path}.fault.{kind}.percent")
+    if spec.fault.HasField("abort") and not 200 <= spec.fault.abort.http_status <= 599:
+        raise ValidationError(f"http_status must be 200..599, got {spec.fault.abort.http_status}", source=source,
+                              path=f"{path}.fault.abort.http_status")
