@@ -6,6 +6,7 @@ Tests that need root (namespaces, iptables, setpriv) use the ``root`` fixture: u
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -74,10 +75,8 @@ class Netns:
                     os.killpg(proc.pid, signal.SIGTERM)
                     proc.wait(timeout=5)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                     proc.wait()
         _run("ip", "netns", "delete", self.name, check=False)
 

@@ -46,16 +46,10 @@ def with_defaults(config: mesh_config_pb2.MeshConfig) -> mesh_config_pb2.MeshCon
 
     Repeated fields (CIDR and port lists) are the user's as written: an empty list is a choice.
     """
+    # proto3 MergeFrom copies only fields the user set; the defaults' lists are empty,
+    # so the user's lists come through as written.
     merged = default_mesh_config()
-    merged.ports.MergeFrom(config.ports)
-    for field, value in config.ListFields():
-        if field.name == "ports":
-            continue
-        if field.label == field.LABEL_REPEATED:
-            merged.ClearField(field.name)
-            getattr(merged, field.name).extend(value)
-        else:
-            setattr(merged, field.name, value)
+    merged.MergeFrom(config)
     return merged
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
@@ -116,7 +116,7 @@ class _Checker:
         line, col = _position(parent, key)
         return ConfigError(reason, source=self.source, path=path, line=line, column=col)
 
-    def message(self, data: Any, desc: Descriptor, path: str, parent: Any, key: Any) -> None:
+    def message(self, data: Any, desc: Any, path: str, parent: Any, key: Any) -> None:
         if desc.full_name in _SCALAR_MESSAGES:
             if not isinstance(data, str):
                 raise self.fail(f"expected a duration string such as '1.5s', got {_type_name(data)}", path, parent, key)
@@ -147,7 +147,7 @@ class _Checker:
             for k, v in value.items():
                 self.single(v, value_field, f"{path}.{k}", value, k)
             return
-        if field.label == FieldDescriptor.LABEL_REPEATED:
+        if field.is_repeated:
             if not isinstance(value, list):
                 raise self.fail(f"expected a list, got {_type_name(value)}", path, parent, key)
             for i, item in enumerate(value):
@@ -177,11 +177,10 @@ class _Checker:
         elif field.type == FieldDescriptor.TYPE_BOOL:
             if not isinstance(value, bool):
                 raise self.fail(f"expected true or false, got {_type_name(value)} {value!r}", path, parent, key)
-        elif field.type == FieldDescriptor.TYPE_STRING:
-            if not isinstance(value, str):
-                raise self.fail(
-                    f"expected a string, got {_type_name(value)} {value!r} (quote it in YAML)", path, parent, key
-                )
+        elif field.type == FieldDescriptor.TYPE_STRING and not isinstance(value, str):
+            raise self.fail(
+                f"expected a string, got {_type_name(value)} {value!r} (quote it in YAML)", path, parent, key
+            )
 
 
 def _plain(data: Any) -> Any:

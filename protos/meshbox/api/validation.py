@@ -83,15 +83,15 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
         clusters[cluster.name] = cluster
     for i, cla in enumerate(config.endpoints):
         if cla.cluster_name not in clusters:
-            raise ValidationError(
-                f"endpoints for unknown cluster {cla.cluster_name!r}", source=source, path=f"endpoints[{i}].cluster_name"
-            )
+            raise ValidationError(f"endpoints for unknown cluster {cla.cluster_name!r}", source=source,
+                                  path=f"endpoints[{i}].cluster_name")
         for j, ep in enumerate(cla.endpoints):
             path = f"endpoints[{i}].endpoints[{j}]"
             try:
                 ipaddress.ip_address(ep.address)
             except ValueError:
-                raise ValidationError(f"not an IP address: {ep.address!r}", source=source, path=f"{path}.address") from None
+                raise ValidationError(f"not an IP address: {ep.address!r}", source=source,
+                                      path=f"{path}.address") from None
             check_port(ep.port, source=source, path=f"{path}.port")
     route_configs = {}
     for i, rc in enumerate(config.route_configs):
