@@ -24,6 +24,7 @@ bootstrap:
 $(VENV)/.installed: $(foreach d,$(DISTS),$(d)/pyproject.toml) requirements-dev.txt
 	@test -x $(SYSTEM_PYTHON) || { echo "need $(SYSTEM_PYTHON) (apt-get install python3 python3-venv)"; exit 1; }
 	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip wheel
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt $(foreach d,$(DISTS),-e ./$(d))
 	@touch $@
 
