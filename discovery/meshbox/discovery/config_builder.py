@@ -1,0 +1,180 @@
+"""Registry + node → that proxy's ProxyConfig. Pure; no I/O.
+
+The outbound half (every Service, as seen from one namespace) is the same for all proxies of
+that namespace, so it is built once per namespace and shared; the inbound half (the node's own
+pod) is small and built per node. Both halves are valid on their own and never share a name,
+so their union is valid too.
+"""
+
+from __future__ import annotations
+
+from meshbox.api.v1 import discovery_pb2
+from meshbox.api.v1 import proxy_config_pb2 as pc
+from meshbox.api.validation import validate_proxy_config
+from meshbox.discovery.k8s_objects import Pod, Service, ServicePort
+from meshbox.discovery.registry import Registry
+from meshbox.discovery.route_rules import build_port_routes, cluster_name, ordered_rules, targets
+
+LOCALHOST = "127.0.0.1"
+
+
+def is_http_port(name: str) -> bool:
+    """Service ports named http*/grpc* are routed at L7, the rest proxied at L4."""
+    return name.startswith(("http", "grpc"))
+
+
+def resolve_target(port: ServicePort, pod_ports: dict[str, int] | None) -> int | None:
+    """The container port a Service port sends to on a pod (None: the pod has no such named port)."""
+    if isinstance(port.target_port, int):
+        return port.target_port
+    return (pod_ports or {}).get(port.target_port)
+
+
+def service_domains(service: Service, port: int, *, same_namespace: bool) -> list[str]:
+    """Host header values of a service's virtual host; the bare name only from its own namespace."""
+    names = [f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc", service.fqdn,
+             service.cluster_ip]
+    if same_namespace:
+        names.insert(0, service.name)
+    return [d for n in names for d in (n, f"{n}:{port}")]
+
+
+def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> list[pc.Endpoint]:
+    """Endpoints of one service port: from Endpoints/EndpointSlices when there are any, else from pods."""
+    result = []
+    sets = registry.endpoint_sets_of(service)
+    if sets:
+        for es in sets:
+            number = es.ports.get(port.name)
+            if number is None and len(es.ports) == 1:
+                number = next(iter(es.ports.values()))
+            if number is None and not es.ports and isinstance(port.target_port, int):
+                number = port.target_port
+            if number is None:
+                continue
+            for addr in es.addresses:
+                pod = registry.pod(service.namespace, addr.pod_name) if addr.pod_name else None
+                result.append(pc.Endpoint(address=addr.ip, port=number, labels=pod.labels if pod else {}))
+    else:
+        for pod in registry.pods_selected_by(service):
+            target = resolve_target(port, dict(pod.ports))
+            if target is not None:
+                result.append(pc.Endpoint(address=pod.ip, port=target, labels=pod.labels))
+    result.sort(key=lambda e: (e.address, e.port))
+    return result
+
+
+class ConfigBuilder:
+    """Builds proxy configs from one registry snapshot; caches the shared outbound half."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.warnings: list[str] = []
+        self._outbound: dict[str, pc.ProxyConfig] = {}
+        self._check_rules()
+
+    def _check_rules(self) -> None:
+        for rule in self.registry.route_rules:
+            if not any(targets(rule, s) for s in self.registry.services):
+                self.warnings.append(
+                    f"RouteRule {rule.namespace}/{rule.name}: spec.destination: no Service "
+                    f"{rule.spec.destination!r}; rule not applied"
+                )
+
+    def build(self, node: discovery_pb2.Node) -> pc.ProxyConfig:
+        """The whole config of the proxy ``node``."""
+        config = pc.ProxyConfig()
+        config.MergeFrom(self.outbound(node.pod_namespace or "default"))
+        config.MergeFrom(self.inbound(node))
+        return config
+
+    def outbound(self, namespace: str) -> pc.ProxyConfig:
+        """Clusters, endpoints, listeners and routes for every Service, as seen from ``namespace``."""
+        cached = self._outbound.get(namespace)
+        if cached is None:
+            cached = self._outbound[namespace] = self._build_outbound(namespace)
+        return cached
+
+    def _build_outbound(self, namespace: str) -> pc.ProxyConfig:
+        config = pc.ProxyConfig()
+        route_configs: dict[int, pc.RouteConfiguration] = {}
+        bound: set[tuple[str, int]] = set()
+        for service in sorted(self.registry.services, key=lambda s: (s.namespace, s.name)):
+            rules = ordered_rules(self.registry.route_rules, service)
+            for port in service.ports:
+                if (service.cluster_ip, port.port) in bound:
+                    if namespace == service.namespace:
+                        self.warnings.append(f"Service {service.namespace}/{service.name}: {service.cluster_ip}:"
+                                             f"{port.port} is already another Service's; port skipped")
+                    continue
+                bound.add((service.cluster_ip, port.port))
+                name = cluster_name("outbound", port.port, "", service.fqdn)
+                endpoints = endpoints_for(self.registry, service, port)
+                config.clusters.append(pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=service.fqdn))
+                config.endpoints.append(pc.ClusterLoadAssignment(cluster_name=name, endpoints=endpoints))
+                listener = pc.Listener(name=f"{service.cluster_ip}_{port.port}", direction=pc.OUTBOUND,
+                                       address=service.cluster_ip, port=port.port)
+                if is_http_port(port.name):
+                    listener.protocol = pc.HTTP
+                    listener.route_config = str(port.port)
+                    routes = build_port_routes(service, port.port, rules, endpoints)
+                    config.clusters.extend(routes.subset_clusters)
+                    config.endpoints.extend(routes.subset_endpoints)
+                    rc = route_configs.setdefault(port.port, pc.RouteConfiguration(name=str(port.port)))
+                    rc.virtual_hosts.append(pc.VirtualHost(
+                        name=f"{service.fqdn}:{port.port}",
+                        domains=service_domains(service, port.port, same_namespace=namespace == service.namespace),
+                        routes=routes.routes,
+                    ))
+                else:
+                    listener.protocol = pc.TCP
+                    listener.cluster = name
+                config.listeners.append(listener)
+        config.route_configs.extend(route_configs[p] for p in sorted(route_configs))
+        validate_proxy_config(config, source=f"outbound config for namespace {namespace}")
+        return config
+
+    def inbound(self, node: discovery_pb2.Node) -> pc.ProxyConfig:
+        """Listeners on the node's pod IP for each of its ports behind a Service, to the app on 127.0.0.1."""
+        config = pc.ProxyConfig()
+        namespace = node.pod_namespace or "default"
+        pod = self.registry.pod(namespace, node.pod_name)
+        pod_ip = node.pod_ip or (pod.ip if pod else "")
+        if not pod_ip:
+            return config
+        labels = dict(pod.labels) if pod else dict(node.labels)
+        seen: set[int] = set()
+        for service in sorted(self.registry.services, key=lambda s: s.name):
+            if not _selects(service, namespace, labels):
+                continue
+            for port in service.ports:
+                target = resolve_target(port, _ports(pod))
+                if target is None or target in seen:
+                    continue
+                seen.add(target)
+                name = cluster_name("inbound", target, "", service.fqdn)
+                config.clusters.append(pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=service.fqdn))
+                config.endpoints.append(pc.ClusterLoadAssignment(
+                    cluster_name=name, endpoints=[pc.Endpoint(address=LOCALHOST, port=target)]))
+                listener = pc.Listener(name=f"{pod_ip}_{target}", direction=pc.INBOUND, address=pod_ip, port=target)
+                if is_http_port(port.name):
+                    listener.protocol = pc.HTTP
+                    listener.route_config = name
+                    route = pc.Route(match=pc.RouteMatch(), clusters=[pc.WeightedCluster(cluster=name, weight=100)])
+                    config.route_configs.append(pc.RouteConfiguration(
+                        name=name, virtual_hosts=[pc.VirtualHost(name=name, domains=["*"], routes=[route])]))
+                else:
+                    listener.protocol = pc.TCP
+                    listener.cluster = name
+                config.listeners.append(listener)
+        validate_proxy_config(config, source=f"inbound config for {node.id}")
+        return config
+
+
+def _selects(service: Service, namespace: str, labels: dict[str, str]) -> bool:
+    return (service.namespace == namespace and bool(service.selector)
+            and all(labels.get(k) == v for k, v in service.selector.items()))
+
+
+def _ports(pod: Pod | None) -> dict[str, int] | None:
+    return dict(pod.ports) if pod else None

@@ -1,0 +1,104 @@
+"""The service registry: one immutable snapshot of Services, Pods, endpoints and route rules.
+
+Built from Kubernetes-shaped documents (from a directory or the API server). Objects that
+cannot be used are left out and listed in ``errors``; everything else is served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshbox.discovery.k8s_objects import (
+    EndpointSet,
+    ObjectError,
+    Pod,
+    RouteRule,
+    Service,
+    object_label,
+    parse_endpoint_slice,
+    parse_endpoints,
+    parse_pod,
+    parse_route_rule_object,
+    parse_service,
+)
+
+# Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
+# so users can point discovery at the same directory they keep their manifests in.
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule")
+
+
+@dataclass(frozen=True)
+class SourcedDocument:
+    """One Kubernetes-shaped object and where it came from (file path or API URL)."""
+
+    source: str
+    doc: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Registry:
+    services: tuple[Service, ...] = ()
+    pods: tuple[Pod, ...] = ()
+    endpoint_sets: tuple[EndpointSet, ...] = ()
+    route_rules: tuple[RouteRule, ...] = ()
+    errors: tuple[str, ...] = ()
+    _pods_by_key: dict[tuple[str, str], Pod] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._pods_by_key.update({(p.namespace, p.name): p for p in self.pods})
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        return self._pods_by_key.get((namespace, name))
+
+    def pods_selected_by(self, service: Service) -> list[Pod]:
+        """Serving pods in the Service's namespace whose labels include its selector."""
+        if not service.selector:
+            return []
+        return [
+            p
+            for p in self.pods
+            if p.namespace == service.namespace
+            and p.serving
+            and all(p.labels.get(k) == v for k, v in service.selector.items())
+        ]
+
+    def endpoint_sets_of(self, service: Service) -> list[EndpointSet]:
+        return [e for e in self.endpoint_sets if e.namespace == service.namespace and e.service == service.name]
+
+
+def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
+    """Parse every document; the first of two objects with the same kind/namespace/name wins."""
+    services: list[Service] = []
+    pods: list[Pod] = []
+    endpoint_sets: list[EndpointSet] = []
+    rules: list[RouteRule] = []
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for item in documents:
+        doc, source = item.doc, item.source
+        kind = doc.get("kind")
+        if kind not in KINDS:
+            continue
+        label = object_label(doc)
+        if label in seen:
+            errors.append(f"{source}: {label}: duplicate of the object in {seen[label]}; ignored")
+            continue
+        seen[label] = source
+        try:
+            if kind == "Service":
+                service = parse_service(doc, source=source)
+                if service is not None:
+                    services.append(service)
+            elif kind == "Pod":
+                pods.append(parse_pod(doc, source=source))
+            elif kind == "Endpoints":
+                endpoint_sets.extend(parse_endpoints(doc, source=source))
+            elif kind == "EndpointSlice":
+                endpoint_sets.append(parse_endpoint_slice(doc, source=source))
+            else:
+                rules.append(parse_route_rule_object(doc, source=source))
+        except ObjectError as exc:
+            errors.append(str(exc))
+    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), tuple(rules), tuple(errors))

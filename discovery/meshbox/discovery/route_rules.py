@@ -1,0 +1,85 @@
+"""RouteRules → HTTP routes of one service port, with one subset cluster per labelled destination.
+
+Pure functions. A rule's weighted destinations pick pods by labels (e.g. version: v2); each
+distinct label set becomes a subset cluster ``outbound|<port>|<subset>|<fqdn>`` that holds only
+the endpoints whose labels include it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from meshbox.api.v1 import proxy_config_pb2 as pc
+from meshbox.discovery.k8s_objects import RouteRule, Service
+
+
+def cluster_name(direction: str, port: int, subset: str, fqdn: str) -> str:
+    """Envoy/Istio-style cluster name, e.g. ``outbound|80|v2|service-two.default.svc.cluster.local``."""
+    return f"{direction}|{port}|{subset}|{fqdn}"
+
+
+def targets(rule: RouteRule, service: Service) -> bool:
+    """Whether the rule's destination names this service (short name in its namespace, or FQDN)."""
+    dest = rule.spec.destination.rstrip(".")
+    qualified = f"{service.name}.{service.namespace}"
+    if dest in (service.fqdn, qualified, f"{qualified}.svc"):
+        return True
+    return dest == service.name and rule.namespace == service.namespace
+
+
+def ordered_rules(rules: Iterable[RouteRule], service: Service) -> list[RouteRule]:
+    """The service's rules, higher precedence first; equal precedence keeps registry order."""
+    return sorted((r for r in rules if targets(r, service)), key=lambda r: -r.spec.precedence)
+
+
+def subset_name(labels: Mapping[str, str], taken: Mapping[str, Mapping[str, str]]) -> str:
+    """Short subset name from label values (``v2``); spelled out (``version=v2``) if that is ambiguous."""
+    short = "-".join(labels[k] for k in sorted(labels))
+    if short not in taken or dict(taken[short]) == dict(labels):
+        return short
+    return ",".join(f"{k}={labels[k]}" for k in sorted(labels))
+
+
+@dataclass(frozen=True)
+class PortRoutes:
+    routes: list[pc.Route]
+    subset_clusters: list[pc.Cluster]
+    subset_endpoints: list[pc.ClusterLoadAssignment]
+
+
+def build_port_routes(
+    service: Service, port: int, rules: Sequence[RouteRule], endpoints: Sequence[pc.Endpoint]
+) -> PortRoutes:
+    """Routes for one HTTP service port: each rule in order, then a catch-all to the whole service."""
+    default_cluster = cluster_name("outbound", port, "", service.fqdn)
+    subsets: dict[str, Mapping[str, str]] = {}
+    routes = []
+    for rule in rules:
+        spec = rule.spec
+        route = pc.Route(match=pc.RouteMatch(prefix=spec.match.path_prefix, headers=spec.match.headers))
+        for dest in spec.route:
+            if dest.labels:
+                name = subset_name(dest.labels, subsets)
+                subsets[name] = dict(dest.labels)
+                target = cluster_name("outbound", port, name, service.fqdn)
+            else:
+                target = default_cluster
+            route.clusters.append(pc.WeightedCluster(cluster=target, weight=dest.weight))
+        if not spec.route:
+            route.clusters.append(pc.WeightedCluster(cluster=default_cluster, weight=100))
+        if spec.HasField("timeout"):
+            route.timeout.CopyFrom(spec.timeout)
+        if spec.HasField("retries"):
+            route.retries.CopyFrom(spec.retries)
+        if spec.HasField("fault"):
+            route.fault.CopyFrom(spec.fault)
+        routes.append(route)
+    routes.append(pc.Route(match=pc.RouteMatch(), clusters=[pc.WeightedCluster(cluster=default_cluster, weight=100)]))
+    clusters, assignments = [], []
+    for name, labels in subsets.items():
+        cname = cluster_name("outbound", port, name, service.fqdn)
+        clusters.append(pc.Cluster(name=cname, lb_policy=pc.ROUND_ROBIN, service=service.fqdn))
+        chosen = [e for e in endpoints if all(e.labels.get(k) == v for k, v in labels.items())]
+        assignments.append(pc.ClusterLoadAssignment(cluster_name=cname, endpoints=chosen))
+    return PortRoutes(routes, clusters, assignments)
