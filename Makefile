@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 DISTS := protos init injector proxy agent discovery ctl
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap venv test lint typecheck proto proto-check demo bench images clean
+.PHONY: help bootstrap venv test lint proto demo bench images kind-demo clean
 
 help:
 	@echo "make demo    run the tutorial on a local mesh (network namespaces; needs root)"
@@ -17,6 +17,8 @@ help:
 	@echo "make bench   run the benchmarks and print a table of ratios"
 	@echo "make proto   regenerate meshbox.api from protos/"
 	@echo "make lint    ruff + mypy"
+	@echo "make images  build the container images (podman, else docker; IMAGES_ARGS=--local-base offline)"
+	@echo "make kind-demo  the tutorial on a kind cluster (docker + kind; not run by CI)"
 
 bootstrap:
 	@scripts/bootstrap-system.sh
@@ -45,6 +47,15 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run.py
+
+# Container images (podman, else docker). On a host without registry access:
+#   make images IMAGES_ARGS=--local-base
+images: venv
+	deploy/images/build.sh $(IMAGES_ARGS)
+
+# The tutorial on a kind cluster (needs docker and kind; not run by CI).
+kind-demo: venv
+	deploy/kind/demo.sh
 
 clean:
 	rm -rf $(VENV)
