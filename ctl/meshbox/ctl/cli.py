@@ -6,6 +6,12 @@ import importlib.metadata
 
 import click
 
+from meshbox.ctl.demo import demo
+from meshbox.ctl.install import install
+from meshbox.ctl.kube_inject import kube_inject, kube_uninject
+from meshbox.ctl.local.command import local
+from meshbox.ctl.trace import trace
+
 DISTRIBUTIONS = (
     "meshbox-api",
     "meshbox-init",
@@ -35,3 +41,11 @@ def version() -> None:
         except importlib.metadata.PackageNotFoundError:
             v = "not installed"
         click.echo(f"{dist:<20} {v}")
+
+
+main.add_command(install)
+main.add_command(kube_inject)
+main.add_command(kube_uninject)
+main.add_command(local)
+main.add_command(trace)
+main.add_command(demo)

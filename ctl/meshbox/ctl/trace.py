@@ -1,0 +1,156 @@
+"""`meshctl trace REQUEST_ID`: one request's path through every proxy, from their access logs.
+
+The tutorial greps each proxy's log by hand; this collects the matching lines from every pod's
+proxy container (on the local cluster, or with `kubectl logs` on a real one), orders them by start
+time and prints the hops with their timings. Parsing is pure (``parse_line``, ``hops``, ``report``);
+reading logs is at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from meshbox.ctl.local.cluster import LocalCluster
+from meshbox.ctl.local.state import StateError
+
+# Envoy's default access log format (shared/reference/anchors.md).
+_LINE = re.compile(
+    r'^\[(?P<start>[^\]]+)\] "(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" (?P<code>\d+) (?P<flags>\S+) '
+    r'(?P<received>\d+) (?P<sent>\d+) (?P<duration>\d+|-) (?P<upstream_time>\d+|-) "(?P<xff>[^"]*)" '
+    r'"(?P<user_agent>[^"]*)" "(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream_host>[^"]*)"\s*$'
+)
+LOOPBACK = ("127.", "[::1]", "::1")
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One access log line of one proxy."""
+
+    source: str  # namespace/pod of the proxy that wrote it
+    start: datetime
+    method: str
+    path: str
+    code: str
+    flags: str
+    duration_ms: int | None
+    upstream_ms: int | None
+    authority: str
+    upstream_host: str
+
+    @property
+    def direction(self) -> str:
+        """inbound when the proxy handed the request to its own app over loopback, else outbound."""
+        return "inbound" if self.upstream_host.startswith(LOOPBACK) else "outbound"
+
+
+def _ms(value: str) -> int | None:
+    return None if value == "-" else int(value)
+
+
+def parse_line(line: str, source: str) -> tuple[str, Hop] | None:
+    """(request id, hop) for an access log line, None for any other line."""
+    m = _LINE.match(line.strip())
+    if m is None:
+        return None
+    try:
+        start = datetime.strptime(m["start"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return m["request_id"], Hop(source, start, m["method"], m["path"], m["code"], m["flags"],
+                                _ms(m["duration"]), _ms(m["upstream_time"]), m["authority"], m["upstream_host"])
+
+
+def hops(request_id: str, logs: Iterable[tuple[str, str]]) -> list[Hop]:
+    """Every hop of ``request_id`` in (source, log text) pairs, in path order (start time, outbound first)."""
+    found = []
+    for source, text in logs:
+        for line in text.splitlines():
+            parsed = parse_line(line, source)
+            if parsed and parsed[0] == request_id:
+                found.append(parsed[1])
+    return sorted(found, key=lambda h: (h.start, h.direction != "outbound"))
+
+
+def report(request_id: str, path: list[Hop]) -> str:
+    """The hops as text: offset from the first, proxy, direction, route, status and timings."""
+    if not path:
+        return f"request {request_id}: no proxy logged it\n"
+    first = path[0].start
+    total = max((h.start - first).total_seconds() * 1000 + (h.duration_ms or 0) for h in path)
+    lines = [f"request {request_id}: {len(path)} hop(s), {total:.0f} ms end to end"]
+    for i, h in enumerate(path, 1):
+        offset = (h.start - first).total_seconds() * 1000
+        upstream = "-" if h.upstream_ms is None else f"{h.upstream_ms} ms"
+        duration = "-" if h.duration_ms is None else f"{h.duration_ms} ms"
+        lines.append(f"  {i}. +{offset:.0f} ms  {h.source}  {h.direction:<8}  {h.method} {h.path}  "
+                     f"{h.authority} -> {h.upstream_host}  {h.code} {h.flags}  took {duration} "
+                     f"(upstream {upstream})")
+    return "\n".join(lines) + "\n"
+
+
+def local_proxy_logs(state_dir: Path | None) -> list[tuple[str, str]]:
+    """(namespace/pod, log text) of every proxy container on the local cluster."""
+    cluster = LocalCluster(state_dir)
+    state = cluster.state()
+    logs = []
+    for rec in state["pods"].values():
+        if not any(c["name"] == "proxy" for c in rec["body"]["spec"]["containers"]):
+            continue
+        meta = rec["body"]["metadata"]
+        path = cluster.log_path(rec, "proxy")
+        if path.exists():
+            logs.append((f"{meta['namespace']}/{meta['name']}", path.read_text(errors="replace")))
+    return logs
+
+
+def kubectl_proxy_logs(kubectl: str, context: str | None) -> list[tuple[str, str]]:
+    """(namespace/pod, log text) of every pod with a proxy container, through kubectl."""
+    base = [kubectl, *(["--context", context] if context else [])]
+
+    def run(*args: str) -> str:
+        try:
+            result = subprocess.run([*base, *args], capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            raise click.ClickException(f"{kubectl!r} not found: install kubectl or use the local cluster") from None
+        if result.returncode != 0:
+            raise click.ClickException(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    pods = json.loads(run("get", "pods", "--all-namespaces", "-o", "json"))["items"]
+    logs = []
+    for pod in pods:
+        if any(c.get("name") == "proxy" for c in pod["spec"].get("containers", [])):
+            meta = pod["metadata"]
+            logs.append((f"{meta['namespace']}/{meta['name']}",
+                         run("logs", "-n", meta["namespace"], meta["name"], "-c", "proxy")))
+    return logs
+
+
+@click.command("trace")
+@click.argument("request_id")
+@click.option("--kubernetes", is_flag=True, help="Read the proxies' logs with kubectl instead of the local cluster.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Local cluster state directory [$MESHBOX_LOCAL_STATE, else /var/lib/meshbox/local].")
+@click.option("--kubectl", default="kubectl", show_default=True, help="kubectl binary (with --kubernetes).")
+@click.option("--context", help="kubeconfig context (with --kubernetes).")
+def trace(request_id: str, kubernetes: bool, state_dir: Path | None, kubectl: str, context: str | None) -> None:
+    """Print the path of one request (its x-request-id) through every proxy, hop by hop, with timings."""
+    if kubernetes:
+        logs = kubectl_proxy_logs(kubectl, context)
+    else:
+        try:
+            logs = local_proxy_logs(state_dir)
+        except StateError as exc:
+            raise click.ClickException(f"{exc} (or pass --kubernetes to read a real cluster)") from None
+    path = hops(request_id, logs)
+    click.echo(report(request_id, path), nl=False)
+    if not path:
+        raise SystemExit(1)
