@@ -19,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from google.protobuf import json_format
@@ -30,7 +30,9 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 from meshbox.api import defaults
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND, ConfigError, load_mesh_config
 from meshbox.api.v1 import mesh_config_pb2, routing_pb2
-from meshbox.injector.certs import TlsMaterial, generate_tls_material, service_dns_names
+
+if TYPE_CHECKING:
+    from meshbox.injector.certs import TlsMaterial
 
 Manifest = dict[str, Any]
 
@@ -405,6 +407,9 @@ def install(dry_run: bool, mesh_config: Path | None, hub: str | None, tag: str |
         # The default address names the default namespace; follow the control plane.
         mesh.discovery_address = f"{DISCOVERY}.{namespace}.svc:{defaults.DISCOVERY_PORT}"
     options = InstallOptions(mesh=mesh, namespace=namespace)
+    # cryptography is imported only here: it costs every other meshctl command ~0.4 s of start-up.
+    from meshbox.injector.certs import generate_tls_material, service_dns_names
+
     tls = None if without_tls else generate_tls_material(service_dns_names(WEBHOOK, namespace))
     manifest = render_yaml(options, tls)
     if dry_run:
