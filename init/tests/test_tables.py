@@ -172,6 +172,15 @@ def test_cleanup_in_an_untouched_namespace_creates_nothing(netns: Any, uid1337_p
     assert ns.run("ip6tables-nft-save").stdout == ""
 
 
+def test_legacy_run_instantiates_only_the_nat_tables(pod: Any) -> None:
+    """The legacy backend touches only nat: filter, mangle, raw and security do not appear in the pod."""
+    pod.init_ok("--backend", "legacy", "--ipv6", "on")
+    pod.init_ok("--backend", "legacy", "--ipv6", "on")  # a re-run reads meshbox's rules back
+    pod.init_ok("--cleanup", "--backend", "legacy")
+    assert pod.ns.run("cat", "/proc/net/ip_tables_names").stdout.split() == ["nat"]
+    assert pod.ns.run("cat", "/proc/net/ip6_tables_names").stdout.split() == ["nat"]
+
+
 def test_legacy_run_waits_for_the_xtables_lock(pod: Any, tmp_path: Path) -> None:
     """Like iptables, the legacy backend holds the xtables lock: it cannot commit while another holder has it."""
     lock = tmp_path / "xtables.lock"

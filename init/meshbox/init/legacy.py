@@ -2,7 +2,7 @@
 
 libiptc works on a private copy of a table: every change below is made to that copy
 (``autocommit=False``) and ``commit()`` hands the whole table to the kernel in one
-replace, which the kernel applies atomically or not at all. ``refresh()`` without a
+replace, which the kernel applies atomically or not at all. ``close()`` without a
 commit drops the copy. Like iptables itself, a run holds the xtables lock so no other
 iptables command changes the table between our read and our commit.
 
@@ -20,17 +20,20 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshbox.init.backend import BackendError, TableTransaction
-from meshbox.init.plan import BUILTIN_CHAINS, CHAIN_PREFIX, TABLE, Family, Redirect, Rule, TablePlan
+from meshbox.init.iptc_import import import_iptc
+from meshbox.init.plan import BUILTIN_CHAINS, CHAIN_PREFIX, TABLE, Family, TablePlan
+from meshbox.init.xt_entries import EntryEncoder
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 LOCK_WAIT_SECONDS = 10.0
 WORKER_TIMEOUT_SECONDS = 30.0
@@ -39,10 +42,9 @@ WORKER_TIMEOUT_SECONDS = 30.0
 def _iptc() -> Any:
     """python-iptables, imported on first use (it loads libxtables, which may be missing)."""
     try:
-        import iptc
+        return import_iptc()
     except Exception as exc:  # the library raises several kinds when libxtables is missing
         raise BackendError(f"python-iptables cannot load libiptc/libxtables: {exc}") from exc
-    return iptc
 
 
 def _table(family: Family) -> Any:
@@ -55,28 +57,6 @@ def _table(family: Family) -> Any:
     except iptc.IPTCError as exc:
         raise BackendError(f"legacy {family.value} nat table: {exc}") from exc
     return table
-
-
-def _to_iptc_rule(rule: Rule, family: Family) -> Any:
-    iptc = _iptc()
-    entry = iptc.Rule() if family is Family.IPV4 else iptc.Rule6()
-    entry.protocol = "tcp"
-    if rule.destination is not None:
-        entry.dst = ("!" if rule.not_destination else "") + rule.destination
-    if rule.out_interface is not None:
-        entry.out_interface = rule.out_interface
-    if rule.dport is not None:
-        entry.create_match("tcp").dport = str(rule.dport)
-    if rule.uid_owner is not None:
-        entry.create_match("owner").uid_owner = str(rule.uid_owner)
-    if rule.gid_owner is not None:
-        entry.create_match("owner").gid_owner = str(rule.gid_owner)
-    entry.create_match("comment").comment = rule.comment
-    if isinstance(rule.target, Redirect):
-        entry.create_target("REDIRECT").to_ports = str(rule.target.to_port)
-    else:
-        entry.create_target(rule.target)
-    return entry
 
 
 def _raw(entry: Any) -> bytes:
@@ -145,11 +125,11 @@ def _remove_meshbox(table: Any, snap: _Snapshot) -> None:
 
 
 def _add_plan(table: Any, plan: TablePlan) -> None:
-    iptc = _iptc()
+    encoder = EntryEncoder(_iptc(), plan.family)
     for name in plan.chains:
         table.create_chain(name)
     for rule in plan.rules:
-        iptc.Chain(table, rule.chain).append_rule(_to_iptc_rule(rule, plan.family))
+        table.append_entry(rule.chain, encoder.entry(rule))
 
 
 def _add_snapshot(table: Any, snap: _Snapshot) -> None:
@@ -202,11 +182,11 @@ class _TableCopy:
         except iptc.IPTCError as exc:
             raise BackendError(f"legacy {self.family.value} nat table: rollback failed: {exc}") from exc
         finally:
-            table.refresh()
+            table.close()
 
     def discard(self) -> None:
-        with contextlib.suppress(_iptc().IPTCError):
-            self._table.refresh()
+        # Frees the private copy without reading the table again (refresh() would).
+        self._table.close()
 
     def close(self) -> None:
         self.discard()
@@ -244,6 +224,9 @@ class LegacyTransaction:
 
     def __init__(self, family: Family, desired: TablePlan | None) -> None:
         self.family = family
+        # Imported here: only dual-stack runs fork workers, and the import is start-up time.
+        import multiprocessing
+
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe()
         self._process = context.Process(target=_worker, args=(child, family, desired), daemon=True,
