@@ -1,0 +1,5 @@
+"""``python -m meshbox.proxy``: same as the meshbox-proxy command."""
+
+from meshbox.proxy.cli import main
+
+main()

@@ -1,0 +1,147 @@
+"""The admin API on 127.0.0.1: readiness, config apply/dump, clusters, Prometheus stats, drain, quit.
+
+Reads are GET; anything that changes state is POST only (GET on it answers 405), so a stray scrape or
+browser visit cannot reconfigure or stop the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Protocol
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from meshbox.api.v1 import proxy_config_pb2 as pc
+from meshbox.proxy.codec import get_codec
+from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead
+from meshbox.proxy.codec.heads import reason_phrase
+from meshbox.proxy.codec.writer import response_head_bytes
+from meshbox.proxy.metrics import Stats, render
+from meshbox.proxy.server import ConfigRejected
+
+MAX_CONFIG_BYTES = 64 << 20
+POST_ONLY = frozenset({b"/config", b"/drain_listeners", b"/quitquitquit"})
+GET_ONLY = frozenset({b"/", b"/ready", b"/config_dump", b"/clusters", b"/stats/prometheus"})
+
+
+class Controller(Protocol):
+    """What the admin API drives: one process, or the supervisor of ``--concurrency`` workers."""
+
+    def ready(self) -> bool: ...
+
+    async def apply(self, config: pc.ProxyConfig) -> int: ...
+
+    def config_dump(self) -> dict[str, object]: ...
+
+    def clusters_text(self) -> str: ...
+
+    async def stats(self) -> list[Stats]: ...
+
+    async def drain(self) -> None: ...
+
+    def quit(self) -> None: ...
+
+
+def _reply(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+    return response_head_bytes(status, reason_phrase(status), headers) + body
+
+
+class AdminServer:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.server: asyncio.Server | None = None
+
+    async def start(self, port: int, host: str = "127.0.0.1") -> int:
+        """Listen (on loopback only by default); returns the actual port."""
+        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = get_codec("httptools").request_parser()
+        head: RequestHead | None = None
+        body: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                try:
+                    events = parser.feed(data)
+                except ProtocolError as exc:
+                    writer.write(_reply(exc.status, exc.reason.encode()))
+                    return
+                for ev in events:
+                    if isinstance(ev, RequestHead):
+                        head, body, size = ev, [], 0
+                    elif isinstance(ev, Body):
+                        size += len(ev.data)
+                        if size > MAX_CONFIG_BYTES:
+                            writer.write(_reply(413, b"request body too large\n"))
+                            return
+                        body.append(ev.data)
+                    elif ev is END and head is not None:
+                        writer.write(await self.route(head.method, head.target, b"".join(body)))
+                        await writer.drain()
+                        if not head.keep_alive:
+                            return
+                        head = None
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    async def route(self, method: bytes, target: bytes, body: bytes) -> bytes:
+        """One admin request → complete response bytes."""
+        path = target.split(b"?", 1)[0]
+        c = self.controller
+        if path in POST_ONLY and method != b"POST":
+            return _reply(405, b"use POST for " + path + b"\n")
+        if path in GET_ONLY and method not in (b"GET", b"HEAD"):
+            return _reply(405, b"use GET for " + path + b"\n")
+        if path == b"/ready":
+            return _reply(200, b"LIVE\n") if c.ready() else _reply(503, b"PRE_INITIALIZING\n")
+        if path == b"/config":
+            return await self._apply(body)
+        if path == b"/config_dump":
+            return _reply(200, json.dumps(c.config_dump(), indent=2).encode() + b"\n", b"application/json")
+        if path == b"/clusters":
+            return _reply(200, c.clusters_text().encode())
+        if path == b"/stats/prometheus":
+            return _reply(200, render(await c.stats()), b"text/plain; version=0.0.4; charset=utf-8")
+        if path == b"/drain_listeners":
+            await c.drain()
+            return _reply(200, b"OK\n")
+        if path == b"/quitquitquit":
+            asyncio.get_running_loop().call_soon(c.quit)
+            return _reply(200, b"OK\n")
+        if path == b"/":
+            return _reply(200, b"".join(p + b"\n" for p in sorted(GET_ONLY | POST_ONLY)))
+        return _reply(404, b"no such admin endpoint " + path + b"\n")
+
+    async def _apply(self, body: bytes) -> bytes:
+        config = pc.ProxyConfig()
+        try:
+            config.ParseFromString(body)
+        except DecodeError as exc:
+            return _reply(400, f"body is not a serialized meshbox.api.v1.ProxyConfig: {exc}\n".encode())
+        try:
+            version = await self.controller.apply(config)
+        except ConfigRejected as exc:
+            return _reply(400, f"{exc}\n".encode())
+        return _reply(200, f"applied version {version}\n".encode())
+
+
+def config_dump(config: pc.ProxyConfig | None, version: int) -> dict[str, object]:
+    """The JSON shape of GET /config_dump."""
+    return {
+        "version": version,
+        "config": json_format.MessageToDict(config, preserving_proto_field_name=True) if config is not None else None,
+    }

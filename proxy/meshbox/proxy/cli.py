@@ -1,0 +1,93 @@
+"""meshbox-proxy: the sidecar data plane (see docs/proxy.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import sys
+
+import click
+
+from meshbox.api.v1 import mesh_config_pb2
+from meshbox.proxy.access_log import FormatError, compile_format
+from meshbox.proxy.codec import CODECS
+from meshbox.proxy.config_files import ConfigFileError, load_config_files
+from meshbox.proxy.runtime import Options, run
+from meshbox.proxy.snapshot import Workload
+
+# A Deployment's pod is <deployment>-<replicaset hash>-<5 characters>.
+_POD_OF_DEPLOYMENT = re.compile(r"^(?P<workload>.+)-[a-z0-9]{5,10}-[a-z0-9]{5}$")
+
+
+def workload_from_env(environ: dict[str, str] | os._Environ[str]) -> Workload:
+    """Workload name and namespace for metric labels, from the downward-API variables the injector sets."""
+    pod = environ.get("POD_NAME", "")
+    m = _POD_OF_DEPLOYMENT.match(pod)
+    name = m.group("workload") if m else (pod or "unknown")
+    return Workload(name=name, namespace=environ.get("POD_NAMESPACE") or "unknown",
+                    app=environ.get("APP") or name)
+
+
+def _port(value: int | None, default: int, flag: str) -> int:
+    port = default if value is None else value
+    if not 0 <= port <= 65535:
+        raise click.BadParameter(f"must be 0..65535, got {port}", param_hint=flag)
+    return port
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Static ProxyConfig YAML (listeners, route_configs, clusters, endpoints). Without it the proxy "
+                   "starts empty and is not ready until a config is POSTed to the admin /config.")
+@click.option("--mesh-config", "mesh_path", type=click.Path(dir_okay=False),
+              help="MeshConfig YAML: default ports, outbound traffic policy, access log format.")
+@click.option("--admin-port", type=int, help="Admin API port on 127.0.0.1 (default 15000; 0 = any free port).")
+@click.option("--outbound-port", type=int, help="Outbound capture port (default 15001; 0 = any free port).")
+@click.option("--inbound-port", type=int,
+              help="Inbound capture port (default from mesh config; 0 = single-port mode, the outbound port "
+                   "serves both directions).")
+@click.option("--pod-ip", envvar="POD_IP", help="This pod's IP: connections to it are inbound. [env POD_IP]")
+@click.option("--codec", type=click.Choice(sorted(CODECS)), default="httptools", show_default=True,
+              help="HTTP/1.1 parser: httptools (llhttp, fast) or h11 (pure-Python reference).")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes sharing the listeners with SO_REUSEPORT.")
+@click.option("--access-log-format", default=None,
+              help="Envoy %FIELD% format of access log lines (default: mesh config, else Envoy's default).")
+def main(config_path: str | None, mesh_path: str | None, admin_port: int | None, outbound_port: int | None,
+         inbound_port: int | None, pod_ip: str | None, codec: str, concurrency: int,
+         access_log_format: str | None) -> None:
+    """Run the meshbox sidecar proxy: L7 HTTP/1.1 and L4 TCP, Envoy-format access log on stdout."""
+    try:
+        mesh, config = load_config_files(mesh_path, config_path)
+    except ConfigFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    fmt = access_log_format if access_log_format is not None else mesh.access_log_format
+    try:
+        compile_format(fmt)
+    except FormatError as exc:
+        raise click.BadParameter(str(exc), param_hint="--access-log-format") from None
+    if pod_ip:
+        try:
+            ipaddress.ip_address(pod_ip)
+        except ValueError:
+            raise click.BadParameter(f"not an IP address: {pod_ip!r}", param_hint="--pod-ip") from None
+    ports = mesh.ports
+    options = Options(
+        config=config,
+        admin_port=_port(admin_port, ports.admin, "--admin-port"),
+        outbound_port=_port(outbound_port, ports.outbound_capture, "--outbound-port"),
+        inbound_port=_port(inbound_port, ports.inbound_capture, "--inbound-port"),
+        pod_ip=pod_ip or None,
+        codec=codec,
+        concurrency=concurrency,
+        access_log_format=fmt,
+        registry_only=mesh.outbound_traffic_policy == mesh_config_pb2.REGISTRY_ONLY,
+        workload=workload_from_env(os.environ),
+    )
+    if concurrency > 1 and 0 in (options.admin_port, options.outbound_port):
+        raise click.UsageError("--concurrency > 1 needs fixed ports: every worker must bind the same port")
+    try:
+        sys.exit(run(options))
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None

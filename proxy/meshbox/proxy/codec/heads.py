@@ -1,0 +1,129 @@
+"""Rules every codec applies to a parsed head, so both codecs reach the same verdict.
+
+The parsers tokenize; these functions decide framing (Content-Length / chunked / until close),
+keep-alive and upgrade, and refuse the shapes used for request smuggling: Content-Length together
+with Transfer-Encoding, duplicate or non-numeric Content-Length, any transfer coding but ``chunked``,
+a missing or repeated Host, too many headers.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from meshbox.proxy.codec.events import Headers, ProtocolError, RequestHead, ResponseHead
+
+# Envoy's defaults: 60 KiB of request headers, at most 100 of them.
+MAX_HEAD_BYTES = 60 * 1024
+MAX_HEADERS = 100
+METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"})
+VERSIONS = frozenset({b"1.1", b"1.0"})
+_MAX_CONTENT_LENGTH_DIGITS = 18
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase for a status code (what the proxy sends, whatever the upstream said)."""
+    return _REASONS.get(status, b"Unknown")
+
+
+def _content_length(value: bytes, status: int) -> int:
+    if not value.isdigit() or len(value) > _MAX_CONTENT_LENGTH_DIGITS:
+        raise ProtocolError(status, f"invalid Content-Length {value[:40]!r}")
+    return int(value)
+
+
+def _connection_tokens(values: list[bytes]) -> set[bytes]:
+    if len(values) == 1 and b"," not in values[0]:
+        return {values[0].strip().lower()}  # the usual case: a single "keep-alive" or "close"
+    return {token.strip().lower() for value in values for token in value.split(b",")}
+
+
+def request_head(method: bytes, target: bytes, version: bytes, headers: Headers) -> RequestHead:
+    """Validate a request head (header names already lower-case) and work out its framing."""
+    if method not in METHODS and method != b"CONNECT":
+        raise ProtocolError(400, f"unknown method {method[:20]!r}")
+    if len(headers) > MAX_HEADERS:
+        raise ProtocolError(431, f"more than {MAX_HEADERS} headers")
+    hosts = 0
+    content_length: int | None = None
+    te: bytes | None = None
+    connection: list[bytes] = []
+    upgrade = False
+    for name, value in headers:
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            if content_length is not None:
+                raise ProtocolError(400, "duplicate Content-Length")
+            content_length = _content_length(value, 400)
+        elif name == b"transfer-encoding":
+            if te is not None:
+                raise ProtocolError(400, "duplicate Transfer-Encoding")
+            te = value
+        elif name == b"connection":
+            connection.append(value)
+        elif name == b"upgrade":
+            upgrade = True
+    if hosts > 1 or (hosts == 0 and version != b"1.0"):
+        raise ProtocolError(400, "exactly one Host header is required")
+    if version not in VERSIONS:
+        # Real versions we don't speak get 505; made-up ones are malformed (llhttp refuses them outright).
+        status = 505 if version in (b"0.9", b"2.0") else 400
+        raise ProtocolError(status, f"HTTP version {version[:10]!r} not supported")
+    if method == b"CONNECT":
+        raise ProtocolError(405, "CONNECT is not supported")
+    if not target.isascii() or not (target[:1] == b"/" or target == b"*" or target[:7].lower() == b"http://"):
+        raise ProtocolError(400, "invalid request target")
+    chunked = False
+    if te is not None:
+        if content_length is not None:
+            raise ProtocolError(400, "Content-Length together with Transfer-Encoding")
+        if version != b"1.1" or te.strip().lower() != b"chunked":
+            raise ProtocolError(400, f"unsupported Transfer-Encoding {te[:40]!r}")
+        chunked = True
+    if connection:
+        tokens = _connection_tokens(connection)
+        keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
+        upgrade = upgrade and b"upgrade" in tokens
+    else:
+        keep_alive = version == b"1.1"
+        upgrade = False
+    return RequestHead(method, target, version, headers, keep_alive, content_length, chunked, upgrade)
+
+
+def response_head(status: int, reason: bytes, version: bytes, headers: Headers, request_method: bytes) -> ResponseHead:
+    """Validate a response head (names lower-case) given the request's method; bad framing is a 502."""
+    if version not in VERSIONS:
+        raise ProtocolError(502, f"upstream spoke HTTP version {version[:10]!r}")
+    if not 100 <= status <= 599:
+        raise ProtocolError(502, f"upstream sent status {status}")
+    content_length: int | None = None
+    te: bytes | None = None
+    connection: list[bytes] = []
+    for name, value in headers:
+        if name == b"content-length":
+            if content_length is not None:
+                raise ProtocolError(502, "upstream sent duplicate Content-Length")
+            content_length = _content_length(value, 502)
+        elif name == b"transfer-encoding":
+            if te is not None:
+                raise ProtocolError(502, "upstream sent duplicate Transfer-Encoding")
+            te = value
+        elif name == b"connection":
+            connection.append(value)
+    has_body = not (status < 200 or status in (204, 304) or request_method == b"HEAD")
+    chunked = False
+    if te is not None:
+        if content_length is not None:
+            raise ProtocolError(502, "upstream sent Content-Length together with Transfer-Encoding")
+        if te.strip().lower() != b"chunked":
+            raise ProtocolError(502, f"upstream sent unsupported Transfer-Encoding {te[:40]!r}")
+        chunked = has_body
+    if connection:
+        tokens = _connection_tokens(connection)
+        keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
+    else:
+        keep_alive = version == b"1.1"
+    if has_body and not chunked and content_length is None:
+        keep_alive = False
+    return ResponseHead(status, reason, version, headers, keep_alive, content_length, chunked, has_body)

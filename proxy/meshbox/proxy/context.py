@@ -1,0 +1,45 @@
+"""State shared by every connection of one proxy process: the current snapshot, log, stats, codec."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from meshbox.proxy.access_log import AccessLog
+from meshbox.proxy.codec import Codec
+from meshbox.proxy.deadlines import Deadlines
+from meshbox.proxy.metrics import Stats
+from meshbox.proxy.request_id import RequestIds
+from meshbox.proxy.snapshot import INBOUND, OUTBOUND, Snapshot, Workload, metric_labels
+from meshbox.proxy.upstream_hosts import HostRegistry
+
+
+@dataclass
+class ProxyContext:
+    """Per-process data-plane state. ``snapshot`` is replaced whole on config apply (never mutated)."""
+
+    loop: asyncio.AbstractEventLoop
+    codec: Codec
+    access_log: AccessLog
+    workload: Workload
+    pod_ip: str | None = None
+    # Refuse unknown destinations (REGISTRY_ONLY) instead of passing them through (ALLOW_ANY).
+    registry_only: bool = False
+    # Ports of our own capture listeners: a connection whose original destination is one of them is a loop.
+    capture_ports: frozenset[int] = frozenset()
+    snapshot: Snapshot | None = None
+    stats: Stats = field(default_factory=Stats)
+    hosts: HostRegistry = field(default_factory=HostRegistry)
+    request_ids: RequestIds = field(default_factory=RequestIds)
+    # Connections that finish their current exchange and then close (set by /drain_listeners).
+    draining: bool = False
+    # Open downstream connections, so a drain can close the idle ones.
+    connections: set[asyncio.BaseProtocol] = field(default_factory=set)
+    # Metric labels for traffic that matched no cluster (no route, passthrough), per direction.
+    unknown_labels: dict[int, tuple[str, ...]] = field(init=False)
+
+    deadlines: Deadlines = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadlines = Deadlines(self.loop)
+        self.unknown_labels = {d: metric_labels(d, self.workload, "") for d in (INBOUND, OUTBOUND)}

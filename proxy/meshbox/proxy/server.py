@@ -1,0 +1,182 @@
+"""One proxy process: capture listeners, directly bound listeners, and atomic config apply."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import socket
+import sys
+from collections.abc import Callable
+
+from meshbox.api.v1 import proxy_config_pb2 as pc
+from meshbox.api.validation import ValidationError, validate_proxy_config
+from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.http_proxy import DownstreamHttp
+from meshbox.proxy.original_dst import original_dst
+from meshbox.proxy.snapshot import INBOUND, OUTBOUND, ListenerRuntime, Snapshot
+from meshbox.proxy.tcp_proxy import DownstreamTcp
+from meshbox.proxy.upstream_hosts import UpstreamHost
+
+
+class ConfigRejected(ValueError):
+    """A config that cannot be applied; the old one keeps serving. The message says why."""
+
+
+def protocol_for(ctx: ProxyContext, listener: ListenerRuntime) -> asyncio.Protocol:
+    """The connection handler a listener calls for."""
+    if listener.protocol == pc.HTTP:
+        return DownstreamHttp(ctx, listener)
+    cluster = listener.cluster
+    labels = cluster.labels[listener.direction] if cluster is not None else ctx.unknown_labels[listener.direction]
+    return DownstreamTcp(ctx, labels, cluster=cluster)
+
+
+class CaptureProtocol(asyncio.Protocol):
+    """Accepts a redirected connection, recovers its original destination and hands the transport to
+    the protocol of the matching listener (or to passthrough / refusal)."""
+
+    def __init__(self, ctx: ProxyContext, inbound_port: bool) -> None:
+        self.ctx = ctx
+        self.inbound_port = inbound_port
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ctx = self.ctx
+        sockname = transport.get_extra_info("sockname")
+        dst = original_dst(transport.get_extra_info("socket")) or (sockname[0], sockname[1])
+        ip, port = dst
+        inbound = self.inbound_port or ip == ctx.pod_ip
+        snap = ctx.snapshot
+        listener = snap.match(ip, port, inbound) if snap is not None else None
+        proto: asyncio.Protocol
+        if listener is not None:
+            proto = protocol_for(ctx, listener)
+        else:
+            labels = ctx.unknown_labels[INBOUND if inbound else OUTBOUND]
+            if self._is_loop(ip, port, sockname[0]) or ctx.registry_only:
+                proto = DownstreamTcp(ctx, labels, refuse_flag="NR")
+            else:
+                proto = DownstreamTcp(ctx, labels, target=UpstreamHost(ip, port))
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+    def _is_loop(self, ip: str, port: int, local_ip: str) -> bool:
+        if port not in self.ctx.capture_ports:
+            return False
+        try:
+            loopback = ipaddress.ip_address(ip).is_loopback
+        except ValueError:
+            loopback = False
+        return loopback or ip in (local_ip, self.ctx.pod_ip, "0.0.0.0")
+
+
+class ProxyServer:
+    """Owns the listening sockets of one process and swaps config snapshots."""
+
+    def __init__(self, ctx: ProxyContext, outbound_port: int, inbound_port: int, reuse_port: bool) -> None:
+        self.ctx = ctx
+        self.outbound_port = outbound_port
+        self.inbound_port = inbound_port
+        self.reuse_port = reuse_port
+        self.capture: list[asyncio.Server] = []
+        self.bound: dict[tuple[str, int], asyncio.Server] = {}
+        self.version = 0
+        self.listening = False
+
+    async def start(self) -> None:
+        """Bind the capture listeners (outbound, and inbound when split from it) on IPv4, and on IPv6
+        too where the network namespace has it."""
+        ctx = self.ctx
+        self.outbound_port = await self._capture(lambda: CaptureProtocol(ctx, False), self.outbound_port)
+        ports = {self.outbound_port}
+        if self.inbound_port and self.inbound_port != self.outbound_port:
+            self.inbound_port = await self._capture(lambda: CaptureProtocol(ctx, True), self.inbound_port)
+            ports.add(self.inbound_port)
+        ctx.capture_ports = frozenset(ports)
+        self.listening = True
+
+    async def _capture(self, factory: Callable[[], asyncio.Protocol], port: int) -> int:
+        server = await self._serve(factory, "0.0.0.0", port)
+        self.capture.append(server)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            self.capture.append(await self._serve(factory, "::", port))
+        except OSError as exc:
+            # No IPv6 here (or the port is taken on it): IPv4 capture still works.
+            print(f"meshbox-proxy: no IPv6 capture on port {port}: {exc.strerror or exc}", file=sys.stderr)
+        return int(port)
+
+    async def _serve(self, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> asyncio.Server:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return await self.ctx.loop.create_server(
+            factory, host, port, family=family, reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
+
+    def _bound_factory(self, key: tuple[str, int]) -> asyncio.Protocol:
+        """Per accepted connection on a bound listener: the listener as the current snapshot has it."""
+        ctx = self.ctx
+        snap = ctx.snapshot
+        if snap is not None:
+            for lis in snap.listeners:
+                if lis.bind and (lis.address, lis.port) == key:
+                    return protocol_for(ctx, lis)
+        return DownstreamTcp(ctx, ctx.unknown_labels[INBOUND], refuse_flag="NR")
+
+    def compile(self, config: pc.ProxyConfig) -> Snapshot:
+        """Validate and compile without touching what is serving."""
+        try:
+            validate_proxy_config(config, source="config")
+            return Snapshot(config, self.ctx.hosts, self.ctx.workload, self.version + 1)
+        except ValidationError as exc:
+            raise ConfigRejected(str(exc)) from None
+        except Exception as exc:  # e.g. a header regex that does not compile
+            raise ConfigRejected(f"config: {exc}") from None
+
+    async def apply(self, config: pc.ProxyConfig) -> int:
+        """Apply a new config atomically: bind new listeners first, swap, then close the removed ones.
+        On any failure nothing changes and ConfigRejected says why. Returns the new version."""
+        snap = self.compile(config)
+        wanted = {(lis.address, lis.port) for lis in snap.bound_listeners()}
+        added: dict[tuple[str, int], asyncio.Server] = {}
+        try:
+            for key in sorted(wanted - self.bound.keys()):
+                added[key] = await self._serve(functools.partial(self._bound_factory, key), key[0], key[1])
+        except OSError as exc:
+            for server in added.values():
+                server.close()
+            raise ConfigRejected(f"config: cannot bind listener: {exc.strerror or exc}") from None
+        self.ctx.snapshot = snap
+        self.version = snap.version
+        self.bound.update(added)
+        for key in list(self.bound.keys() - wanted):
+            self.bound.pop(key).close()
+        self.ctx.hosts.retain(snap.host_keys)
+        self.ctx.stats.incr("config_applied")
+        return snap.version
+
+    @property
+    def ready(self) -> bool:
+        return self.listening and self.ctx.snapshot is not None
+
+    def drain(self) -> None:
+        """Stop accepting, finish exchanges in flight, close kept-alive connections as they go idle."""
+        self.ctx.draining = True
+        self.listening = False
+        for server in [*self.capture, *self.bound.values()]:
+            server.close()
+        for conn in list(self.ctx.connections):
+            if isinstance(conn, DownstreamHttp) and conn.exchange is None:
+                conn.close()
+        for host in self.ctx.hosts.all():
+            for up in host.idle:
+                up.close()
+            host.idle.clear()
+
+    def ports(self) -> dict[str, int]:
+        """Actual ports (useful when 0 asked for an ephemeral one)."""
+        bound = {f"{k[0]}:{k[1]}": srv.sockets[0].getsockname()[1] for k, srv in self.bound.items() if srv.sockets}
+        return {"outbound": self.outbound_port, "inbound": self.inbound_port or self.outbound_port, **bound}
+
+
+def announce(kind: str, host: str, port: int) -> None:
+    """One parseable line on stderr per listening port, so callers using port 0 learn the real one."""
+    print(f"meshbox-proxy: {kind} listening on {host}:{port}", file=sys.stderr, flush=True)
