@@ -1,0 +1,134 @@
+"""The agent's status server: the injected readiness probe and the Job-friendly exit.
+
+Routes: ``GET /healthz/ready`` (200 once a config is applied and the proxy says it is
+ready, else 503 with the reason), ``POST /quitquitquit`` (200, then agent and proxy exit
+0). A wrong method gets 405 with ``Allow``; anything else 404. HTTP/1.1 via h11, with
+keep-alive, request bodies capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import h11
+
+log = logging.getLogger("meshbox.agent")
+
+READY_PATH = "/healthz/ready"
+QUIT_PATH = "/quitquitquit"
+MAX_BODY_BYTES = 64 * 1024
+IDLE_TIMEOUT_S = 30.0
+
+Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    text: str
+    allow: str = ""
+
+
+def route(method: str, target: str) -> Answer | str:
+    """Which endpoint a request is for (``"ready"`` or ``"quit"``), or the error answer to give."""
+    path = target.split("?", 1)[0]
+    endpoints = {READY_PATH: ("ready", "GET"), QUIT_PATH: ("quit", "POST")}
+    if path not in endpoints:
+        return Answer(404, f"no such endpoint {path} (try GET {READY_PATH} or POST {QUIT_PATH})")
+    name, allowed = endpoints[path]
+    if method == allowed or (method == "HEAD" and allowed == "GET"):
+        return name
+    return Answer(405, f"{path} takes {allowed}, not {method}", allow=allowed)
+
+
+class StatusServer:
+    """Serves :func:`route`'s endpoints; ``readiness`` is asked on every probe."""
+
+    def __init__(self, readiness: Readiness, on_quit: Callable[[], None]) -> None:
+        self._readiness = readiness
+        self._on_quit = on_quit
+
+    async def start(self, host: str, port: int) -> asyncio.Server:
+        """Listen on host:port (port 0 picks a free one)."""
+        return await asyncio.start_server(self._serve, host, port)
+
+    async def _answer(self, method: str, target: str) -> tuple[Answer, bool]:
+        """The answer to one request, and whether to quit once it is sent."""
+        routed = route(method, target)
+        if isinstance(routed, Answer):
+            return routed, False
+        if routed == "quit":
+            return Answer(200, "quitting: the proxy and the agent exit now"), True
+        ready, reason = await self._readiness()
+        return Answer(200 if ready else 503, reason), False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY_BYTES)
+        try:
+            while True:
+                request = await self._read_request(conn, reader)
+                if request is None:
+                    return
+                method, target, too_big = request
+                if too_big:
+                    answer, quit_after = Answer(413, f"request body over {MAX_BODY_BYTES} bytes"), False
+                else:
+                    answer, quit_after = await self._answer(method, target)
+                await self._write(conn, writer, answer, head_only=method == "HEAD", close=too_big)
+                if quit_after:
+                    self._on_quit()
+                if too_big or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(h11.ProtocolError, OSError):
+                    await self._write(conn, writer, Answer(400, f"bad request: {exc}"), head_only=False, close=True)
+        except (h11.ProtocolError, OSError, TimeoutError) as exc:
+            log.debug("status connection dropped: %s", exc)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader
+    ) -> tuple[str, str, bool] | None:
+        """(method, target, body too big) of the next request, or None when the client is done."""
+        method = target = ""
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await asyncio.wait_for(reader.read(65536), IDLE_TIMEOUT_S)
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                method, target = event.method.decode("ascii"), event.target.decode("ascii", errors="replace")
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY_BYTES:
+                    return method, target, True
+            elif isinstance(event, h11.EndOfMessage):
+                return method, target, False
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+
+    async def _write(
+        self, conn: h11.Connection, writer: asyncio.StreamWriter, answer: Answer, *, head_only: bool, close: bool
+    ) -> None:
+        body = (answer.text + "\n").encode()
+        headers = [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body)))]
+        if answer.allow:
+            headers.append(("allow", answer.allow))
+        if close:
+            headers.append(("connection", "close"))
+        out = conn.send(h11.Response(status_code=answer.status, headers=headers))
+        if not head_only:
+            out += conn.send(h11.Data(data=body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        writer.write(out)
+        await writer.drain()
