@@ -25,9 +25,11 @@ bootstrap:
 
 $(VENV)/.installed: $(foreach d,$(DISTS),$(d)/pyproject.toml) requirements-dev.txt
 	@test -x $(SYSTEM_PYTHON) || { echo "need $(SYSTEM_PYTHON) (apt-get install python3 python3-venv)"; exit 1; }
-	$(SYSTEM_PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip wheel
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt $(foreach d,$(DISTS),-e ./$(d))
+	@echo "installing meshbox and its tools into $(VENV)/ (log: $(VENV)/install.log)"
+	@$(SYSTEM_PYTHON) -m venv $(VENV)
+	@{ $(PY) -m pip install --disable-pip-version-check --upgrade pip wheel && \
+	   $(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt $(foreach d,$(DISTS),-e ./$(d)); \
+	} > $(VENV)/install.log 2>&1 || { tail -n 30 $(VENV)/install.log; echo "pip failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 
 venv: bootstrap $(VENV)/.installed
