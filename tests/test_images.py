@@ -105,6 +105,8 @@ def test_images_are_small_and_run_as_intended(images: dict[str, str]) -> None:
         for c, image in images.items()
     }
     assert "meshbox-init" in installed["init"] and "meshbox-proxy" not in installed["init"]
+    # The init image needs no gRPC and no event loop (issue 2's image split).
+    assert "grpcio" not in installed["init"] and "uvloop" not in installed["init"]
     assert "meshbox-proxy" in installed["proxy"] and "meshbox-agent" in installed["proxy"]
     assert "meshbox-discovery" not in installed["proxy"] and "meshbox-injector" not in installed["proxy"]
     assert "meshbox-discovery" in installed["control-plane"] and "meshbox-injector" in installed["control-plane"]
