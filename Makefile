@@ -39,7 +39,7 @@ proto: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy protos/meshbox/api $(foreach d,init injector proxy agent discovery ctl,$(d)/meshbox)
+	$(VENV)/bin/mypy protos/meshbox/api $(foreach d,init injector proxy agent discovery ctl,$(d)/meshbox) bench
 
 test: venv lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshbox.api.loader import ConfigError, iter_yaml_documents
+from meshbox.api.loader import ConfigError, iter_yaml_documents, plain_data
 from meshbox.discovery.registry import Registry, SourcedDocument, build_registry
 
 log = logging.getLogger("meshbox.discovery")
@@ -25,14 +25,6 @@ class RegistryDirError(OSError):
     """The registry directory itself is unusable (missing, not a directory, unreadable)."""
 
 
-def _plain(data: object) -> object:
-    if isinstance(data, Mapping):
-        return {str(k): _plain(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_plain(v) for v in data]
-    return data
-
-
 def parse_file(text: str, source: str) -> list[SourcedDocument]:
     """All objects of one YAML file (a ``kind: List`` is unpacked); raises ConfigError if it does not parse."""
     docs: list[SourcedDocument] = []
@@ -41,7 +33,7 @@ def parse_file(text: str, source: str) -> list[SourcedDocument]:
             continue
         if not isinstance(doc, Mapping):
             raise ConfigError(f"document {index + 1} is not a mapping", source=source)
-        plain = _plain(doc)
+        plain = plain_data(doc)
         assert isinstance(plain, dict)
         items = plain.get("items") if plain.get("kind") == "List" else [plain]
         docs.extend(SourcedDocument(source, item) for item in items or [] if isinstance(item, Mapping))

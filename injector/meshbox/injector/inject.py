@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbox.api.loader import plain_data
 from meshbox.injector.annotations import (
     OTHER_MESH_ANNOTATIONS,
     OTHER_MESH_CONTAINERS,
@@ -363,14 +364,6 @@ def _remove(tpl: MutableMapping[str, Any], status: Mapping[str, Any]) -> int | N
     return proxy_index
 
 
-def _plain(data: Any) -> Any:
-    if isinstance(data, Mapping):
-        return {k: _plain(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_plain(v) for v in data]
-    return data
-
-
 # --- the two handlers -------------------------------------------------------------------------
 
 
@@ -410,7 +403,7 @@ def _inject_workload(
     if status is None:
         reports.append(res.report(INJECTED))
         return new_obj
-    if _plain(new_obj) == _plain(obj):
+    if plain_data(new_obj) == plain_data(obj):
         reports.append(res.report(UNCHANGED, "already injected with these settings"))
         return obj
     reports.append(res.report(UPDATED, "sidecar replaced with the current settings"))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from meshbox.api import defaults
-from meshbox.api.loader import ConfigError, iter_yaml_documents
+from meshbox.api.loader import ConfigError, iter_yaml_documents, plain_data
 from meshbox.api.v1 import mesh_config_pb2
 from meshbox.api.validation import ValidationError, check_cidr, check_port
 
@@ -25,15 +25,6 @@ TEMPLATE_VARIABLES = (
 
 class SettingsError(ValueError):
     """A flag, mesh config or sidecar template that cannot be used; the message names it."""
-
-
-def _plain(data: Any) -> Any:
-    """ruamel containers → plain dicts/lists, so templates never share nodes with a manifest."""
-    if isinstance(data, Mapping):
-        return {str(k): _plain(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_plain(v) for v in data]
-    return data
 
 
 @dataclass(frozen=True)
@@ -85,9 +76,9 @@ def parse_template(text: str, *, source: str = "<template>") -> SidecarTemplate:
     if init_name == (data.get("proxy") or {}).get("name", "proxy"):
         raise SettingsError(f"{source}: init and proxy containers must have different names, both are {init_name!r}")
     return SidecarTemplate(
-        init=_plain(data.get("init") or {}),
-        proxy=_plain(data.get("proxy") or {}),
-        volumes=tuple(_plain(v) for v in volumes),
+        init=plain_data(data.get("init") or {}),
+        proxy=plain_data(data.get("proxy") or {}),
+        volumes=tuple(plain_data(v) for v in volumes),
     )
 
 

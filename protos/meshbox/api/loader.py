@@ -183,12 +183,20 @@ class _Checker:
             )
 
 
-def _plain(data: Any) -> Any:
-    """ruamel's commented containers → plain dicts and lists (what json_format expects)."""
+def plain_data(data: Any) -> Any:
+    """ruamel's round-trip containers and scalars → plain dicts, lists and builtins.
+
+    What json_format and json.dumps expect, and safe to keep: the result shares no node
+    with the parsed document.
+    """
     if isinstance(data, Mapping):
-        return {str(k): _plain(v) for k, v in data.items()}
+        return {str(k): plain_data(v) for k, v in data.items()}
     if isinstance(data, list):
-        return [_plain(v) for v in data]
+        return [plain_data(v) for v in data]
+    # ruamel's ScalarInt, ScalarFloat, ScalarString... subclass the builtins: unwrap them.
+    for kind in (bool, int, float, str):
+        if isinstance(data, kind):
+            return kind(data)
     return data
 
 
@@ -199,7 +207,7 @@ def message_from_data(data: Any, message_type: type[M], *, source: str = "<input
     _Checker(source).message(data, message_type.DESCRIPTOR, path, None, None)
     message = message_type()
     try:
-        json_format.ParseDict(_plain(data), message)
+        json_format.ParseDict(plain_data(data), message)
     except json_format.ParseError as exc:
         # Only value-level problems get here (e.g. a malformed duration); the checker
         # above already caught unknown fields and wrong types.

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rule
+from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rule, plain_data
 from meshbox.ctl.local.addressing import AddressError, check_dns_label
 
 SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule")
@@ -41,19 +41,6 @@ class Resource:
     def label(self) -> str:
         """kubectl's ``kind/name`` form."""
         return f"{self.kind.lower()}/{self.name}"
-
-
-def plain(data: Any) -> Any:
-    """ruamel containers → plain dicts/lists (stable for JSON)."""
-    if isinstance(data, Mapping):
-        return {str(k): plain(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [plain(v) for v in data]
-    # ruamel's round-trip scalars (ScalarInt, ScalarString...) subclass the builtins: unwrap them.
-    for kind in (bool, int, float, str):
-        if isinstance(data, kind):
-            return kind(data)
-    return data
 
 
 def _fail(source: str, where: str, reason: str) -> ManifestError:
@@ -142,7 +129,7 @@ def resource_from(doc: Any, source: str) -> Resource:
     """Check one document and wrap it; raises ManifestError naming what is wrong."""
     if not isinstance(doc, Mapping):
         raise _fail(source, "document", f"expected a mapping, got {type(doc).__name__}")
-    body: Obj = plain(doc)
+    body: Obj = plain_data(doc)
     kind = body.get("kind")
     if kind not in SUPPORTED_KINDS:
         raise _fail(source, "kind", f"{kind!r} is not supported by the local cluster "
