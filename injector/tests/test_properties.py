@@ -6,7 +6,7 @@ import copy
 import io
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
@@ -66,6 +66,9 @@ def test_yaml_text_round_trips_byte_for_byte(pod: dict[str, Any], layout: tuple[
     out = io.StringIO()
     yaml.dump(pod, out)
     text = "# generated\n" + out.getvalue() + "# after\n"
+    # ruamel itself does not read back every string it writes (e.g. '\x85' in single quotes
+    # reloads as a space); such a text does not mean `pod`, so it says nothing about injection.
+    assume(YAML(typ="safe").load(text) == pod)
     injected = inject_manifest(text, SETTINGS).text
     assert injected != text
     assert inject_manifest(injected, SETTINGS).text == injected
