@@ -16,7 +16,7 @@ import click
 from meshbox.ctl.local.cluster import ClusterError, LocalCluster
 from meshbox.ctl.local.host import HostError
 from meshbox.ctl.local.objects import ManifestError, Obj, parse_label_selector, parse_manifests
-from meshbox.ctl.local.state import STATE_ENV, StateError, default_state_dir
+from meshbox.ctl.local.state import DEFAULT_STATE_DIR, STATE_ENV, StateError
 from meshbox.ctl.local.views import OutputError, age, as_list, render, service_ports, table
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,7 +50,7 @@ def _cluster(ctx: click.Context) -> LocalCluster:
 
 @click.group("local")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              help=f"Where the cluster's state lives [${STATE_ENV}, else {default_state_dir()}].")
+              help=f"Where the cluster's state lives [${STATE_ENV}, else {DEFAULT_STATE_DIR}].")
 @click.pass_context
 def local(ctx: click.Context, state_dir: Path | None) -> None:
     """A local Kubernetes-like cluster made of network namespaces (needs root).
@@ -266,8 +266,6 @@ def exec_(ctx: click.Context, pod: str, container: str | None, namespace: str, s
     except KeyboardInterrupt:
         code = 130
     ctx.exit(code)
-
-
 
 
 def _follow(path: Path, still_there: Callable[[], bool]) -> Iterator[bytes]:
