@@ -70,6 +70,9 @@ def test_manifest_objects_and_namespace_default() -> None:
     ("kind: Service\nmetadata: {name: x\n", "invalid YAML"),
     ("", "no objects in the input"),
     (SERVICE + "---\n" + SERVICE, "service/web appears twice"),
+    ("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 80, name: web}],"
+     " readinessProbe: {httpGet: {port: http}}}]}\n",
+     "spec.containers[0].readinessProbe.httpGet.port: names no port of the container: 'http'"),
 ])
 def test_bad_manifests_name_the_problem(text: str, message: str) -> None:
     with pytest.raises(ManifestError, match=None) as info:

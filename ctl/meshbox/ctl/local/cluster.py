@@ -536,7 +536,11 @@ class LocalCluster:
             return False
         probe = (container.get("readinessProbe") or {}).get("httpGet")
         if probe:
-            code = host.http_status(rec["netns"], f"http://127.0.0.1:{probe['port']}{probe.get('path', '/')}")
+            port = probe["port"]
+            # Kubernetes lets a probe name one of the container's ports instead of its number.
+            named = {p.get("name"): p["containerPort"] for p in container.get("ports") or [] if p.get("name")}
+            port = named.get(port, port)
+            code = host.http_status(rec["netns"], f"http://127.0.0.1:{port}{probe.get('path', '/')}")
             return 200 <= code < 400
         ports = container.get("ports") or []
         return host.tcp_open(rec["netns"], int(ports[0]["containerPort"])) if ports else True

@@ -85,6 +85,15 @@ def _check_pod_spec(spec: Any, source: str, where: str) -> None:
             for j, port in enumerate(container.get("ports") or []):
                 _port(_mapping(port, source, f"{at}.ports[{j}]").get("containerPort"), source,
                       f"{at}.ports[{j}].containerPort")
+            probe = (container.get("readinessProbe") or {}).get("httpGet")
+            if probe:
+                named = {p.get("name") for p in container.get("ports") or []}
+                if isinstance(probe.get("port"), str):
+                    if probe["port"] not in named:
+                        raise _fail(source, f"{at}.readinessProbe.httpGet.port",
+                                    f"names no port of the container: {probe['port']!r}")
+                else:
+                    _port(probe.get("port"), source, f"{at}.readinessProbe.httpGet.port")
 
 
 def _check_service(body: Obj, source: str) -> None:
