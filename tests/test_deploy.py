@@ -221,6 +221,8 @@ def test_route_rule_crd_schema_accepts_what_the_loader_accepts() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--namespace", "Mesh_System"], "not a valid namespace name"),
     (["--mesh-config", "/nonexistent/mesh.yaml"], "cannot read file"),
+    (["--hub", "Bad Hub"], "--hub: not an image registry/repository prefix: 'Bad Hub'"),
+    (["--tag", ":x"], "--tag: not an image tag: ':x'"),
 ])
 def test_bad_input_is_a_clear_error(args: list[str], message: str) -> None:
     result = CliRunner().invoke(install, ["--dry-run", *args])

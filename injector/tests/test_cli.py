@@ -125,6 +125,8 @@ def test_flags_in_the_istioctl_style(tmp_path: Path) -> None:
     (["--includeIPRanges", "10.0.0.0/8,nope"], "includeIPRanges: not a CIDR: 'nope'"),
     (["--excludeIPRanges", "*"], "--excludeIPRanges: '*' is not allowed here"),
     (["--sidecarProxyUID", "0"], "sidecarProxyUID must be a non-root UID"),
+    (["--hub", "bad hub"], "hub: not an image registry/repository prefix: 'bad hub'"),
+    (["--tag", "x y"], "tag: not an image tag: 'x y'"),
     (["--meshConfigFile", "/nonexistent.yaml"], "/nonexistent.yaml: cannot read file"),
 ])
 def test_bad_flags_are_errors_naming_the_flag(flags: list[str], expected: str) -> None:

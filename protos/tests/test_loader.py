@@ -60,11 +60,11 @@ def test_defaults_match_the_tutorial() -> None:
 
 def test_mesh_config_yaml_overrides_only_what_it_sets(tmp_path: Path) -> None:
     path = tmp_path / "mesh.yaml"
-    path.write_text("ports:\n  inboundCapture: 15006\nhub: example.org/mesh\nexclude_outbound_cidrs: [10.0.0.0/8]\n")
+    path.write_text("ports:\n  inboundCapture: 15006\nhub: registry.example.org:5000/team/mesh\nexclude_outbound_cidrs: [10.0.0.0/8]\n")
     config = load_mesh_config(path)
     assert inbound_capture_port(config) == 15006
     assert config.ports.outbound_capture == 15001
-    assert config.hub == "example.org/mesh"
+    assert config.hub == "registry.example.org:5000/team/mesh"
     assert config.tag == default_mesh_config().tag
     assert list(config.exclude_outbound_cidrs) == ["10.0.0.0/8"]
     assert config.outbound_traffic_policy == mesh_config_pb2.ALLOW_ANY
@@ -111,6 +111,8 @@ def test_bad_fields_are_named_with_line_and_column(text: str, expected: str) -> 
         ("exclude_outbound_cidrs: ['*']\n", "mesh.yaml: exclude_outbound_cidrs[0]: '*' is not allowed here"),
         ("include_outbound_cidrs: [10.0.0.0/33]\n", "mesh.yaml: include_outbound_cidrs[0]: not a CIDR"),
         ("ports: {admin: 15001}\n", "mesh.yaml: ports.admin: port 15001 is also outbound_capture"),
+        ("hub: 'bad hub'\n", "mesh.yaml: hub: not an image registry/repository prefix: 'bad hub'"),
+        ("tag: '-x'\n", "mesh.yaml: tag: not an image tag: '-x'"),
     ],
 )
 def test_meaningless_values_are_refused(text: str, expected: str) -> None:

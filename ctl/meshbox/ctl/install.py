@@ -30,6 +30,7 @@ from ruamel.yaml.scalarstring import LiteralScalarString
 from meshbox.api import defaults
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND, ConfigError, load_mesh_config
 from meshbox.api.v1 import mesh_config_pb2, routing_pb2
+from meshbox.api.validation import ValidationError, check_image_hub, check_image_tag
 
 if TYPE_CHECKING:
     from meshbox.injector.certs import TlsMaterial
@@ -399,10 +400,15 @@ def install(dry_run: bool, mesh_config: Path | None, hub: str | None, tag: str |
         mesh = load_mesh_config(mesh_config)
     except ConfigError as e:
         raise InstallError(str(e)) from None
-    if hub:
-        mesh.hub = hub
-    if tag:
-        mesh.tag = tag
+    try:
+        if hub is not None:
+            check_image_hub(hub, source="--hub", path="")
+            mesh.hub = hub
+        if tag is not None:
+            check_image_tag(tag, source="--tag", path="")
+            mesh.tag = tag
+    except ValidationError as e:
+        raise InstallError(str(e)) from None
     if mesh.discovery_address == defaults.DISCOVERY_ADDRESS and namespace != MESH_NAMESPACE:
         # The default address names the default namespace; follow the control plane.
         mesh.discovery_address = f"{DISCOVERY}.{namespace}.svc:{defaults.DISCOVERY_PORT}"

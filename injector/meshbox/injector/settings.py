@@ -15,7 +15,7 @@ from typing import Any
 from meshbox.api import defaults
 from meshbox.api.loader import ConfigError, iter_yaml_documents, plain_data
 from meshbox.api.v1 import mesh_config_pb2
-from meshbox.api.validation import ValidationError, check_cidr, check_port
+from meshbox.api.validation import ValidationError, check_cidr, check_image_hub, check_image_tag, check_port
 
 TEMPLATE_KEYS = ("init", "proxy", "volumes")
 TEMPLATE_VARIABLES = (
@@ -158,8 +158,11 @@ class InjectSettings:
     template: SidecarTemplate = field(default_factory=SidecarTemplate)
 
     def __post_init__(self) -> None:
-        if not self.hub or not self.tag:
-            raise SettingsError("hub and tag must not be empty")
+        try:
+            check_image_hub(self.hub, source="hub", path="")
+            check_image_tag(self.tag, source="tag", path="")
+        except ValidationError as exc:
+            raise SettingsError(f"{exc.source}: {exc.reason}") from None
         if self.proxy_uid <= 0:
             raise SettingsError(f"sidecarProxyUID must be a non-root UID (> 0), got {self.proxy_uid}")
         _check_ports([self.outbound_port, self.status_port], "ports")

@@ -8,6 +8,7 @@ them before accepting a config, so an invalid one is refused (NACKed) whole.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2
 
@@ -42,6 +43,25 @@ def check_cidr(value: str, *, source: str, path: str, allow_wildcard: bool) -> N
         raise ValidationError(f"not a CIDR: {value!r}", source=source, path=path) from None
 
 
+# Image references as the OCI distribution spec allows them: a hub is a registry host
+# (optionally with a port) and/or lower-case path components; a tag is up to 128 word
+# characters, dots and dashes, not starting with either.
+_IMAGE_HUB = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+_IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_image_hub(value: str, *, source: str, path: str) -> None:
+    """Raise ValidationError unless value can prefix an image name (e.g. docker.io/meshbox)."""
+    if not _IMAGE_HUB.fullmatch(value):
+        raise ValidationError(f"not an image registry/repository prefix: {value!r}", source=source, path=path)
+
+
+def check_image_tag(value: str, *, source: str, path: str) -> None:
+    """Raise ValidationError unless value is a valid image tag (e.g. 0.1.0)."""
+    if not _IMAGE_TAG.fullmatch(value):
+        raise ValidationError(f"not an image tag: {value!r}", source=source, path=path)
+
+
 def validate_mesh_config(config: mesh_config_pb2.MeshConfig, *, source: str = "<mesh config>") -> None:
     """Check ports, UIDs and CIDR lists of a MeshConfig."""
     ports = config.ports
@@ -63,13 +83,17 @@ def validate_mesh_config(config: mesh_config_pb2.MeshConfig, *, source: str = "<
         check_port(port, source=source, path=f"exclude_inbound_ports[{i}]")
     for i, port in enumerate(config.exclude_outbound_ports):
         check_port(port, source=source, path=f"exclude_outbound_ports[{i}]")
+    check_image_hub(config.hub, source=source, path="hub")
+    check_image_tag(config.tag, source=source, path="tag")
     if config.proxy_uid == 0:
         raise ValidationError("the proxy must not run as root (uid 0)", source=source, path="proxy_uid")
 
 
 def _check_weights(weights: list[int], *, source: str, path: str) -> None:
-    if weights and sum(weights) <= 0:
-        raise ValidationError("weights must not all be zero", source=source, path=path)
+    """Weights split traffic in proportion; all zero means an equal split. The total must fit in 32 bits."""
+    limit = 2**32 - 1
+    if sum(weights) > limit:
+        raise ValidationError(f"weights add up to {sum(weights)}, more than {limit}", source=source, path=path)
 
 
 def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str = "<proxy config>") -> None:
