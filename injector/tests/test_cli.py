@@ -121,6 +121,15 @@ def test_flags_in_the_istioctl_style(tmp_path: Path) -> None:
     assert '- -u\n    - "4242"\n' in run.stdout
 
 
+def test_empty_include_ranges_capture_no_outbound_traffic() -> None:
+    """As with istioctl and meshbox-init: `--includeIPRanges ''` means no outbound capture, not all."""
+    run = meshctl("kube-inject", "-f", str(GOLDEN / "kinds" / "pod.yaml"), "--includeIPRanges", "")
+    assert run.returncode == 0, run.stderr
+    assert '- -i\n    - ""\n' in run.stdout
+    everything = meshctl("kube-inject", "-f", str(GOLDEN / "kinds" / "pod.yaml"), "--includeIPRanges", "*")
+    assert "- -i\n" not in everything.stdout
+
+
 @pytest.mark.parametrize(("flags", "expected"), [
     (["--includeIPRanges", "10.0.0.0/8,nope"], "includeIPRanges: not a CIDR: 'nope'"),
     (["--excludeIPRanges", "*"], "--excludeIPRanges: '*' is not allowed here"),

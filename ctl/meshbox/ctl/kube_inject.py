@@ -142,7 +142,7 @@ def _common(func: Any) -> Any:
 @click.option("--sidecarProxyUID", "proxy_uid", type=int, metavar="UID",
               help="UID the proxy runs as; its traffic is never captured [1337].")
 @click.option("--includeIPRanges", "include_ip_ranges", metavar="CIDRS",
-              help="Comma-separated outbound CIDRs to capture; * for all [all].")
+              help="Comma-separated outbound CIDRs to capture; * for all, '' for none [all].")
 @click.option("--excludeIPRanges", "exclude_ip_ranges", metavar="CIDRS",
               help="Comma-separated outbound CIDRs never captured.")
 def kube_inject(filename: str, output: str | None, diff: bool, verbosity: int, mesh_config: str | None,

@@ -150,8 +150,8 @@ class InjectSettings:
     inbound_port: int = 0
     status_port: int = defaults.AGENT_STATUS_PORT
     discovery_address: str = defaults.DISCOVERY_ADDRESS
-    # Empty = capture all outbound (no `-i`); ("*",) is the same, said explicitly.
-    include_ip_ranges: tuple[str, ...] = ()
+    # None = capture all outbound (no `-i`), as does ("*",); () = capture none (`-i ''`, as in Istio).
+    include_ip_ranges: tuple[str, ...] | None = None
     exclude_ip_ranges: tuple[str, ...] = ()
     exclude_inbound_ports: tuple[int, ...] = ()
     exclude_outbound_ports: tuple[int, ...] = ()
@@ -168,7 +168,8 @@ class InjectSettings:
         _check_ports([self.outbound_port, self.status_port], "ports")
         if self.inbound_port:
             _check_ports([self.inbound_port], "inbound port")
-        _check_cidrs(self.include_ip_ranges, "includeIPRanges", allow_wildcard=True)
+        if self.include_ip_ranges is not None:
+            _check_cidrs(self.include_ip_ranges, "includeIPRanges", allow_wildcard=True)
         _check_cidrs(self.exclude_ip_ranges, "excludeIPRanges", allow_wildcard=False)
         _check_ports(self.exclude_inbound_ports, "excludeInboundPorts")
         _check_ports(self.exclude_outbound_ports, "excludeOutboundPorts")
@@ -185,7 +186,8 @@ class InjectSettings:
             inbound_port=mesh.ports.inbound_capture,
             status_port=mesh.ports.agent_status or defaults.AGENT_STATUS_PORT,
             discovery_address=mesh.discovery_address or defaults.DISCOVERY_ADDRESS,
-            include_ip_ranges=tuple(mesh.include_outbound_cidrs),
+            # The mesh config cannot say "none": an empty list there means all.
+            include_ip_ranges=tuple(mesh.include_outbound_cidrs) or None,
             exclude_ip_ranges=tuple(mesh.exclude_outbound_cidrs),
             exclude_inbound_ports=tuple(mesh.exclude_inbound_ports),
             exclude_outbound_ports=tuple(mesh.exclude_outbound_ports),

@@ -43,7 +43,7 @@ def init_args(settings: InjectSettings, overrides: Mapping[str, str]) -> list[st
     flags: dict[str, str] = {}
     if settings.exclude_inbound_ports:
         flags["-d"] = ",".join(map(str, settings.exclude_inbound_ports))
-    if settings.include_ip_ranges and settings.include_ip_ranges != ("*",):
+    if settings.include_ip_ranges is not None and settings.include_ip_ranges != ("*",):
         flags["-i"] = ",".join(settings.include_ip_ranges)
     if settings.exclude_ip_ranges:
         flags["-x"] = ",".join(settings.exclude_ip_ranges)
