@@ -3,7 +3,7 @@
 Port numbers and the proxy UID follow the peers (Istio), so users find them where
 they expect: 15001 outbound capture, 15000 admin, 15020 agent status, UID/GID 1337.
 Inbound capture defaults to single-port mode (0 = same as outbound), as in the
-2017 tutorial's `-p 15001 -u 1337`.
+2017 tutorial's `-p 15001 -u 1337`; split mode sets ports.inbound_capture (Istio uses 15006).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from meshbox.api.v1 import mesh_config_pb2
 
 OUTBOUND_CAPTURE_PORT = 15001
-SPLIT_INBOUND_CAPTURE_PORT = 15006
 ADMIN_PORT = 15000
 AGENT_STATUS_PORT = 15020
 PROXY_UID = 1337
