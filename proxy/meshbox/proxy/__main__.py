@@ -1,5 +1,5 @@
 """``python -m meshbox.proxy``: same as the meshbox-proxy command."""
 
-from meshbox.proxy.cli import main
+from meshbox.proxy.entry import main
 
 main()

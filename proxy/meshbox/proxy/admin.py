@@ -18,6 +18,7 @@ from meshbox.proxy.codec import get_codec
 from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead
 from meshbox.proxy.codec.heads import reason_phrase
 from meshbox.proxy.codec.writer import response_head_bytes
+from meshbox.proxy.listen_socket import listening_socket
 from meshbox.proxy.metrics import Stats, render
 from meshbox.proxy.server import ConfigRejected
 
@@ -56,7 +57,7 @@ class AdminServer:
 
     async def start(self, port: int, host: str = "127.0.0.1") -> int:
         """Listen (on loopback only by default); returns the actual port."""
-        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        self.server = await asyncio.start_server(self._handle, sock=listening_socket(host, port, backlog=100))
         return int(self.server.sockets[0].getsockname()[1])
 
     def close(self) -> None:

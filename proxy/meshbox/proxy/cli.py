@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -13,7 +14,8 @@ from meshbox.api.v1 import mesh_config_pb2
 from meshbox.proxy.access_log import FormatError, compile_format
 from meshbox.proxy.codec import CODECS
 from meshbox.proxy.config_files import ConfigFileError, load_config_files
-from meshbox.proxy.runtime import Options, run
+from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT
+from meshbox.proxy.runtime import Options, run_or_explain
 from meshbox.proxy.snapshot import Workload
 
 # A Deployment's pod is <deployment>-<replicaset hash>-<5 characters>.
@@ -54,9 +56,18 @@ def _port(value: int | None, default: int, flag: str) -> int:
               help="Worker processes sharing the listeners with SO_REUSEPORT.")
 @click.option("--access-log-format", default=None,
               help="Envoy %FIELD% format of access log lines (default: mesh config, else Envoy's default).")
-def main(config_path: str | None, mesh_path: str | None, admin_port: int | None, outbound_port: int | None,
-         inbound_port: int | None, pod_ip: str | None, codec: str, concurrency: int,
-         access_log_format: str | None) -> None:
+@click.option("--request-head-timeout", type=click.FloatRange(min=0), default=HEAD_TIMEOUT, show_default=True,
+              help="Seconds a client may take to send a request head, from its first byte (408, flag SI; 0 = off).")
+@click.option("--request-idle-timeout", type=click.FloatRange(min=0), default=BODY_IDLE_TIMEOUT, show_default=True,
+              help="Seconds a request body may go without progress (408 or reset, flag SI; 0 = off).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=IDLE_TIMEOUT, show_default=True,
+              help="Seconds a kept-alive client connection may wait for its next request before it is closed "
+                   "(0 = off).")
+@click.pass_obj
+def main(handoff: Callable[[Options], None] | None, config_path: str | None, mesh_path: str | None,
+         admin_port: int | None, outbound_port: int | None, inbound_port: int | None, pod_ip: str | None,
+         codec: str, concurrency: int, access_log_format: str | None, request_head_timeout: float,
+         request_idle_timeout: float, idle_timeout: float) -> None:
     """Run the meshbox sidecar proxy: L7 HTTP/1.1 and L4 TCP, Envoy-format access log on stdout."""
     try:
         mesh, config = load_config_files(mesh_path, config_path)
@@ -84,10 +95,13 @@ def main(config_path: str | None, mesh_path: str | None, admin_port: int | None,
         access_log_format=fmt,
         registry_only=mesh.outbound_traffic_policy == mesh_config_pb2.REGISTRY_ONLY,
         workload=workload_from_env(os.environ),
+        head_timeout=request_head_timeout,
+        body_idle_timeout=request_idle_timeout,
+        idle_timeout=idle_timeout,
     )
     if concurrency > 1 and 0 in (options.admin_port, options.outbound_port):
         raise click.UsageError("--concurrency > 1 needs fixed ports: every worker must bind the same port")
-    try:
-        sys.exit(run(options))
-    except OSError as exc:
-        raise click.ClickException(f"cannot start: {exc}") from None
+    if handoff is not None:
+        handoff(options)  # meshbox.proxy.entry: another process runs them
+        return
+    sys.exit(run_or_explain(options))

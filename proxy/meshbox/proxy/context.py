@@ -13,6 +13,13 @@ from meshbox.proxy.request_id import RequestIds
 from meshbox.proxy.snapshot import INBOUND, OUTBOUND, Snapshot, Workload, metric_labels
 from meshbox.proxy.upstream_hosts import HostRegistry
 
+# Downstream timeouts (seconds; 0 turns one off): a request head must arrive within HEAD_TIMEOUT of its
+# first byte, a request body must make progress every BODY_IDLE_TIMEOUT, and a kept-alive client
+# connection with no request in progress is closed after IDLE_TIMEOUT.
+HEAD_TIMEOUT = 10.0
+BODY_IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT = 300.0
+
 
 @dataclass
 class ProxyContext:
@@ -28,6 +35,9 @@ class ProxyContext:
     # Ports of our own capture listeners: a connection whose original destination is one of them is a loop.
     capture_ports: frozenset[int] = frozenset()
     snapshot: Snapshot | None = None
+    head_timeout: float = HEAD_TIMEOUT
+    body_idle_timeout: float = BODY_IDLE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
     stats: Stats = field(default_factory=Stats)
     hosts: HostRegistry = field(default_factory=HostRegistry)
     request_ids: RequestIds = field(default_factory=RequestIds)
@@ -38,8 +48,11 @@ class ProxyContext:
     # Metric labels for traffic that matched no cluster (no route, passthrough), per direction.
     unknown_labels: dict[int, tuple[str, ...]] = field(init=False)
 
+    # Per exchange (route timeout, per-try timeout); per client connection (head, body, idle: coarser).
     deadlines: Deadlines = field(init=False)
+    connection_deadlines: Deadlines = field(init=False)
 
     def __post_init__(self) -> None:
         self.deadlines = Deadlines(self.loop)
+        self.connection_deadlines = Deadlines(self.loop, resolution=0.1)
         self.unknown_labels = {d: metric_labels(d, self.workload, "") for d in (INBOUND, OUTBOUND)}

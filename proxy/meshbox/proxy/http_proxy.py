@@ -18,6 +18,7 @@ from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, Reques
 from meshbox.proxy.codec.writer import LAST_CHUNK, chunk, local_reply, request_head_bytes, response_head_bytes
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.snapshot import INBOUND, ClusterRuntime, ListenerRuntime, RouteRuntime
+from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
@@ -30,6 +31,10 @@ _TERMINATION = b"upstream connect error or disconnect/reset before headers. rese
 MAX_IDLE_PER_HOST = 128
 # Buffer at most this much request body while no upstream connection is attached yet.
 _PENDING_BODY_LIMIT = 1 << 20
+# What an HTTP/2 client with prior knowledge (e.g. gRPC without TLS) sends first.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# What a client connection's timer is watching (see DownstreamHttp._watch).
+_NO_TIMER, _IDLE, _HEAD, _BODY = range(4)
 _monotonic = time.monotonic
 _wall = time.time
 
@@ -117,6 +122,10 @@ class DownstreamHttp(asyncio.Protocol):
         self.closed = False
         self.eof = False
         self.reading_paused = False
+        self.timer = _NO_TIMER
+        # The first bytes are checked for the HTTP/2 preface (kept here while too short to tell).
+        self.sniffing = True
+        self.sniffed = b""
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,8 +134,14 @@ class DownstreamHttp(asyncio.Protocol):
         self.remote = _peer(transport, "peername")
         self.local = _peer(transport, "sockname")
         self.ctx.connections.add(self)
+        self._watch()
 
     def data_received(self, data: bytes) -> None:
+        if self.sniffing:
+            sniffed = self._sniff(data)
+            if sniffed is None:
+                return
+            data = sniffed
         try:
             events: list[Any] = self.parser.feed(data)
         except ProtocolError as exc:
@@ -134,6 +149,10 @@ class DownstreamHttp(asyncio.Protocol):
             events = [*exc.events, exc]
         self._dispatch(events)
         self.flush()
+        ex = self.exchange
+        if ex is None or not ex.request_done:
+            # A complete request leaves the timer armed as it was: _client_timeout re-checks before acting.
+            self._watch()
 
     def eof_received(self) -> bool | None:
         tunnel = self.tunnel
@@ -151,6 +170,7 @@ class DownstreamHttp(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.connections.discard(self)
+        self.ctx.connection_deadlines.disarm(self)
         ex = self.exchange
         if ex is not None:
             self.exchange = None
@@ -192,6 +212,101 @@ class DownstreamHttp(asyncio.Protocol):
         self.flush()
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+    # -- client timeouts and HTTP/2 sniffing ------------------------------------------------------
+    def _phase(self) -> int:
+        """What the connection waits for from the client: a new request (idle), the rest of a head, or
+        more of a request body. Nothing while a response is on its way (the route timeout covers
+        that), while pipelined requests wait, or in a tunnel."""
+        ex = self.exchange
+        if ex is not None:
+            return _NO_TIMER if ex.request_done else _BODY
+        if self.backlog is not None or self.tunnel is not None:
+            return _NO_TIMER
+        if self.sniffed or self.parser.partial_head:
+            return _HEAD
+        return _IDLE
+
+    def _watch(self) -> None:
+        """Point the connection's timer at the current phase (a body's timer restarts on every read)."""
+        if self.closed:
+            return
+        phase = self._phase()
+        if phase == self.timer and phase != _BODY:
+            return
+        self.timer = phase
+        ctx = self.ctx
+        timeout = (0.0, ctx.idle_timeout, ctx.head_timeout, ctx.body_idle_timeout)[phase]
+        if timeout > 0:
+            ctx.connection_deadlines.arm(self, timeout, self._client_timeout)
+        else:
+            ctx.connection_deadlines.disarm(self)
+
+    def _client_timeout(self, _: object) -> None:
+        armed, self.timer = self.timer, _NO_TIMER
+        if self.closed:
+            return
+        if self._phase() != armed:
+            # The timer is left armed when a request completes (saves work per request): the connection
+            # moved on since, so watch what it waits for now.
+            self._watch()
+            return
+        stats = self.ctx.stats
+        ex = self.exchange
+        if armed == _IDLE:
+            # No request in progress: close quietly, as there is nothing to log.
+            stats.incr("downstream_cx_idle_timeout")
+        elif armed == _HEAD:
+            stats.incr("downstream_rq_header_timeout")
+            ex = Exchange(None, self.remote, self.local)
+            ex.listener = self._current_listener()
+            self._local_reply(ex, 408, b"request header timeout", "SI")
+        elif armed == _BODY and ex is not None:
+            stats.incr("downstream_rq_idle_timeout")
+            self._abort_upstream(ex)
+            if ex.response_started:
+                ex.response_flags = "SI"
+                self.exchange = None
+                self._log(ex)
+            else:
+                self._local_reply(ex, 408, b"stream timeout", "SI")
+        self.close()
+
+    def _sniff(self, data: bytes) -> bytes | None:
+        """The bytes to parse as HTTP/1.1, or None: still too few to tell, or handed to an L4 tunnel."""
+        data = self.sniffed + data if self.sniffed else data
+        if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+            self.sniffed = data
+            self._watch()
+            return None
+        self.sniffing = False
+        self.sniffed = b""
+        if data.startswith(H2_PREFACE):
+            self._tunnel_h2(data)
+            return None
+        return data
+
+    def _tunnel_h2(self, data: bytes) -> None:
+        """HTTP/2 with prior knowledge (gRPC): no L7 handling for it, so the whole connection goes at L4
+        to an endpoint of the cluster the listener's route for its own address picks, logged as TCP."""
+        transport = self.transport
+        assert transport is not None
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        ctx.connection_deadlines.disarm(self)
+        self.timer = _NO_TIMER
+        ctx.stats.incr("downstream_cx_http2_tunnelled")
+        listener = self._current_listener()
+        route = listener.routes.tunnel_route(b"%s:%d" % (listener.address.encode(), listener.port)) \
+            if listener.routes is not None else None
+        cluster = route.pick_cluster() if route is not None else None
+        labels = cluster.labels[listener.direction] if cluster is not None else ctx.unknown_labels[listener.direction]
+        tcp = DownstreamTcp(ctx, labels, cluster=cluster, refuse_flag="NR")
+        self.closed = True  # this protocol object is done; the TCP one owns the transport now
+        transport.set_protocol(tcp)
+        tcp.connection_made(transport)
+        if not transport.is_closing():
+            tcp.data_received(data)
 
     def _dispatch(self, events: list[Any]) -> None:
         for i, ev in enumerate(events):
@@ -355,7 +470,7 @@ class DownstreamHttp(asyncio.Protocol):
             self.resume_reading()
         ex.sent_at = _monotonic()
         up.write(data)
-        if ex.request_done and ex not in self.ctx.deadlines:
+        if ex.request_done:
             self._arm_timer(ex)
 
     def _request_body(self, ex: Exchange, data: bytes) -> None:
@@ -389,17 +504,45 @@ class DownstreamHttp(asyncio.Protocol):
                 ex.up.write(LAST_CHUNK)
             elif ex.route is not None:
                 self._hold(ex, LAST_CHUNK)
-        if ex.up is not None and ex not in self.ctx.deadlines and not ex.response_started:
+        if ex.up is not None and not ex.response_started:
             self._arm_timer(ex)
 
     def _arm_timer(self, ex: Exchange) -> None:
+        """Once the whole request is upstream: the route timeout (once per exchange) and the per-try
+        timeout (per attempt, keyed by the upstream connection carrying it)."""
         route = ex.route
-        if route is not None and not (ex.head is not None and ex.head.upgrade):
-            self.ctx.deadlines.arm(ex, route.timeout, self._timeout)
+        if route is None or (ex.head is not None and ex.head.upgrade):
+            return
+        deadlines = self.ctx.deadlines
+        if ex not in deadlines:
+            deadlines.arm(ex, route.timeout, self._timeout)
+        if route.per_try_timeout is not None and ex.up is not None:
+            deadlines.arm(ex.up, route.per_try_timeout, self._try_timeout)
+
+    def _try_timeout(self, up: UpstreamHttp) -> None:
+        """One attempt took longer than ``per_try_timeout``: try again on a new connection when retries are
+        left and the request can be replayed (no body, no response byte yet), else answer like UT."""
+        ex = up.exchange
+        if ex is None or self.exchange is not ex or ex.up is not up:
+            return
+        stats = self.ctx.stats
+        stats.incr("upstream_rq_per_try_timeout")
+        head = ex.head
+        replayable = not ex.response_started and head is not None and not head.chunked and not head.content_length
+        if ex.retries_left > 0 and replayable:
+            ex.retries_left -= 1
+            stats.incr("upstream_rq_retry")
+            self._detach(ex)
+            up.close()
+            self._connect(ex)
+            self.flush()
+            return
+        self._timeout(ex)
 
     def _timeout(self, ex: Exchange) -> None:
         if self.exchange is not ex:
             return
+        self.ctx.stats.incr("upstream_rq_timeout")
         if ex.response_started:
             ex.response_flags = "UT"
             self._abort_upstream(ex)
@@ -468,9 +611,7 @@ class DownstreamHttp(asyncio.Protocol):
         if ex.chunked_out:
             self.out.append(LAST_CHUNK)
         self.ctx.deadlines.disarm(ex)
-        if ex.host is not None:
-            ex.host.active -= 1
-        ex.up = None
+        self._detach(ex)
         if ex.response_code == 101:
             # The connection is a tunnel from now on; logged when it closes.
             self.tunnel = up
@@ -488,9 +629,7 @@ class DownstreamHttp(asyncio.Protocol):
     def response_failed(self, ex: Exchange, flag: str, status: int, body: bytes) -> None:
         """The upstream connection broke or sent garbage."""
         self.ctx.deadlines.disarm(ex)
-        if ex.host is not None and ex.up is not None:
-            ex.host.active -= 1
-        ex.up = None
+        self._detach(ex)
         if ex.response_started:
             ex.response_flags = flag
             self.exchange = None
@@ -502,9 +641,7 @@ class DownstreamHttp(asyncio.Protocol):
 
     def retry_on_fresh_connection(self, ex: Exchange) -> None:
         """A reused keep-alive connection closed before answering (the upstream timed it out): resend once."""
-        if ex.host is not None:
-            ex.host.active -= 1
-        ex.up = None
+        self._detach(ex)
         self.ctx.deadlines.disarm(ex)
         self._connect(ex)
 
@@ -548,25 +685,44 @@ class DownstreamHttp(asyncio.Protocol):
             self._dispatch(backlog)
         if self.backlog is None:
             self.resume_reading()
+            if self.exchange is None and not self.parser.partial_head:
+                # The usual case, inlined: idle from now on, even if the idle timer is still armed.
+                self.timer = _IDLE
+                ctx = self.ctx
+                if ctx.idle_timeout > 0:
+                    ctx.connection_deadlines.arm(self, ctx.idle_timeout, self._client_timeout)
+                else:
+                    ctx.connection_deadlines.disarm(self)
+                return
+        self.timer = _NO_TIMER
+        self._watch()
 
     def _log(self, ex: Exchange) -> None:
-        ex.duration_ms = int((_monotonic() - ex.start) * 1000)
+        elapsed_ms = (_monotonic() - ex.start) * 1000
+        ex.duration_ms = int(elapsed_ms)
         ctx = self.ctx
         ctx.access_log.log(ex)
         listener = ex.listener
         direction = listener.direction if listener is not None else INBOUND
         cluster = ex.cluster
         labels = cluster.labels[direction] if cluster is not None else ctx.unknown_labels[direction]
-        ctx.stats.request(labels, ex.response_code, ex.response_flags, (_monotonic() - ex.start) * 1000)
+        ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
     def _abort_upstream(self, ex: Exchange) -> None:
         self.ctx.deadlines.disarm(ex)
+        up = self._detach(ex)
+        if up is not None:
+            up.close()
+
+    def _detach(self, ex: Exchange) -> UpstreamHttp | None:
+        """End the current attempt: the upstream connection no longer carries this exchange."""
         up = ex.up
         if up is not None:
             ex.up = None
             if ex.host is not None:
                 ex.host.active -= 1
-            up.close()
+            self.ctx.deadlines.disarm(up)
+        return up
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         """Bad bytes from the client: answer 400/431/... (unless a response is under way) and close."""
@@ -732,6 +888,8 @@ class UpstreamHttp(asyncio.Protocol):
         self.host.idle.append(self)
 
     def close(self) -> None:
+        # Closed on purpose: whatever exchange it carried is no longer its business (no UC from connection_lost).
+        self.exchange = None
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()

@@ -15,16 +15,19 @@ import pickle
 import signal
 import socket
 import struct
+import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
 import uvloop
 
 from meshbox.api.v1 import proxy_config_pb2 as pc
+from meshbox.proxy import startup_memory
 from meshbox.proxy.access_log import AccessLog
 from meshbox.proxy.admin import AdminServer, config_dump
 from meshbox.proxy.codec import get_codec
-from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, ProxyContext
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.server import ConfigRejected, ProxyServer, announce
 from meshbox.proxy.snapshot import Workload
@@ -46,6 +49,9 @@ class Options:
     access_log_format: str
     registry_only: bool
     workload: Workload
+    head_timeout: float = HEAD_TIMEOUT
+    body_idle_timeout: float = BODY_IDLE_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
 
 
 def _context(options: Options) -> ProxyContext:
@@ -53,7 +59,9 @@ def _context(options: Options) -> ProxyContext:
     log = AccessLog(options.access_log_format)
     log.attach(loop)
     return ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
-                        pod_ip=options.pod_ip, registry_only=options.registry_only)
+                        pod_ip=options.pod_ip, registry_only=options.registry_only,
+                        head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
+                        idle_timeout=options.idle_timeout)
 
 
 async def _start_server(options: Options) -> ProxyServer:
@@ -205,10 +213,14 @@ async def _serve_worker(options: Options, sock: socket.socket) -> None:
             await _send(writer, reply)
 
     task = loop.create_task(control())
-    await stop.wait()
-    task.cancel()
-    server.drain()
-    server.ctx.access_log.flush()
+    startup_memory.release()
+    try:
+        await stop.wait()
+    finally:
+        # However the loop ends (SIGTERM, the first process gone, an interrupt): no log line is lost.
+        task.cancel()
+        server.drain()
+        server.ctx.access_log.flush()
 
 
 async def _serve_main(options: Options, workers: list[WorkerLink]) -> None:
@@ -224,9 +236,21 @@ async def _serve_main(options: Options, workers: list[WorkerLink]) -> None:
     announce("outbound capture", "0.0.0.0", server.outbound_port)
     if server.inbound_port and server.inbound_port != server.outbound_port:
         announce("inbound capture", "0.0.0.0", server.inbound_port)
-    await stop.wait()
-    admin.close()
-    server.ctx.access_log.flush()
+    startup_memory.release()
+    try:
+        await stop.wait()
+    finally:
+        admin.close()
+        server.ctx.access_log.flush()
+
+
+def run_or_explain(options: Options) -> int:
+    """Run the proxy; a failure to start (a port in use) is one line on stderr and exit status 1."""
+    try:
+        return run(options)
+    except OSError as exc:
+        print(f"Error: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def run(options: Options) -> int:
@@ -239,8 +263,15 @@ def run(options: Options) -> int:
             parent_end.close()
             for link in workers:
                 link.sock.close()
-            uvloop.run(_serve_worker(options, child_end))
-            os._exit(0)
+            status = 1
+            try:
+                uvloop.run(_serve_worker(options, child_end))
+                status = 0
+            except Exception:
+                traceback.print_exc()
+            finally:
+                # Never fall back into the first process's code (it would fork workers of its own).
+                os._exit(status)
         child_end.close()
         workers.append(WorkerLink(pid, parent_end))
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import ipaddress
-import socket
 import sys
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import ValidationError, validate_proxy_config
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.http_proxy import DownstreamHttp
+from meshbox.proxy.listen_socket import listening_socket
 from meshbox.proxy.original_dst import original_dst
 from meshbox.proxy.snapshot import INBOUND, OUTBOUND, ListenerRuntime, Snapshot
 from meshbox.proxy.tcp_proxy import DownstreamTcp
@@ -107,9 +107,12 @@ class ProxyServer:
         return int(port)
 
     async def _serve(self, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> asyncio.Server:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return await self.ctx.loop.create_server(
-            factory, host, port, family=family, reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024)
+        sock = listening_socket(host, port, reuse_port=self.reuse_port)
+        try:
+            return await self.ctx.loop.create_server(factory, sock=sock, backlog=1024)
+        except BaseException:
+            sock.close()
+            raise
 
     def _bound_factory(self, key: tuple[str, int]) -> asyncio.Protocol:
         """Per accepted connection on a bound listener: the listener as the current snapshot has it."""

@@ -129,7 +129,7 @@ class RouteRuntime:
 class RouteTable:
     """Host → virtual host (exact, host without port, ``*.suffix``, ``prefix.*``, ``*``), then first matching route."""
 
-    __slots__ = ("_cache", "any", "exact", "name", "prefixes", "suffixes")
+    __slots__ = ("_cache", "any", "exact", "first", "name", "prefixes", "suffixes")
     _CACHE_SIZE = 1024
 
     def __init__(self, rc: pc.RouteConfiguration, clusters: dict[str, ClusterRuntime]) -> None:
@@ -138,8 +138,12 @@ class RouteTable:
         self.suffixes: list[tuple[bytes, list[RouteRuntime]]] = []
         self.prefixes: list[tuple[bytes, list[RouteRuntime]]] = []
         self.any: list[RouteRuntime] | None = None
+        # The first route of the first virtual host, for connections that cannot be routed per request.
+        self.first: RouteRuntime | None = None
         for vh in rc.virtual_hosts:
             routes = [RouteRuntime(r, clusters) for r in vh.routes]
+            if self.first is None and routes:
+                self.first = routes[0]
             for domain in vh.domains:
                 d = domain.lower().encode()
                 if d == b"*":
@@ -196,6 +200,12 @@ class RouteTable:
             if path.startswith(route.prefix) and (not route.headers or all(m.matches(headers) for m in route.headers)):
                 return route
         return None
+
+
+    def tunnel_route(self, authority: bytes) -> RouteRuntime | None:
+        """The route of a connection tunnelled at L4 (HTTP/2 prior knowledge: no Host to read): the one a
+        request for ``/`` to ``authority`` would take, else the first route of the first virtual host."""
+        return self.match(authority, b"/", []) or self.first
 
 
 class ListenerRuntime:

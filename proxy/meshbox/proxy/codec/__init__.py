@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from meshbox.proxy.codec.events import Event
-from meshbox.proxy.codec.h11_codec import H11RequestParser, H11ResponseParser
 from meshbox.proxy.codec.httptools_codec import HttptoolsRequestParser, HttptoolsResponseParser
 
 
 class RequestParser(Protocol):
     def feed(self, data: bytes) -> list[Event]: ...
+
+    @property
+    def partial_head(self) -> bool: ...
 
 
 class ResponseParser(Protocol):
@@ -38,9 +40,22 @@ class Codec:
     response_parser: Callable[[bytes, bool], ResponseParser]
 
 
+def _h11_request_parser() -> RequestParser:
+    # h11 is imported only by a proxy that uses it: the default codec's process never pays its memory.
+    from meshbox.proxy.codec.h11_codec import H11RequestParser
+
+    return H11RequestParser()
+
+
+def _h11_response_parser(request_method: bytes, upgrade: bool) -> ResponseParser:
+    from meshbox.proxy.codec.h11_codec import H11ResponseParser
+
+    return H11ResponseParser(request_method, upgrade)
+
+
 CODECS = {
     "httptools": Codec("httptools", HttptoolsRequestParser, HttptoolsResponseParser),
-    "h11": Codec("h11", H11RequestParser, H11ResponseParser),
+    "h11": Codec("h11", _h11_request_parser, _h11_response_parser),
 }
 
 

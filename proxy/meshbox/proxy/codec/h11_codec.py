@@ -69,6 +69,11 @@ class H11RequestParser:
         self._tunnel = False
         self._closing = False  # the last request was not keep-alive: nothing may follow (as in llhttp)
 
+    @property
+    def partial_head(self) -> bool:
+        """Some bytes of a request head arrived, but not all of it (what the head timeout watches)."""
+        return self._conn is None and bool(self._buf.lstrip(b"\r\n"))
+
     def feed(self, data: bytes) -> list[Event]:
         """Parse more bytes; raises ProtocolError (status to answer with) on bad input."""
         if self._tunnel:

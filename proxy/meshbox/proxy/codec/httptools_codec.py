@@ -15,7 +15,8 @@ class _Stop(Exception):
 class HttptoolsRequestParser:
     """Request bytes → events; keeps state across keep-alive and pipelined requests."""
 
-    __slots__ = ("_events", "_head_size", "_headers", "_in_head", "_max_head", "_parser", "_tunnel", "_url")
+    __slots__ = ("_events", "_head_size", "_headers", "_in_head", "_max_head", "_parser", "_started", "_tunnel",
+                 "_url")
 
     def __init__(self, max_head: int = MAX_HEAD_BYTES) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -26,9 +27,15 @@ class HttptoolsRequestParser:
         self._in_head = True
         self._max_head = max_head
         self._tunnel = False
+        self._started = False
+
+    @property
+    def partial_head(self) -> bool:
+        """Some bytes of a request head arrived, but not all of it (what the head timeout watches)."""
+        return self._started
 
     # No on_message_begin: each callback costs a Python call, so per-message state is reset as it is
-    # consumed (on_headers_complete, on_message_complete) instead.
+    # consumed (on_headers_complete, on_message_complete) instead, and feed() marks a head as started.
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -45,6 +52,7 @@ class HttptoolsRequestParser:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._started = False
         parser = self._parser
         url, headers = self._url, self._headers
         self._url = b""
@@ -58,12 +66,16 @@ class HttptoolsRequestParser:
         self._events.append(END)
         self._in_head = True
         self._head_size = 0
+        self._started = False
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse more bytes; raises ProtocolError (status to answer with) on bad input."""
         if self._tunnel:
             return [Tunnel(data)]
         events = self._events = []
+        # Bytes while no message is under way start a head; cleared when a head or message completes
+        # (so bytes that only begin another request in the same read are not noticed: rare, harmless).
+        self._started = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
