@@ -60,7 +60,10 @@ def test_defaults_match_the_tutorial() -> None:
 
 def test_mesh_config_yaml_overrides_only_what_it_sets(tmp_path: Path) -> None:
     path = tmp_path / "mesh.yaml"
-    path.write_text("ports:\n  inboundCapture: 15006\nhub: registry.example.org:5000/team/mesh\nexclude_outbound_cidrs: [10.0.0.0/8]\n")
+    path.write_text(
+        "ports:\n  inboundCapture: 15006\nhub: registry.example.org:5000/team/mesh\n"
+        "exclude_outbound_cidrs: [10.0.0.0/8]\n"
+    )
     config = load_mesh_config(path)
     assert inbound_capture_port(config) == 15006
     assert config.ports.outbound_capture == 15001
