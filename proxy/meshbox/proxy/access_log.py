@@ -81,8 +81,14 @@ def default_line(r: LogRecord) -> bytes:
     """Envoy's default format, written out by hand (as bytes: no decoding) because it runs per request."""
     ust = r.upstream_service_time
     host = r.upstream_host
+    # _start_time, inlined (one call fewer per request); it still refreshes the cached seconds text.
+    t = r.start_time
+    sec = int(t)
+    if _second[0] != sec:
+        _start_time(t)
     return _DEFAULT % (
-        _start_time(r.start_time), r.method or b"-", r.path or b"-", _PROTOCOLS.get(r.protocol, b"-"),
+        b"%s.%03dZ" % (_second_text[0], int((t - sec) * 1000)), r.method or b"-", r.path or b"-",
+        _PROTOCOLS.get(r.protocol, b"-"),
         r.response_code, r.response_flags.encode(), r.bytes_received, r.bytes_sent, r.duration_ms,
         b"-" if ust is None else b"%d" % ust, r.forwarded_for or b"-", r.user_agent or b"-", r.request_id or b"-",
         r.authority or b"-", host.encode() if host else b"-")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, RequestHead, ResponseHead, Tunnel
-from meshbox.proxy.codec.writer import LAST_CHUNK, chunk, local_reply, request_head_bytes, response_head_bytes
+from meshbox.proxy.codec.writer import LAST_CHUNK, chunk, local_reply, response_head_bytes
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.snapshot import INBOUND, ClusterRuntime, ListenerRuntime, RouteRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
@@ -148,7 +148,8 @@ class DownstreamHttp(asyncio.Protocol):
             # Answered in order: after complete requests in the same bytes and any response in flight.
             events = [*exc.events, exc]
         self._dispatch(events)
-        self.flush()
+        if self.out:
+            self.flush()
         ex = self.exchange
         if ex is None or not ex.request_done:
             # A complete request leaves the timer armed as it was: _client_timeout re-checks before acting.
@@ -170,7 +171,7 @@ class DownstreamHttp(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.connections.discard(self)
-        self.ctx.connection_deadlines.disarm(self)
+        self.ctx.connection_deadlines.disarm(self, None)
         ex = self.exchange
         if ex is not None:
             self.exchange = None
@@ -240,7 +241,7 @@ class DownstreamHttp(asyncio.Protocol):
         if timeout > 0:
             ctx.connection_deadlines.arm(self, timeout, self._client_timeout)
         else:
-            ctx.connection_deadlines.disarm(self)
+            ctx.connection_deadlines.disarm(self, None)
 
     def _client_timeout(self, _: object) -> None:
         armed, self.timer = self.timer, _NO_TIMER
@@ -293,7 +294,7 @@ class DownstreamHttp(asyncio.Protocol):
         assert transport is not None
         ctx = self.ctx
         ctx.connections.discard(self)
-        ctx.connection_deadlines.disarm(self)
+        ctx.connection_deadlines.disarm(self, None)
         self.timer = _NO_TIMER
         ctx.stats.incr("downstream_cx_http2_tunnelled")
         listener = self._current_listener()
@@ -353,7 +354,11 @@ class DownstreamHttp(asyncio.Protocol):
         ex = self.exchange = Exchange(head, self.remote, self.local)
         if not head.chunked and not head.content_length:
             ex.request_done = True
-        listener = ex.listener = self._current_listener()
+        listener = self.listener
+        snap = self.ctx.snapshot
+        if snap is not self.listener_snapshot and snap is not None:
+            listener = self._current_listener()
+        ex.listener = listener
         host_header: bytes | None = None
         request_id: bytes | None = None
         headers: Headers = []
@@ -395,7 +400,7 @@ class DownstreamHttp(asyncio.Protocol):
             self._local_reply(ex, 404, b"", "NR")
             return
         ex.route = route
-        cluster = ex.cluster = route.pick_cluster()
+        cluster = ex.cluster = route.single_cluster or route.pick_cluster()
         ex.upstream_cluster = cluster.name
         if route.abort_percent and random.random() * 100 < route.abort_percent:
             self._local_reply(ex, route.abort_status, b"fault filter abort", "FI")
@@ -404,7 +409,9 @@ class DownstreamHttp(asyncio.Protocol):
             headers.append((b"host", (cluster.service or cluster.name).encode()))
         if head.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
-        ex.request_bytes = request_head_bytes(head.method, head.target, headers)
+        # request_head_bytes, written out as it runs for every request (headers is never empty: Host is there).
+        ex.request_bytes = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (head.method, head.target,
+                                                              b"\r\n".join(map(b": ".join, headers)))
         ex.retries_left = route.retries
         if route.delay_percent and random.random() * 100 < route.delay_percent:
             ex.response_flags = "DI"
@@ -469,7 +476,9 @@ class DownstreamHttp(asyncio.Protocol):
             ex.pending_size = 0
             self.resume_reading()
         ex.sent_at = _monotonic()
-        up.write(data)
+        # up.write(data), inlined: this runs for every request.
+        if up.transport is not None and not up.closed:
+            up.transport.write(data)
         if ex.request_done:
             self._arm_timer(ex)
 
@@ -514,7 +523,7 @@ class DownstreamHttp(asyncio.Protocol):
         if route is None or (ex.head is not None and ex.head.upgrade):
             return
         deadlines = self.ctx.deadlines
-        if ex not in deadlines:
+        if not deadlines.is_armed(ex):
             deadlines.arm(ex, route.timeout, self._timeout)
         if route.per_try_timeout is not None and ex.up is not None:
             deadlines.arm(ex.up, route.per_try_timeout, self._try_timeout)
@@ -568,25 +577,29 @@ class DownstreamHttp(asyncio.Protocol):
         ex.response_headers = head.headers
         ust = int((_monotonic() - ex.sent_at) * 1000)
         ex.upstream_service_time = ust
-        headers = self._filter(head.headers)
-        headers.append((b"x-envoy-upstream-service-time", b"%d" % ust))
+        # The head is serialized here rather than through response_head_bytes (this runs for every response):
+        # the upstream's headers minus hop-by-hop ones, then the ones the proxy adds, as whole lines.
+        added = b"x-envoy-upstream-service-time: %d\r\n" % ust
         # A refused upgrade may already have sent tunnel bytes: the connection cannot be reused.
         keep_alive = request.keep_alive and head.keep_alive and not self.ctx.draining and not request.upgrade
         if status == 101:
-            headers += [(b"connection", b"upgrade")] + [h for h in head.headers if h[0] == b"upgrade"]
+            added += b"connection: upgrade\r\n" + b"".join(b"%s: %s\r\n" % h for h in head.headers
+                                                          if h[0] == b"upgrade")
         elif head.has_body and head.content_length is None:
             if request.version == b"1.1":
                 ex.chunked_out = True
-                headers.append((b"transfer-encoding", b"chunked"))
+                added += b"transfer-encoding: chunked\r\n"
             else:
                 keep_alive = False
         if status != 101:
             if not keep_alive:
-                headers.append((b"connection", b"close"))
+                added += b"connection: close\r\n"
             elif request.version == b"1.0":
-                headers.append((b"connection", b"keep-alive"))
+                added += b"connection: keep-alive\r\n"
         ex.close_after = not keep_alive
-        self.out.append(response_head_bytes(status, head.reason, headers, request.version))
+        headers = self._filter(head.headers)
+        kept = b"\r\n".join(map(b": ".join, headers)) + b"\r\n" if headers else b""
+        self.out.append(b"HTTP/%s %d %s\r\n%s%s\r\n" % (request.version, status, head.reason, kept, added))
 
     def _filter(self, headers: Headers) -> Headers:
         out = []
@@ -603,15 +616,18 @@ class DownstreamHttp(asyncio.Protocol):
             out = [h for h in out if h[0] not in named]
         return out
 
-    def response_body(self, ex: Exchange, data: bytes) -> None:
-        ex.bytes_sent += len(data)
-        self.out.append(chunk(data) if ex.chunked_out else data)
-
     def response_end(self, ex: Exchange, up: UpstreamHttp, reusable: bool) -> None:
         if ex.chunked_out:
             self.out.append(LAST_CHUNK)
-        self.ctx.deadlines.disarm(ex)
-        self._detach(ex)
+        # _detach(ex), inlined: this runs for every request.
+        disarm = self.ctx.deadlines.disarm
+        disarm(ex, None)
+        attached = ex.up
+        if attached is not None:
+            ex.up = None
+            if ex.host is not None:
+                ex.host.active -= 1
+            disarm(attached, None)
         if ex.response_code == 101:
             # The connection is a tunnel from now on; logged when it closes.
             self.tunnel = up
@@ -619,7 +635,11 @@ class DownstreamHttp(asyncio.Protocol):
             up.tunnel_to(self, ex)
             self.flush()
             return
-        self.flush()
+        # flush(), inlined: this runs for every response.
+        out = self.out
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
         self._finish(ex)
         if reusable and ex.request_done and not ex.close_after:
             up.release()
@@ -628,7 +648,7 @@ class DownstreamHttp(asyncio.Protocol):
 
     def response_failed(self, ex: Exchange, flag: str, status: int, body: bytes) -> None:
         """The upstream connection broke or sent garbage."""
-        self.ctx.deadlines.disarm(ex)
+        self.ctx.deadlines.disarm(ex, None)
         self._detach(ex)
         if ex.response_started:
             ex.response_flags = flag
@@ -642,7 +662,7 @@ class DownstreamHttp(asyncio.Protocol):
     def retry_on_fresh_connection(self, ex: Exchange) -> None:
         """A reused keep-alive connection closed before answering (the upstream timed it out): resend once."""
         self._detach(ex)
-        self.ctx.deadlines.disarm(ex)
+        self.ctx.deadlines.disarm(ex, None)
         self._connect(ex)
 
     def tunnel_data(self, data: bytes) -> None:
@@ -684,7 +704,8 @@ class DownstreamHttp(asyncio.Protocol):
             self.backlog = None
             self._dispatch(backlog)
         if self.backlog is None:
-            self.resume_reading()
+            if self.reading_paused:
+                self.resume_reading()
             if self.exchange is None and not self.parser.partial_head:
                 # The usual case, inlined: idle from now on, even if the idle timer is still armed.
                 self.timer = _IDLE
@@ -692,7 +713,7 @@ class DownstreamHttp(asyncio.Protocol):
                 if ctx.idle_timeout > 0:
                     ctx.connection_deadlines.arm(self, ctx.idle_timeout, self._client_timeout)
                 else:
-                    ctx.connection_deadlines.disarm(self)
+                    ctx.connection_deadlines.disarm(self, None)
                 return
         self.timer = _NO_TIMER
         self._watch()
@@ -709,7 +730,7 @@ class DownstreamHttp(asyncio.Protocol):
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
     def _abort_upstream(self, ex: Exchange) -> None:
-        self.ctx.deadlines.disarm(ex)
+        self.ctx.deadlines.disarm(ex, None)
         up = self._detach(ex)
         if up is not None:
             up.close()
@@ -721,7 +742,7 @@ class DownstreamHttp(asyncio.Protocol):
             ex.up = None
             if ex.host is not None:
                 ex.host.active -= 1
-            self.ctx.deadlines.disarm(up)
+            self.ctx.deadlines.disarm(up, None)
         return up
 
     def _protocol_error(self, exc: ProtocolError) -> None:
@@ -803,7 +824,10 @@ class UpstreamHttp(asyncio.Protocol):
     def _deliver(self, ex: Exchange, down: DownstreamHttp, events: list[Any]) -> None:
         for ev in events:
             if type(ev) is Body:
-                down.response_body(ex, ev.data)
+                # The response body goes out with the next flush (re-chunked when the length is unknown).
+                data = ev.data
+                ex.bytes_sent += len(data)
+                down.out.append(chunk(data) if ex.chunked_out else data)
             elif ev is END:
                 if ex.response_started:
                     self.exchange = None

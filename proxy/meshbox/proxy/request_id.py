@@ -13,6 +13,9 @@ _VERSION_BITS = 0x4000 << 64  # version 4 in bits 76..79
 _VERSION_MASK = ~(0xF000 << 64)
 _VARIANT_BITS = 0x8000 << 48  # RFC 4122 variant in bits 62..63
 _VARIANT_MASK = ~(0xC000 << 48)
+# Both fixed fields in one mask and one set of bits (two operations per id instead of four).
+_FIXED_MASK = _VERSION_MASK & _VARIANT_MASK
+_FIXED_BITS = _VERSION_BITS | _VARIANT_BITS
 
 
 class RequestIds:
@@ -28,6 +31,5 @@ class RequestIds:
 
     def new(self) -> bytes:
         """A random UUID in its canonical 36-character form, as bytes."""
-        n = (self._bits(128) & _VERSION_MASK & _VARIANT_MASK) | _VERSION_BITS | _VARIANT_BITS
-        h = b"%032x" % n
-        return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+        h = b"%032x" % (self._bits(128) & _FIXED_MASK | _FIXED_BITS)
+        return b"-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))

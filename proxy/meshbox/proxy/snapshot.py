@@ -100,12 +100,14 @@ class RouteRuntime:
     """One route: match conditions, weighted clusters, timeout, retries, fault injection."""
 
     __slots__ = ("abort_percent", "abort_status", "clusters", "cumulative", "delay", "delay_percent", "headers",
-                 "per_try_timeout", "prefix", "retries", "timeout", "total")
+                 "per_try_timeout", "prefix", "retries", "single_cluster", "timeout", "total")
 
     def __init__(self, route: pc.Route, clusters: dict[str, ClusterRuntime]) -> None:
         self.prefix = (route.match.prefix or "/").encode()
         self.headers = [HeaderMatcher(h) for h in route.match.headers]
         self.clusters = [clusters[w.cluster] for w in route.clusters]
+        # The usual route has one cluster: callers take it without calling pick_cluster.
+        self.single_cluster = self.clusters[0] if len(self.clusters) == 1 else None
         weights = [w.weight for w in route.clusters]
         if not any(weights):
             weights = [1] * len(weights)
@@ -193,7 +195,10 @@ class RouteTable:
 
     def match(self, host: bytes, path: bytes, headers: list[tuple[bytes, bytes]]) -> RouteRuntime | None:
         """The route for a request, or None (no route: NR)."""
-        routes = self.virtual_host(host)
+        try:
+            routes = self._cache[host]  # virtual_host's cache, looked up here first to save a call
+        except KeyError:
+            routes = self.virtual_host(host)
         if routes is None:
             return None
         for route in routes:

@@ -18,12 +18,13 @@ MAX_HEADERS = 100
 METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"})
 VERSIONS = frozenset({b"1.1", b"1.0"})
 _MAX_CONTENT_LENGTH_DIGITS = 18
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# Standard reason phrases by status code (what the proxy sends, whatever the upstream said).
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 def reason_phrase(status: int) -> bytes:
     """The standard reason phrase for a status code (what the proxy sends, whatever the upstream said)."""
-    return _REASONS.get(status, b"Unknown")
+    return REASONS.get(status, b"Unknown")
 
 
 def _content_length(value: bytes, status: int) -> int:
@@ -33,8 +34,6 @@ def _content_length(value: bytes, status: int) -> int:
 
 
 def _connection_tokens(values: list[bytes]) -> set[bytes]:
-    if len(values) == 1 and b"," not in values[0]:
-        return {values[0].strip().lower()}  # the usual case: a single "keep-alive" or "close"
     return {token.strip().lower() for value in values for token in value.split(b",")}
 
 
@@ -55,7 +54,9 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
         elif name == b"content-length":
             if content_length is not None:
                 raise ProtocolError(400, "duplicate Content-Length")
-            content_length = _content_length(value, 400)
+            # _content_length's check, inlined for the valid case (runs for most messages).
+            content_length = int(value) if value.isdigit() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS \
+                else _content_length(value, 400)
         elif name == b"transfer-encoding":
             if te is not None:
                 raise ProtocolError(400, "duplicate Transfer-Encoding")
@@ -82,7 +83,9 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
             raise ProtocolError(400, f"unsupported Transfer-Encoding {te[:40]!r}")
         chunked = True
     if connection:
-        tokens = _connection_tokens(connection)
+        # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
+        tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
+            else _connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
         upgrade = upgrade and b"upgrade" in tokens
     else:
@@ -104,7 +107,8 @@ def response_head(status: int, reason: bytes, version: bytes, headers: Headers, 
         if name == b"content-length":
             if content_length is not None:
                 raise ProtocolError(502, "upstream sent duplicate Content-Length")
-            content_length = _content_length(value, 502)
+            content_length = int(value) if value.isdigit() and len(value) <= _MAX_CONTENT_LENGTH_DIGITS \
+                else _content_length(value, 502)
         elif name == b"transfer-encoding":
             if te is not None:
                 raise ProtocolError(502, "upstream sent duplicate Transfer-Encoding")
@@ -120,7 +124,9 @@ def response_head(status: int, reason: bytes, version: bytes, headers: Headers, 
             raise ProtocolError(502, f"upstream sent unsupported Transfer-Encoding {te[:40]!r}")
         chunked = has_body
     if connection:
-        tokens = _connection_tokens(connection)
+        # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
+        tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
+            else _connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
     else:
         keep_alive = version == b"1.1"

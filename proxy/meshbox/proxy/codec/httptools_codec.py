@@ -5,7 +5,7 @@ from __future__ import annotations
 import httptools
 
 from meshbox.proxy.codec.events import END, Body, Event, Headers, ProtocolError, ResponseHead, Tunnel
-from meshbox.proxy.codec.heads import MAX_HEAD_BYTES, reason_phrase, request_head, response_head
+from meshbox.proxy.codec.heads import MAX_HEAD_BYTES, REASONS, request_head, response_head
 
 
 class _Stop(Exception):
@@ -15,8 +15,8 @@ class _Stop(Exception):
 class HttptoolsRequestParser:
     """Request bytes → events; keeps state across keep-alive and pipelined requests."""
 
-    __slots__ = ("_events", "_head_size", "_headers", "_in_head", "_max_head", "_parser", "_started", "_tunnel",
-                 "_url")
+    __slots__ = ("_events", "_head_size", "_headers", "_in_head", "_max_head", "_parser", "_tunnel", "_url",
+                 "partial_head")
 
     def __init__(self, max_head: int = MAX_HEAD_BYTES) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -27,12 +27,9 @@ class HttptoolsRequestParser:
         self._in_head = True
         self._max_head = max_head
         self._tunnel = False
-        self._started = False
-
-    @property
-    def partial_head(self) -> bool:
-        """Some bytes of a request head arrived, but not all of it (what the head timeout watches)."""
-        return self._started
+        # Some bytes of a request head arrived, but not all of it (what the head timeout watches). A plain
+        # attribute, not a property: it is read once per request.
+        self.partial_head = False
 
     # No on_message_begin: each callback costs a Python call, so per-message state is reset as it is
     # consumed (on_headers_complete, on_message_complete) instead, and feed() marks a head as started.
@@ -52,7 +49,7 @@ class HttptoolsRequestParser:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._started = False
+        self.partial_head = False
         parser = self._parser
         url, headers = self._url, self._headers
         self._url = b""
@@ -66,7 +63,7 @@ class HttptoolsRequestParser:
         self._events.append(END)
         self._in_head = True
         self._head_size = 0
-        self._started = False
+        self.partial_head = False
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse more bytes; raises ProtocolError (status to answer with) on bad input."""
@@ -75,7 +72,7 @@ class HttptoolsRequestParser:
         events = self._events = []
         # Bytes while no message is under way start a head; cleared when a head or message completes
         # (so bytes that only begin another request in the same read are not noticed: rare, harmless).
-        self._started = True
+        self.partial_head = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -135,7 +132,7 @@ class HttptoolsResponseParser:
         status = parser.get_status_code()
         headers = self._headers
         self._headers = []
-        head = response_head(status, reason_phrase(status), parser.get_http_version().encode(), headers,
+        head = response_head(status, REASONS.get(status, b"Unknown"), parser.get_http_version().encode(), headers,
                              self._method)
         self._head = head
         self._events.append(head)
