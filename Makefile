@@ -23,16 +23,26 @@ help:
 bootstrap:
 	@scripts/bootstrap-system.sh
 
+# Build tools come first, so the editable installs build with them (no isolated build environments):
+# meshbox-proxy compiles its hot path with mypyc from requirements-dev.txt (see proxy/setup.py).
 $(VENV)/.installed: $(foreach d,$(DISTS),$(d)/pyproject.toml) requirements-dev.txt
 	@test -x $(SYSTEM_PYTHON) || { echo "need $(SYSTEM_PYTHON) (apt-get install python3 python3-venv)"; exit 1; }
 	@echo "installing meshbox and its tools into $(VENV)/ (log: $(VENV)/install.log)"
 	@$(SYSTEM_PYTHON) -m venv $(VENV)
-	@{ $(PY) -m pip install --disable-pip-version-check --upgrade pip wheel && \
-	   $(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt $(foreach d,$(DISTS),-e ./$(d)); \
+	@{ $(PY) -m pip install --disable-pip-version-check --upgrade pip wheel 'setuptools>=68' && \
+	   $(PY) -m pip install --disable-pip-version-check -r requirements-dev.txt && \
+	   $(PY) -m pip install --disable-pip-version-check --no-build-isolation $(foreach d,$(DISTS),-e ./$(d)); \
 	} > $(VENV)/install.log 2>&1 || { tail -n 30 $(VENV)/install.log; echo "pip failed: see $(VENV)/install.log"; exit 1; }
+	@touch $@ $(VENV)/.proxy-compiled
+
+# The proxy's compiled modules sit beside their sources and shadow them: rebuild when a source changes.
+$(VENV)/.proxy-compiled: $(VENV)/.installed proxy/setup.py $(wildcard proxy/meshbox/proxy/*.py proxy/meshbox/proxy/codec/*.py)
+	@echo "compiling the proxy's hot path (mypyc; log: $(VENV)/install.log)"
+	@$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e ./proxy >> $(VENV)/install.log 2>&1 \
+	  || { tail -n 30 $(VENV)/install.log; echo "compiling the proxy failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 
-venv: bootstrap $(VENV)/.installed
+venv: bootstrap $(VENV)/.installed $(VENV)/.proxy-compiled
 
 proto: venv
 	$(PY) scripts/gen_protos.py

@@ -383,6 +383,12 @@ def _rows(targets: dict[str, Target]) -> list[dict[str, object]]:
                          target="== 0", ok=errors == 0))
         if target.server is not None:
             rows.append(_access_log_row(target))
+    if "meshbox" in targets:
+        from meshbox.proxy.hot_path import HOT_PATH, compiled_modules
+
+        compiled = len(compiled_modules())
+        rows.append(_row("meshbox: hot-path modules running compiled (mypyc)", compiled, "modules",
+                         target=f"== {len(HOT_PATH)}", ok=compiled == len(HOT_PATH)))
     others = _median([100 * s.others_cpu_s / s.wall_s for t in targets.values() for s in t.load])
     rows.append(_row(f"machine: CPU used by other processes during -c{LOAD_CONNECTIONS} runs", others,
                      "% of a core"))

@@ -111,6 +111,10 @@ def test_images_are_small_and_run_as_intended(images: dict[str, str]) -> None:
     assert "meshbox-discovery" not in installed["proxy"] and "meshbox-injector" not in installed["proxy"]
     assert "meshbox-discovery" in installed["control-plane"] and "meshbox-injector" in installed["control-plane"]
     assert "uvloop" not in installed["control-plane"] and "meshbox-init" not in installed["control-plane"]
+    # The proxy image carries the compiled hot path (proxy/setup.py), not only the pure-Python sources.
+    where = podman("run", "--rm", "--network", "none", "--entrypoint", "/opt/meshbox/bin/python", images["proxy"],
+                   "-c", "import meshbox.proxy.http_proxy as m; print(m.__file__)").stdout
+    assert where.strip().endswith(".so"), where
 
 
 def test_init_image_programs_capture_rules_in_its_namespace(

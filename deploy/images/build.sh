@@ -50,12 +50,12 @@ wheels="$repo/.cache/images/wheels"
 mkdir -p "$wheels"
 # Stale builds of our own packages would shadow new ones with the same version.
 rm -f "$wheels"/meshbox_*.whl
-# Build from a clean copy of the sources: setuptools' build/ leftovers in the work tree could
-# otherwise put deleted modules back into a wheel.
+# Build from a clean copy of the sources: setuptools' build/ leftovers (and the proxy's in-place
+# compiled modules) in the work tree could otherwise put stale code into a wheel.
 sources=$(mktemp -d)
 trap 'rm -rf "$sources"' EXIT
 dists=(protos init proxy agent discovery injector)
-tar -C "$repo" --exclude=build --exclude='*.egg-info' --exclude=tests --exclude=__pycache__ -cf - "${dists[@]}" \
+tar -C "$repo" --exclude=build --exclude='*.egg-info' --exclude=tests --exclude=__pycache__ --exclude='*.so' -cf - "${dists[@]}" \
   | tar -C "$sources" -xf -
 echo "build.sh: building wheels into $wheels" >&2
 # Offline first, from the wheels of earlier runs (fast); the package index only when one is missing.

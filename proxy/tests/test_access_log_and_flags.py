@@ -16,7 +16,7 @@ import pytest
 from meshbox.api.loader import message_from_data
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.proxy.access_log import FormatError, compile_format
-from meshbox.proxy.metrics import render
+from meshbox.proxy.metrics_exposition import render
 
 START_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

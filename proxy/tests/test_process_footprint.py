@@ -1,5 +1,5 @@
-"""The real proxy process: no OpenSSL mapped (TLS stand-in), one thread, options parsed in a child, TLS
-refused with a clear error."""
+"""The real proxy process: no OpenSSL mapped (TLS stand-in), no protobuf loaded (config compiled in
+children), one thread, options parsed in a child, TLS refused with a clear error."""
 
 from __future__ import annotations
 
@@ -13,6 +13,19 @@ from meshbox.proxy import tls_stand_in
 
 def _mapped(pid: int) -> str:
     return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _children(pid: int) -> list[int]:
+    """PIDs whose parent is ``pid``, zombies included (this kernel has no /proc/PID/task/TID/children)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_running_proxy_maps_no_openssl_and_still_scrapes(kit: Any, proxy_cli: Any) -> None:
@@ -34,6 +47,49 @@ def test_running_proxy_maps_no_openssl_and_still_scrapes(kit: Any, proxy_cli: An
     assert "libssl" not in maps and "/_ssl." not in maps
     # Listening sockets bound by the proxy itself: no getaddrinfo, so no libuv worker threads.
     assert "Threads:\t1\n" in Path(f"/proc/{proc.pid}/status").read_text()
+
+
+def test_config_file_and_posted_config_never_load_protobuf_in_the_proxy(kit: Any, proxy_cli: Any,
+                                                                       tmp_path: Path) -> None:
+    """--config and POST /config are both compiled in forked children: the proxy serves both configs
+    and dumps them, yet never maps protobuf's upb extension (nor the libstdc++ it links)."""
+    first, second = kit.free_port(), kit.free_port()
+    config_file = tmp_path / "proxy.yaml"
+    config_file.write_text(
+        f"listeners: [{{name: http, direction: OUTBOUND, address: 127.0.0.1, port: {first}, protocol: HTTP,"
+        " route_config: rc, bind: true}]\n"
+        "route_configs: [{name: rc, virtual_hosts: [{name: all, domains: ['*'],"
+        " routes: [{match: {prefix: /}, clusters: [{cluster: a}]}]}]}]\n"
+        "clusters: [{name: a}]\n"
+        "endpoints: [{cluster_name: a, endpoints: [{address: 127.0.0.1, port: BACKEND}]}]\n")
+
+    async def main() -> tuple[str, list[int]]:
+        backend = await kit.Backend("a").start()
+        config_file.write_text(config_file.read_text().replace("BACKEND", str(backend.port)))
+        proc = proxy_cli("--config", str(config_file), "--admin-port", "0", "--outbound-port", "0")
+        port = kit.admin_port(proc)
+        try:
+            assert (await kit.get(first)).header(b"x-backend") == b"a"
+            client = await kit.Client.connect(port)
+            try:
+                body = kit.http_config(second, {"a": [backend.port]}).SerializeToString()
+                applied = await client.request("POST", "/config", host="localhost", body=body)
+                assert applied.status == 200 and applied.body == b"applied version 2\n", applied.body
+                bad = await client.request("POST", "/config", host="localhost", body=b"\xff\xff")
+                assert bad.status == 400 and b"not a serialized meshbox.api.v1.ProxyConfig" in bad.body
+                dump = (await client.request("GET", "/config_dump", host="localhost")).json()
+            finally:
+                client.close()
+            assert dump["version"] == 2 and dump["config"]["listeners"][0]["port"] == second
+            assert (await kit.get(second)).header(b"x-backend") == b"a"
+            return _mapped(proc.pid), _children(proc.pid)
+        finally:
+            backend.close()
+
+    maps, children = kit.run(main())
+    assert "uvloop" in maps  # the maps of the proxy itself, not of its command-line child
+    assert "_upb" not in maps and "protobuf" not in maps and "libstdc++" not in maps
+    assert children == [], f"compiling children not reaped: {children}"
 
 
 def test_option_errors_and_help_come_from_the_child_with_the_right_status() -> None:

@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from meshbox.agent.backoff import Backoff
 from meshbox.agent.config_applier import ConfigApplier
@@ -101,7 +102,8 @@ class Sidecar:
         discovery_task = asyncio.create_task(self.discovery.run(), name="discovery client")
         status = 0
         try:
-            await asyncio.wait({self._stop, proxy_task, discovery_task}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {self._stop, proxy_task, discovery_task}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             discovery_task.cancel()
             if self._stop.done():
                 await (self._quit() if self._stop.result() == "quit" else self._drain_and_stop())

@@ -8,7 +8,9 @@ import functools
 import logging
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,7 +29,8 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
     if registry_dir is not None:
         directory = DirectorySource(registry_dir)
         hub.update(directory.load())
-        source = functools.partial(directory.watch, pending.offer, interval=poll_interval)
+        source: Callable[[], Coroutine[Any, Any, None]] = functools.partial(
+            directory.watch, pending.offer, interval=poll_interval)
     else:
         # Imported only here: kubernetes_asyncio takes a second or two to import, which the
         # registry-directory mode (local clusters, tests) should not pay at every start.

@@ -10,17 +10,14 @@ import asyncio
 import json
 from typing import Protocol
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
-
-from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.proxy.codec import get_codec
 from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead
 from meshbox.proxy.codec.heads import reason_phrase
 from meshbox.proxy.codec.writer import response_head_bytes
+from meshbox.proxy.compile_child import compile_in_child
 from meshbox.proxy.listen_socket import listening_socket
-from meshbox.proxy.metrics import Stats, render
-from meshbox.proxy.server import ConfigRejected
+from meshbox.proxy.metrics import Stats
+from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
 
 MAX_CONFIG_BYTES = 64 << 20
 POST_ONLY = frozenset({b"/config", b"/drain_listeners", b"/quitquitquit"})
@@ -32,7 +29,7 @@ class Controller(Protocol):
 
     def ready(self) -> bool: ...
 
-    async def apply(self, config: pc.ProxyConfig) -> int: ...
+    async def apply(self, snapshot: Snapshot) -> int: ...
 
     def config_dump(self) -> dict[str, object]: ...
 
@@ -51,8 +48,9 @@ def _reply(status: int, body: bytes, content_type: bytes = b"text/plain; charset
 
 
 class AdminServer:
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, workload: Workload) -> None:
         self.controller = controller
+        self.workload = workload
         self.server: asyncio.Server | None = None
 
     async def start(self, port: int, host: str = "127.0.0.1") -> int:
@@ -116,6 +114,8 @@ class AdminServer:
         if path == b"/clusters":
             return _reply(200, c.clusters_text().encode())
         if path == b"/stats/prometheus":
+            from meshbox.proxy.metrics_exposition import render  # on the first scrape only: see that module
+
             return _reply(200, render(await c.stats()), b"text/plain; version=0.0.4; charset=utf-8")
         if path == b"/drain_listeners":
             await c.drain()
@@ -128,21 +128,14 @@ class AdminServer:
         return _reply(404, b"no such admin endpoint " + path + b"\n")
 
     async def _apply(self, body: bytes) -> bytes:
-        config = pc.ProxyConfig()
         try:
-            config.ParseFromString(body)
-        except DecodeError as exc:
-            return _reply(400, f"body is not a serialized meshbox.api.v1.ProxyConfig: {exc}\n".encode())
-        try:
-            version = await self.controller.apply(config)
+            snapshot = await compile_in_child(body, self.workload)
+            version = await self.controller.apply(snapshot)
         except ConfigRejected as exc:
             return _reply(400, f"{exc}\n".encode())
         return _reply(200, f"applied version {version}\n".encode())
 
 
-def config_dump(config: pc.ProxyConfig | None, version: int) -> dict[str, object]:
-    """The JSON shape of GET /config_dump."""
-    return {
-        "version": version,
-        "config": json_format.MessageToDict(config, preserving_proto_field_name=True) if config is not None else None,
-    }
+def config_dump(config: dict[str, object] | None, version: int) -> dict[str, object]:
+    """The JSON shape of GET /config_dump; ``config`` is the ProxyConfig as JSON (Snapshot.dump)."""
+    return {"version": version, "config": config}

@@ -13,10 +13,11 @@ import click
 from meshbox.api.v1 import mesh_config_pb2
 from meshbox.proxy.access_log import FormatError, compile_format
 from meshbox.proxy.codec import CODECS
+from meshbox.proxy.config_compiler import compile_config
 from meshbox.proxy.config_files import ConfigFileError, load_config_files
 from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT
 from meshbox.proxy.runtime import Options, run_or_explain
-from meshbox.proxy.snapshot import Workload
+from meshbox.proxy.snapshot import ConfigRejected, Workload
 
 # A Deployment's pod is <deployment>-<replicaset hash>-<5 characters>.
 _POD_OF_DEPLOYMENT = re.compile(r"^(?P<workload>.+)-[a-z0-9]{5,10}-[a-z0-9]{5}$")
@@ -83,9 +84,15 @@ def main(handoff: Callable[[Options], None] | None, config_path: str | None, mes
             ipaddress.ip_address(pod_ip)
         except ValueError:
             raise click.BadParameter(f"not an IP address: {pod_ip!r}", param_hint="--pod-ip") from None
+    workload = workload_from_env(os.environ)
+    try:
+        # Compiled here, in the command-line child: the proxy receives a Snapshot and never loads protobuf.
+        snapshot = compile_config(config, workload) if config is not None else None
+    except ConfigRejected as exc:
+        raise click.ClickException(f"{config_path}: {exc}") from None
     ports = mesh.ports
     options = Options(
-        config=config,
+        config=snapshot,
         admin_port=_port(admin_port, ports.admin, "--admin-port"),
         outbound_port=_port(outbound_port, ports.outbound_capture, "--outbound-port"),
         inbound_port=_port(inbound_port, ports.inbound_capture, "--inbound-port"),
@@ -94,7 +101,7 @@ def main(handoff: Callable[[Options], None] | None, config_path: str | None, mes
         concurrency=concurrency,
         access_log_format=fmt,
         registry_only=mesh.outbound_traffic_policy == mesh_config_pb2.REGISTRY_ONLY,
-        workload=workload_from_env(os.environ),
+        workload=workload,
         head_timeout=request_head_timeout,
         body_idle_timeout=request_idle_timeout,
         idle_timeout=idle_timeout,

@@ -1,8 +1,9 @@
 """Read the mesh and proxy config files in a short-lived child process.
 
-The YAML parser and the loader cost about 5 MB of resident memory that the long-running proxy never
-needs again, and memory a Python process has touched is not given back; so a forked child parses and
-validates the files with meshbox.api.loader and hands back serialized messages (or the error text).
+The YAML parser and the loader cost about 5 MB of resident memory, and memory a Python process has
+touched is not given back; so a forked child parses and validates the files with meshbox.api.loader and
+hands back serialized messages (or the error text). The caller is the command line (cli), itself run in
+a child by entry: the long-running proxy gets neither YAML nor protobuf, only the compiled Snapshot.
 """
 
 from __future__ import annotations

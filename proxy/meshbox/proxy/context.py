@@ -46,7 +46,7 @@ class ProxyContext:
     # Open downstream connections, so a drain can close the idle ones.
     connections: set[asyncio.BaseProtocol] = field(default_factory=set)
     # Metric labels for traffic that matched no cluster (no route, passthrough), per direction.
-    unknown_labels: dict[int, tuple[str, ...]] = field(init=False)
+    unknown_labels: dict[str, tuple[str, ...]] = field(init=False)
 
     # Per exchange (route timeout, per-try timeout); per client connection (head, body, idle: coarser).
     deadlines: Deadlines = field(init=False)

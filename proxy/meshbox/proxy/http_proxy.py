@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, RequestHead, ResponseHead, Tunnel
 from meshbox.proxy.codec.writer import LAST_CHUNK, chunk, local_reply, response_head_bytes
 from meshbox.proxy.context import ProxyContext
@@ -36,43 +37,30 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # What a client connection's timer is watching (see DownstreamHttp._watch).
 _NO_TIMER, _IDLE, _HEAD, _BODY = range(4)
 _monotonic = time.monotonic
-_wall = time.time
 
 
-class Exchange:
-    """One request and its response; also the access log record (see access_log.LogRecord)."""
+class Exchange(LogRecord):
+    """One request and its response; also its access log record."""
 
     __slots__ = (
-        "authority", "bytes_received", "bytes_sent", "chunked_out", "close_after", "cluster", "downstream_local",
-        "downstream_remote", "duration_ms", "forwarded_for", "head", "host", "listener", "method", "path", "pending",
-        "pending_size", "protocol", "request_bytes", "request_done", "request_headers", "request_id", "response_code",
-        "response_flags", "response_headers", "response_started", "retries_left", "route", "sent_at", "start",
-        "start_time", "up", "upstream_cluster", "upstream_host", "upstream_service_time", "user_agent",
+        "chunked_out", "close_after", "cluster", "head", "host", "listener", "pending", "pending_size",
+        "request_bytes", "request_done", "response_started", "retries_left", "route", "sent_at", "start", "up",
     )
 
     def __init__(self, head: RequestHead | None, remote: str | None, local: str | None) -> None:
+        super().__init__(remote, local)
         self.head = head
-        self.start_time = _wall()
         self.start = _monotonic()
-        self.downstream_remote = remote
-        self.downstream_local = local
         if head is not None:
-            self.method: bytes | None = head.method
-            self.path: bytes | None = head.target
-            self.protocol: str | None = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
-            self.request_headers: Headers = head.headers
-        else:
-            self.method = self.path = self.protocol = None
-            self.request_headers = []
-        self.authority: bytes | None = None
-        self.response_headers: Sequence[tuple[bytes, bytes]] = ()
+            self.method = head.method
+            self.path = head.target
+            self.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
+            self.request_headers = head.headers
         self.listener: ListenerRuntime | None = None
         self.route: RouteRuntime | None = None
         self.cluster: ClusterRuntime | None = None
         self.host: UpstreamHost | None = None
         self.up: UpstreamHttp | None = None
-        self.upstream_host: str | None = None
-        self.upstream_cluster: str | None = None
         self.request_bytes: bytes = b""
         # Request body waiting for an upstream connection (a list once something waits).
         self.pending: Sequence[bytes] = ()
@@ -81,18 +69,8 @@ class Exchange:
         self.response_started: bool = False
         self.chunked_out: bool = False
         self.close_after: bool = False
-        self.bytes_received: int = 0
-        self.bytes_sent: int = 0
-        self.response_code: int = 0
-        self.response_flags: str = "-"
-        self.upstream_service_time: int | None = None
-        self.duration_ms: int = 0
         self.sent_at: float = 0.0
         self.retries_left: int = 0
-        # Kept while scanning the headers anyway, for the default access log format.
-        self.user_agent: bytes | None = None
-        self.forwarded_for: bytes | None = None
-        self.request_id: bytes | None = None
 
 
 def _peer(transport: asyncio.BaseTransport, key: str) -> str | None:

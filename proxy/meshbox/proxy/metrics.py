@@ -1,16 +1,13 @@
-"""Request and TCP metrics with Istio's names and labels, kept in plain dicts on the hot path and
-rendered through prometheus_client's exposition format on scrape.
+"""Request and TCP metrics with Istio's names and labels, kept in plain dicts on the hot path
+(metrics_exposition renders them on scrape).
 
 Per-process values merge by addition, so ``--concurrency N`` workers send :meth:`Stats.export` to the
-admin process, which renders the sum. prometheus_client is imported on the first scrape: it costs
-about 5 MB of resident memory that a proxy nobody scrapes should not carry.
+admin process, which renders the sum.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
-from typing import Any
 
 REQUEST_LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_app",
@@ -80,64 +77,3 @@ class Stats:
                 tcp_entry[i] += v
         for name, value in data["counters"].items():  # type: ignore[attr-defined]
             self.incr(name, value)
-
-
-def _families(stats: Iterable[Stats]) -> Iterator[Any]:
-    """The metric families (prometheus_client objects) of the sum of ``stats``."""
-    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-
-    total = Stats()
-    for s in stats:
-        total.merge(s.export())
-    requests = CounterMetricFamily("istio_requests_total", "Requests handled by the proxy.",
-                                   labels=REQUEST_LABELS)
-    duration = HistogramMetricFamily("istio_request_duration_milliseconds", "Request duration in milliseconds.",
-                                     labels=REQUEST_LABELS)
-    for (labels, code, flags), entry in sorted(total.requests.items()):
-        values = [*labels, "http", str(code), flags]
-        requests.add_metric(values, entry[0])
-        cumulative, buckets = 0.0, []
-        for bound, count in zip((*DURATION_BUCKETS, float("inf")), entry[2:], strict=True):
-            cumulative += count
-            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
-        duration.add_metric(values, buckets, entry[1])
-    yield requests
-    yield duration
-    opened = CounterMetricFamily("istio_tcp_connections_opened_total", "TCP connections opened.",
-                                 labels=TCP_LABELS)
-    closed = CounterMetricFamily("istio_tcp_connections_closed_total", "TCP connections closed.",
-                                 labels=TCP_LABELS)
-    sent = CounterMetricFamily("istio_tcp_sent_bytes_total", "Bytes sent to the downstream on TCP connections.",
-                               labels=TCP_LABELS)
-    received = CounterMetricFamily("istio_tcp_received_bytes_total",
-                                   "Bytes received from the downstream on TCP connections.", labels=TCP_LABELS)
-    for (labels, flags), (n_open, n_closed, n_sent, n_received) in sorted(total.tcp.items()):
-        values = [*labels, "tcp", flags]
-        opened.add_metric(values, n_open)
-        closed.add_metric(values, n_closed)
-        sent.add_metric(values, n_sent)
-        received.add_metric(values, n_received)
-    yield opened
-    yield closed
-    yield sent
-    yield received
-    for name, value in sorted(total.counters.items()):
-        counter = CounterMetricFamily(f"meshbox_proxy_{name}", f"meshbox proxy counter {name}.")
-        counter.add_metric([], value)
-        yield counter
-
-
-def render(stats: Iterable[Stats]) -> bytes:
-    """Prometheus text exposition of the sum of ``stats``."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.registry import Collector
-
-    families = list(_families(stats))
-
-    class Snapshot(Collector):
-        def collect(self) -> Iterator[Any]:
-            return iter(families)
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Snapshot())
-    return generate_latest(registry)

@@ -2,8 +2,8 @@
 
 With N > 1 the first process forks N-1 workers before any event loop exists. Every process binds the
 same ports with SO_REUSEPORT, so the kernel spreads connections across them. The first process also
-serves the admin API and relays config, stats, drain and quit to the workers over a socketpair each
-(length-prefixed pickles between processes of this same program).
+serves the admin API and relays config (the compiled Snapshot), stats, drain and quit to the workers over
+a socketpair each (length-prefixed pickles between processes of this same program).
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ from typing import Any
 
 import uvloop
 
-from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.proxy import startup_memory
 from meshbox.proxy.access_log import AccessLog
 from meshbox.proxy.admin import AdminServer, config_dump
 from meshbox.proxy.codec import get_codec
 from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, ProxyContext
 from meshbox.proxy.metrics import Stats
-from meshbox.proxy.server import ConfigRejected, ProxyServer, announce
-from meshbox.proxy.snapshot import Workload
+from meshbox.proxy.server import ProxyServer, announce
+from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
 
 _LENGTH = struct.Struct("!I")
 
@@ -39,7 +38,8 @@ _LENGTH = struct.Struct("!I")
 class Options:
     """Everything the CLI resolved (mesh config defaults applied)."""
 
-    config: pc.ProxyConfig | None
+    # Compiled from --config in the command-line child, so protobuf never loads here.
+    config: Snapshot | None
     admin_port: int
     outbound_port: int
     inbound_port: int
@@ -69,7 +69,7 @@ async def _start_server(options: Options) -> ProxyServer:
     server = ProxyServer(ctx, options.outbound_port, options.inbound_port, reuse_port=options.concurrency > 1)
     await server.start()
     if options.config is not None:
-        await server.apply(options.config)
+        await server.apply_snapshot(options.config)
     return server
 
 
@@ -94,12 +94,12 @@ class LocalController:
     def ready(self) -> bool:
         return self.server.ready
 
-    async def apply(self, config: pc.ProxyConfig) -> int:
-        return await self.server.apply(config)
+    async def apply(self, snapshot: Snapshot) -> int:
+        return await self.server.apply_snapshot(snapshot)
 
     def config_dump(self) -> dict[str, object]:
         snap = self.server.ctx.snapshot
-        dump = config_dump(snap.config if snap is not None else None, self.server.version)
+        dump = config_dump(snap.dump if snap is not None else None, self.server.version)
         dump["ports"] = self.server.ports()
         return dump
 
@@ -152,15 +152,13 @@ class SupervisorController(LocalController):
         super().__init__(server, stop)
         self.workers = workers
 
-    async def apply(self, config: pc.ProxyConfig) -> int:
-        # Compile here first: a config this process rejects is never sent to the workers.
-        self.server.compile(config)
-        data = config.SerializeToString()
+    async def apply(self, snapshot: Snapshot) -> int:
+        # Sent before this process adopts it: adopted, it holds live upstream connections.
         for worker in self.workers:
-            status, detail = await worker.call(("apply", data))
+            status, detail = await worker.call(("apply", snapshot))
             if status != "ok":
                 raise ConfigRejected(f"worker {worker.pid}: {detail}")
-        return await self.server.apply(config)
+        return await self.server.apply_snapshot(snapshot)
 
     async def stats(self) -> list[Stats]:
         result = [self.server.ctx.stats]
@@ -200,10 +198,8 @@ async def _serve_worker(options: Options, sock: socket.socket) -> None:
                 return
             reply: object = None
             if kind == "apply":
-                config = pc.ProxyConfig()
-                config.ParseFromString(payload)
                 try:
-                    reply = ("ok", await server.apply(config))
+                    reply = ("ok", await server.apply_snapshot(payload))
                 except ConfigRejected as exc:
                     reply = ("error", str(exc))
             elif kind == "stats":
@@ -230,7 +226,7 @@ async def _serve_main(options: Options, workers: list[WorkerLink]) -> None:
     controller = (SupervisorController(server, stop, workers) if workers else LocalController(server, stop))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, controller.quit)
-    admin = AdminServer(controller)
+    admin = AdminServer(controller, options.workload)
     admin_port = await admin.start(options.admin_port)
     announce("admin", "127.0.0.1", admin_port)
     announce("outbound capture", "0.0.0.0", server.outbound_port)

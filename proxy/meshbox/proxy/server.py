@@ -7,25 +7,22 @@ import functools
 import ipaddress
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from meshbox.api.v1 import proxy_config_pb2 as pc
-from meshbox.api.validation import ValidationError, validate_proxy_config
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.http_proxy import DownstreamHttp
 from meshbox.proxy.listen_socket import listening_socket
 from meshbox.proxy.original_dst import original_dst
-from meshbox.proxy.snapshot import INBOUND, OUTBOUND, ListenerRuntime, Snapshot
+from meshbox.proxy.snapshot import INBOUND, OUTBOUND, ConfigRejected, ListenerRuntime, Snapshot
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
-
-class ConfigRejected(ValueError):
-    """A config that cannot be applied; the old one keeps serving. The message says why."""
-
+if TYPE_CHECKING:
+    from meshbox.api.v1 import proxy_config_pb2 as pc
 
 def protocol_for(ctx: ProxyContext, listener: ListenerRuntime) -> asyncio.Protocol:
     """The connection handler a listener calls for."""
-    if listener.protocol == pc.HTTP:
+    if listener.http:
         return DownstreamHttp(ctx, listener)
     cluster = listener.cluster
     labels = cluster.labels[listener.direction] if cluster is not None else ctx.unknown_labels[listener.direction]
@@ -124,20 +121,17 @@ class ProxyServer:
                     return protocol_for(ctx, lis)
         return DownstreamTcp(ctx, ctx.unknown_labels[INBOUND], refuse_flag="NR")
 
-    def compile(self, config: pc.ProxyConfig) -> Snapshot:
-        """Validate and compile without touching what is serving."""
-        try:
-            validate_proxy_config(config, source="config")
-            return Snapshot(config, self.ctx.hosts, self.ctx.workload, self.version + 1)
-        except ValidationError as exc:
-            raise ConfigRejected(str(exc)) from None
-        except Exception as exc:  # e.g. a header regex that does not compile
-            raise ConfigRejected(f"config: {exc}") from None
-
     async def apply(self, config: pc.ProxyConfig) -> int:
-        """Apply a new config atomically: bind new listeners first, swap, then close the removed ones.
-        On any failure nothing changes and ConfigRejected says why. Returns the new version."""
-        snap = self.compile(config)
+        """Compile in this process, then apply_snapshot: for tests and library use. The proxy command
+        compiles in child processes instead, so protobuf never loads in it."""
+        from meshbox.proxy.config_compiler import compile_config
+
+        return await self.apply_snapshot(compile_config(config, self.ctx.workload))
+
+    async def apply_snapshot(self, snap: Snapshot) -> int:
+        """Apply a compiled config atomically: adopt it, bind new listeners first, swap, then close the
+        removed ones. On any failure nothing changes and ConfigRejected says why. Returns the new version."""
+        snap.adopt(self.ctx.hosts, self.version + 1)
         wanted = {(lis.address, lis.port) for lis in snap.bound_listeners()}
         added: dict[tuple[str, int], asyncio.Server] = {}
         try:

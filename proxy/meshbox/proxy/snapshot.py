@@ -1,7 +1,10 @@
-"""A ProxyConfig compiled for the hot path: listener lookup tables, route tables, clusters with pickers.
+"""The config as the hot path uses it: listener lookup tables, route tables, clusters with pickers.
 
-A Snapshot is immutable once built; applying config builds a new one and swaps a single reference,
-so a request in flight keeps the objects it already holds.
+A Snapshot is built from a ProxyConfig by config_compiler, in a short-lived child process in production,
+and reaches the proxy as a pickle; this module never imports protobuf or meshbox.api, so the long-running
+proxy does not load them. The receiving process adopts a snapshot (its own upstream hosts, pickers and
+version), then swaps a single reference to it: a request in flight keeps the objects it already holds,
+and nothing changes a snapshot once it serves.
 """
 
 from __future__ import annotations
@@ -12,21 +15,17 @@ import random
 import re
 from dataclasses import dataclass
 
-from google.protobuf.duration_pb2 import Duration
-
-from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.proxy.load_balancer import Picker, least_request, round_robin
 from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 
-DEFAULT_ROUTE_TIMEOUT = 15.0
-DEFAULT_CONNECT_TIMEOUT = 1.0
-INBOUND = pc.INBOUND
-OUTBOUND = pc.OUTBOUND
+# A listener's traffic direction: the names of meshbox.api.v1.TrafficDirection values (config_compiler
+# sets them from the message); they key the per-direction metric labels.
+INBOUND = "INBOUND"
+OUTBOUND = "OUTBOUND"
 
 
-def _seconds(d: Duration, default: float) -> float:
-    value = d.seconds + d.nanos / 1e9
-    return value if value > 0 else default
+class ConfigRejected(ValueError):
+    """A config that cannot be applied; the old one keeps serving. The message says why."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ def service_labels(service: str) -> tuple[str, str, str]:
     return (service, parts[0], parts[1] if len(parts) > 1 else "unknown")
 
 
-def metric_labels(direction: int, workload: Workload, service: str) -> tuple[str, ...]:
+def metric_labels(direction: str, workload: Workload, service: str) -> tuple[str, ...]:
     """Istio's request labels up to destination_service_namespace (code and flags are added per request)."""
     unknown = ("unknown", "unknown", "unknown")
     me = (workload.name, workload.namespace, workload.app)
@@ -55,32 +54,56 @@ def metric_labels(direction: int, workload: Workload, service: str) -> tuple[str
     return ("source", *me, *unknown, *service_labels(service))
 
 
+def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> Picker:
+    """The endpoint picker of a load-balancing policy, by its meshbox.api.v1.LbPolicy name."""
+    make = least_request if policy == "LEAST_REQUEST" else round_robin
+    return make(hosts, weights)
+
+
 class ClusterRuntime:
     """A cluster with its hosts and picker."""
 
     __slots__ = ("connect_timeout", "hosts", "labels", "name", "pick", "policy", "service", "weights")
 
-    def __init__(self, cluster: pc.Cluster, hosts: list[UpstreamHost], weights: list[int], workload: Workload) -> None:
-        self.name = cluster.name
-        self.service = cluster.service
-        self.connect_timeout = _seconds(cluster.connect_timeout, DEFAULT_CONNECT_TIMEOUT)
+    def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
+                 weights: list[int], workload: Workload) -> None:
+        self.name = name
+        self.service = service
+        self.connect_timeout = connect_timeout
+        self.policy = policy
         self.hosts = hosts
         self.weights = weights
-        self.policy = pc.LbPolicy.Name(cluster.lb_policy or pc.ROUND_ROBIN)
-        make = least_request if cluster.lb_policy == pc.LEAST_REQUEST else round_robin
-        self.pick: Picker = make(hosts, weights)
-        self.labels = {d: metric_labels(d, workload, cluster.service) for d in (INBOUND, OUTBOUND)}
+        self.labels = {d: metric_labels(d, workload, service) for d in (INBOUND, OUTBOUND)}
+        self.pick: Picker = make_picker(policy, hosts, weights)
+
+    # Pickled with endpoint addresses, not hosts (UpstreamHost is a compiled class pickle cannot rebuild),
+    # and without the picker (a closure); unpickled, the cluster has private hosts until adopted.
+    def __getstate__(self) -> tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]]]:
+        endpoints = [(host.address, host.port) for host in self.hosts]
+        return (self.name, self.service, self.connect_timeout, self.policy, endpoints, self.weights, self.labels)
+
+    def __setstate__(
+        self, state: tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]]]
+    ) -> None:
+        self.name, self.service, self.connect_timeout, self.policy, endpoints, self.weights, self.labels = state
+        self.hosts = [UpstreamHost(address, port) for address, port in endpoints]
+        self.pick = make_picker(self.policy, self.hosts, self.weights)
+
+    def adopt(self, registry: HostRegistry) -> None:
+        """Use the registry's hosts (their pools and in-flight counts survive config swaps)."""
+        self.hosts = [registry.get(host.address, host.port) for host in self.hosts]
+        self.pick = make_picker(self.policy, self.hosts, self.weights)
 
 
 class HeaderMatcher:
+    """One header condition of a route; ``kind`` is exact, prefix, regex or present."""
+
     __slots__ = ("kind", "name", "value")
 
-    def __init__(self, match: pc.HeaderMatch) -> None:
-        self.name = match.name.lower().encode()
-        kind = match.WhichOneof("match")
-        self.kind = kind or "present"
-        value = getattr(match, kind) if kind else ""
-        self.value: bytes | re.Pattern[bytes] = re.compile(value.encode()) if kind == "regex" else value.encode()
+    def __init__(self, name: bytes, kind: str, value: bytes | re.Pattern[bytes]) -> None:
+        self.name = name
+        self.kind = kind
+        self.value = value
 
     def matches(self, headers: list[tuple[bytes, bytes]]) -> bool:
         name = self.name
@@ -102,25 +125,25 @@ class RouteRuntime:
     __slots__ = ("abort_percent", "abort_status", "clusters", "cumulative", "delay", "delay_percent", "headers",
                  "per_try_timeout", "prefix", "retries", "single_cluster", "timeout", "total")
 
-    def __init__(self, route: pc.Route, clusters: dict[str, ClusterRuntime]) -> None:
-        self.prefix = (route.match.prefix or "/").encode()
-        self.headers = [HeaderMatcher(h) for h in route.match.headers]
-        self.clusters = [clusters[w.cluster] for w in route.clusters]
+    def __init__(self, *, prefix: bytes, headers: list[HeaderMatcher], clusters: list[ClusterRuntime],
+                 weights: list[int], timeout: float, retries: int, per_try_timeout: float | None,
+                 abort_percent: float, abort_status: int, delay_percent: float, delay: float) -> None:
+        self.prefix = prefix
+        self.headers = headers
+        self.clusters = clusters
         # The usual route has one cluster: callers take it without calling pick_cluster.
-        self.single_cluster = self.clusters[0] if len(self.clusters) == 1 else None
-        weights = [w.weight for w in route.clusters]
+        self.single_cluster = clusters[0] if len(clusters) == 1 else None
         if not any(weights):
             weights = [1] * len(weights)
         self.cumulative = list(itertools.accumulate(weights))
         self.total = self.cumulative[-1]
-        self.timeout = _seconds(route.timeout, DEFAULT_ROUTE_TIMEOUT)
-        self.retries = route.retries.attempts
-        self.per_try_timeout = _seconds(route.retries.per_try_timeout, 0.0) or None
-        fault = route.fault
-        self.abort_percent = fault.abort.percent if fault.HasField("abort") else 0.0
-        self.abort_status = fault.abort.http_status
-        self.delay_percent = fault.delay.percent if fault.HasField("delay") else 0.0
-        self.delay = _seconds(fault.delay.fixed_delay, 0.0)
+        self.timeout = timeout
+        self.retries = retries
+        self.per_try_timeout = per_try_timeout
+        self.abort_percent = abort_percent
+        self.abort_status = abort_status
+        self.delay_percent = delay_percent
+        self.delay = delay
 
     def pick_cluster(self) -> ClusterRuntime:
         if len(self.clusters) == 1:
@@ -134,19 +157,19 @@ class RouteTable:
     __slots__ = ("_cache", "any", "exact", "first", "name", "prefixes", "suffixes")
     _CACHE_SIZE = 1024
 
-    def __init__(self, rc: pc.RouteConfiguration, clusters: dict[str, ClusterRuntime]) -> None:
-        self.name = rc.name
+    def __init__(self, name: str, virtual_hosts: list[tuple[list[str], list[RouteRuntime]]]) -> None:
+        """``virtual_hosts``: (domains, routes) in config order."""
+        self.name = name
         self.exact: dict[bytes, list[RouteRuntime]] = {}
         self.suffixes: list[tuple[bytes, list[RouteRuntime]]] = []
         self.prefixes: list[tuple[bytes, list[RouteRuntime]]] = []
         self.any: list[RouteRuntime] | None = None
         # The first route of the first virtual host, for connections that cannot be routed per request.
         self.first: RouteRuntime | None = None
-        for vh in rc.virtual_hosts:
-            routes = [RouteRuntime(r, clusters) for r in vh.routes]
+        for domains, routes in virtual_hosts:
             if self.first is None and routes:
                 self.first = routes[0]
-            for domain in vh.domains:
+            for domain in domains:
                 d = domain.lower().encode()
                 if d == b"*":
                     if self.any is None:
@@ -214,46 +237,51 @@ class RouteTable:
 
 
 class ListenerRuntime:
-    __slots__ = ("address", "bind", "cluster", "direction", "key", "name", "port", "protocol", "routes")
+    """A listener: HTTP ones route with ``routes``, TCP ones forward to ``cluster``."""
 
-    def __init__(self, listener: pc.Listener, routes: dict[str, RouteTable], clusters: dict[str, ClusterRuntime]):
-        self.name = listener.name or f"{listener.address or '0.0.0.0'}_{listener.port}"
-        self.direction = listener.direction
-        self.address = listener.address or "0.0.0.0"
-        self.port = listener.port
-        self.protocol = listener.protocol
-        self.bind = listener.bind
-        self.key = (self.direction, self.address, self.port)
-        self.routes = routes.get(listener.route_config) if listener.protocol == pc.HTTP else None
-        self.cluster = clusters.get(listener.cluster) if listener.protocol == pc.TCP else None
+    __slots__ = ("address", "bind", "cluster", "direction", "http", "key", "name", "port", "routes")
+
+    def __init__(self, *, name: str, direction: str, address: str, port: int, http: bool, bind: bool,
+                 routes: RouteTable | None, cluster: ClusterRuntime | None) -> None:
+        self.name = name
+        self.direction = direction
+        self.address = address
+        self.port = port
+        self.http = http
+        self.bind = bind
+        self.routes = routes
+        self.cluster = cluster
+        self.key = (direction, address, port)
 
 
 class Snapshot:
-    """Everything the data plane needs from one applied ProxyConfig."""
+    """Everything the data plane needs from one ProxyConfig, plus its /config_dump form."""
 
-    def __init__(self, config: pc.ProxyConfig, hosts: HostRegistry, workload: Workload, version: int) -> None:
-        self.config = config
-        self.version = version
-        by_cluster: dict[str, list[pc.Endpoint]] = {}
-        for cla in config.endpoints:
-            by_cluster.setdefault(cla.cluster_name, []).extend(cla.endpoints)
-        self.clusters: dict[str, ClusterRuntime] = {}
+    def __init__(self, listeners: list[ListenerRuntime], route_tables: dict[str, RouteTable],
+                 clusters: dict[str, ClusterRuntime], dump: dict[str, object]) -> None:
+        self.listeners = listeners
+        self.route_tables = route_tables
+        self.clusters = clusters
+        # The ProxyConfig as JSON (proto field names), made where the message was at hand.
+        self.dump = dump
+        self.version = 0
         self.host_keys: set[tuple[str, int]] = set()
-        for cluster in config.clusters:
-            eps = by_cluster.get(cluster.name, [])
-            self.host_keys.update((ep.address, ep.port) for ep in eps)
-            self.clusters[cluster.name] = ClusterRuntime(
-                cluster, [hosts.get(ep.address, ep.port) for ep in eps], [ep.weight or 1 for ep in eps], workload)
-        self.route_tables = {rc.name: RouteTable(rc, self.clusters) for rc in config.route_configs}
-        self.listeners = [ListenerRuntime(lis, self.route_tables, self.clusters) for lis in config.listeners]
-        self.by_key = {lis.key: lis for lis in self.listeners}
-        self._exact: dict[tuple[str, int], dict[int, ListenerRuntime]] = {}
-        self._wildcard: dict[int, dict[int, ListenerRuntime]] = {}
-        for lis in self.listeners:
+        self.by_key = {lis.key: lis for lis in listeners}
+        self._exact: dict[tuple[str, int], dict[str, ListenerRuntime]] = {}
+        self._wildcard: dict[int, dict[str, ListenerRuntime]] = {}
+        for lis in listeners:
             if lis.address in ("0.0.0.0", "::"):
                 self._wildcard.setdefault(lis.port, {})[lis.direction] = lis
             else:
                 self._exact.setdefault((lis.address, lis.port), {})[lis.direction] = lis
+
+    def adopt(self, registry: HostRegistry, version: int) -> None:
+        """Make this snapshot this process's own before it serves: the registry's upstream hosts, fresh
+        pickers over them, and its version."""
+        for cluster in self.clusters.values():
+            cluster.adopt(registry)
+        self.host_keys = {(h.address, h.port) for c in self.clusters.values() for h in c.hosts}
+        self.version = version
 
     def match(self, ip: str, port: int, inbound: bool) -> ListenerRuntime | None:
         """The listener for an original destination: exact address first, then wildcard, preferring the
@@ -262,8 +290,7 @@ class Snapshot:
         if not candidates:
             return None
         first, second = (INBOUND, OUTBOUND) if inbound else (OUTBOUND, INBOUND)
-        found = candidates.get(first) or candidates.get(second)
-        return found if found is not None else next(iter(candidates.values()))
+        return candidates.get(first) or candidates.get(second)
 
     def bound_listeners(self) -> list[ListenerRuntime]:
         return [lis for lis in self.listeners if lis.bind]

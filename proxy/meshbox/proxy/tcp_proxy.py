@@ -7,6 +7,7 @@ import asyncio
 import time
 from typing import cast
 
+from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
@@ -14,34 +15,15 @@ from meshbox.proxy.upstream_hosts import UpstreamHost
 _PENDING_LIMIT = 1 << 20
 
 
-class TcpSession:
+class TcpSession(LogRecord):
     """One proxied TCP connection, also its access log record (method/path/protocol print as '-')."""
 
-    method = None
-    path = None
-    authority = None
-    protocol = None
-    response_code = 0
-    upstream_service_time = None
-    forwarded_for = None
-    user_agent = None
-    request_id = None
-    # No headers at L4 (tuples: shared by every session and never modified).
-    request_headers: tuple[tuple[bytes, bytes], ...] = ()
-    response_headers: tuple[tuple[bytes, bytes], ...] = ()
+    __slots__ = ("labels", "start")
 
     def __init__(self, labels: tuple[str, ...]) -> None:
-        self.start_time = time.time()
+        super().__init__(None, None)
         self.start = time.monotonic()
         self.labels = labels
-        self.response_flags = "-"
-        self.bytes_received = 0
-        self.bytes_sent = 0
-        self.duration_ms = 0
-        self.upstream_host: str | None = None
-        self.upstream_cluster: str | None = None
-        self.downstream_remote: str | None = None
-        self.downstream_local: str | None = None
 
 
 class DownstreamTcp(asyncio.Protocol):

@@ -8,6 +8,8 @@ from typing import Protocol
 class PooledConnection(Protocol):
     """What the pool needs from an idle upstream connection."""
 
+    closed: bool
+
     def close(self) -> None: ...
 
 

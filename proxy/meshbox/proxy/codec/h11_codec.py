@@ -133,14 +133,14 @@ class H11RequestParser:
                 events.append(END)
                 rest = conn.trailing_data[0]
                 self._conn = None
-                head = self._head
+                finished = self._head
                 self._head = None
-                if head is not None and head.upgrade:
+                if finished is not None and finished.upgrade:
                     self._tunnel = True
                     if rest:
                         events.append(Tunnel(rest))
                     return events
-                if head is not None and not head.keep_alive:
+                if finished is not None and not finished.keep_alive:
                     self._closing = True
                     if rest:
                         raise ProtocolError(400, "data after a request that closes the connection")

@@ -1,0 +1,32 @@
+"""The modules every request or TCP session passes through, which the build compiles to C with mypyc
+(proxy/setup.py reads HOT_PATH from this file), and a check of what this installation runs.
+
+MESHBOX_PROXY_PURE=1 at build time leaves them pure Python (no C compiler needed; slower).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+
+HOT_PATH = (
+    "meshbox.proxy.http_proxy",
+    "meshbox.proxy.tcp_proxy",
+    "meshbox.proxy.access_log",
+    "meshbox.proxy.deadlines",
+    "meshbox.proxy.request_id",
+    "meshbox.proxy.metrics",
+    "meshbox.proxy.load_balancer",
+    "meshbox.proxy.upstream_hosts",
+    "meshbox.proxy.codec.events",
+    "meshbox.proxy.codec.heads",
+    "meshbox.proxy.codec.writer",
+    "meshbox.proxy.codec.httptools_codec",
+    "meshbox.proxy.context",
+)
+
+
+def compiled_modules() -> list[str]:
+    """The HOT_PATH modules that this installation loads as compiled extension modules."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return [name for name in HOT_PATH if (importlib.import_module(name).__file__ or "").endswith(suffixes)]

@@ -1,0 +1,35 @@
+"""Builds meshbox-proxy with its per-request modules (meshbox/proxy/hot_path.py) compiled to C by
+mypyc; the rest of the package stays pure Python. Why: CPU per request is the proxy's main cost, and
+compiling the typed hot path removes about a third of the Python part of it (docs/proxy.md).
+
+MESHBOX_PROXY_PURE=1 builds a pure-Python distribution instead (no C compiler needed; slower).
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+
+from setuptools import setup
+
+
+def _ext_modules() -> list:
+    if os.environ.get("MESHBOX_PROXY_PURE") == "1":
+        return []
+    from mypyc.build import mypycify
+
+    hot_path = runpy.run_path("meshbox/proxy/hot_path.py")["HOT_PATH"]
+    # mypy's flags first. Explicit package bases: "meshbox" is a namespace package rooted here (the
+    # build must not depend on a mypy config found in a parent directory). Missing imports (meshbox.api
+    # when this distribution is built alone) are typed as Any rather than failing the build.
+    return mypycify(
+        ["--explicit-package-bases", "--ignore-missing-imports", "--python-version", "3.11",
+         *(name.replace(".", "/") + ".py" for name in hot_path)],
+        opt_level="3",
+        debug_level="0",
+        # The runtime library shared by the compiled modules: meshbox/proxy/hot_path__mypyc*.so.
+        group_name="meshbox.proxy.hot_path",
+    )
+
+
+setup(ext_modules=_ext_modules())
