@@ -8,6 +8,7 @@ the problem is reported, so a half-saved edit never empties the mesh.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ class DirectorySource:
     root: Path
     _fingerprint: Fingerprint = field(default_factory=dict)
     _last_good: dict[str, list[SourcedDocument]] = field(default_factory=dict)
+    _registry: Registry | None = None
 
     def fingerprint(self) -> Fingerprint:
         if not self.root.is_dir():
@@ -82,9 +84,9 @@ class DirectorySource:
                     file_errors.append(str(exc))
             documents.extend(good.get(name, []))
         self._last_good = good
-        registry = build_registry(documents)
-        return Registry(registry.services, registry.pods, registry.endpoint_sets, registry.route_rules,
-                        (*file_errors, *registry.errors))
+        registry = build_registry(documents, self._registry)
+        self._registry = registry
+        return dataclasses.replace(registry, errors=(*file_errors, *registry.errors))
 
     def changed(self) -> bool:
         return self.fingerprint() != self._fingerprint

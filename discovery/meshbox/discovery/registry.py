@@ -1,7 +1,9 @@
 """The service registry: one immutable snapshot of Services, Pods, endpoints and route rules.
 
 Built from Kubernetes-shaped documents (from a directory or the API server). Objects that
-cannot be used are left out and listed in ``errors``; everything else is served.
+cannot be used are left out and listed in ``errors``; everything else is served. Istio's
+VirtualServices and DestinationRules join the route rules and destination policies
+(istio_config.py); the previous registry is passed in so their last good versions keep serving.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbox.api.istio.objects import is_istio_networking
+from meshbox.api.v1 import routing_pb2
+from meshbox.discovery.istio_config import IstioState, build_istio_config
 from meshbox.discovery.k8s_objects import (
     EndpointSet,
     ObjectError,
@@ -26,7 +31,7 @@ from meshbox.discovery.k8s_objects import (
 
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
-KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule")
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", "VirtualService", "DestinationRule")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Registry:
     endpoint_sets: tuple[EndpointSet, ...] = ()
     route_rules: tuple[RouteRule, ...] = ()
     errors: tuple[str, ...] = ()
+    # DestinationRules' cluster policies and subsets, by host FQDN.
+    destination_policies: Mapping[str, routing_pb2.DestinationPolicySpec] = field(default_factory=dict)
+    istio_state: IstioState | None = field(default=None, compare=False, repr=False)
     _pods_by_key: dict[tuple[str, str], Pod] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,18 +76,19 @@ class Registry:
         return [e for e in self.endpoint_sets if e.namespace == service.namespace and e.service == service.name]
 
 
-def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
+def build_registry(documents: Iterable[SourcedDocument], previous: Registry | None = None) -> Registry:
     """Parse every document; the first of two objects with the same kind/namespace/name wins."""
     services: list[Service] = []
     pods: list[Pod] = []
     endpoint_sets: list[EndpointSet] = []
     rules: list[RouteRule] = []
     errors: list[str] = []
+    istio: dict[str, list[tuple[str, Mapping[str, Any]]]] = {"VirtualService": [], "DestinationRule": []}
     seen: dict[str, str] = {}
     for item in documents:
         doc, source = item.doc, item.source
         kind = doc.get("kind")
-        if kind not in KINDS:
+        if kind not in KINDS or (kind in istio and not is_istio_networking(doc)):
             continue
         label = object_label(doc)
         if label in seen:
@@ -97,8 +106,13 @@ def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
                 endpoint_sets.extend(parse_endpoints(doc, source=source))
             elif kind == "EndpointSlice":
                 endpoint_sets.append(parse_endpoint_slice(doc, source=source))
+            elif kind in istio:
+                istio[kind].append((source, doc))
             else:
                 rules.append(parse_route_rule_object(doc, source=source))
         except ObjectError as exc:
             errors.append(str(exc))
-    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), tuple(rules), tuple(errors))
+    translated = build_istio_config(istio["VirtualService"], istio["DestinationRule"], services, rules,
+                                    previous.istio_state if previous else None)
+    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), (*rules, *translated.rules),
+                    (*errors, *translated.problems), translated.policies, translated.state)
