@@ -96,44 +96,43 @@ def test_refused_edit_keeps_the_last_good_version_serving(kit: Any, registry_dir
     kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(JASON_TO_CANARY)])
 
     async def scenario() -> None:
-        async with kit.running_server(registry_dir) as server:
-            async with grpc.aio.insecure_channel(server.target) as channel:
-                agent = kit.AgentClient(channel, kit.node("service-one-a", "10.1.0.11"))
-                agent.subscribe_all()
-                first = await agent.receive_all()
-                assert set(first) == set(PUSH_ORDER)
-                for response in first.values():
-                    await agent.ack(response)
-                assert await server.http_get("/registry/errors") == (200, "")
+        async with kit.running_server(registry_dir) as server, grpc.aio.insecure_channel(server.target) as channel:
+            agent = kit.AgentClient(channel, kit.node("service-one-a", "10.1.0.11"))
+            agent.subscribe_all()
+            first = await agent.receive_all()
+            assert set(first) == set(PUSH_ORDER)
+            for response in first.values():
+                await agent.ack(response)
+            assert await server.http_get("/registry/errors") == (200, "")
 
-                mirrored = [dict(JASON_TO_CANARY[0]), {**JASON_TO_CANARY[1],
-                                                       "mirror": {"host": "service-two", "subset": "canary"}}]
-                kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(mirrored)])
-                for _ in range(100):
-                    status, text = await server.http_get("/registry/errors")
-                    if text:
-                        break
-                    await asyncio.sleep(0.05)
-                assert text == (f"{registry_dir / 'istio.yaml'}: VirtualService default/service-two: "
-                                "spec.http[1].mirror: not implemented by meshbox's proxy yet; its previous version "
-                                "keeps serving [MB0105]\n")
-                await agent.expect_silence(0.3)
-                routes = vhost_routes(server.hub.snapshot.builder.build(kit.node("service-one-a", "10.1.0.11")))
-                assert [r.clusters[0].cluster for r in routes][:2] == [f"outbound|80|canary|{TWO}",
-                                                                       f"outbound|80|v1|{TWO}"]
+            mirrored = [dict(JASON_TO_CANARY[0]), {**JASON_TO_CANARY[1],
+                                                   "mirror": {"host": "service-two", "subset": "canary"}}]
+            kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(mirrored)])
+            for _ in range(100):
+                _, text = await server.http_get("/registry/errors")
+                if text:
+                    break
+                await asyncio.sleep(0.05)
+            assert text == (f"{registry_dir / 'istio.yaml'}: VirtualService default/service-two: "
+                            "spec.http[1].mirror: not implemented by meshbox's proxy yet; its previous version "
+                            "keeps serving [MB0105]\n")
+            await agent.expect_silence(0.3)
+            routes = vhost_routes(server.hub.snapshot.builder.build(kit.node("service-one-a", "10.1.0.11")))
+            assert [r.clusters[0].cluster for r in routes][:2] == [f"outbound|80|canary|{TWO}",
+                                                                   f"outbound|80|v1|{TWO}"]
 
-                shift = [{"route": [{"destination": {"host": "service-two", "subset": "v1"}, "weight": 50},
-                                    {"destination": {"host": "service-two", "subset": "canary"}, "weight": 50}]}]
-                kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(shift)])
+            shift = [{"route": [{"destination": {"host": "service-two", "subset": "v1"}, "weight": 50},
+                                {"destination": {"host": "service-two", "subset": "canary"}, "weight": 50}]}]
+            kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(shift)])
+            pushed = await agent.receive()
+            while pushed.type_url != ROUTE:
+                await agent.ack(pushed)
                 pushed = await agent.receive()
-                while pushed.type_url != ROUTE:
-                    await agent.ack(pushed)
-                    pushed = await agent.receive()
-                (rc,) = [rc for rc in kit.unpack(pushed) if rc.name == "80"]
-                (vhost,) = [vh for vh in rc.virtual_hosts if vh.name == f"{TWO}:80"]
-                assert [(c.cluster, c.weight) for c in vhost.routes[0].clusters] == [
-                    (f"outbound|80|v1|{TWO}", 50), (f"outbound|80|canary|{TWO}", 50)]
-                assert await server.http_get("/registry/errors") == (200, "")
-                agent.close()
+            (rc,) = [rc for rc in kit.unpack(pushed) if rc.name == "80"]
+            (vhost,) = [vh for vh in rc.virtual_hosts if vh.name == f"{TWO}:80"]
+            assert [(c.cluster, c.weight) for c in vhost.routes[0].clusters] == [
+                (f"outbound|80|v1|{TWO}", 50), (f"outbound|80|canary|{TWO}", 50)]
+            assert await server.http_get("/registry/errors") == (200, "")
+            agent.close()
 
     asyncio.run(scenario())
