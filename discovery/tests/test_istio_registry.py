@@ -136,3 +136,41 @@ def test_refused_edit_keeps_the_last_good_version_serving(kit: Any, registry_dir
             agent.close()
 
     asyncio.run(scenario())
+
+
+PAYMENTS = {
+    "apiVersion": "networking.istio.io/v1alpha3", "kind": "ServiceEntry",
+    "metadata": {"name": "payments", "namespace": "default"},
+    "spec": {"hosts": ["payments.example.com"], "addresses": ["10.96.50.1"], "resolution": "STATIC",
+             "ports": [{"number": 80, "name": "http", "protocol": "HTTP"},
+                       {"number": 5432, "name": "db", "protocol": "TCP", "targetPort": 15432}],
+             "endpoints": [{"address": "192.0.2.10", "ports": {"http": 8080}}, {"address": "192.0.2.11"}]}}
+PAYMENTS_FQDN = "payments.example.com"
+
+
+def test_service_entry_gets_listeners_clusters_and_routes(kit: Any) -> None:
+    timeout = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "payments", "namespace": "default"},
+               "spec": {"hosts": ["payments.example.com"],
+                        "http": [{"timeout": "2s", "route": [{"destination": {"host": "payments.example.com"}}]}]}}
+    registry = build_registry(SourcedDocument("m.yaml", d) for d in [*kit.tutorial_objects(), PAYMENTS, timeout])
+    assert registry.errors == ()
+    config = ConfigBuilder(registry).build(kit.node("service-one-a", "10.1.0.11"))
+    listeners = {(x.address, x.port): x for x in config.listeners}
+    assert listeners[("10.96.50.1", 80)].protocol == pc.HTTP
+    assert listeners[("10.96.50.1", 5432)].protocol == pc.TCP
+    endpoints = {e.cluster_name: [(x.address, x.port) for x in e.endpoints] for e in config.endpoints}
+    assert endpoints[f"outbound|80||{PAYMENTS_FQDN}"] == [("192.0.2.10", 8080), ("192.0.2.11", 80)]
+    assert endpoints[f"outbound|5432||{PAYMENTS_FQDN}"] == [("192.0.2.10", 15432), ("192.0.2.11", 15432)]
+    (rc,) = [rc for rc in config.route_configs if rc.name == "80"]
+    (vhost,) = [vh for vh in rc.virtual_hosts if vh.name == f"{PAYMENTS_FQDN}:80"]
+    assert set(vhost.domains) == {PAYMENTS_FQDN, f"{PAYMENTS_FQDN}:80", "10.96.50.1", "10.96.50.1:80"}
+    assert vhost.routes[0].timeout.seconds == 2
+
+
+def test_service_entry_for_a_services_host_is_refused(kit: Any) -> None:
+    clash = {**PAYMENTS, "spec": {**PAYMENTS["spec"], "hosts": ["service-two.default.svc.cluster.local"]}}
+    registry = build_registry(SourcedDocument("m.yaml", d) for d in [*kit.tutorial_objects(), clash])
+    assert registry.errors == ("m.yaml: ServiceEntry default/payments: spec.hosts[0]: service-two.default.svc."
+                               "cluster.local is already a Service's or another ServiceEntry's host; this entry is "
+                               "not applied [MB0112]",)

@@ -37,6 +37,7 @@ PATHS = {
     "RouteRule": ("/apis/routing.meshbox.io/v1alpha1/routerules", "routing.meshbox.io/v1alpha1"),
     "VirtualService": ("/apis/networking.istio.io/v1beta1/virtualservices", "networking.istio.io/v1beta1"),
     "DestinationRule": ("/apis/networking.istio.io/v1beta1/destinationrules", "networking.istio.io/v1beta1"),
+    "ServiceEntry": ("/apis/networking.istio.io/v1beta1/serviceentries", "networking.istio.io/v1beta1"),
 }
 
 

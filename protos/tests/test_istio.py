@@ -13,6 +13,7 @@ from meshbox.api.istio.fields import parse_duration
 from meshbox.api.istio.findings import Code, Finding
 from meshbox.api.istio.objects import is_istio_networking, qualify_host
 from meshbox.api.istio.references import HostPorts, resolve
+from meshbox.api.istio.service_entry import translate_service_entry
 from meshbox.api.istio.virtual_service import translate_virtual_service
 from meshbox.api.v1 import proxy_config_pb2 as pc
 
@@ -386,3 +387,68 @@ def test_host_qualification() -> None:
     assert qualify_host("reviews.prod", "shop") == "reviews.prod.svc.cluster.local"
     assert qualify_host("reviews.prod.svc", "shop") == "reviews.prod.svc.cluster.local"
     assert qualify_host("Api.Example.com.", "shop") == "api.example.com"
+
+
+EXTERNAL = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: payments
+spec:
+  hosts:
+  - payments.example.com
+  addresses:
+  - 10.96.50.1
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  - number: 5432
+    name: db
+    protocol: TCP
+    targetPort: 15432
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints:
+  - address: 192.0.2.10
+    ports:
+      http: 8080
+  - address: 192.0.2.11
+"""
+
+
+def test_static_service_entry() -> None:
+    entry, findings = translate_service_entry(load(EXTERNAL), source="se.yaml")
+    assert findings == [] and entry is not None
+    assert (entry.host, entry.fqdn, entry.address) == ("payments.example.com", "payments.example.com", "10.96.50.1")
+    assert [(p.name, p.number, p.target, p.http) for p in entry.ports] == [("http", 80, 0, True),
+                                                                           ("db", 5432, 15432, False)]
+    assert [(e.address, dict(e.ports)) for e in entry.endpoints] == [("192.0.2.10", {"http": 8080}),
+                                                                     ("192.0.2.11", {})]
+
+
+def test_service_entry_forms_meshbox_does_not_implement() -> None:
+    _, findings = translate_service_entry(load("""
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: external-svc-https}
+spec:
+  hosts: [api.dropboxapi.com, www.googleapis.com]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  endpoints: [{address: us.foo.bar.com, ports: {https: 8443}, labels: {version: v1}}]
+  exportTo: ["."]
+"""), source="se.yaml")
+    assert sorted(only(findings)) == [
+        ("MB0105", "spec.addresses", "0 addresses: not implemented by meshbox yet; meshbox matches outbound "
+                                     "connections by one virtual IP address per entry"),
+        ("MB0105", "spec.endpoints[0].address", "'us.foo.bar.com': endpoints by name or Unix socket: not implemented "
+                                                "by meshbox's proxy yet (it connects to IP addresses)"),
+        ("MB0105", "spec.endpoints[0].labels", "not implemented by meshbox yet"),
+        ("MB0105", "spec.exportTo", "exportTo: not implemented by meshbox yet (every entry applies mesh-wide)"),
+        ("MB0105", "spec.hosts", "2 hosts: exactly one host per ServiceEntry is implemented (write one entry per "
+                                 "host)"),
+        ("MB0105", "spec.resolution", "DNS: not implemented by meshbox's proxy yet (it forwards to the endpoints' IP "
+                                      "addresses: use STATIC)"),
+    ]

@@ -28,6 +28,8 @@ def resolve_target(port: ServicePort, pod_ports: dict[str, int] | None) -> int |
 
 def service_domains(service: Service, port: int, *, same_namespace: bool) -> list[str]:
     """Host header values of a service's virtual host; the bare name only from its own namespace."""
+    if service.hosts:
+        return [d for n in (*dict.fromkeys(service.hosts), service.cluster_ip) for d in (n, f"{n}:{port}")]
     names = [f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc", service.fqdn,
              service.cluster_ip]
     if same_namespace:

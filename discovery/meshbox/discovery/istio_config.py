@@ -1,5 +1,6 @@
 """Istio networking objects in the registry: translated by meshbox.api.istio, checked against the
-registry's Services, and turned into route rules and destination policies.
+registry's Services, and turned into route rules, destination policies and (from ServiceEntries)
+services with static endpoints.
 
 The last accepted version of every object is kept (``IstioState``) and handed to the next build,
 so an edit that breaks a VirtualService or DestinationRule keeps its previous version serving.
@@ -15,10 +16,11 @@ from meshbox.api.istio.destination_rule import DestinationRule, translate_destin
 from meshbox.api.istio.findings import ERROR, Code, Finding
 from meshbox.api.istio.objects import resource_label
 from meshbox.api.istio.references import STILL_SERVING, HostPorts, ResolvedRoutes, resolve
+from meshbox.api.istio.service_entry import ServiceEntry, translate_service_entry
 from meshbox.api.istio.virtual_service import VirtualService, translate_virtual_service
 from meshbox.api.protocols import is_http_port
 from meshbox.api.v1 import routing_pb2
-from meshbox.discovery.k8s_objects import RouteRule, Service
+from meshbox.discovery.k8s_objects import EndpointAddress, EndpointSet, RouteRule, Service, ServicePort
 from meshbox.discovery.route_rules import targets
 
 
@@ -28,6 +30,7 @@ class IstioState:
 
     virtual_services: Mapping[str, VirtualService] = field(default_factory=dict)
     destination_rules: Mapping[str, DestinationRule] = field(default_factory=dict)
+    service_entries: Mapping[str, ServiceEntry] = field(default_factory=dict)
     routes: Mapping[str, ResolvedRoutes] = field(default_factory=dict)
 
 
@@ -37,6 +40,24 @@ class IstioConfig:
     policies: Mapping[str, routing_pb2.DestinationPolicySpec]  # by host FQDN
     problems: tuple[str, ...]
     state: IstioState
+    services: tuple[Service, ...] = ()  # from ServiceEntries
+    endpoint_sets: tuple[EndpointSet, ...] = ()
+
+
+def entry_as_service(entry: ServiceEntry) -> tuple[Service, list[EndpointSet]]:
+    """A ServiceEntry as a Service at its address with one endpoint set per endpoint.
+
+    Port names carry the protocol as the seed's naming rule reads it (http-*: L7, tcp-*: L4).
+    """
+    ports = tuple(ServicePort(f"{'http' if p.http else 'tcp'}-{p.name}", p.number, p.target or p.number)
+                  for p in entry.ports)
+    service = Service(entry.host, entry.namespace, entry.address, {}, ports, hosts=(entry.fqdn, entry.host))
+    sets = []
+    for endpoint in entry.endpoints:
+        numbers = {sp.name: endpoint.ports.get(p.name) or p.target or p.number
+                   for p, sp in zip(entry.ports, ports, strict=True)}
+        sets.append(EndpointSet(entry.host, entry.namespace, (EndpointAddress(endpoint.address, ""),), numbers))
+    return service, sets
 
 
 def known_hosts(services: Sequence[Service]) -> dict[str, HostPorts]:
@@ -52,11 +73,33 @@ def _with_previous(findings: list[Finding]) -> list[Finding]:
 
 def build_istio_config(virtual_services: Sequence[tuple[str, Mapping[str, Any]]],
                        destination_rules: Sequence[tuple[str, Mapping[str, Any]]],
+                       service_entries: Sequence[tuple[str, Mapping[str, Any]]],
                        services: Sequence[Service], meshbox_rules: Sequence[RouteRule],
                        previous: IstioState | None) -> IstioConfig:
     """(source, document) pairs of each kind → rules, policies and problems; ``previous`` from the last build."""
     previous = previous or IstioState()
     findings: list[Finding] = []
+    entries: dict[str, ServiceEntry] = {}
+    entry_services: list[Service] = []
+    entry_endpoints: list[EndpointSet] = []
+    hosts = known_hosts(services)
+    for source, doc in service_entries:
+        entry, found = translate_service_entry(doc, source=source)
+        label = resource_label(doc)
+        if entry is None and label in previous.service_entries:
+            entry, found = previous.service_entries[label], _with_previous(found)
+        if entry is not None and entry.fqdn in hosts:
+            found = [*found, Finding(Code.CONFLICTING_HOSTS, source, label, "spec.hosts[0]",
+                                     f"{entry.fqdn} is already a Service's or another ServiceEntry's host; "
+                                     "this entry is not applied")]
+            entry = None
+        findings.extend(found)
+        if entry is not None:
+            entries[label] = entry
+            service, sets = entry_as_service(entry)
+            entry_services.append(service)
+            entry_endpoints.extend(sets)
+            hosts.update(known_hosts([service]))
     drs: dict[str, DestinationRule] = {}
     for source, doc in destination_rules:
         dr, found = translate_destination_rule(doc, source=source)
@@ -75,17 +118,17 @@ def build_istio_config(virtual_services: Sequence[tuple[str, Mapping[str, Any]]]
         findings.extend(found)
         if vs is not None:
             vss[vs.resource] = vs
-    resolution = resolve(list(vss.values()), list(drs.values()), known_hosts(services), previous.routes)
+    resolution = resolve(list(vss.values()), list(drs.values()), hosts, previous.routes)
     findings.extend(resolution.findings)
     rules = tuple(RouteRule(r.name, r.namespace, spec) for r in resolution.routes.values() for spec in r.specs)
     routed = {spec.destination: r.resource for r in resolution.routes.values() for spec in r.specs}
     for rule in meshbox_rules:
-        for service in services:
+        for service in (*services, *entry_services):
             if service.fqdn in routed and targets(rule, service):
                 findings.append(Finding(Code.OVERLAPPING_RULES, "registry", f"RouteRule {rule.namespace}/{rule.name}",
                                         "spec.destination", f"{service.fqdn} is also routed by {routed[service.fqdn]}"
                                         "; routes are tried by precedence, then in registry order"))
     policies = {host: dr.spec for host, dr in resolution.policies.items()}
     return IstioConfig(rules, policies, tuple(str(f) for f in findings),
-                       IstioState(vss, drs, resolution.routes))
+                       IstioState(vss, drs, entries, resolution.routes), tuple(entry_services), tuple(entry_endpoints))
 

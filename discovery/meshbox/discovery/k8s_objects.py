@@ -44,10 +44,12 @@ class Service:
     cluster_ip: str
     selector: Mapping[str, str]
     ports: tuple[ServicePort, ...]
+    # A ServiceEntry's host names (its FQDN first, then the name as written); empty for a Service.
+    hosts: tuple[str, ...] = ()
 
     @property
     def fqdn(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.cluster.local"
+        return self.hosts[0] if self.hosts else f"{self.name}.{self.namespace}.svc.cluster.local"
 
 
 @dataclass(frozen=True)

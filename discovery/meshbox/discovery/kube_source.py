@@ -1,9 +1,9 @@
 """Registry source (2): the Kubernetes API through kubernetes_asyncio.
 
-For each kind (Services, EndpointSlices, Pods, RouteRules, and Istio's VirtualServices and
-DestinationRules, read as networking.istio.io/v1beta1, which every Istio release since 1.5
-serves) a task lists, then watches from the
-list's resourceVersion with bookmarks. A watch the server ends normally is resumed from the last
+For each kind (Services, EndpointSlices, Pods, RouteRules, and Istio's VirtualServices,
+DestinationRules and ServiceEntries, read as networking.istio.io/v1beta1, which every Istio
+release since 1.5 serves) a task lists, then watches from the list's resourceVersion with
+bookmarks. A watch the server ends normally is resumed from the last
 resourceVersion seen (bookmarks keep it fresh); 410 Gone, or any watch error (dropped
 connection, bad event), leads to a full relist after a short delay, doubling (up to 30 s) while
 lists keep failing. Until a relist succeeds the last known objects keep being served.
@@ -32,7 +32,8 @@ ROUTE_RULE_GROUP, ROUTE_RULE_VERSION = ROUTE_RULE_API_VERSION.split("/")
 ROUTE_RULE_PLURAL = "routerules"
 # Istio's CRDs, read in the version every Istio release since 1.5 serves (the API server converts).
 ISTIO_GROUP, ISTIO_VERSION = GROUP, "v1beta1"
-ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules"}
+ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules",
+                 "ServiceEntry": "serviceentries"}
 GONE = 410
 NOT_FOUND = 404
 NOT_INSTALLED_RECHECK_S = 30.0

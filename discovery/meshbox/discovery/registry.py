@@ -31,7 +31,8 @@ from meshbox.discovery.k8s_objects import (
 
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
-KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", "VirtualService", "DestinationRule")
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", "VirtualService", "DestinationRule",
+         "ServiceEntry")
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,8 @@ def build_registry(documents: Iterable[SourcedDocument], previous: Registry | No
     endpoint_sets: list[EndpointSet] = []
     rules: list[RouteRule] = []
     errors: list[str] = []
-    istio: dict[str, list[tuple[str, Mapping[str, Any]]]] = {"VirtualService": [], "DestinationRule": []}
+    istio: dict[str, list[tuple[str, Mapping[str, Any]]]] = {"VirtualService": [], "DestinationRule": [],
+                                                            "ServiceEntry": []}
     seen: dict[str, str] = {}
     for item in documents:
         doc, source = item.doc, item.source
@@ -112,7 +114,8 @@ def build_registry(documents: Iterable[SourcedDocument], previous: Registry | No
                 rules.append(parse_route_rule_object(doc, source=source))
         except ObjectError as exc:
             errors.append(str(exc))
-    translated = build_istio_config(istio["VirtualService"], istio["DestinationRule"], services, rules,
-                                    previous.istio_state if previous else None)
-    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), (*rules, *translated.rules),
+    translated = build_istio_config(istio["VirtualService"], istio["DestinationRule"], istio["ServiceEntry"],
+                                    services, rules, previous.istio_state if previous else None)
+    return Registry((*services, *translated.services), tuple(pods), (*endpoint_sets, *translated.endpoint_sets),
+                    (*rules, *translated.rules),
                     (*errors, *translated.problems), translated.policies, translated.state)

@@ -28,6 +28,7 @@ class Code(Enum):
     OVERLAPPING_RULES = ("MB0109", WARNING)  # a RouteRule and a VirtualService for one host
     UNUSED_POLICY = ("MB0110", WARNING)  # a DestinationRule whose host is unknown
     INVALID_MESH_CONFIG = ("MB0111", ERROR)  # the mesh config does not load
+    CONFLICTING_HOSTS = ("MB0112", ERROR)  # a ServiceEntry for a host a Service or another entry has
 
     @property
     def id(self) -> str:
