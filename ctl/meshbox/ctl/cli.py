@@ -6,6 +6,7 @@ import importlib.metadata
 
 import click
 
+from meshbox.ctl.analyze import analyze_command
 from meshbox.ctl.demo import demo
 from meshbox.ctl.install import install
 from meshbox.ctl.kube_inject import kube_inject, kube_uninject
@@ -43,6 +44,7 @@ def version() -> None:
         click.echo(f"{dist:<20} {v}")
 
 
+main.add_command(analyze_command)
 main.add_command(install)
 main.add_command(kube_inject)
 main.add_command(kube_uninject)

@@ -29,6 +29,7 @@ class Code(Enum):
     UNUSED_POLICY = ("MB0110", WARNING)  # a DestinationRule whose host is unknown
     INVALID_MESH_CONFIG = ("MB0111", ERROR)  # the mesh config does not load
     CONFLICTING_HOSTS = ("MB0112", ERROR)  # a ServiceEntry for a host a Service or another entry has
+    NOT_CAPTURED = ("MB0113", WARNING)  # routes for an address:port the mesh config does not capture
 
     @property
     def id(self) -> str:
