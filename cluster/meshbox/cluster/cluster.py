@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from meshbox.api.files import write_atomically
 from meshbox.cluster import host
 from meshbox.cluster.addressing import (
     RESOLV_CONF,
@@ -49,7 +50,7 @@ from meshbox.cluster.objects import (
     service_endpoints,
     template_hash,
 )
-from meshbox.cluster.state import StateDir, default_state_dir, empty_state, write_atomically
+from meshbox.cluster.state import StateDir, default_state_dir, empty_state
 
 NETNS_ETC = Path("/etc/netns")
 DISCOVERY_GRPC_PORT = 15010
@@ -504,8 +505,8 @@ class LocalCluster:
                     for s in state["services"].values()]
         meta = rec["body"]["metadata"]
         text = hosts_file(meta["name"], rec["ip"], services, meta["namespace"])
-        write_atomically(NETNS_ETC / rec["netns"] / "hosts", text.encode())
-        write_atomically(NETNS_ETC / rec["netns"] / "resolv.conf", RESOLV_CONF.encode())
+        write_atomically(NETNS_ETC / rec["netns"] / "hosts", text.encode(), mode=0o644)
+        write_atomically(NETNS_ETC / rec["netns"] / "resolv.conf", RESOLV_CONF.encode(), mode=0o644)
 
     def _sync_network(self, state: Obj) -> None:
         """Service DNAT in the node and every pod's hosts file, from the current objects."""

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshbox.api.commands import run_command
+
 
 class HostError(RuntimeError):
     """A command that builds the cluster failed; the message has the command and its stderr."""
@@ -22,16 +24,7 @@ class HostError(RuntimeError):
 
 def run(argv: Sequence[str], *, input_text: str | None = None, timeout: float = 30) -> str:
     """Run a command, return its stdout; HostError naming the command on failure."""
-    try:
-        result = subprocess.run(list(argv), input=input_text, capture_output=True, text=True, timeout=timeout,
-                                check=False)
-    except FileNotFoundError:
-        raise HostError(f"{argv[0]}: not installed (make bootstrap installs it)") from None
-    except subprocess.TimeoutExpired:
-        raise HostError(f"{' '.join(argv)}: no answer after {timeout:.0f}s") from None
-    if result.returncode != 0:
-        raise HostError(f"{' '.join(argv)}: exit {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
+    return run_command(argv, input_text=input_text, timeout=timeout, error=HostError)
 
 
 def run_quietly(argv: Sequence[str]) -> bool:

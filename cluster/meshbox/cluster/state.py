@@ -11,10 +11,11 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from meshbox.api.files import write_atomically
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshbox/local")
 STATE_ENV = "MESHBOX_LOCAL_STATE"
@@ -34,22 +35,6 @@ def empty_state(prefix: str) -> dict[str, Any]:
     """A fresh state for a cluster whose kernel names start with ``prefix``."""
     return {"format": FORMAT, "prefix": prefix, "ledger": [], "next_veth": 1, "services": {},
             "deployments": {}, "pods": {}, "rules": {}, "discovery": None}
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` (temp file in the same directory, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class StateDir:
@@ -80,7 +65,7 @@ class StateDir:
 
     def save(self, state: dict[str, Any]) -> None:
         """Write the state atomically."""
-        write_atomically(self.file, json.dumps(state, indent=1, sort_keys=True).encode())
+        write_atomically(self.file, mode=0o644, data=json.dumps(state, indent=1, sort_keys=True).encode())
 
     def make_dirs(self) -> None:
         """Create the state directory and its sub-directories (private to root)."""
@@ -100,16 +85,7 @@ class StateDir:
 
     def write_registry(self, name: str, text: str) -> None:
         """Write one object file for the discovery server (renamed into place, never half-written)."""
-        fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".tmp", dir=self.staging)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.registry / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomically(self.registry / name, text.encode(), mode=0o644)
 
     def remove_registry(self, name: str) -> None:
         """Remove one object file (absent is fine)."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbox.api.kube import names
 from meshbox.api.loader import plain_data
 from meshbox.injector.annotations import (
     OTHER_MESH_ANNOTATIONS,
@@ -42,7 +43,7 @@ __all__ = [
     "uninject",
 ]
 
-SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+SYSTEM_NAMESPACES = frozenset(names.SYSTEM_NAMESPACES)
 # Kinds whose pods are meant to finish, which a long-running sidecar prevents.
 RUN_TO_COMPLETION = frozenset({"Job", "CronJob"})
 
