@@ -1,4 +1,4 @@
-"""The local cluster's state directory: one JSON file, a lock, and a ledger of everything made.
+"""The local cluster's state directory: one JSON file (meshbox.cluster.model), a lock, and a ledger.
 
 Every namespace, file and process is recorded in the ledger *before* it is made, so ``down`` can
 remove all of it even after a crash half-way through; removing something that is not there is
@@ -13,13 +13,12 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from meshbox.api.files import write_atomically
+from meshbox.cluster.model import READABLE_FORMATS, ClusterState
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshbox/local")
 STATE_ENV = "MESHBOX_LOCAL_STATE"
-FORMAT = 1
 
 
 class StateError(RuntimeError):
@@ -29,12 +28,6 @@ class StateError(RuntimeError):
 def default_state_dir() -> Path:
     """$MESHBOX_LOCAL_STATE, else /var/lib/meshbox/local."""
     return Path(os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR)
-
-
-def empty_state(prefix: str) -> dict[str, Any]:
-    """A fresh state for a cluster whose kernel names start with ``prefix``."""
-    return {"format": FORMAT, "prefix": prefix, "ledger": [], "next_veth": 1, "services": {},
-            "deployments": {}, "pods": {}, "rules": {}, "discovery": None}
 
 
 class StateDir:
@@ -51,7 +44,7 @@ class StateDir:
         """Whether a cluster's state is recorded here."""
         return self.file.exists()
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> ClusterState:
         """The recorded state; StateError when it is missing or unreadable."""
         try:
             data = json.loads(self.file.read_text(encoding="utf-8"))
@@ -59,13 +52,16 @@ class StateDir:
             raise StateError(f"no local cluster in {self.root}: run `meshctl local up` first") from None
         except (OSError, ValueError) as exc:
             raise StateError(f"{self.file}: cannot read the cluster state: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise StateError(f"{self.file}: not a meshctl local state file (format {FORMAT})")
-        return data
+        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
+            raise StateError(f"{self.file}: not a meshctl local state file (formats {READABLE_FORMATS})")
+        try:
+            return ClusterState.from_json(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"{self.file}: cannot read the cluster state: {exc!r}") from None
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: ClusterState) -> None:
         """Write the state atomically."""
-        write_atomically(self.file, mode=0o644, data=json.dumps(state, indent=1, sort_keys=True).encode())
+        write_atomically(self.file, json.dumps(state.to_json(), indent=1, sort_keys=True).encode(), mode=0o644)
 
     def make_dirs(self) -> None:
         """Create the state directory and its sub-directories (private to root)."""

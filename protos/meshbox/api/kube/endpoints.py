@@ -89,3 +89,22 @@ def endpoint_slice(service: Service, pods: Iterable[Pod]) -> dict[str, Any]:
         "endpoints": [addresses[ip] for ip in sorted(addresses)],
         "ports": ports,
     }
+
+
+def endpoints_object(service: Service, pods: Iterable[Pod]) -> dict[str, Any]:
+    """The v1 Endpoints object of a Service: one subset per Service port, ready and not-ready addresses apart."""
+    pods = list(pods)
+    subsets = []
+    for port in service.ports:
+        endpoints = port_endpoints(service, port, pods)
+        if not endpoints:
+            continue
+        subset: dict[str, Any] = {"ports": [{"name": port.name, "port": endpoints[0].port, "protocol": "TCP"}]}
+        for key, ready in (("addresses", True), ("notReadyAddresses", False)):
+            chosen = [{"ip": e.ip, "targetRef": {"kind": "Pod", "namespace": service.namespace, "name": e.pod_name}}
+                      for e in endpoints if e.ready is ready]
+            if chosen:
+                subset[key] = chosen
+        subsets.append(subset)
+    return {"apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"name": service.name, "namespace": service.namespace}, "subsets": subsets}
