@@ -59,7 +59,8 @@ def test_manifest_objects_and_namespace_default() -> None:
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "'ConfigMap' is not supported by the local cluster "
                                                               "(supported: Service, Deployment, Pod, RouteRule)"),
     ("kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 70000}]}\n", "spec.ports[0].port: expected a port"),
-    ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n", "Service default/Bad_Name: metadata.name: Invalid value: 'Bad_Name'"),
+    ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n",
+     "Service default/Bad_Name: metadata.name: Invalid value: 'Bad_Name'"),
     ("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a}]}\n", "spec.containers[0].image: is required"),
     (DEPLOYMENT.replace("selector: {matchLabels: {app: web}}", "selector: {matchLabels: {app: other}}"),
      "spec.selector: does not match spec.template.metadata.labels"),
