@@ -55,18 +55,10 @@ class ContainerState:
 
 
 @dataclass
-class PodRecord:
-    """A pod: its manifest, address, network namespace, pause process and containers."""
+class ObjectRecord:
+    """A Kubernetes object as the cluster keeps it: its manifest, with names read from its metadata."""
 
     body: Obj
-    ip: str
-    netns: str
-    veth: int
-    pause: ProcessRef | None = None
-    containers: dict[str, ContainerState] = field(default_factory=dict)
-    init: dict[str, int] = field(default_factory=dict)  # init container → exit code
-    phase: str = "Pending"  # Pending, Running, Init:Error, Failed
-    ready: bool = False  # every container ready, as the kubelet last saw it
 
     @property
     def name(self) -> str:
@@ -85,12 +77,26 @@ class PodRecord:
         return dict(self.body["metadata"].get("labels") or {})
 
     @property
-    def spec(self) -> Obj:
-        return self.body["spec"]
-
-    @property
     def created(self) -> str | None:
         return self.body["metadata"].get("creationTimestamp")
+
+
+@dataclass
+class PodRecord(ObjectRecord):
+    """A pod: its manifest, address, network namespace, pause process and containers."""
+
+    ip: str
+    netns: str
+    veth: int
+    pause: ProcessRef | None = None
+    containers: dict[str, ContainerState] = field(default_factory=dict)
+    init: dict[str, int] = field(default_factory=dict)  # init container → exit code
+    phase: str = "Pending"  # Pending, Running, Init:Error, Failed
+    ready: bool = False  # every container ready, as the kubelet last saw it
+
+    @property
+    def spec(self) -> Obj:
+        return self.body["spec"]
 
     @property
     def owner(self) -> str | None:
@@ -139,26 +145,12 @@ class PodRecord:
 
 
 @dataclass
-class ServiceRecord:
+class ServiceRecord(ObjectRecord):
     """A Service as applied, with the ClusterIP the cluster gave it."""
-
-    body: Obj
-
-    @property
-    def name(self) -> str:
-        return str(self.body["metadata"]["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.body["metadata"]["namespace"])
 
     @property
     def cluster_ip(self) -> str:
         return str(self.body["spec"]["clusterIP"])
-
-    @property
-    def created(self) -> str | None:
-        return self.body["metadata"].get("creationTimestamp")
 
     def as_service(self) -> Service:
         """The Service as meshbox.api.kube reads it (checked when applied, so never None here)."""
@@ -168,26 +160,12 @@ class ServiceRecord:
 
 
 @dataclass
-class DeploymentRecord:
+class DeploymentRecord(ObjectRecord):
     """A Deployment as applied."""
-
-    body: Obj
-
-    @property
-    def name(self) -> str:
-        return str(self.body["metadata"]["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.body["metadata"]["namespace"])
 
     @property
     def replicas(self) -> int:
         return int(self.body["spec"].get("replicas", 1))
-
-    @property
-    def created(self) -> str | None:
-        return self.body["metadata"].get("creationTimestamp")
 
 
 @dataclass
