@@ -76,6 +76,8 @@ class _Upstream(asyncio.Protocol):
         raw = self.backend.raw[self.conn]
         if len(raw) < RAW_KEEP:
             raw += data[:RAW_KEEP - len(raw)]
+        if self.transport is None or self.transport.is_closing():
+            return  # closed after a parse error: the rest of the bytes are kept above, not parsed
         if self.busy:
             self.held += data
             return

@@ -20,8 +20,8 @@ from .response_reader import MalformedResponse, ResponseReader
 from .wire import Expect, Request
 
 _SCRIPT_ID = re.compile(rb"fz(\d+)-(\d+)-\d+s?$")
-PIPELINE_LENGTHS = (0, 1, 1, 2, 2, 3, 4, 5, 6, 8, 10, 16, 24)
-MALFORMED_SHARE = 0.55  # scripts that end with a broken request
+PIPELINE_LENGTHS = (0, 0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 8, 10, 16, 24)
+MALFORMED_SHARE = 0.7  # scripts that end with a broken request
 HALF_CLOSE_SHARE = 0.12
 SEQUENTIAL_SHARE = 0.12
 
@@ -188,6 +188,8 @@ def judge_http1(out: Outcome) -> list[Finding]:
         elif r.expect is Expect.LOCAL and (resp.status < 400 or echo is not None):
             finding("wrong-answer", f"request {i} ({r.mutation}) got status {resp.status} echoing {echo!r}, "
                                     "expected a local error reply")
+        elif echo == b"-":
+            finding("no-request-id", f"request {i} ({r.mutation}) reached the backend without its x-request-id")
         elif echo is not None and echo != r.rid.encode():
             finding("desync", f"request {i} ({r.mutation}) got the answer echoing {echo!r}")
     answered = len(out.responses)

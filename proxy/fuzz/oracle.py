@@ -63,9 +63,9 @@ def judge_backend(backend: CaptureBackend, access_log: bytes) -> list[Finding]:
                                  script_of(r, backend)))
             seen[r.rid] = 1  # reported once
     for conn, complaint in backend.stats.parse_errors:
-        first = next((r for r in backend.received if r.conn == conn), None)
+        last = next((r for r in reversed(backend.received) if r.conn == conn), None)
         found.append(Finding("upstream-garbage", f"the proxy sent bytes a strict HTTP/1.1 parser rejects on upstream "
                                                  f"connection {conn}: {complaint}; bytes: "
                                                  f"{backend.raw_bytes(conn)[-300:]!r}",
-                             script_of(first, backend) if first else None))
+                             script_of(last, backend) if last else None))
     return found
