@@ -19,11 +19,12 @@ RAW_KEEP = 64 * 1024  # bytes of each upstream connection kept for reports
 class Received:
     """A request as the backend parsed it."""
 
-    rid: str | None  # its x-request-id (None: it had none)
+    rid: str | None  # its (first) x-request-id (None: it had none)
     method: bytes
     target: bytes
     conn: int  # which upstream connection carried it
     index: int  # its position on that connection
+    ids: tuple[str, ...] = ()  # every x-request-id it carried
 
 
 @dataclass
@@ -89,7 +90,7 @@ class _Upstream(asyncio.Protocol):
     def _parse(self, data: bytes) -> None:
         try:
             self.h11.receive_data(data)
-            while not self.busy:
+            while not self.busy and self.transport is not None and not self.transport.is_closing():
                 event = self.h11.next_event()
                 if event is h11.NEED_DATA or event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
                     return
@@ -104,8 +105,9 @@ class _Upstream(asyncio.Protocol):
     def _answer(self) -> None:
         request = self.request
         assert request is not None and self.transport is not None
-        rid = next((v.decode("latin-1") for n, v in request.headers if n == b"x-request-id"), None)
-        self.backend.received.append(Received(rid, request.method, request.target, self.conn, self.index))
+        ids = tuple(v.decode("latin-1") for n, v in request.headers if n == b"x-request-id")
+        rid = ids[0] if ids else None
+        self.backend.received.append(Received(rid, request.method, request.target, self.conn, self.index, ids))
         self.index += 1
         answer = answer_for(request.target, (rid or "-").encode("latin-1"), request.method == b"HEAD")
         if answer.hang:

@@ -13,7 +13,7 @@ from pathlib import Path
 from .capture_backend import CaptureBackend
 from .dialects import Dialect, Finding, Outcome, Script, dialect
 from .oracle import judge_backend, judge_process
-from .proxy_process import start_proxy
+from .proxy_process import ProxyProcess, start_proxy
 
 
 @dataclass
@@ -30,10 +30,13 @@ class Report:
     half_closed: int = 0
     answers: int = 0  # complete responses the clients read
     closed_by_proxy: int = 0
+    resets: int = 0  # of those, closes the client saw as a TCP reset (unread answers may be lost)
     backend_requests: int = 0
     elapsed: float = 0.0
     timed_out: bool = False  # the time bound stopped the run before the request count
     findings: list[Finding] = field(default_factory=list)
+    # Scripts in flight (or just finished) when the proxy's stderr grew: where to look for the culprit.
+    stderr_suspects: list[int] = field(default_factory=list)
 
     def count(self, script: Script, outcome: Outcome) -> None:
         self.connections += 1
@@ -44,13 +47,15 @@ class Report:
         self.half_closed += script.half_close
         self.answers += len(outcome.responses)
         self.closed_by_proxy += outcome.closed
+        self.resets += outcome.reset
 
     def summary(self) -> str:
         return (f"fuzz seed={self.seed} protocol={self.protocol} codec={self.codec}: {self.requests} requests "
                 f"({self.malformed} malformed, {self.requests - self.malformed} well-formed variants) on "
                 f"{self.connections} connections ({self.pipelined} pipelined, {self.sequential} sequential, "
                 f"{self.half_closed} half-closed); {self.answers} answers, {self.closed_by_proxy} connections closed "
-                f"by the proxy, {self.backend_requests} requests at the backend; {self.elapsed:.1f}s"
+                f"by the proxy ({self.resets} seen as a reset), {self.backend_requests} requests at the backend; "
+                f"{self.elapsed:.1f}s"
                 + ("; STOPPED BY THE TIME BOUND" if self.timed_out else "")
                 + f"; {len(self.findings)} findings")
 
@@ -69,6 +74,7 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
     backend = await CaptureBackend().start()
     proxy = await asyncio.to_thread(start_proxy, workdir, backend.port, codec)
     started = time.monotonic()
+    active: dict[int, float] = {}  # script index -> when it ended (0.0: still running)
     try:
         indexes = itertools.count()
 
@@ -79,12 +85,18 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
                     return
                 script = speaker.script(seed, next(indexes))
                 report.requests += len(script.requests)  # counted when made, so workers stop at the target
+                active[script.index] = 0.0
                 outcome = await speaker.run(script, proxy.port)
+                active[script.index] = time.monotonic()
                 report.requests -= len(script.requests)
                 report.count(script, outcome)
                 report.findings += speaker.judge(outcome)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        watcher = asyncio.create_task(_watch_stderr(proxy, active, report))
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        finally:
+            watcher.cancel()
         report.elapsed = time.monotonic() - started
         await asyncio.sleep(0.2)  # let the last exchanges reach the log
         report.findings += await asyncio.to_thread(judge_process, proxy)
@@ -94,6 +106,21 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
     report.backend_requests = len(backend.received)
     report.findings += judge_backend(backend, proxy.access_log.read_bytes())
     return report
+
+
+async def _watch_stderr(proxy: ProxyProcess, active: dict[int, float], report: Report) -> None:
+    """Note which scripts were running when the proxy's stderr grew (checked every 50 ms)."""
+    size = 0
+    while True:
+        await asyncio.sleep(0.05)
+        now = time.monotonic()
+        grown = proxy.stderr_path.stat().st_size
+        if grown != size:
+            size = grown
+            if proxy.trouble():
+                report.stderr_suspects += sorted(i for i, ended in active.items() if not ended or now - ended < 0.3)
+        for i in [i for i, ended in active.items() if ended and now - ended > 1.0]:
+            del active[i]
 
 
 async def run_scripts(scripts: list[Script], speaker: Dialect, workdir: Path, codec: str) -> list[Finding]:
@@ -114,3 +141,16 @@ async def run_scripts(scripts: list[Script], speaker: Dialect, workdir: Path, co
         backend.close()
     found += judge_backend(backend, proxy.access_log.read_bytes())
     return found
+
+
+async def stderr_trouble(scripts: list[Script], speaker: Dialect, workdir: Path, codec: str) -> bool:
+    """Whether running these scripts concurrently on a fresh proxy makes it complain on stderr."""
+    backend = await CaptureBackend().start()
+    proxy = await asyncio.to_thread(start_proxy, workdir, backend.port, codec)
+    try:
+        await asyncio.gather(*(speaker.run(script, proxy.port) for script in scripts))
+        await asyncio.sleep(0.1)
+        return bool(proxy.trouble())
+    finally:
+        await asyncio.to_thread(proxy.stop)
+        backend.close()

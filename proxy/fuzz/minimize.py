@@ -8,9 +8,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .dialects import Dialect, Finding, Script, dialect
-from .driver import Report, run_scripts
+from .driver import Report, run_scripts, stderr_trouble
 
-STDERR_SEARCH = 400  # scripts replayed, at most, to find the one that makes the proxy print a traceback
+STDERR_SUSPECTS = 200  # scripts replayed, at most, to find those that make the proxy print a traceback
 
 
 def _smaller(script: Script, keep: list[int], *, half_close: bool, whole: bool) -> Script:
@@ -51,19 +51,23 @@ async def minimal(seed: int, finding: Finding, speaker: Dialect, workdir: Path, 
     return best, True
 
 
-async def stderr_culprit(report: Report, speaker: Dialect, workdir: Path, budget: float) -> int | None:
-    """Replay the run's scripts one by one, pipelined ones first, until the proxy complains on stderr."""
+async def stderr_culprits(report: Report, speaker: Dialect, workdir: Path, budget: float) -> list[int]:
+    """The fewest scripts, among those running when the proxy first complained on stderr, that still make
+    it complain when replayed together on a fresh proxy (bisection); [] if they do not."""
     stop = time.monotonic() + budget
-    scripts = [speaker.script(report.seed, i) for i in range(report.connections)]
-    scripts.sort(key=lambda s: len(s.requests) < 2)
-    for start in range(0, min(len(scripts), STDERR_SEARCH), 50):
-        if time.monotonic() > stop:
-            break
-        found = await run_scripts(scripts[start:start + 50], speaker, workdir, report.codec)
-        culprit = next((f.conn for f in found if f.kind == "stderr"), None)
-        if culprit is not None:
-            return culprit
-    return None
+    suspects = list(dict.fromkeys(report.stderr_suspects))[:STDERR_SUSPECTS]
+    scripts = [speaker.script(report.seed, i) for i in suspects]
+    if not scripts or not await stderr_trouble(scripts, speaker, workdir, report.codec):
+        return []
+    while len(scripts) > 1 and time.monotonic() < stop:
+        half = len(scripts) // 2
+        for part in (scripts[:half], scripts[half:]):
+            if await stderr_trouble(part, speaker, workdir, report.codec):
+                scripts = part
+                break
+        else:
+            break  # it takes scripts from both halves together
+    return [s.index for s in scripts]
 
 
 def show(script: Script) -> str:
@@ -89,7 +93,11 @@ async def explain(report: Report, workdir: Path, *, examples: int = 2, budget: f
             out.append(f"- {f.detail[:1500]}")
             conn = f.conn
             if conn is None and kind == "stderr" and time.monotonic() < stop:
-                conn = await stderr_culprit(report, speaker, workdir / "culprit", stop - time.monotonic())
+                culprits = await stderr_culprits(report, speaker, workdir / "culprit", stop - time.monotonic())
+                if len(culprits) > 1:
+                    out.append(f"  shows when these scripts run together (seed {report.seed}):")
+                    out += [show(speaker.script(report.seed, i)) for i in culprits]
+                conn = culprits[0] if len(culprits) == 1 else None
                 f = replace(f, conn=conn)
             if conn is None:
                 shown += 1

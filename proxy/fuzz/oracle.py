@@ -55,7 +55,7 @@ def judge_backend(backend: CaptureBackend, access_log: bytes) -> list[Finding]:
         if r.rid is None:
             found.append(Finding("no-request-id", "the backend received a request with no x-request-id: smuggled, "
                                                   f"or its id stripped ({where})", script_of(r, backend)))
-        elif r.rid.encode("latin-1") not in logged:
+        elif not any(i.encode("latin-1") in logged for i in r.ids):
             found.append(Finding("smuggled", f"the backend received {r.rid!r}, which the proxy never logged "
                                              f"as a request ({where})", script_of(r, backend)))
         elif seen[r.rid] > 1:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 # What a healthy proxy never prints on stderr.
 TROUBLE = re.compile(r"Traceback \(most recent call last\)|Fatal error|Exception in callback|"
-                     r"exception was never retrieved|Unhandled exception|Segmentation fault|Error in")
+                     r"exception was never retrieved|Unhandled exception|Segmentation fault")
 # Short client and route timeouts, so every connection the proxy is not stuck on ends within seconds:
 # the oracle then tells a stuck connection from a slow one.
 ROUTE_TIMEOUT = 1.0
@@ -63,7 +63,15 @@ class ProxyProcess:
     def trouble(self) -> list[str]:
         """Stderr lines that mean an exception escaped or the process failed, each with what follows it."""
         lines = self.stderr_text().splitlines()
-        return ["\n".join(lines[i:i + 12]) for i, line in enumerate(lines) if TROUBLE.search(line)]
+        blocks, i = [], 0
+        while i < len(lines):
+            if TROUBLE.search(lines[i]):
+                end = _block_end(lines, i)
+                blocks.append("\n".join(lines[i:end + 1]))
+                i = end + 1
+            else:
+                i += 1
+        return blocks
 
     def ready_status(self, timeout: float = 5) -> int:
         """The status of GET /ready on the admin port (0: no answer)."""
@@ -90,6 +98,28 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _block_end(lines: list[str], i: int) -> int:
+    """The last line of the complaint starting at line i: its (last chained) exception line, or a few
+    context lines when it has no traceback."""
+    traceback = lines[i].startswith("Traceback")
+    end = i
+    for j in range(i + 1, len(lines)):
+        line = lines[j]
+        if line.startswith("Traceback"):
+            traceback = True
+        elif not traceback and j - i > 4:
+            break
+        elif traceback and line and not line.startswith(" "):
+            end = j
+            following = next((x for x in lines[j + 1:] if x.strip()), "")
+            if not following.startswith(("During handling", "The above exception")):
+                return j
+            traceback = False
+            continue
+        end = j
+    return end
 
 
 def start_proxy(workdir: Path, backend_port: int, codec: str = "httptools", timeout: float = 20) -> ProxyProcess:

@@ -45,7 +45,7 @@ def _chunks(rng: random.Random, body: bytes) -> list[bytes]:
 def valid_request(rng: random.Random, rid: str) -> tuple[Template, Request]:
     """A well-formed request with one randomly chosen variant, and what the client may demand for it."""
     t = Template(target=b"/v/%s" % rid.encode(), headers=[(b"host", HOST), (b"x-request-id", rid.encode())])
-    expect, head_only, may_close = Expect.BACKEND, False, False
+    expect, head_only, may_close, last = Expect.BACKEND, False, False, False
     embedded: list[str] = []
     variant = rng.choices(VALID_VARIANTS, VALID_WEIGHTS)[0]
     if variant == "get":
@@ -73,7 +73,7 @@ def valid_request(rng: random.Random, rid: str) -> tuple[Template, Request]:
         t.headers.append((b"connection", b", ".join(names)))
         t.headers += [(b"x-fz-a", b"1"), (b"traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]
         expect = Expect.RESPONSE  # refusing a Connection that names a framing header is allowed
-        may_close = b"close" in names
+        may_close = last = b"close" in names
     elif variant == "host_port":
         t.headers[0] = (b"host", b"svc:80")
     elif variant == "unknown_host":
@@ -91,10 +91,10 @@ def valid_request(rng: random.Random, rid: str) -> tuple[Template, Request]:
         if rng.random() < 0.5:
             t.headers.append((b"connection", b"keep-alive"))
         else:
-            may_close = True
+            may_close = last = True
     elif variant == "close":
         t.headers.append((b"connection", b"close"))
-        may_close = True
+        may_close = last = True
     elif variant == "hostile":
         t.target = b"/h/%s/%s" % (rng.choice(HOSTILE_KINDS).encode(), rid.encode())
         expect, may_close = Expect.HOSTILE, True
@@ -112,7 +112,7 @@ def valid_request(rng: random.Random, rid: str) -> tuple[Template, Request]:
     if expect is Expect.BACKEND and rng.random() < 0.02:
         t.headers.append((b"connection", b"keep-alive"))
     data = t.serialize()
-    return t, Request(rid, data, expect, "valid:" + variant, head_only=head_only, may_close=may_close,
+    return t, Request(rid, data, expect, "valid:" + variant, head_only=head_only, may_close=may_close, last=last,
                       embedded=tuple(embedded))
 
 

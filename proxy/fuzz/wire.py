@@ -71,6 +71,7 @@ class Request:
     mutation: str  # "valid:<variant>" for a well-formed variant, else the name of the breaking mutation
     head_only: bool = False  # HEAD: the answer has no body
     may_close: bool = False  # the proxy may close the connection after (or instead of) answering it
+    last: bool = False  # it asks the proxy to close after it: a client sends nothing more (RFC 9112 §9.6)
     embedded: tuple[str, ...] = ()  # ids of requests hidden in its body as smuggling bait
 
     @property
