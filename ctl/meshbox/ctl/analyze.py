@@ -22,11 +22,12 @@ from meshbox.api.istio.objects import is_istio_networking, qualify_host, resourc
 from meshbox.api.istio.references import HostPorts, resolve
 from meshbox.api.istio.service_entry import ServiceEntry, translate_service_entry
 from meshbox.api.istio.virtual_service import VirtualService, translate_virtual_service
+from meshbox.api.kube.endpoints import matches, selects
+from meshbox.api.kube.objects import ObjectError, parse_service
 from meshbox.api.loader import ConfigError, iter_yaml_documents, load_mesh_config, parse_route_rule, plain_data
 from meshbox.api.protocols import is_http_port, port_name_problem
 from meshbox.api.v1 import mesh_config_pb2
 from meshbox.api.validation import ValidationError
-from meshbox.ctl.local.objects import selector_matches
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -115,26 +116,25 @@ def check_services(inputs: Inputs, findings: list[Finding]) -> list[ServiceFacts
     """Port names (the http/grpc prefix rule) and selectors that select no workload."""
     facts = []
     for item in inputs.services:
-        doc = item.doc
-        meta, spec = _labels(doc.get("metadata")), _labels(doc.get("spec"))
-        name, namespace = str(meta.get("name", "?")), str(meta.get("namespace") or "default")
-        resource = f"Service {namespace}/{name}"
-        ports: dict[int, str] = {}
+        resource = resource_label(item.doc)
+        try:
+            service = parse_service(item.doc, source=item.source, allocates_ip=True)
+        except ObjectError as exc:
+            findings.append(Finding(Code.INVALID, item.source, resource, exc.path, exc.reason))
+            continue
+        if service is None:
+            continue  # headless: no virtual IP, nothing to route
+        spec = _labels(item.doc.get("spec"))
         for i, port in enumerate(spec.get("ports") or []):
-            if not isinstance(port, Mapping) or port.get("protocol", "TCP") != "TCP":
-                continue
-            port_name = str(port.get("name") or "")
-            if problem := port_name_problem(port_name):
+            if isinstance(port, Mapping) and port.get("protocol", "TCP") == "TCP" and (
+                    problem := port_name_problem(str(port.get("name") or ""))):
                 findings.append(Finding(Code.PORT_NAME, item.source, resource, f"spec.ports[{i}].name", problem))
-            if isinstance(port.get("port"), int):
-                ports[port["port"]] = port_name
-        selector = {str(k): str(v) for k, v in _labels(spec.get("selector")).items()}
-        if selector and inputs.workloads and not any(
-                ns == namespace and selector_matches(selector, labels) for ns, labels in inputs.workloads):
+        if service.selector and inputs.workloads and not any(
+                ns == service.namespace and selects(service.selector, labels) for ns, labels in inputs.workloads):
             findings.append(Finding(Code.SELECTS_NOTHING, item.source, resource, "spec.selector",
-                                    f"no workload in these files has labels {selector}"))
-        facts.append(ServiceFacts(f"{name}.{namespace}.svc.cluster.local", namespace, str(spec.get("clusterIP") or ""),
-                                  selector, ports))
+                                    f"no workload in these files has labels {dict(service.selector)}"))
+        facts.append(ServiceFacts(service.fqdn, service.namespace, service.cluster_ip, service.selector,
+                                  {p.port: p.name for p in service.ports}))
     return facts
 
 
@@ -147,9 +147,9 @@ def check_subsets(rules: list[DestinationRule], services: list[ServiceFacts], in
         if service is None or not service.selector or not inputs.workloads:
             continue
         pods = [labels for ns, labels in inputs.workloads
-                if ns == service.namespace and selector_matches(service.selector, labels)]
+                if ns == service.namespace and selects(service.selector, labels)]
         for i, subset in enumerate(rule.spec.subsets):
-            if not any(selector_matches(subset.labels, labels) for labels in pods):
+            if not any(matches(subset.labels, labels) for labels in pods):
                 findings.append(Finding(Code.SELECTS_NOTHING, rule.source, rule.resource, f"spec.subsets[{i}].labels",
                                         f"no workload of {service.fqdn} has labels {dict(subset.labels)}"))
 

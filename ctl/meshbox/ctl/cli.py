@@ -10,7 +10,7 @@ from meshbox.ctl.analyze import analyze_command
 from meshbox.ctl.demo import demo
 from meshbox.ctl.install import install
 from meshbox.ctl.kube_inject import kube_inject, kube_uninject
-from meshbox.ctl.local.command import local
+from meshbox.ctl.local import local
 from meshbox.ctl.trace import trace
 
 DISTRIBUTIONS = (
@@ -20,6 +20,7 @@ DISTRIBUTIONS = (
     "meshbox-proxy",
     "meshbox-agent",
     "meshbox-discovery",
+    "meshbox-cluster",
     "meshbox-ctl",
 )
 

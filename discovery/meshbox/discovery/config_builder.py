@@ -8,22 +8,18 @@ so their union is valid too.
 
 from __future__ import annotations
 
+from meshbox.api.kube.endpoints import port_endpoints, resolve_target, selects
+from meshbox.api.kube.objects import Pod, Service, ServicePort
 from meshbox.api.protocols import is_http_port
 from meshbox.api.v1 import discovery_pb2
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import validate_proxy_config
-from meshbox.discovery.k8s_objects import Pod, Service, ServicePort
 from meshbox.discovery.registry import Registry
 from meshbox.discovery.route_rules import build_port_routes, cluster_for, cluster_name, ordered_rules, targets
 
 LOCALHOST = "127.0.0.1"
 
 
-def resolve_target(port: ServicePort, pod_ports: dict[str, int] | None) -> int | None:
-    """The container port a Service port sends to on a pod (None: the pod has no such named port)."""
-    if isinstance(port.target_port, int):
-        return port.target_port
-    return (pod_ports or {}).get(port.target_port)
 
 
 def service_domains(service: Service, port: int, *, same_namespace: bool) -> list[str]:
@@ -54,10 +50,10 @@ def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> li
                 pod = registry.pod(service.namespace, addr.pod_name) if addr.pod_name else None
                 result.append(pc.Endpoint(address=addr.ip, port=number, labels=pod.labels if pod else {}))
     else:
-        for pod in registry.pods_selected_by(service):
-            target = resolve_target(port, dict(pod.ports))
-            if target is not None:
-                result.append(pc.Endpoint(address=pod.ip, port=target, labels=pod.labels))
+        for endpoint in port_endpoints(service, port, registry.pods):
+            pod = registry.pod(service.namespace, endpoint.pod_name)
+            if endpoint.ready and pod is not None:
+                result.append(pc.Endpoint(address=endpoint.ip, port=endpoint.port, labels=pod.labels))
     result.sort(key=lambda e: (e.address, e.port))
     return result
 
@@ -171,8 +167,7 @@ class ConfigBuilder:
 
 
 def _selects(service: Service, namespace: str, labels: dict[str, str]) -> bool:
-    return (service.namespace == namespace and bool(service.selector)
-            and all(labels.get(k) == v for k, v in service.selector.items()))
+    return service.namespace == namespace and selects(service.selector, labels)
 
 
 def _ports(pod: Pod | None) -> dict[str, int] | None:

@@ -18,10 +18,10 @@ from meshbox.api.istio.objects import resource_label
 from meshbox.api.istio.references import STILL_SERVING, HostPorts, ResolvedRoutes, resolve
 from meshbox.api.istio.service_entry import ServiceEntry, translate_service_entry
 from meshbox.api.istio.virtual_service import VirtualService, translate_virtual_service
+from meshbox.api.kube.objects import EndpointAddress, EndpointSet, Service, ServicePort
 from meshbox.api.protocols import is_http_port
 from meshbox.api.v1 import routing_pb2
-from meshbox.discovery.k8s_objects import EndpointAddress, EndpointSet, RouteRule, Service, ServicePort
-from meshbox.discovery.route_rules import targets
+from meshbox.discovery.route_rules import RouteRule, targets
 
 
 @dataclass(frozen=True)

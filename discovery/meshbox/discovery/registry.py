@@ -13,21 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshbox.api.istio.objects import is_istio_networking
-from meshbox.api.v1 import routing_pb2
-from meshbox.discovery.istio_config import IstioState, build_istio_config
-from meshbox.discovery.k8s_objects import (
+from meshbox.api.kube.endpoints import selected_pods
+from meshbox.api.kube.objects import (
     EndpointSet,
     ObjectError,
     Pod,
-    RouteRule,
     Service,
     object_label,
     parse_endpoint_slice,
     parse_endpoints,
     parse_pod,
-    parse_route_rule_object,
     parse_service,
 )
+from meshbox.api.v1 import routing_pb2
+from meshbox.discovery.istio_config import IstioState, build_istio_config
+from meshbox.discovery.route_rules import RouteRule, parse_route_rule_object
 
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
@@ -63,15 +63,7 @@ class Registry:
 
     def pods_selected_by(self, service: Service) -> list[Pod]:
         """Serving pods in the Service's namespace whose labels include its selector."""
-        if not service.selector:
-            return []
-        return [
-            p
-            for p in self.pods
-            if p.namespace == service.namespace
-            and p.serving
-            and all(p.labels.get(k) == v for k, v in service.selector.items())
-        ]
+        return [p for p in selected_pods(service, self.pods) if p.serving]
 
     def endpoint_sets_of(self, service: Service) -> list[EndpointSet]:
         return [e for e in self.endpoint_sets if e.namespace == service.namespace and e.service == service.name]

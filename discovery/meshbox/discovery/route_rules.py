@@ -8,11 +8,31 @@ the endpoints whose labels include it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from meshbox.api.kube.endpoints import matches
+from meshbox.api.kube.objects import ObjectError, Service, object_label
+from meshbox.api.loader import ConfigError, parse_route_rule
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import routing_pb2
-from meshbox.discovery.k8s_objects import RouteRule, Service
+from meshbox.api.validation import ValidationError
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    name: str
+    namespace: str
+    spec: routing_pb2.RouteRuleSpec = field(compare=False)
+
+
+def parse_route_rule_object(doc: Mapping[str, Any], *, source: str) -> RouteRule:
+    """A RouteRule; shape and meaning checked by meshbox.api (errors name the field)."""
+    try:
+        name, namespace, spec = parse_route_rule(doc, source=source)
+    except (ConfigError, ValidationError) as exc:
+        raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc
+    return RouteRule(name, namespace, spec)
 
 
 def cluster_name(direction: str, port: int, subset: str, fqdn: str) -> str:
@@ -96,6 +116,6 @@ def build_port_routes(
         cname = cluster_name("outbound", port, name, service.fqdn)
         subset_policy = overrides.get(name, policy.policy if policy else None)
         clusters.append(cluster_for(cname, service.fqdn, subset_policy))
-        chosen = [e for e in endpoints if all(e.labels.get(k) == v for k, v in labels.items())]
+        chosen = [e for e in endpoints if matches(labels, e.labels)]
         assignments.append(pc.ClusterLoadAssignment(cluster_name=cname, endpoints=chosen))
     return PortRoutes(routes, clusters, assignments)

@@ -8,6 +8,7 @@ Inbound capture defaults to single-port mode (0 = same as outbound), as in the
 
 from __future__ import annotations
 
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE
 from meshbox.api.v1 import mesh_config_pb2
 
 OUTBOUND_CAPTURE_PORT = 15001
@@ -16,7 +17,7 @@ AGENT_STATUS_PORT = 15020
 PROXY_UID = 1337
 PROXY_GID = 1337
 DISCOVERY_PORT = 15010
-DISCOVERY_ADDRESS = f"meshbox-discovery.meshbox-system.svc:{DISCOVERY_PORT}"
+DISCOVERY_ADDRESS = f"{DISCOVERY_SERVICE}.{MESH_NAMESPACE}.svc:{DISCOVERY_PORT}"
 HUB = "docker.io/meshbox"
 TAG = "0.1.0"
 

@@ -1,12 +1,10 @@
-"""The local cluster's pure parts: manifests, addresses, NAT rules, hosts files, kubectl-like output."""
+"""The local cluster's pure parts: manifests, addresses, NAT rules, hosts files."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from meshbox.ctl.local.addressing import (
+from meshbox.cluster.addressing import (
     AddressError,
     check_cluster_ip,
     check_prefix,
@@ -15,17 +13,15 @@ from meshbox.ctl.local.addressing import (
     next_pod_ip,
     service_chain,
 )
-from meshbox.ctl.local.images import ImageError, launch_for
-from meshbox.ctl.local.netplan import ServicePort, node_rules
-from meshbox.ctl.local.objects import (
+from meshbox.cluster.images import ImageError, launch_for
+from meshbox.cluster.netplan import ServicePort, node_rules
+from meshbox.cluster.objects import (
     ManifestError,
     container_env,
     parse_label_selector,
     parse_manifests,
     pod_from_deployment,
-    service_endpoints,
 )
-from meshbox.ctl.local.views import OutputError, age, jsonpath, table
 
 SERVICE = """apiVersion: v1
 kind: Service
@@ -63,7 +59,8 @@ def test_manifest_objects_and_namespace_default() -> None:
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "'ConfigMap' is not supported by the local cluster "
                                                               "(supported: Service, Deployment, Pod, RouteRule)"),
     ("kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 70000}]}\n", "spec.ports[0].port: expected a port"),
-    ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n", "metadata.name 'Bad_Name'"),
+    ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n",
+     "Service default/Bad_Name: metadata.name: Invalid value: 'Bad_Name'"),
     ("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a}]}\n", "spec.containers[0].image: is required"),
     (DEPLOYMENT.replace("selector: {matchLabels: {app: web}}", "selector: {matchLabels: {app: other}}"),
      "spec.selector: does not match spec.template.metadata.labels"),
@@ -88,15 +85,11 @@ def test_bad_route_rule_is_refused_with_its_field() -> None:
         parse_manifests(rule, "rule.yaml")
 
 
-def test_deployment_pods_endpoints_and_env() -> None:
-    service, deployment = (r.body for r in parse_manifests(SERVICE + "---\n" + DEPLOYMENT, "apps.yaml"))
+def test_deployment_pods_and_env() -> None:
+    _, deployment = (r.body for r in parse_manifests(SERVICE + "---\n" + DEPLOYMENT, "apps.yaml"))
     pod = pod_from_deployment(deployment, "web-abc")
     assert pod["metadata"]["labels"]["app"] == "web"
     assert pod["metadata"]["ownerReferences"] == [{"kind": "Deployment", "name": "web"}]
-    other = {"metadata": {"namespace": "default", "labels": {"app": "db"}}, "spec": {"containers": []}}
-    [(port, backends)] = service_endpoints(service, [(pod, "10.244.0.9"), (other, "10.244.0.8")])
-    assert port["port"] == 80
-    assert backends == [("10.244.0.9", 8080)]  # the named targetPort resolved through the pod's ports
     env = container_env(pod["spec"]["containers"][0], pod, "10.244.0.9")
     assert env == {"POD_IP": "10.244.0.9", "MODE": "3"}
 
@@ -154,23 +147,6 @@ def test_node_rules_spread_and_reject() -> None:
     assert "-A MBX-SERVICES -d 10.96.0.17/32 -p tcp --dport 80" in text
     assert "--reject-with tcp-reset" in text
     assert all('--comment "meshbox local:' in line for line in text.splitlines() if line.startswith("-A"))
-
-
-def test_views() -> None:
-    obj = {"items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}]}
-    assert jsonpath(obj, "{.items[0].metadata.name}") == "a"
-    assert jsonpath(obj, "{.items[*].metadata.name}") == "a b"
-    assert jsonpath(obj, "name={.items[-1].metadata.name}\n") == "name=b\n"
-    assert jsonpath(obj, '{.items[0].metadata.name}{"\\n"}{.items[1].metadata}') == 'a\n{"name": "b"}'
-    with pytest.raises(OutputError, match="not found"):
-        jsonpath(obj, "{.items[5].metadata.name}")
-    with pytest.raises(OutputError, match="cannot parse"):
-        jsonpath(obj, "{.items[?(@.x)]}")
-    assert table(["NAME", "READY"], [["pod-a", "2/2"]]) == "NAME    READY\npod-a   2/2\n"
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert age("2026-01-01T11:59:15Z", now) == "45s"
-    assert age("2026-01-01T11:50:00Z", now) == "10m"
-    assert age("2025-12-25T12:00:00Z", now) == "7d"
 
 
 def test_label_selector() -> None:
