@@ -30,7 +30,8 @@ def main() -> None:
     """meshbox: a service mesh in a box.
 
     Inject sidecars into Kubernetes manifests, run the tutorial on a local mesh
-    made of network namespaces, and trace a request through the proxies.
+    made of network namespaces, trace a request through the proxies, and check
+    traffic manifests (Istio's VirtualService, DestinationRule, ServiceEntry) offline.
     """
 
 
