@@ -86,7 +86,10 @@ def test_rbac_is_read_only_on_exactly_what_discovery_watches() -> None:
                for r in rule["resources"] for v in rule["verbs"]}
     assert granted == {(g, r, v) for g, r in [("", "services"), ("", "pods"),
                                                ("discovery.k8s.io", "endpointslices"),
-                                               ("routing.meshbox.io", "routerules")]
+                                               ("routing.meshbox.io", "routerules"),
+                                               ("networking.istio.io", "virtualservices"),
+                                               ("networking.istio.io", "destinationrules"),
+                                               ("networking.istio.io", "serviceentries")]
                        for v in ("get", "list", "watch")}
     binding = by_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshbox-discovery",

@@ -174,3 +174,20 @@ def test_bad_input(tmp_path: Path) -> None:
     assert result.returncode == 1 and result.stdout.startswith(f"Error [MB0100] file: {tmp_path / 'half.yaml'}:")
     result = run("-f", str(tmp_path / "nope"))
     assert result.returncode == 1 and "nope: no such file or directory" in result.stderr
+
+
+def test_seed_era_route_rules(tmp_path: Path) -> None:
+    write_bookinfo(tmp_path)
+    rules = tmp_path / "seed.yaml"
+    rules.write_text("apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata: {name: ratings-default}\n"
+                     "spec:\n  destination: {name: ratings}\n  route: [{labels: {version: v1}}]\n---\n"
+                     "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata: {name: reviews-cb}\n"
+                     "spec:\n  destination: {name: reviews}\n  circuitBreaker: {simpleCb: {maxConnections: 1}}\n")
+    result = run("-f", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"Error [MB0101] RouteRule default/ratings-default spec.destination: no Service or ServiceEntry has host "
+        f"ratings.default.svc.cluster.local ({rules})",
+        f"Error [MB0105] DestinationPolicy default/reviews-cb spec.circuitBreaker: not implemented by meshbox's proxy "
+        f"yet ({rules})",
+    ]

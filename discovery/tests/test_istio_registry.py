@@ -174,3 +174,30 @@ def test_service_entry_for_a_services_host_is_refused(kit: Any) -> None:
     assert registry.errors == ("m.yaml: ServiceEntry default/payments: spec.hosts[0]: service-two.default.svc."
                                "cluster.local is already a Service's or another ServiceEntry's host; this entry is "
                                "not applied [MB0112]",)
+
+
+def test_seed_era_route_rules_and_destination_policies(kit: Any) -> None:
+    """config.istio.io/v1alpha2, the API of the seed's time, beside meshbox's own RouteRule kind."""
+    old_rule = {"apiVersion": "config.istio.io/v1alpha2", "kind": "RouteRule",
+                "metadata": {"name": "service-two-v2", "namespace": "default"},
+                "spec": {"destination": {"name": "service-two"}, "precedence": 1,
+                         "match": {"request": {"headers": {"end-user": {"exact": "jason"}}}},
+                         "route": [{"labels": {"version": "v2"}}]}}
+    old_policy = {"apiVersion": "config.istio.io/v1alpha2", "kind": "DestinationPolicy",
+                  "metadata": {"name": "service-two-lb", "namespace": "default"},
+                  "spec": {"destination": {"name": "service-two"}, "loadBalancing": {"name": "LEAST_CONN"}}}
+    registry = build_registry(SourcedDocument("m.yaml", d) for d in [*kit.tutorial_objects(), old_rule, old_policy])
+    assert registry.errors == ()
+    config = ConfigBuilder(registry).build(kit.node("service-one-a", "10.1.0.11"))
+    jason, catch_all = vhost_routes(config)
+    assert [c.cluster for c in catch_all.clusters] == [f"outbound|80||{TWO}"]
+    assert [(h.name, h.exact) for h in jason.match.headers] == [("end-user", "jason")]
+    assert [c.cluster for c in jason.clusters] == [f"outbound|80|v2|{TWO}"]
+    clusters = {c.name: c for c in config.clusters}
+    assert clusters[f"outbound|80|v2|{TWO}"].lb_policy == pc.LEAST_REQUEST
+
+    clash = build_registry(SourcedDocument("m.yaml", d) for d in [*kit.tutorial_objects(), destination_rule(),
+                                                                   old_policy])
+    assert clash.errors == ("m.yaml: DestinationPolicy default/service-two-lb: spec.destination: "
+                            f"{TWO} already has a DestinationRule or DestinationPolicy; this one is not applied "
+                            "[MB0104]",)

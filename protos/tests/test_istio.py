@@ -11,6 +11,7 @@ from ruamel.yaml import YAML
 from meshbox.api.istio.destination_rule import translate_destination_rule
 from meshbox.api.istio.fields import parse_duration
 from meshbox.api.istio.findings import Code, Finding
+from meshbox.api.istio.legacy import translate_destination_policy, translate_legacy_route_rule
 from meshbox.api.istio.objects import is_istio_networking, qualify_host
 from meshbox.api.istio.references import HostPorts, resolve
 from meshbox.api.istio.service_entry import translate_service_entry
@@ -452,3 +453,75 @@ spec:
         ("MB0105", "spec.resolution", "DNS: not implemented by meshbox's proxy yet (it forwards to the endpoints' IP "
                                       "addresses: use STATIC)"),
     ]
+
+
+SEED_RULE = """
+apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata:
+  name: reviews-test-v2
+spec:
+  destination:
+    name: reviews
+  precedence: 2
+  match:
+    request:
+      headers:
+        cookie:
+          regex: "^(.*?;)?(user=jason)(;.*)?$"
+        uri:
+          prefix: /reviews
+  route:
+  - labels:
+      version: v2
+  httpReqTimeout:
+    simpleTimeout:
+      timeout: 1s
+  httpReqRetries:
+    simpleRetry:
+      attempts: 3
+      perTryTimeout: 200ms
+  httpFault:
+    delay:
+      percent: 10
+      fixedDelay: 5s
+"""
+
+
+def test_seed_era_route_rule_and_destination_policy() -> None:
+    rule, findings = translate_legacy_route_rule(load(SEED_RULE), source="rule.yaml")
+    assert findings == [] and rule is not None
+    spec = rule.spec
+    assert (spec.destination, spec.precedence, spec.match.path_prefix) == (REVIEWS, 2, "/reviews")
+    assert [(h.name, h.regex) for h in spec.match.headers] == [("cookie", "^(.*?;)?(user=jason)(;.*)?$")]
+    assert [(dict(d.labels), d.weight) for d in spec.route] == [({"version": "v2"}, 100)]
+    assert spec.timeout.seconds == 1 and spec.retries.attempts == 3
+    assert spec.fault.delay.percent == 10 and spec.fault.delay.fixed_delay.seconds == 5
+
+    policy, findings = translate_destination_policy(load("""
+apiVersion: config.istio.io/v1alpha2
+kind: DestinationPolicy
+metadata: {name: reviews-lb}
+spec:
+  destination: {name: reviews}
+  loadBalancing: {name: LEAST_CONN}
+"""), source="policy.yaml")
+    assert findings == [] and policy is not None
+    assert policy.spec.destination == REVIEWS and policy.spec.policy.lb_policy == pc.LEAST_REQUEST
+
+    _, findings = translate_destination_policy(load("""
+apiVersion: config.istio.io/v1alpha2
+kind: DestinationPolicy
+metadata: {name: reviews-cb}
+spec:
+  destination: {name: reviews, labels: {version: v1}}
+  circuitBreaker: {simpleCb: {maxConnections: 100}}
+"""), source="policy.yaml")
+    assert only(findings) == [
+        ("MB0105", "spec.circuitBreaker", "not implemented by meshbox's proxy yet"),
+        ("MB0105", "spec.destination.labels", "policies for some pods of the destination only: not implemented by "
+                                              "meshbox yet"),
+    ]
+    _, findings = translate_legacy_route_rule(load(SEED_RULE.replace("  httpFault:", "  mirror: {name: reviews}\n"
+                                                                     "  httpFault:")), source="rule.yaml")
+    assert only(findings) == [("MB0105", "spec.mirror", "not implemented by meshbox's proxy yet")]

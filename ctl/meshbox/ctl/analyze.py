@@ -18,6 +18,7 @@ import click
 
 from meshbox.api.istio.destination_rule import DestinationRule, translate_destination_rule
 from meshbox.api.istio.findings import Code, Finding, has_errors
+from meshbox.api.istio.legacy import is_istio_legacy, translate_destination_policy, translate_legacy_route_rule
 from meshbox.api.istio.objects import is_istio_networking, qualify_host, resource_label
 from meshbox.api.istio.references import HostPorts, resolve
 from meshbox.api.istio.service_entry import ServiceEntry, translate_service_entry
@@ -93,7 +94,7 @@ def _sort(inputs: Inputs, item: Document) -> None:
         inputs.istio[str(kind)].append(item)
     elif kind == "Service" and doc.get("apiVersion") == "v1":
         inputs.services.append(item)
-    elif kind == "RouteRule":
+    elif kind == "RouteRule" or is_istio_legacy(doc):
         inputs.route_rules.append(item)
     elif kind == "Pod":
         inputs.workloads.append((namespace, _labels(meta.get("labels"))))
@@ -219,19 +220,28 @@ def _translated(items: list[Document], translate: Any, findings: list[Finding]) 
 
 def _check_route_rules(inputs: Inputs, hosts: Mapping[str, HostPorts], routed: Mapping[str, str],
                        findings: list[Finding]) -> None:
+    """meshbox RouteRules and Istio's config.istio.io/v1alpha2 RouteRules and DestinationPolicies."""
     for item in inputs.route_rules:
         resource = resource_label(item.doc)
-        try:
-            _, namespace, spec = parse_route_rule(item.doc, source=item.source)
-        except (ConfigError, ValidationError) as exc:
-            findings.append(Finding(Code.INVALID, item.source, resource, getattr(exc, "path", ""),
-                                    getattr(exc, "reason", str(exc))))
-            continue
-        host = qualify_host(spec.destination, namespace)
+        if is_istio_legacy(item.doc):
+            translate = translate_legacy_route_rule if item.doc["kind"] == "RouteRule" else translate_destination_policy
+            old, found = translate(item.doc, source=item.source)
+            findings.extend(found)
+            if old is None:
+                continue
+            host = old.spec.destination
+        else:
+            try:
+                _, namespace, spec = parse_route_rule(item.doc, source=item.source)
+            except (ConfigError, ValidationError) as exc:
+                findings.append(Finding(Code.INVALID, item.source, resource, getattr(exc, "path", ""),
+                                        getattr(exc, "reason", str(exc))))
+                continue
+            host = qualify_host(spec.destination, namespace)
         if host not in hosts:
             findings.append(Finding(Code.UNKNOWN_HOST, item.source, resource, "spec.destination",
                                     f"no Service or ServiceEntry has host {host}"))
-        elif host in routed:
+        elif host in routed and item.doc.get("kind") == "RouteRule":
             findings.append(Finding(Code.OVERLAPPING_RULES, item.source, resource, "spec.destination",
                                     f"{host} is also routed by {routed[host]}; routes are tried by precedence, "
                                     "then in registry order"))

@@ -28,6 +28,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import LiteralScalarString
 
 from meshbox.api import defaults
+from meshbox.api.istio import objects as istio
 from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE, SYSTEM_NAMESPACES
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND, ConfigError, load_mesh_config
 from meshbox.api.v1 import mesh_config_pb2, routing_pb2
@@ -243,6 +244,7 @@ def render(options: InstallOptions, tls: TlsMaterial | None) -> list[Manifest]:
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
              {"apiGroups": [ROUTE_RULE_API_VERSION.split("/")[0]], "resources": ["routerules"],
               "verbs": ["get", "list", "watch"]},
+             {"apiGroups": [istio.GROUP], "resources": list(istio.PLURALS.values()), "verbs": ["get", "list", "watch"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": _meta(DISCOVERY),

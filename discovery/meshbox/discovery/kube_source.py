@@ -22,7 +22,7 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from meshbox.api.istio.objects import GROUP
+from meshbox.api.istio.objects import GROUP, PLURALS, WATCHED_VERSION
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND
 from meshbox.discovery.registry import Registry, SourcedDocument, build_registry
 
@@ -30,10 +30,6 @@ log = logging.getLogger("meshbox.discovery.kubernetes")
 
 ROUTE_RULE_GROUP, ROUTE_RULE_VERSION = ROUTE_RULE_API_VERSION.split("/")
 ROUTE_RULE_PLURAL = "routerules"
-# Istio's CRDs, read in the version every Istio release since 1.5 serves (the API server converts).
-ISTIO_GROUP, ISTIO_VERSION = GROUP, "v1beta1"
-ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules",
-                 "ServiceEntry": "serviceentries"}
 GONE = 410
 NOT_FOUND = 404
 NOT_INSTALLED_RECHECK_S = 30.0
@@ -74,7 +70,7 @@ def watched_kinds(api: client.ApiClient) -> list[WatchedKind]:
                     client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces),
         WatchedKind("Pod", "v1", core.list_pod_for_all_namespaces),
         _custom_kind(custom, ROUTE_RULE_KIND, ROUTE_RULE_GROUP, ROUTE_RULE_VERSION, ROUTE_RULE_PLURAL),
-        *(_custom_kind(custom, kind, ISTIO_GROUP, ISTIO_VERSION, plural) for kind, plural in ISTIO_PLURALS.items()),
+        *(_custom_kind(custom, kind, GROUP, WATCHED_VERSION, plural) for kind, plural in PLURALS.items()),
     ]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbox.api.istio.legacy import is_istio_legacy
 from meshbox.api.istio.objects import is_istio_networking
 from meshbox.api.kube.endpoints import selected_pods
 from meshbox.api.kube.objects import (
@@ -32,7 +33,7 @@ from meshbox.discovery.route_rules import RouteRule, parse_route_rule_object
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
 KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", "VirtualService", "DestinationRule",
-         "ServiceEntry")
+         "ServiceEntry", "DestinationPolicy")
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,13 @@ def build_registry(documents: Iterable[SourcedDocument], previous: Registry | No
     rules: list[RouteRule] = []
     errors: list[str] = []
     istio: dict[str, list[tuple[str, Mapping[str, Any]]]] = {"VirtualService": [], "DestinationRule": [],
-                                                            "ServiceEntry": []}
+                                                            "ServiceEntry": [], "legacy": []}
     seen: dict[str, str] = {}
     for item in documents:
         doc, source = item.doc, item.source
         kind = doc.get("kind")
-        if kind not in KINDS or (kind in istio and not is_istio_networking(doc)):
+        if kind not in KINDS or (kind in istio and not is_istio_networking(doc)) or (
+                kind == "DestinationPolicy" and not is_istio_legacy(doc)):
             continue
         label = object_label(doc)
         if label in seen:
@@ -102,12 +104,14 @@ def build_registry(documents: Iterable[SourcedDocument], previous: Registry | No
                 endpoint_sets.append(parse_endpoint_slice(doc, source=source))
             elif kind in istio:
                 istio[kind].append((source, doc))
+            elif is_istio_legacy(doc):
+                istio["legacy"].append((source, doc))
             else:
                 rules.append(parse_route_rule_object(doc, source=source))
         except ObjectError as exc:
             errors.append(str(exc))
     translated = build_istio_config(istio["VirtualService"], istio["DestinationRule"], istio["ServiceEntry"],
-                                    services, rules, previous.istio_state if previous else None)
+                                    istio["legacy"], services, rules, previous.istio_state if previous else None)
     return Registry((*services, *translated.services), tuple(pods), (*endpoint_sets, *translated.endpoint_sets),
                     (*rules, *translated.rules),
                     (*errors, *translated.problems), translated.policies, translated.state)

@@ -10,6 +10,9 @@ from meshbox.api.istio.fields import MESH_TODO, Reader
 GROUP = "networking.istio.io"
 VERSIONS = ("v1", "v1beta1", "v1alpha3")
 KINDS = ("VirtualService", "DestinationRule", "ServiceEntry")
+PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules", "ServiceEntry": "serviceentries"}
+# The version discovery lists and watches: served by every Istio release since 1.5 (the API server converts).
+WATCHED_VERSION = "v1beta1"
 CLUSTER_DOMAIN = "svc.cluster.local"
 
 
