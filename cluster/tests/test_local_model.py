@@ -58,7 +58,8 @@ def test_manifest_objects_and_namespace_default() -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "'ConfigMap' is not supported by the local cluster "
                                                               "(supported: Service, Deployment, Pod, RouteRule, "
-                                                              "VirtualService, DestinationRule, ServiceEntry)"),
+                                                              "VirtualService, DestinationRule, ServiceEntry, "
+                                                              "DestinationPolicy)"),
     ("kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 70000}]}\n", "spec.ports[0].port: expected a port"),
     ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n",
      "Service default/Bad_Name: metadata.name: Invalid value: 'Bad_Name'"),
@@ -115,6 +116,16 @@ def test_istio_objects_are_taken_and_unimplemented_fields_refused() -> None:
     with pytest.raises(ManifestError) as info:
         parse_manifests(ISTIO_ROUTING.replace("networking.istio.io/v1\n", "networking.istio.io/v2\n"), "istio.yaml")
     assert "apiVersion: 'networking.istio.io/v2' is not networking.istio.io/v1, " in str(info.value)
+
+
+def test_seed_era_route_rules_are_taken() -> None:
+    rule = ("apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata: {name: web-v1}\n"
+            "spec: {destination: {name: web}, route: [{labels: {version: v1}}]}\n")
+    assert [(r.kind, r.key) for r in parse_manifests(rule, "rule.yaml")] == [("RouteRule", "default/web-v1")]
+    with pytest.raises(ManifestError) as info:
+        parse_manifests(rule.replace("route:", "mirror: {name: web}, route:"), "rule.yaml")
+    assert str(info.value) == ("rule.yaml (document 1): RouteRule default/web-v1: spec.mirror: not implemented by "
+                               "meshbox's proxy yet [MB0105]")
 
 
 def test_deployment_pods_and_env() -> None:

@@ -1,8 +1,9 @@
 """Kubernetes-shaped objects the local cluster accepts, checked before anything is made (pure).
 
 Supported kinds: Service, Deployment (apps/v1 or extensions/v1beta1), Pod, RouteRule and Istio's
-VirtualService, DestinationRule and ServiceEntry (networking.istio.io; fields meshbox does not
-implement are refused here, as discovery refuses them). Every
+VirtualService, DestinationRule and ServiceEntry (networking.istio.io) and RouteRule and
+DestinationPolicy (config.istio.io/v1alpha2); fields meshbox does not implement are refused here,
+as discovery refuses them. Every
 check runs on the whole input first, so a bad document leaves the cluster exactly as it was.
 Services and pod labels/ports are read by meshbox.api.kube, the parser discovery uses, so an
 object the cluster takes is one discovery reads the same way; errors name the document, the
@@ -20,6 +21,12 @@ from typing import Any
 
 from meshbox.api.istio.destination_rule import translate_destination_rule
 from meshbox.api.istio.findings import Finding, has_errors
+from meshbox.api.istio.legacy import API_VERSION as LEGACY_API_VERSION
+from meshbox.api.istio.legacy import (
+    is_istio_legacy,
+    translate_destination_policy,
+    translate_legacy_route_rule,
+)
 from meshbox.api.istio.objects import GROUP, VERSIONS, is_istio_networking
 from meshbox.api.istio.service_entry import translate_service_entry
 from meshbox.api.istio.virtual_service import translate_virtual_service
@@ -31,7 +38,7 @@ from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rul
 ISTIO_TRANSLATORS: dict[str, Callable[..., tuple[Any, list[Finding]]]] = {
     "VirtualService": translate_virtual_service, "DestinationRule": translate_destination_rule,
     "ServiceEntry": translate_service_entry}
-SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule", *ISTIO_TRANSLATORS)
+SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule", *ISTIO_TRANSLATORS, "DestinationPolicy")
 MAX_REPLICAS = 20  # the local cluster's limit: each pod is a namespace and several processes
 Obj = dict[str, Any]
 
@@ -167,7 +174,7 @@ def resource_from(doc: Any, source: str) -> Resource:
         elif kind == "Pod":
             _check_pod_spec(r, body.get("spec"), "spec")
             _pod_facts(r, meta, body.get("spec"), source, "")
-        elif kind in ISTIO_TRANSLATORS:
+        elif kind in ISTIO_TRANSLATORS or kind == "DestinationPolicy" or is_istio_legacy(body):
             _check_istio(body, source)
         else:
             try:
@@ -182,10 +189,15 @@ def resource_from(doc: Any, source: str) -> Resource:
 
 def _check_istio(body: Obj, source: str) -> None:
     """An Istio networking object meshbox can serve whole: its errors, one line each, else nothing."""
-    if not is_istio_networking(body):
+    if is_istio_legacy(body):
+        translate = translate_legacy_route_rule if body["kind"] == "RouteRule" else translate_destination_policy
+        _, findings = translate(body, source=source)
+    elif not is_istio_networking(body):
+        versions = [f"{GROUP}/{v}" for v in VERSIONS] if body["kind"] != "DestinationPolicy" else []
         raise ManifestError(f"{source}: {object_label(body)}: apiVersion: {body.get('apiVersion')!r} is not "
-                            f"{', '.join(f'{GROUP}/{v}' for v in VERSIONS)}")
-    _, findings = ISTIO_TRANSLATORS[str(body["kind"])](body, source=source)
+                            f"{', '.join([*versions, LEGACY_API_VERSION])}")
+    else:
+        _, findings = ISTIO_TRANSLATORS[str(body["kind"])](body, source=source)
     if has_errors(findings):
         raise ManifestError("\n".join(str(f) for f in findings if f.severity == "error"))
 

@@ -30,7 +30,7 @@ from meshbox.cluster.objects import (
 DEPLOYMENT_NAME_MAX = 46  # leaves room for -<10 hex>-<5 chars> within 63
 ROLLOUT_READY_TIMEOUT = 60.0  # seconds new pods get to become ready before a rollout stops
 ORDER = {"Service": 0, "ServiceEntry": 1, "DestinationRule": 1, "VirtualService": 1, "RouteRule": 1,
-         "Deployment": 2, "Pod": 3}
+         "DestinationPolicy": 1, "Deployment": 2, "Pod": 3}
 
 
 def _same(a: Obj, b: Obj, *ignored: str) -> bool:
@@ -211,10 +211,9 @@ def apply(cluster: LocalCluster, resources: list[Resource]) -> tuple[list[str], 
                 lines.append(f"service/{res.name} {_place_service(cluster, state, res)}")
                 cluster.dir.save(state)
                 cluster.sync(state)
-            elif res.kind == "RouteRule":
-                lines.append(f"routerule.routing.meshbox.io/{res.name} {_apply_rule(cluster, state, res)}")
-            elif res.kind in ISTIO_TRANSLATORS:
-                lines.append(f"{res.kind.lower()}.networking.istio.io/{res.name} {_apply_rule(cluster, state, res)}")
+            elif res.kind in ("RouteRule", "DestinationPolicy", *ISTIO_TRANSLATORS):
+                group = str(res.body.get("apiVersion", "")).split("/")[0]
+                lines.append(f"{res.kind.lower()}.{group}/{res.name} {_apply_rule(cluster, state, res)}")
             elif res.kind == "Deployment":
                 lines.append(f"deployment.apps/{res.name} {_apply_deployment(cluster, state, res, errors)}")
             else:
