@@ -154,6 +154,11 @@ def test_route_rule_document() -> None:
     name, namespace, spec = parse_route_rule(doc, source="rule.yaml")
     assert (name, namespace) == ("split", "default")
     assert [d.weight for d in spec.route] == [90, 10]
+    doc["spec"]["port"] = 70000  # type: ignore[index]
+    with pytest.raises(ValidationError, match=r"spec\.port: port must be 1\.\.65535, got 70000"):
+        parse_route_rule(doc, source="rule.yaml")
+    doc["spec"]["port"] = 80  # type: ignore[index]
+    assert parse_route_rule(doc, source="rule.yaml")[2].port == 80
     doc["spec"]["route"][1]["weight"] = 20  # type: ignore[index]
     with pytest.raises(ValidationError, match=r"spec\.route: route weights must add up to 100, got 110"):
         parse_route_rule(doc, source="rule.yaml")

@@ -171,6 +171,7 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
     """Check a RouteRuleSpec: a destination, weights summing to 100, sane fault percentages."""
     if not spec.destination:
         raise ValidationError("destination is required", source=source, path=f"{path}.destination")
+    check_port(spec.port, source=source, path=f"{path}.port", allow_zero=True)
     if spec.route:
         total = sum(d.weight for d in spec.route)
         if total != 100:
