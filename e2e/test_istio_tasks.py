@@ -7,7 +7,8 @@ echoservers cannot play their part: the slow upstream of the timeout task is a l
 client pod that accepts and never answers (BookInfo's reviews would call a delayed ratings), and
 the retries task routes a ServiceEntry to one endpoint that refuses connections and one that
 serves. Circuit breaking, outlier detection and mirroring are not implemented by meshbox's proxy
-yet: applying those tasks' rules is refused with the field named, and nothing changes.
+yet: applying those tasks' rules is refused with the field named, and nothing changes. Last, the
+route rule of the seed's time (config.istio.io/v1alpha2) routes reviews.
 """
 
 from __future__ import annotations
@@ -225,6 +226,15 @@ def test_retries(bookinfo: Any, tmp_path: Path) -> None:
     _apply(bookinfo, retries)
     assert set(_codes_until(bookinfo, "10.100.200.2:80", {"200"})) == {"200"}
     assert set(_codes(bookinfo, "10.100.200.2:80", 20)) == {"200"}
+
+
+def test_seed_era_route_rule(bookinfo: Any) -> None:
+    """The VirtualService deleted, Istio 0.2's RouteRule for reviews takes over."""
+    out = bookinfo.sh("meshctl local delete -f istio/virtual-service-reviews-v3.yaml")
+    assert 'virtualservice "reviews" deleted' in out
+    assert "routerule.config.istio.io/reviews-default created" in _apply(
+        bookinfo, "istio/route-rule-reviews-v2-v1alpha2.yaml")
+    assert _until(bookinfo, {"v1": 0, "v2": 10, "v3": 0}) == {"v1": 0, "v2": 10, "v3": 0}
 
 
 @pytest.mark.parametrize(("manifest", "fields"), [
