@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshbox.api.loader import ConfigError, parse_route_rule
+from meshbox.api.security_policy import SecurityPolicy, parse_security_policy
 from meshbox.api.v1 import routing_pb2
 from meshbox.api.validation import ValidationError
 
@@ -58,6 +59,7 @@ class Pod:
     labels: Mapping[str, str]
     ports: Mapping[str, int]  # container port name → number (unnamed ports are keyed by their number)
     serving: bool  # running and not reported unready
+    service_account: str = "default"  # spec.serviceAccountName: the pod's workload identity
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,10 @@ def parse_pod(doc: Mapping[str, Any], *, source: str) -> Pod:
         for c in r.items(status.get("conditions"), "status.conditions")
     )
     finished = status.get("phase") in ("Succeeded", "Failed") or bool(meta.get("deletionTimestamp"))
-    return Pod(name, namespace, ip, labels, ports, serving=bool(ip) and not unready and not finished)
+    service_account = (r.string(spec.get("serviceAccountName"), "spec.serviceAccountName")
+                       or r.string(spec.get("serviceAccount"), "spec.serviceAccount") or "default")
+    return Pod(name, namespace, ip, labels, ports, serving=bool(ip) and not unready and not finished,
+               service_account=service_account)
 
 
 def _target_pod(r: _Reader, item: Mapping[str, Any], path: str) -> str:
@@ -264,3 +269,11 @@ def parse_route_rule_object(doc: Mapping[str, Any], *, source: str) -> RouteRule
     except (ConfigError, ValidationError) as exc:
         raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc
     return RouteRule(name, namespace, spec)
+
+
+def parse_security_policy_object(doc: Mapping[str, Any], *, source: str) -> SecurityPolicy:
+    """An Istio PeerAuthentication or AuthorizationPolicy; unsupported fields are refused by path."""
+    try:
+        return parse_security_policy(doc, source=source)
+    except (ConfigError, ValidationError) as exc:
+        raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc

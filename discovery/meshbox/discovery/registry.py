@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbox.api.security_policy import AUTHORIZATION_POLICY, PEER_AUTHENTICATION, SecurityPolicy
 from meshbox.discovery.k8s_objects import (
     EndpointSet,
     ObjectError,
@@ -21,12 +22,13 @@ from meshbox.discovery.k8s_objects import (
     parse_endpoints,
     parse_pod,
     parse_route_rule_object,
+    parse_security_policy_object,
     parse_service,
 )
 
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
-KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule")
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", PEER_AUTHENTICATION, AUTHORIZATION_POLICY)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Registry:
     endpoint_sets: tuple[EndpointSet, ...] = ()
     route_rules: tuple[RouteRule, ...] = ()
     errors: tuple[str, ...] = ()
+    # Istio's security.istio.io policies, validated (enforced by the data plane: docs/security.md).
+    security_policies: tuple[SecurityPolicy, ...] = ()
     _pods_by_key: dict[tuple[str, str], Pod] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -74,6 +78,7 @@ def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
     pods: list[Pod] = []
     endpoint_sets: list[EndpointSet] = []
     rules: list[RouteRule] = []
+    policies: list[SecurityPolicy] = []
     errors: list[str] = []
     seen: dict[str, str] = {}
     for item in documents:
@@ -97,8 +102,11 @@ def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
                 endpoint_sets.extend(parse_endpoints(doc, source=source))
             elif kind == "EndpointSlice":
                 endpoint_sets.append(parse_endpoint_slice(doc, source=source))
-            else:
+            elif kind == "RouteRule":
                 rules.append(parse_route_rule_object(doc, source=source))
+            else:
+                policies.append(parse_security_policy_object(doc, source=source))
         except ObjectError as exc:
             errors.append(str(exc))
-    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), tuple(rules), tuple(errors))
+    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), tuple(rules), tuple(errors),
+                    tuple(policies))
