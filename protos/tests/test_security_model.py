@@ -76,7 +76,8 @@ def test_istio_authorization_policy_is_read() -> None:
 
 
 @pytest.mark.parametrize("old,new,path", [
-    ("        notNamespaces: [\"test-*\"]", "        ipBlocks: [\"10.0.0.0/8\"]", "spec.rules[0].from[0].source.ipBlocks"),
+    ("        notNamespaces: [\"test-*\"]", "        ipBlocks: [\"10.0.0.0/8\"]",
+     "spec.rules[0].from[0].source.ipBlocks"),
     ("        notNamespaces: [\"test-*\"]", "        requestPrincipals: [\"*\"]",
      "spec.rules[0].from[0].source.requestPrincipals"),
     ("        ports: [\"8080\"]", "        hosts: [\"api.example.com\"]", "spec.rules[0].to[0].operation.hosts"),
@@ -94,7 +95,7 @@ def test_unsupported_istio_fields_are_refused_by_path(old: str, new: str, path: 
 
 def test_port_level_tls_and_misspelt_fields_are_refused() -> None:
     text = PEER.format(version="v1") + "  portLevelTls: {}\n"
-    with pytest.raises(ConfigError, match="spec.portLevelTls: Istio's portLevelTls is not supported"):
+    with pytest.raises(ConfigError, match=r"spec\.portLevelTls: Istio's portLevelTls is not supported"):
         parse_security_policy(one(text))
     with pytest.raises(ConfigError, match=r"spec\.mtls\.mdoe: no such field in MutualTLS"):
         parse_security_policy(one(PEER.format(version="v1").replace("mode: STRICT", "mdoe: STRICT")))
@@ -122,7 +123,7 @@ def test_port_level_modes_need_a_selector() -> None:
 
 
 def test_wrong_kind_or_group_is_refused() -> None:
-    with pytest.raises(ConfigError, match="expected apiVersion security.istio.io/v1"):
+    with pytest.raises(ConfigError, match=r"expected apiVersion security\.istio\.io/v1"):
         parse_security_policy(one(AUTHZ.replace("security.istio.io/v1", "security.istio.io/v2")))
 
 
@@ -145,7 +146,7 @@ def test_local_tokens() -> None:
         local_tokens.verify(key, token, now=2_000_000_001)
     with pytest.raises(local_tokens.TokenError, match="signature does not match"):
         local_tokens.verify(local_tokens.new_key(), token, now=0)
-    head, payload, mac = token.split(".")
+    head, _payload, mac = token.split(".")
     other = local_tokens.mint(key, local_tokens.TokenClaims("default", "admin", "x", 2_000_000_000))
     with pytest.raises(local_tokens.TokenError, match="signature does not match"):
         local_tokens.verify(key, f"{head}.{other.split('.')[1]}.{mac}", now=0)
