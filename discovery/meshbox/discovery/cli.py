@@ -91,11 +91,13 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
 @click.option("--token-audience", "token_audiences", multiple=True, metavar="AUD",
               help="Audience CSR callers' tokens must be for (repeatable; TokenReview only). Default: the API "
                    "server's.")
+@click.option("--workload-cert-ttl", type=click.FloatRange(2, 7 * 86400), default=86400, show_default=True,
+              metavar="SECONDS", help="Lifetime of workload certificates a CSR does not ask otherwise for.")
 def main(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, listen_address: str, grpc_port: int,
          http_port: int, poll_interval: float, debounce: float, log_level: str, mesh_config: Path | None,
          ca_dir: Path | None, ca_port: int, server_names: tuple[str, ...], local_token_key: Path | None,
          token_review_url: str | None, token_review_ca_file: Path | None, token_review_token_file: Path | None,
-         token_audiences: tuple[str, ...]) -> None:
+         token_audiences: tuple[str, ...], workload_cert_ttl: float) -> None:
     """Serve proxy configuration (DiscoveryService/StreamResources) built from a service registry,
     and, with --ca-dir, the mesh CA (CertificateService) with discovery over mutual TLS."""
     if (registry_dir is None) == (not kubernetes):
@@ -111,7 +113,8 @@ def main(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, li
         tls = TlsOptions(ca_dir=ca_dir, ca_port=ca_port, trust_domain=mesh.trust_domain,
                          server_names=list(server_names), local_token_key=local_token_key,
                          token_review_url=token_review_url, token_review_ca_file=token_review_ca_file,
-                         token_review_token_file=token_review_token_file, token_audiences=token_audiences)
+                         token_review_token_file=token_review_token_file, token_audiences=token_audiences,
+                         workload_cert_ttl=workload_cert_ttl)
     elif local_token_key or token_review_url:
         raise click.UsageError("token options need --ca-dir (the CA is what checks tokens)")
     try:

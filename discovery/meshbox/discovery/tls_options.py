@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ class TlsOptions:
     token_review_ca_file: Path | None = None
     token_review_token_file: Path | None = None
     token_audiences: tuple[str, ...] = ()
+    workload_cert_ttl: float = 86400.0
 
 
 def authenticator_from_options(options: TlsOptions, *, kubernetes: bool) -> Authenticator:
@@ -58,4 +60,5 @@ def authenticator_from_options(options: TlsOptions, *, kubernetes: bool) -> Auth
 
 def security_from_options(options: TlsOptions, *, kubernetes: bool) -> Security:
     keeper = CaKeeper(options.ca_dir, options.trust_domain, options.server_names or default_server_names())
+    keeper.ca.default_ttl = datetime.timedelta(seconds=options.workload_cert_ttl)
     return Security(keeper, authenticator_from_options(options, kubernetes=kubernetes), options.ca_port)
