@@ -9,7 +9,7 @@ import click
 from meshbox.ctl.demo import demo
 from meshbox.ctl.install import install
 from meshbox.ctl.kube_inject import kube_inject, kube_uninject
-from meshbox.ctl.local.command import local
+from meshbox.ctl.local import local
 from meshbox.ctl.trace import trace
 
 DISTRIBUTIONS = (
@@ -19,6 +19,7 @@ DISTRIBUTIONS = (
     "meshbox-proxy",
     "meshbox-agent",
     "meshbox-discovery",
+    "meshbox-cluster",
     "meshbox-ctl",
 )
 
