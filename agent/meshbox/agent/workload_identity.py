@@ -149,9 +149,10 @@ class WorkloadIdentityManager:
     def _take_bundle(self, bundle: certificate_pb2.TrustBundle) -> None:
         if not bundle.roots_pem or bundle.version == self.bundle_version:
             return
-        log.info("trust bundle %s (%d root(s)) replaces %s: renewing the workload certificate now",
-                 bundle.version, len(bundle.roots_pem), self.bundle_version or "the initial roots")
         self.roots_pem = "".join(bundle.roots_pem).encode()
-        self.bundle_version = bundle.version
-        if self.credentials is not None:  # else the first certificate, under way, will carry it
-            self._renew_now.set()
+        previous, self.bundle_version = self.bundle_version, bundle.version
+        if self.credentials is None:
+            return  # the first certificate, under way, comes with the bundle
+        log.info("trust bundle %s (%d root(s)) replaces %s: renewing the workload certificate now",
+                 bundle.version, len(bundle.roots_pem), previous or "the initial roots")
+        self._renew_now.set()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from meshbox.cluster import host
+from meshbox.cluster import host, workload_identity
 from meshbox.cluster.addressing import (
     RESOLV_CONF,
     AddressError,
@@ -37,7 +37,7 @@ from meshbox.cluster.addressing import (
     service_chain,
 )
 from meshbox.cluster.host import HostError, ProcessRef
-from meshbox.cluster.images import ImageError, Launch, bin_dir, launch_for
+from meshbox.cluster.images import ImageError, Launch, bin_dir, is_agent, launch_for
 from meshbox.cluster.netplan import ServicePort, node_commands, node_rules, pod_commands
 from meshbox.cluster.objects import (
     ManifestError,
@@ -231,8 +231,10 @@ class LocalCluster:
         log_dir = self.dir.logs / "node"
         log_dir.mkdir(exist_ok=True)
         log = log_dir / "discovery.log"
+        self._record(state, {"type": "path", "path": str(workload_identity.security_dir(self.dir.root))})
         ref = host.spawn(["ip", "netns", "exec", node, str(binary), "--registry-dir", str(self.dir.registry),
-                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT)],
+                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT),
+                          *workload_identity.discovery_args(self.dir.root)],
                          log=log, env=BASE_ENV)
         state["discovery"] = ref.to_json()
         self._record(state, {"type": "process", **ref.to_json()})
@@ -466,6 +468,17 @@ class LocalCluster:
                         f"its log ({log}):\n{_tail(log)}")
         for container in spec["containers"]:
             launch = launch_for(container, init=False)
+            if is_agent(launch):
+                if not workload_identity.POD_SECRETS.exists():
+                    self._record(state, {"type": "emptydir", "path": str(workload_identity.POD_SECRETS)})
+                self._record(state, {"type": "path", "path": str(workload_identity.pod_dir(netns))})
+                try:
+                    flags = workload_identity.provision(self.dir.root, netns, pod, launch.uid, launch.gid)
+                except workload_identity.IdentityError as exc:
+                    rec["phase"] = "Failed"
+                    self.dir.save(state)
+                    return f"pod {name}: {exc}"
+                launch = Launch(workload_identity.with_agent_flags(launch.argv, flags), launch.uid, launch.gid)
             ref = host.spawn(self._in_pod(rec, launch), log=log_dir / f"{container['name']}.log",
                              env=self._env(rec, container, launch.uid))
             rec["containers"][container["name"]] = {**ref.to_json(), "uid": launch.uid}
@@ -484,6 +497,9 @@ class LocalCluster:
             host.run_quietly(["ip", "netns", "delete", rec["netns"]])
             etc = NETNS_ETC / rec["netns"]
             shutil.rmtree(etc, ignore_errors=True)
+            identity = workload_identity.pod_dir(rec["netns"])
+            shutil.rmtree(identity, ignore_errors=True)
+            self._forget(state, {"type": "path", "path": str(identity)})
             meta = rec["body"]["metadata"]
             self.dir.remove_registry(registry_name("Pod", meta["namespace"], meta["name"]))
             shutil.rmtree(self.dir.pod_log_dir(meta["namespace"], meta["name"]), ignore_errors=True)
