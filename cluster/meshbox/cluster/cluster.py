@@ -21,12 +21,12 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from meshbox.api.kube.endpoints import port_endpoints
-from meshbox.cluster import host
+from meshbox.cluster import host, workload_identity
 from meshbox.cluster.addressing import AddressError, check_prefix, next_pod_ip, pod_netns, service_chain
 from meshbox.cluster.containers import BASE_ENV, run_init, start_container, start_pause
 from meshbox.cluster.executor import NETNS_ETC, NetworkExecutor
 from meshbox.cluster.host import HostError, ProcessRef
-from meshbox.cluster.images import bin_dir
+from meshbox.cluster.images import bin_dir, is_agent, launch_for
 from meshbox.cluster.model import ClusterState, Obj, PodRecord
 from meshbox.cluster.netplan import ServicePort
 from meshbox.cluster.state import StateDir, default_state_dir
@@ -201,8 +201,10 @@ class LocalCluster:
             raise ClusterError(f"meshbox-discovery is not installed next to meshctl ({binary})")
         node = NetworkExecutor(state.prefix).node
         log = self._node_log("discovery.log")
+        self.record(state, {"type": "path", "path": str(workload_identity.security_dir(self.dir.root))})
         ref = host.spawn(["ip", "netns", "exec", node, str(binary), "--registry-dir", str(self.dir.registry),
-                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT)],
+                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT),
+                          *workload_identity.discovery_args(self.dir.root)],
                          log=log, env=BASE_ENV)
         state.discovery = ref
         self.record_process(state, ref)
@@ -283,6 +285,17 @@ class LocalCluster:
                 self.dir.save(state)
                 return (f"pod {name}: init container {container['name']!r} failed (exit {code}); "
                         f"its log ({log}):\n{tail(log)}")
+        agents = [launch for c in rec.spec["containers"] if is_agent(launch := launch_for(c, init=False))]
+        if agents:
+            if not workload_identity.POD_SECRETS.exists():
+                self.record(state, {"type": "emptydir", "path": str(workload_identity.POD_SECRETS)})
+            self.record(state, {"type": "path", "path": str(workload_identity.pod_dir(rec.netns))})
+            try:
+                workload_identity.provision(self.dir.root, rec.netns, pod, agents[0].uid, agents[0].gid)
+            except workload_identity.IdentityError as exc:
+                rec.phase = "Failed"
+                self.dir.save(state)
+                return f"pod {name}: {exc}"
         for container in rec.spec["containers"]:
             started = start_container(rec, container, log_dir / f"{container['name']}.log")
             rec.containers[container["name"]] = started
@@ -301,6 +314,9 @@ class LocalCluster:
             net.remove_netns(rec.netns)
             self.dir.remove_registry(registry_name("Pod", rec.namespace, rec.name))
             net.remove_path(str(self.dir.pod_log_dir(rec.namespace, rec.name)))
+            identity = workload_identity.pod_dir(rec.netns)
+            net.remove_path(str(identity))
+            self.forget(state, {"type": "path", "path": str(identity)})
             refs = [*(c.ref for c in rec.containers.values()), *([rec.pause] if rec.pause else [])]
             entries: list[Obj] = [{"type": "netns", "name": rec.netns},
                                   {"type": "path", "path": str(net.etc(rec.netns))},

@@ -84,7 +84,7 @@ class DirectorySource:
         self._last_good = good
         registry = build_registry(documents)
         return Registry(registry.services, registry.pods, registry.endpoint_sets, registry.route_rules,
-                        (*file_errors, *registry.errors))
+                        (*file_errors, *registry.errors), registry.security_policies)
 
     def changed(self) -> bool:
         return self.fingerprint() != self._fingerprint

@@ -1,6 +1,7 @@
 """Registry source (2): the Kubernetes API through kubernetes_asyncio.
 
-For each kind (Services, EndpointSlices, Pods, RouteRules) a task lists, then watches from the
+For each kind (Services, EndpointSlices, Pods, RouteRules, and Istio's
+PeerAuthentications and AuthorizationPolicies) a task lists, then watches from the
 list's resourceVersion with bookmarks. A watch the server ends normally is resumed from the last
 resourceVersion seen (bookmarks keep it fresh); 410 Gone, or any watch error (dropped
 connection, bad event), leads to a full relist after a short delay, doubling (up to 30 s) while
@@ -21,12 +22,16 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND
+from meshbox.api.security_policy import API_GROUP as SECURITY_GROUP
+from meshbox.api.security_policy import AUTHORIZATION_POLICY, PEER_AUTHENTICATION
 from meshbox.discovery.registry import Registry, SourcedDocument, build_registry
 
 log = logging.getLogger("meshbox.discovery.kubernetes")
 
 ROUTE_RULE_GROUP, ROUTE_RULE_VERSION = ROUTE_RULE_API_VERSION.split("/")
 ROUTE_RULE_PLURAL = "routerules"
+# Istio's security CRDs, read at v1 (the API server converts v1beta1 objects).
+SECURITY_VERSION = "v1"
 GONE = 410
 NOT_FOUND = 404
 NOT_INSTALLED_RECHECK_S = 30.0
@@ -36,7 +41,7 @@ WATCH_GRACE_S = 30.0
 
 
 class _NotInstalled(Exception):
-    """The RouteRule CRD is not installed: no rules, and the mesh is served without them."""
+    """A custom resource's CRD is not installed: the mesh is served without objects of it."""
 
 
 @dataclass(frozen=True)
@@ -46,24 +51,34 @@ class WatchedKind:
     kind: str
     api_version: str
     list_call: Callable[..., Awaitable[Any]]
+    custom: bool = False  # a CRD, which may not be installed (404)
+
+
+def _custom_lister(custom: client.CustomObjectsApi, group: str, version: str,
+                   plural: str) -> Callable[..., Awaitable[Any]]:
+    async def list_objects(**kwargs: Any) -> Any:
+        return await custom.list_cluster_custom_object(group, version, plural, **kwargs)
+
+    # Watch finds the event type from the list call's docstring; the wrapper passes it on.
+    list_objects.__doc__ = custom.list_cluster_custom_object.__doc__
+    return list_objects
 
 
 def watched_kinds(api: client.ApiClient) -> list[WatchedKind]:
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
-
-    async def list_route_rules(**kwargs: Any) -> Any:
-        return await custom.list_cluster_custom_object(ROUTE_RULE_GROUP, ROUTE_RULE_VERSION, ROUTE_RULE_PLURAL,
-                                                       **kwargs)
-
-    # Watch finds the event type from the list call's docstring; the wrapper passes it on.
-    list_route_rules.__doc__ = custom.list_cluster_custom_object.__doc__
+    security = f"{SECURITY_GROUP}/{SECURITY_VERSION}"
     return [
         WatchedKind("Service", "v1", core.list_service_for_all_namespaces),
         WatchedKind("EndpointSlice", "discovery.k8s.io/v1",
                     client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces),
         WatchedKind("Pod", "v1", core.list_pod_for_all_namespaces),
-        WatchedKind(ROUTE_RULE_KIND, ROUTE_RULE_API_VERSION, list_route_rules),
+        WatchedKind(ROUTE_RULE_KIND, ROUTE_RULE_API_VERSION,
+                    _custom_lister(custom, ROUTE_RULE_GROUP, ROUTE_RULE_VERSION, ROUTE_RULE_PLURAL), custom=True),
+        WatchedKind(PEER_AUTHENTICATION, security,
+                    _custom_lister(custom, SECURITY_GROUP, SECURITY_VERSION, "peerauthentications"), custom=True),
+        WatchedKind(AUTHORIZATION_POLICY, security,
+                    _custom_lister(custom, SECURITY_GROUP, SECURITY_VERSION, "authorizationpolicies"), custom=True),
     ]
 
 
@@ -119,7 +134,7 @@ class KubernetesSource:
                 while True:
                     version = await self._watch(kind, version)
             except _NotInstalled:
-                log.warning("no %s resource in the API (CRD not installed?); serving without route rules, "
+                log.warning("no %s resource in the API (CRD not installed?); serving without them, "
                             "checking again in %.0fs", kind.kind, NOT_INSTALLED_RECHECK_S)
                 self._objects[kind.kind] = {}
                 self._listed.add(kind.kind)
@@ -141,7 +156,7 @@ class KubernetesSource:
         response = await kind.list_call(_preload_content=False, _request_timeout=LIST_TIMEOUT_S)
         try:
             body = await response.read()
-            if response.status == NOT_FOUND and kind.kind == ROUTE_RULE_KIND:
+            if response.status == NOT_FOUND and kind.custom:
                 raise _NotInstalled
             if response.status != 200:
                 raise ApiException(status=response.status, reason=body.decode(errors="replace")[:200])

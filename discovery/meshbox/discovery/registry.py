@@ -22,11 +22,14 @@ from meshbox.api.kube.objects import (
     parse_pod,
     parse_service,
 )
+from meshbox.api.loader import ConfigError
+from meshbox.api.security_policy import AUTHORIZATION_POLICY, PEER_AUTHENTICATION, SecurityPolicy, parse_security_policy
+from meshbox.api.validation import ValidationError
 from meshbox.discovery.route_rules import RouteRule, parse_route_rule_object
 
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
-KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule")
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", PEER_AUTHENTICATION, AUTHORIZATION_POLICY)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Registry:
     endpoint_sets: tuple[EndpointSet, ...] = ()
     route_rules: tuple[RouteRule, ...] = ()
     errors: tuple[str, ...] = ()
+    # Istio's security.istio.io policies, validated (enforced by the data plane: docs/security.md).
+    security_policies: tuple[SecurityPolicy, ...] = ()
     _pods_by_key: dict[tuple[str, str], Pod] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,12 +65,21 @@ class Registry:
         return [e for e in self.endpoint_sets if e.namespace == service.namespace and e.service == service.name]
 
 
+def parse_security_policy_object(doc: Mapping[str, Any], *, source: str) -> SecurityPolicy:
+    """An Istio PeerAuthentication or AuthorizationPolicy; unsupported fields are refused by path."""
+    try:
+        return parse_security_policy(doc, source=source)
+    except (ConfigError, ValidationError) as exc:
+        raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc
+
+
 def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
     """Parse every document; the first of two objects with the same kind/namespace/name wins."""
     services: list[Service] = []
     pods: list[Pod] = []
     endpoint_sets: list[EndpointSet] = []
     rules: list[RouteRule] = []
+    policies: list[SecurityPolicy] = []
     errors: list[str] = []
     seen: dict[str, str] = {}
     for item in documents:
@@ -89,8 +103,11 @@ def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
                 endpoint_sets.extend(parse_endpoints(doc, source=source))
             elif kind == "EndpointSlice":
                 endpoint_sets.append(parse_endpoint_slice(doc, source=source))
-            else:
+            elif kind == "RouteRule":
                 rules.append(parse_route_rule_object(doc, source=source))
+            else:
+                policies.append(parse_security_policy_object(doc, source=source))
         except ObjectError as exc:
             errors.append(str(exc))
-    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), tuple(rules), tuple(errors))
+    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), tuple(rules), tuple(errors),
+                    tuple(policies))
