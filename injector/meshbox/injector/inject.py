@@ -32,7 +32,7 @@ from meshbox.injector.annotations import (
     traffic_overrides,
 )
 from meshbox.injector.settings import InjectSettings, SidecarTemplate
-from meshbox.injector.sidecar import Sidecar, build_sidecar
+from meshbox.injector.sidecar import Sidecar, build_sidecar, quote_for_kubectl
 from meshbox.injector.workloads import WORKLOAD_KINDS, pod_template_path
 
 __all__ = [
@@ -311,7 +311,8 @@ def _scrape_annotations(annotations: Mapping[str, Any], status_port: int) -> dic
     one (its owner scrapes the app there, and meshbox does not merge app metrics into the agent's)."""
     if any(key in annotations for key in PROMETHEUS_KEYS):
         return {}
-    return {PROMETHEUS_SCRAPE: "true", PROMETHEUS_PORT: str(status_port), PROMETHEUS_PATH: METRICS_PATH}
+    values = {PROMETHEUS_SCRAPE: "true", PROMETHEUS_PORT: str(status_port), PROMETHEUS_PATH: METRICS_PATH}
+    return {key: quote_for_kubectl(value) for key, value in values.items()}
 
 
 def _add(tpl: MutableMapping[str, Any], sidecar: Sidecar, proxy_index: int | None, status_port: int) -> None:
