@@ -6,7 +6,7 @@ SHELL := /bin/bash
 SYSTEM_PYTHON ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DISTS := protos init injector proxy agent discovery ctl
+DISTS := protos init injector proxy agent discovery cluster ctl
 PYTEST_ARGS ?=
 
 .PHONY: help bootstrap venv test lint proto demo bench images kind-demo clean
@@ -49,7 +49,7 @@ proto: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy protos/meshbox/api $(foreach d,init injector proxy agent discovery ctl,$(d)/meshbox) bench
+	$(VENV)/bin/mypy protos/meshbox/api $(foreach d,init injector proxy agent discovery cluster ctl,$(d)/meshbox) bench
 
 test: venv lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -18,6 +18,6 @@ def test_help_lists_commands() -> None:
 def test_version_names_every_component() -> None:
     out = subprocess.run([MESHCTL, "version"], check=True, capture_output=True, text=True).stdout
     for dist in ("meshbox-api", "meshbox-init", "meshbox-injector", "meshbox-proxy", "meshbox-agent",
-                 "meshbox-discovery", "meshbox-ctl"):
+                 "meshbox-discovery", "meshbox-cluster", "meshbox-ctl"):
         assert f"{dist} " in out
     assert "not installed" not in out

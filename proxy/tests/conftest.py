@@ -89,6 +89,8 @@ class Backend:
     handler: Handler = echo
     requests: list[Seen] = field(default_factory=list)
     connections: int = 0
+    # Every byte received, per connection, as it came off the socket (what the proxy really sent).
+    raw: list[bytearray] = field(default_factory=list)
     port: int = 0
     server: asyncio.Server | None = None
 
@@ -104,6 +106,8 @@ class Backend:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         peer = writer.get_extra_info("peername")
+        raw = bytearray()
+        self.raw.append(raw)
         buffered = b""
         try:
             while True:
@@ -116,6 +120,7 @@ class Backend:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
                         data = await reader.read(65536)
+                        raw += data
                         conn.receive_data(data)
                         if not data and conn.their_state is h11.IDLE:
                             return
@@ -344,6 +349,35 @@ def proxy_cli(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
                 proc.wait()
 
 
+def config_file(config: pc.ProxyConfig, tmp_path: Path) -> Path:
+    """``config`` as a file for ``meshbox-proxy --config`` (JSON, which the YAML loader reads)."""
+    from google.protobuf import json_format
+
+    path = tmp_path / f"proxy-{time.monotonic_ns()}.yaml"
+    path.write_text(json_format.MessageToJson(config, preserving_proto_field_name=True))
+    return path
+
+
+async def standalone(proxy_cli: Callable[..., subprocess.Popen[str]], config: pc.ProxyConfig, tmp_path: Path,
+                     *args: str, port: int, timeout: float = 10) -> subprocess.Popen[str]:
+    """A ``meshbox-proxy`` process (the build as installed: compiled unless built pure) serving ``config``,
+    returned once ``port`` (a bound listener of it) accepts connections."""
+    proc = proxy_cli("--config", str(config_file(config, tmp_path)), "--admin-port", "0", "--outbound-port", "0",
+                     *args)
+    await asyncio.to_thread(admin_port, proc, timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise AssertionError(f"proxy never listened on {port} (exit status {proc.poll()})") from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return proc
+
+
 def admin_port(proc: subprocess.Popen[str], timeout: float = 10) -> int:
     """Read the 'admin listening on' line the proxy prints on stderr."""
     assert proc.stderr is not None
@@ -370,6 +404,7 @@ class Kit:
     raw_exchange = staticmethod(raw_exchange)
     log_fields = staticmethod(log_fields)
     admin_port = staticmethod(admin_port)
+    standalone = staticmethod(standalone)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from meshbox.ctl.demo import demo
 from meshbox.ctl.inspect_commands import proxy_config_command, proxy_status_command
 from meshbox.ctl.install import install
 from meshbox.ctl.kube_inject import kube_inject, kube_uninject
-from meshbox.ctl.local.command import local
+from meshbox.ctl.local import local
 from meshbox.ctl.trace import trace
 
 DISTRIBUTIONS = (
@@ -21,6 +21,7 @@ DISTRIBUTIONS = (
     "meshbox-proxy",
     "meshbox-agent",
     "meshbox-discovery",
+    "meshbox-cluster",
     "meshbox-ctl",
 )
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import click
 
-from meshbox.ctl.local.cluster import LocalCluster
-from meshbox.ctl.local.state import StateError
+from meshbox.cluster.cluster import LocalCluster
+from meshbox.cluster.state import StateError
 
 # Envoy's default access log format (shared/reference/anchors.md).
 _LINE = re.compile(

@@ -1,7 +1,8 @@
 """Request timeouts checked by one periodic sweep instead of a timer handle per request.
 
 Arming and disarming are a dict store and a dict pop; the sweep runs only while something is armed,
-every ``resolution`` seconds, so a timeout fires at most that much late.
+every ``resolution`` seconds, so a timeout fires at most that much late. A callback that raises is
+reported and never stops the sweep (one exchange's bug must not switch off every timeout: issue #18).
 """
 
 from __future__ import annotations
@@ -35,8 +36,23 @@ class Deadlines:
         for key in expired:
             entry = self._armed.pop(key, None)
             if entry is not None:
-                entry[1](key)
+                try:
+                    entry[1](key)
+                except Exception as exc:  # one callback's bug must not stop every timeout
+                    self._failed(entry[1], exc)
         if self._armed:
             self._loop.call_later(self._resolution, self._sweep)
         else:
             self._sweeping = False
+
+    def _failed(self, callback: Callable[[Any], None], exc: Exception) -> None:
+        """Report a callback's exception and let the object it belongs to abort (closing what it served,
+        e.g. one client connection) if it can; the sweep goes on for everything else."""
+        self._loop.call_exception_handler({"message": f"deadline callback {callback!r} failed", "exception": exc})
+        abort = getattr(getattr(callback, "__self__", None), "abort", None)
+        if callable(abort):
+            try:
+                abort()
+            except Exception as abort_exc:
+                self._loop.call_exception_handler({"message": "abort after a failed deadline callback failed",
+                                                   "exception": abort_exc})

@@ -11,6 +11,7 @@ import importlib.machinery
 
 HOT_PATH = (
     "meshbox.proxy.http_proxy",
+    "meshbox.proxy.header_policy",
     "meshbox.proxy.tcp_proxy",
     "meshbox.proxy.access_log",
     "meshbox.proxy.deadlines",

@@ -18,14 +18,11 @@ from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, RequestHead, ResponseHead, Tunnel
 from meshbox.proxy.codec.writer import LAST_CHUNK, chunk, local_reply, response_head_bytes
 from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.header_policy import CONNECTION_OPTIONS, HOP_BY_HOP, absolute_form, end_to_end, named_hop_by_hop
 from meshbox.proxy.snapshot import INBOUND, ClusterRuntime, ListenerRuntime, RouteRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
-                        b"upgrade"})
-# Connection header values that name no other header to drop (the usual ones).
-_PLAIN_CONNECTION = frozenset({b"close", b"keep-alive", b"upgrade"})
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 _TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 # Kept-alive upstream connections per endpoint beyond this are closed instead of pooled.
@@ -192,6 +189,14 @@ class DownstreamHttp(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Drop this connection and its upstream at once (after an internal error in one of its callbacks)."""
+        ex = self.exchange
+        if ex is not None and ex.up is not None:
+            ex.up.close()
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
     # -- client timeouts and HTTP/2 sniffing ------------------------------------------------------
     def _phase(self) -> int:
         """What the connection waits for from the client: a new request (idle), the rest of a head, or
@@ -340,13 +345,12 @@ class DownstreamHttp(asyncio.Protocol):
         host_header: bytes | None = None
         request_id: bytes | None = None
         headers: Headers = []
-        dropped: set[bytes] | None = None
+        dropped: frozenset[bytes] | None = None
         for h in head.headers:
             name = h[0]
             if name in HOP_BY_HOP:
-                if name == b"connection":
-                    tokens = {t.strip().lower() for t in h[1].split(b",")}
-                    tokens -= {b"close", b"keep-alive", b"upgrade"}
+                if name == b"connection" and h[1].lower() not in CONNECTION_OPTIONS:
+                    tokens = named_hop_by_hop(h[1])
                     if tokens:
                         dropped = tokens if dropped is None else dropped | tokens
                 continue
@@ -367,13 +371,24 @@ class DownstreamHttp(asyncio.Protocol):
             headers.append(rid)
             ex.request_headers = [*head.headers, rid]
         ex.request_id = request_id
+        target = head.target
+        if target[:1] != b"/" and target != b"*":
+            # Absolute form (RFC 9112 3.2.2): route by the target's authority, forward in origin form.
+            try:
+                host_header, target = absolute_form(target)
+            except ProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            headers = [h for h in headers if h[0] != b"host"]
+            headers.append((b"host", host_header))
+            ex.path = target
         ex.authority = host_header
         if head.upgrade:
             headers += [(b"connection", b"upgrade")] + [h for h in head.headers if h[0] == b"upgrade"]
         if listener.routes is None:
             self._local_reply(ex, 404, b"", "NR")
             return
-        route = listener.routes.match(host_header or b"", head.target, head.headers)
+        route = listener.routes.match(host_header or b"", target, head.headers)
         if route is None:
             self._local_reply(ex, 404, b"", "NR")
             return
@@ -388,7 +403,7 @@ class DownstreamHttp(asyncio.Protocol):
         if head.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         # request_head_bytes, written out as it runs for every request (headers is never empty: Host is there).
-        ex.request_bytes = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (head.method, head.target,
+        ex.request_bytes = b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (head.method, target,
                                                               b"\r\n".join(map(b": ".join, headers)))
         ex.retries_left = route.retries
         if route.delay_percent and random.random() * 100 < route.delay_percent:
@@ -548,7 +563,7 @@ class DownstreamHttp(asyncio.Protocol):
         assert request is not None
         if status < 200 and status != 101:
             if request.version == b"1.1":
-                self.out.append(response_head_bytes(status, head.reason, self._filter(head.headers)))
+                self.out.append(response_head_bytes(status, head.reason, end_to_end(head.headers)))
             return
         ex.response_started = True
         ex.response_code = status
@@ -575,24 +590,9 @@ class DownstreamHttp(asyncio.Protocol):
             elif request.version == b"1.0":
                 added += b"connection: keep-alive\r\n"
         ex.close_after = not keep_alive
-        headers = self._filter(head.headers)
+        headers = end_to_end(head.headers)
         kept = b"\r\n".join(map(b": ".join, headers)) + b"\r\n" if headers else b""
         self.out.append(b"HTTP/%s %d %s\r\n%s%s\r\n" % (request.version, status, head.reason, kept, added))
-
-    def _filter(self, headers: Headers) -> Headers:
-        out = []
-        named: set[bytes] | None = None
-        for h in headers:
-            name = h[0]
-            if name not in HOP_BY_HOP:
-                out.append(h)
-            elif name == b"connection" and h[1].lower() not in _PLAIN_CONNECTION:
-                tokens = {t.strip().lower() for t in h[1].split(b",")} - _PLAIN_CONNECTION
-                if tokens:
-                    named = tokens if named is None else named | tokens
-        if named:
-            out = [h for h in out if h[0] not in named]
-        return out
 
     def response_end(self, ex: Exchange, up: UpstreamHttp, reusable: bool) -> None:
         if ex.chunked_out:
@@ -681,6 +681,16 @@ class DownstreamHttp(asyncio.Protocol):
         if backlog is not None:
             self.backlog = None
             self._dispatch(backlog)
+            # A local reply to a pipelined request goes out now, not with the next read.
+            self.flush()
+        self._await_next()
+
+    def _await_next(self) -> None:
+        """After an exchange: resume reading once no pipelined request waits, and watch the client.
+        (A method of its own: re-reading self.exchange / self.backlog right after assigning None in the
+        same function would be checked against that narrowed type by mypyc: a TypeError, issue #18 D5.)"""
+        if self.closed:
+            return
         if self.backlog is None:
             if self.reading_paused:
                 self.resume_reading()

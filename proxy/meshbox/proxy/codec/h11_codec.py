@@ -12,7 +12,14 @@ import re
 import h11
 
 from meshbox.proxy.codec.events import END, Body, Event, ProtocolError, RequestHead, ResponseHead, Tunnel
-from meshbox.proxy.codec.heads import MAX_HEAD_BYTES, reason_phrase, request_head, response_head
+from meshbox.proxy.codec.heads import (
+    MAX_HEAD_BYTES,
+    METHODS,
+    reason_phrase,
+    request_head,
+    response_head,
+    unsupported_version,
+)
 
 
 def _check_line_endings(head: bytes, *, complete: bool) -> None:
@@ -39,6 +46,24 @@ def _check_raw_head(head: bytes, status: int = 400) -> None:
         raise ProtocolError(status, "duplicate Content-Length")
     if values and not values[0].strip(b" \t").isdigit():
         raise ProtocolError(status, "invalid Content-Length")
+
+
+# The versions llhttp knows: it reads their heads on (a 505 comes after any header error); others stop it.
+_LLHTTP_VERSIONS = frozenset({b"0.9", b"1.0", b"1.1", b"2.0"})
+_REQUEST_LINE = re.compile(rb"([A-Z]+) ([\x21-\x7e]+) HTTP/(\d\.\d)")
+# Request targets llhttp reads up to the version (CONNECT's authority form takes anything).
+_TARGET_START = re.compile(rb"/|\*|[A-Za-z]+://")
+
+
+def _check_version(buf: bytes) -> None:
+    """An unknown version in a well-formed request line is refused first, as llhttp does (it reads the
+    line before any header), so both codecs give the same status for a head with several faults."""
+    m = _REQUEST_LINE.match(buf)
+    if m is None or m.group(3) in _LLHTTP_VERSIONS:
+        return
+    method = m.group(1)
+    if method == b"CONNECT" or (method in METHODS and _TARGET_START.match(m.group(2))):
+        raise unsupported_version(m.group(3))
 
 
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -102,6 +127,7 @@ class H11RequestParser:
                 head_len = len(buf) if end < 0 else end + 4
                 if head_len > self._max_head:
                     raise ProtocolError(431, "request headers too large")
+                _check_version(buf)
                 _check_line_endings(buf[:head_len], complete=end >= 0)
                 if buf != b"\r" and not _REQUEST_LINE_START.match(buf):
                     # llhttp rejects a non-token method at once; h11 would wait for the line to end.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from http import HTTPStatus
 
 from meshbox.proxy.codec.events import Headers, ProtocolError, RequestHead, ResponseHead
+from meshbox.proxy.header_policy import connection_tokens
 
 # Envoy's defaults: 60 KiB of request headers, at most 100 of them.
 MAX_HEAD_BYTES = 60 * 1024
@@ -33,8 +34,12 @@ def _content_length(value: bytes, status: int) -> int:
     return int(value)
 
 
-def _connection_tokens(values: list[bytes]) -> set[bytes]:
-    return {token.strip().lower() for value in values for token in value.split(b",")}
+def unsupported_version(version: bytes) -> ProtocolError:
+    """RFC 9112: a well-formed HTTP-version ("HTTP/" DIGIT "." DIGIT) we do not speak is a 505; a request
+    line without one (what parsers report as 0.9: HTTP/0.9 had no version) is malformed, a 400."""
+    if version == b"0.9" or not (len(version) == 3 and version[1:2] == b"." and version.replace(b".", b"").isdigit()):
+        return ProtocolError(400, "malformed request line (no valid HTTP version)")
+    return ProtocolError(505, f"HTTP version {version.decode('ascii')} not supported")
 
 
 def request_head(method: bytes, target: bytes, version: bytes, headers: Headers) -> RequestHead:
@@ -68,9 +73,7 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
     if hosts > 1 or (hosts == 0 and version != b"1.0"):
         raise ProtocolError(400, "exactly one Host header is required")
     if version not in VERSIONS:
-        # Real versions we don't speak get 505; made-up ones are malformed (llhttp refuses them outright).
-        status = 505 if version in (b"0.9", b"2.0") else 400
-        raise ProtocolError(status, f"HTTP version {version[:10]!r} not supported")
+        raise unsupported_version(version)
     if method == b"CONNECT":
         raise ProtocolError(405, "CONNECT is not supported")
     if not target.isascii() or not (target[:1] == b"/" or target == b"*" or target[:7].lower() == b"http://"):
@@ -85,7 +88,7 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
     if connection:
         # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
         tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
-            else _connection_tokens(connection)
+            else connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
         upgrade = upgrade and b"upgrade" in tokens
     else:
@@ -126,7 +129,7 @@ def response_head(status: int, reason: bytes, version: bytes, headers: Headers, 
     if connection:
         # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
         tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
-            else _connection_tokens(connection)
+            else connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
     else:
         keep_alive = version == b"1.1"

@@ -15,8 +15,8 @@ class _Stop(Exception):
 class HttptoolsRequestParser:
     """Request bytes → events; keeps state across keep-alive and pipelined requests."""
 
-    __slots__ = ("_events", "_head_size", "_headers", "_in_head", "_max_head", "_parser", "_tunnel", "_url",
-                 "partial_head")
+    __slots__ = ("_completed", "_events", "_head_size", "_headers", "_in_head", "_max_head", "_parser", "_tunnel",
+                 "_url", "partial_head")
 
     def __init__(self, max_head: int = MAX_HEAD_BYTES) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -27,12 +27,18 @@ class HttptoolsRequestParser:
         self._in_head = True
         self._max_head = max_head
         self._tunnel = False
+        # A message completed during the current feed() (its bytes are not the next head's).
+        self._completed = False
         # Some bytes of a request head arrived, but not all of it (what the head timeout watches). A plain
         # attribute, not a property: it is read once per request.
         self.partial_head = False
 
-    # No on_message_begin: each callback costs a Python call, so per-message state is reset as it is
-    # consumed (on_headers_complete, on_message_complete) instead, and feed() marks a head as started.
+    def on_message_begin(self) -> None:
+        # llhttp calls this at the first byte of each message (blank lines between messages are skipped),
+        # also when that byte follows a complete message in the same read.
+        self._in_head = True
+        self._head_size = 0
+        self.partial_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -63,16 +69,14 @@ class HttptoolsRequestParser:
         self._events.append(END)
         self._in_head = True
         self._head_size = 0
-        self.partial_head = False
+        self._completed = True
 
     def feed(self, data: bytes) -> list[Event]:
         """Parse more bytes; raises ProtocolError (status to answer with) on bad input."""
         if self._tunnel:
             return [Tunnel(data)]
         events = self._events = []
-        # Bytes while no message is under way start a head; cleared when a head or message completes
-        # (so bytes that only begin another request in the same read are not noticed: rare, harmless).
-        self.partial_head = True
+        self._completed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -86,9 +90,13 @@ class HttptoolsRequestParser:
                 raise context.after(events) from None
             raise
         except httptools.HttpParserError as exc:
-            raise ProtocolError(400, str(exc)).after(events) from None
-        if self._in_head:
-            # A head still incomplete after this read: bound what llhttp buffers for us.
+            # llhttp's one error for a well-formed "HTTP/d.d" it does not know (malformed ones differ).
+            status = 505 if str(exc) == "Invalid HTTP version" else 400
+            raise ProtocolError(status, str(exc)).after(events) from None
+        if self._in_head and not self._completed:
+            # A head still incomplete after this read: bound what llhttp buffers for us. When a message
+            # completed in this read, only the next head's URL and whole header lines (counted by the
+            # callbacks) are known to be its; the rest of its bytes are bounded by this one read.
             self._head_size += len(data)
             if self._head_size > self._max_head:
                 raise ProtocolError(431, "request headers too large").after(events)

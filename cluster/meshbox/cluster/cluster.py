@@ -23,8 +23,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from meshbox.ctl.local import host
-from meshbox.ctl.local.addressing import (
+from meshbox.cluster import host
+from meshbox.cluster.addressing import (
     RESOLV_CONF,
     AddressError,
     check_cluster_ip,
@@ -36,10 +36,10 @@ from meshbox.ctl.local.addressing import (
     pod_netns,
     service_chain,
 )
-from meshbox.ctl.local.host import HostError, ProcessRef
-from meshbox.ctl.local.images import ImageError, Launch, bin_dir, launch_for
-from meshbox.ctl.local.netplan import ServicePort, node_commands, node_rules, pod_commands
-from meshbox.ctl.local.objects import (
+from meshbox.cluster.host import HostError, ProcessRef
+from meshbox.cluster.images import ImageError, Launch, bin_dir, launch_for
+from meshbox.cluster.netplan import ServicePort, node_commands, node_rules, pod_commands
+from meshbox.cluster.objects import (
     ManifestError,
     Obj,
     Resource,
@@ -49,7 +49,7 @@ from meshbox.ctl.local.objects import (
     service_endpoints,
     template_hash,
 )
-from meshbox.ctl.local.state import StateDir, default_state_dir, empty_state, write_atomically
+from meshbox.cluster.state import StateDir, default_state_dir, empty_state, write_atomically
 
 NETNS_ETC = Path("/etc/netns")
 DISCOVERY_GRPC_PORT = 15010

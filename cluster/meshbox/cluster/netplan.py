@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meshbox.ctl.local.addressing import BRIDGE, NODE_IP, POD_CIDR, SERVICE_CIDR, host_veth
+from meshbox.cluster.addressing import BRIDGE, NODE_IP, POD_CIDR, SERVICE_CIDR, host_veth
 
 Argv = list[str]
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshbox.ctl.local.echo_response import EchoRequest, host_part, merged_headers, render_body
-from meshbox.ctl.local.echoserver import start
+from meshbox.cluster.echo_response import EchoRequest, host_part, merged_headers, render_body
+from meshbox.cluster.echoserver import start
 
 ACCESS_LOG: list[str] = []
 TUTORIAL_BODY = """CLIENT VALUES:
@@ -131,7 +131,7 @@ def test_garbage_gets_400_and_server_keeps_serving(server_port: int) -> None:
 
 
 def test_cli_rejects_bad_port() -> None:
-    result = subprocess.run([sys.executable, "-m", "meshbox.ctl.local.echoserver", "--port", "70000"],
+    result = subprocess.run([sys.executable, "-m", "meshbox.cluster.echoserver", "--port", "70000"],
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     assert "--port must be 1-65535" in result.stderr

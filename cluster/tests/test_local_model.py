@@ -1,12 +1,10 @@
-"""The local cluster's pure parts: manifests, addresses, NAT rules, hosts files, kubectl-like output."""
+"""The local cluster's pure parts: manifests, addresses, NAT rules, hosts files."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from meshbox.ctl.local.addressing import (
+from meshbox.cluster.addressing import (
     AddressError,
     check_cluster_ip,
     check_prefix,
@@ -15,9 +13,9 @@ from meshbox.ctl.local.addressing import (
     next_pod_ip,
     service_chain,
 )
-from meshbox.ctl.local.images import ImageError, launch_for
-from meshbox.ctl.local.netplan import ServicePort, node_rules
-from meshbox.ctl.local.objects import (
+from meshbox.cluster.images import ImageError, launch_for
+from meshbox.cluster.netplan import ServicePort, node_rules
+from meshbox.cluster.objects import (
     ManifestError,
     container_env,
     parse_label_selector,
@@ -25,7 +23,6 @@ from meshbox.ctl.local.objects import (
     pod_from_deployment,
     service_endpoints,
 )
-from meshbox.ctl.local.views import OutputError, age, jsonpath, table
 
 SERVICE = """apiVersion: v1
 kind: Service
@@ -154,23 +151,6 @@ def test_node_rules_spread_and_reject() -> None:
     assert "-A MBX-SERVICES -d 10.96.0.17/32 -p tcp --dport 80" in text
     assert "--reject-with tcp-reset" in text
     assert all('--comment "meshbox local:' in line for line in text.splitlines() if line.startswith("-A"))
-
-
-def test_views() -> None:
-    obj = {"items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}]}
-    assert jsonpath(obj, "{.items[0].metadata.name}") == "a"
-    assert jsonpath(obj, "{.items[*].metadata.name}") == "a b"
-    assert jsonpath(obj, "name={.items[-1].metadata.name}\n") == "name=b\n"
-    assert jsonpath(obj, '{.items[0].metadata.name}{"\\n"}{.items[1].metadata}') == 'a\n{"name": "b"}'
-    with pytest.raises(OutputError, match="not found"):
-        jsonpath(obj, "{.items[5].metadata.name}")
-    with pytest.raises(OutputError, match="cannot parse"):
-        jsonpath(obj, "{.items[?(@.x)]}")
-    assert table(["NAME", "READY"], [["pod-a", "2/2"]]) == "NAME    READY\npod-a   2/2\n"
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert age("2026-01-01T11:59:15Z", now) == "45s"
-    assert age("2026-01-01T11:50:00Z", now) == "10m"
-    assert age("2025-12-25T12:00:00Z", now) == "7d"
 
 
 def test_label_selector() -> None:

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import click
 
-from meshbox.ctl.local.cluster import ClusterError, LocalCluster
-from meshbox.ctl.local.host import HostError
-from meshbox.ctl.local.objects import ManifestError, Obj, parse_label_selector, parse_manifests
-from meshbox.ctl.local.state import DEFAULT_STATE_DIR, STATE_ENV, StateError
-from meshbox.ctl.local.views import OutputError, age, as_list, render, service_ports, table
+from meshbox.cluster.cluster import ClusterError, LocalCluster
+from meshbox.cluster.host import HostError
+from meshbox.cluster.objects import ManifestError, Obj, parse_label_selector, parse_manifests
+from meshbox.cluster.state import DEFAULT_STATE_DIR, STATE_ENV, StateError
+from meshbox.ctl.views import OutputError, age, as_list, render, service_ports, table
 
 F = TypeVar("F", bound=Callable[..., Any])
 KINDS = {

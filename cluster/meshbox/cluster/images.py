@@ -64,7 +64,7 @@ def launch_for(container: dict[str, Any], *, init: bool) -> Launch:
     repo = _repository(image)
     if image in ECHOSERVER_IMAGES and not command:
         uid, gid = _user(container, 0)
-        echo = [sys.executable, "-m", "meshbox.ctl.local.echoserver", "--port", str(_echo_port(container))]
+        echo = [sys.executable, "-m", "meshbox.cluster.echoserver", "--port", str(_echo_port(container))]
         return Launch(echo, uid, gid)
     if repo == "init" and "/" in image and init:
         uid, gid = _user(container, 0)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rule, plain_data
-from meshbox.ctl.local.addressing import AddressError, check_dns_label
+from meshbox.cluster.addressing import AddressError, check_dns_label
 
 SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule")
 Obj = dict[str, Any]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import need  # type: ignore[import-not-found]
-from meshbox.ctl.local.host import ProcessRef, alive
+from meshbox.cluster.host import ProcessRef, alive
 
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
 APPS = """apiVersion: v1

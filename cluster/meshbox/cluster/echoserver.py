@@ -1,6 +1,6 @@
 """meshbox's echoserver: serves echoserver:1.4's answer (see echo_response) over asyncio + h11.
 
-Run as ``python -m meshbox.ctl.local.echoserver --port 8080``. One access log line per request
+Run as ``python -m meshbox.cluster.echoserver --port 8080``. One access log line per request
 on stdout, in nginx's combined format, as the image's nginx writes it.
 """
 
@@ -17,7 +17,7 @@ from email.utils import formatdate
 
 import h11
 
-from meshbox.ctl.local.echo_response import EchoRequest, render_body, response_headers
+from meshbox.cluster.echo_response import EchoRequest, render_body, response_headers
 
 READ_SIZE = 65536
 MAX_BODY = 16 * 1024 * 1024

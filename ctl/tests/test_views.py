@@ -1,0 +1,26 @@
+"""How `meshctl local get` prints objects: tables, ages and the JSONPath subset (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from meshbox.ctl.views import OutputError, age, jsonpath, table
+
+
+def test_views() -> None:
+    obj = {"items": [{"metadata": {"name": "a"}}, {"metadata": {"name": "b"}}]}
+    assert jsonpath(obj, "{.items[0].metadata.name}") == "a"
+    assert jsonpath(obj, "{.items[*].metadata.name}") == "a b"
+    assert jsonpath(obj, "name={.items[-1].metadata.name}\n") == "name=b\n"
+    assert jsonpath(obj, '{.items[0].metadata.name}{"\\n"}{.items[1].metadata}') == 'a\n{"name": "b"}'
+    with pytest.raises(OutputError, match="not found"):
+        jsonpath(obj, "{.items[5].metadata.name}")
+    with pytest.raises(OutputError, match="cannot parse"):
+        jsonpath(obj, "{.items[?(@.x)]}")
+    assert table(["NAME", "READY"], [["pod-a", "2/2"]]) == "NAME    READY\npod-a   2/2\n"
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert age("2026-01-01T11:59:15Z", now) == "45s"
+    assert age("2026-01-01T11:50:00Z", now) == "10m"
+    assert age("2025-12-25T12:00:00Z", now) == "7d"
