@@ -38,6 +38,7 @@ from meshbox.cluster.addressing import (
 )
 from meshbox.cluster.host import HostError, ProcessRef
 from meshbox.cluster.images import ImageError, Launch, bin_dir, launch_for
+from meshbox.cluster.metrics_scraper import MetricsScraper, ScraperError
 from meshbox.cluster.netplan import ServicePort, node_commands, node_rules, pod_commands
 from meshbox.cluster.objects import (
     ManifestError,
@@ -145,8 +146,8 @@ class LocalCluster:
 
     # ---- up / down ----
 
-    def up(self, prefix: str = "mbx", *, discovery: bool = True) -> list[str]:
-        """Make the node namespace (bridge, Service NAT) and start the discovery server."""
+    def up(self, prefix: str = "mbx", *, discovery: bool = True, prometheus: bool = True) -> list[str]:
+        """Make the node namespace (bridge, Service NAT) and start the discovery server and Prometheus."""
         try:
             check_prefix(prefix)
         except AddressError as exc:
@@ -174,7 +175,9 @@ class LocalCluster:
                 self._sync_network(state)
                 if discovery:
                     self._start_discovery(state)
-            except (HostError, ClusterError) as exc:
+                if prometheus:
+                    self._start_scraper(state)
+            except (HostError, ClusterError, ScraperError) as exc:
                 self._teardown(state)
                 raise ClusterError(f"local cluster not started, everything made was removed: {exc}") from None
         return [*notes, f"local cluster {prefix!r} is up: node namespace {node}, state in {self.dir.root}"]
@@ -244,6 +247,18 @@ class LocalCluster:
                 return
             time.sleep(0.2)
         raise ClusterError(f"meshbox-discovery not ready after 20s; its log ({log}):\n{_tail(log)}")
+
+    def scraper(self, prefix: str) -> MetricsScraper:
+        """The cluster's Prometheus (docs/observability.md)."""
+        return MetricsScraper(self.dir.root, node_netns(prefix))
+
+    def _start_scraper(self, state: Obj) -> None:
+        scraper = self.scraper(state["prefix"])
+        self._record(state, {"type": "path", "path": str(scraper.dir)})
+        refs = scraper.start(state["pods"].values(), DISCOVERY_HTTP_PORT)
+        for ref in refs:
+            self._record(state, {"type": "process", **ref.to_json()})
+        scraper.wait_ready(refs)
 
     # ---- apply / delete ----
 
@@ -522,6 +537,7 @@ class LocalCluster:
         for rec in state["pods"].values():
             if (NETNS_ETC / rec["netns"]).is_dir():
                 self._write_hosts(state, rec)
+        self.scraper(state["prefix"]).write_targets(state["pods"].values())
 
     # ---- reading ----
 

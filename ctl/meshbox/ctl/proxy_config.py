@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from meshbox.ctl.local.views import table, to_yaml
 from meshbox.ctl.mesh_access import AccessError, MeshAccess
+from meshbox.ctl.views import table, to_yaml
 
 SECTIONS = {"listeners": "listeners", "routes": "route_configs", "clusters": "clusters", "endpoints": "endpoints"}
 MAX_DOMAINS = 3

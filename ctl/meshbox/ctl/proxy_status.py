@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from meshbox.ctl.local.views import table, to_yaml
 from meshbox.ctl.mesh_access import AccessError, MeshAccess
+from meshbox.ctl.views import table, to_yaml
 
 # discovery's type names, in the column order istioctl uses.
 TYPES = (("CLUSTERS", "Cluster"), ("ENDPOINTS", "ClusterLoadAssignment"), ("LISTENERS", "Listener"),

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 
 import click
 
+from meshbox.cluster.state import DEFAULT_STATE_DIR, STATE_ENV
 from meshbox.ctl.dashboard import app
 from meshbox.ctl.dashboard.prometheus_api import Prometheus, PrometheusError
+from meshbox.ctl.local_access import local_prometheus
 
 
 async def _serve(address: str, port: int) -> None:
@@ -44,13 +47,15 @@ def serve(address: str, port: int) -> None:
               help="Port on 127.0.0.1 (0: a free one).")
 @click.option("--prometheus", "address", metavar="URL",
               help="Prometheus to read: http(s)://HOST:PORT, or unix:PATH. Default: the local cluster's.")
-def dashboard(port: int, address: str | None) -> None:
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help=f"The local cluster's state, for its Prometheus [${STATE_ENV}, else {DEFAULT_STATE_DIR}].")
+def dashboard(port: int, address: str | None, state_dir: Path | None) -> None:
     """Serve the live service graph and per-workload golden signals on 127.0.0.1.
 
     Reads Istio's standard request metrics from Prometheus with PromQL; prints the page's URL.
     JSON API: GET /api/graph?window=1m, GET /api/workload?id=NS/WORKLOAD.
     """
     if address is None:
-        raise click.UsageError("give --prometheus URL")
+        address = local_prometheus(state_dir)
     with contextlib.suppress(KeyboardInterrupt):
         serve(address, port)

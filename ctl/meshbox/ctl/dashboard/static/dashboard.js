@@ -74,8 +74,10 @@ function drawGraph(data) {
   const pos = layout(data.nodes, data.edges);
   let width = 0, height = 0;
   for (const p of pos.values()) { width = Math.max(width, p.x + NODE_W + MARGIN); height = Math.max(height, p.y + NODE_H + MARGIN); }
-  svg.setAttribute("viewBox", `0 0 ${Math.max(width, 600)} ${Math.max(height, 200)}`);
-  svg.style.height = `${Math.max(height, 200)}px`;
+  width = Math.max(width, 600); height = Math.max(height, 150);
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
   for (const e of data.edges) {
     const a = pos.get(e.source), b = pos.get(e.destination);
     const g = el("g", { class: `edge ${edgeClass(e.error_rate)}`, "data-edge": `${e.source}->${e.destination}` }, svg);
@@ -86,9 +88,9 @@ function drawGraph(data) {
       : `M ${x1} ${y1} C ${x1 + 60} ${y1}, ${x2 - 60} ${y2}, ${x2} ${y2}`;
     el("path", { d, "marker-end": "url(#arrow)" }, g);
     const mx = back ? (a.x + b.x) / 2 + NODE_W / 2 : (x1 + x2) / 2, my = back ? Math.max(a.y, b.y) + NODE_H + 50 : (y1 + y2) / 2;
-    const top = el("text", { x: mx, y: my - 8, class: "edge-rate" }, g);
+    const top = el("text", { x: mx, y: my - 10, class: "edge-rate" }, g);
     top.textContent = `${fmt(e.rps, 2)} rps · ${fmt(e.error_rate * 100, 1)}% 5xx`;
-    const bottom = el("text", { x: mx, y: my + 8, class: "edge-latency" }, g);
+    const bottom = el("text", { x: mx, y: my + 20, class: "edge-latency" }, g);
     bottom.textContent = `p50 ${fmt(e.p50_ms, 1)} ms · p99 ${fmt(e.p99_ms, 1)} ms`;
   }
   for (const n of data.nodes) {
@@ -118,8 +120,10 @@ function drawChart(parent, title, lines, unit) {
     const vmax = Math.max(...points.map((p) => p[1]), 1e-9);
     lines.forEach((line, i) => {
       const coords = line.points.filter((p) => p[1] !== null).map((p) =>
-        `${(5 + 290 * (p[0] - t0) / Math.max(t1 - t0, 1)).toFixed(1)},${(110 - 100 * p[1] / vmax).toFixed(1)}`);
-      el("polyline", { points: coords.join(" "), class: `s${i}` }, svg);
+        [5 + 290 * (p[0] - t0) / Math.max(t1 - t0, 1), 110 - 100 * p[1] / vmax]);
+      el("polyline", { points: coords.map((c) => `${c[0].toFixed(1)},${c[1].toFixed(1)}`).join(" "), class: `s${i}` }, svg);
+      // Dots too: the first minutes of a workload have a point or two, which a line alone would not show.
+      for (const c of coords) el("circle", { cx: c[0].toFixed(1), cy: c[1].toFixed(1), r: 1.8, class: `s${i}` }, svg);
     });
     el("text", { x: 4, y: 12 }, svg).textContent = `max ${fmt(vmax, 2)} ${unit}`;
     if (lines.length > 1) el("text", { x: 200, y: 12 }, svg).textContent = lines.map((l) => l.name).join(" / ");
