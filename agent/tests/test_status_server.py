@@ -14,6 +14,8 @@ def test_routes_name_the_endpoint_or_the_error() -> None:
     assert route("GET", "/healthz/ready") == "ready"
     assert route("HEAD", "/healthz/ready?x=1") == "ready"
     assert route("POST", "/quitquitquit") == "quit"
+    assert route("GET", "/stats/prometheus") == "metrics"
+    assert route("POST", "/stats/prometheus") == Answer(405, "/stats/prometheus takes GET, not POST", allow="GET")
     assert route("GET", "/quitquitquit") == Answer(405, "/quitquitquit takes POST, not GET", allow="POST")
     assert route("POST", "/healthz/ready") == Answer(405, "/healthz/ready takes GET, not POST", allow="GET")
     missing = route("GET", "/nope")

@@ -27,6 +27,7 @@ from meshbox.cluster.containers import BASE_ENV, run_init, start_container, star
 from meshbox.cluster.executor import NETNS_ETC, NetworkExecutor
 from meshbox.cluster.host import HostError, ProcessRef
 from meshbox.cluster.images import bin_dir, is_agent, launch_for
+from meshbox.cluster.metrics_scraper import MetricsScraper, ScraperError
 from meshbox.cluster.model import ClusterState, Obj, PodRecord
 from meshbox.cluster.netplan import ServicePort
 from meshbox.cluster.state import StateDir, default_state_dir
@@ -113,8 +114,9 @@ class LocalCluster:
 
     # ---- up / down ----
 
-    def up(self, prefix: str = "mbx", *, discovery: bool = True) -> list[str]:
-        """Make the node namespace (bridge, Service NAT), start the kubelet and the discovery server."""
+    def up(self, prefix: str = "mbx", *, discovery: bool = True, prometheus: bool = True) -> list[str]:
+        """Make the node namespace (bridge, Service NAT), start the kubelet, the discovery server and
+        Prometheus."""
         try:
             check_prefix(prefix)
         except AddressError as exc:
@@ -141,7 +143,9 @@ class LocalCluster:
                 if discovery:
                     self._start_discovery(state)
                 self._start_kubelet(state)
-            except (HostError, ClusterError) as exc:
+                if prometheus:
+                    self._start_scraper(state)
+            except (HostError, ClusterError, ScraperError) as exc:
                 self._teardown(state)
                 raise ClusterError(f"local cluster not started, everything made was removed: {exc}") from None
         return [*notes, f"local cluster {prefix!r} is up: node namespace {net.node}, state in {self.dir.root}"]
@@ -226,6 +230,18 @@ class LocalCluster:
             self.forget(state, {"type": "process", **state.kubelet.to_json()})
         state.kubelet = ref
         self.record_process(state, ref)
+
+    def scraper(self, prefix: str) -> MetricsScraper:
+        """The cluster's Prometheus (docs/observability.md)."""
+        return MetricsScraper(self.dir.root, NetworkExecutor(prefix).node)
+
+    def _start_scraper(self, state: ClusterState) -> None:
+        scraper = self.scraper(state.prefix)
+        self.record(state, {"type": "path", "path": str(scraper.dir)})
+        refs = scraper.start(state.pods.values(), DISCOVERY_HTTP_PORT)
+        for ref in refs:
+            self.record_process(state, ref)
+        scraper.wait_ready(refs)
 
     def ensure_kubelet(self) -> None:
         """Start the kubelet again if it is gone (a cluster made by an older meshctl, or a crash)."""
@@ -351,3 +367,4 @@ class LocalCluster:
         names = self._service_names(state)
         for rec in state.pods.values():
             net.write_names(rec.netns, rec.name, rec.ip, rec.namespace, names)
+        self.scraper(state.prefix).write_targets(state.pods.values())
