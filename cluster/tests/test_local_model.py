@@ -57,7 +57,8 @@ def test_manifest_objects_and_namespace_default() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "'ConfigMap' is not supported by the local cluster "
-                                                              "(supported: Service, Deployment, Pod, RouteRule)"),
+                                                              "(supported: Service, Deployment, Pod, RouteRule, "
+                                                              "VirtualService, DestinationRule, ServiceEntry)"),
     ("kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 70000}]}\n", "spec.ports[0].port: expected a port"),
     ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n",
      "Service default/Bad_Name: metadata.name: Invalid value: 'Bad_Name'"),
@@ -83,6 +84,37 @@ def test_bad_route_rule_is_refused_with_its_field() -> None:
             "spec: {destination: web, route: [{labels: {version: v1}, weight: 30}]}\n")
     with pytest.raises(ManifestError, match="weight"):
         parse_manifests(rule, "rule.yaml")
+
+
+ISTIO_ROUTING = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: web, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}]
+"""
+
+
+def test_istio_objects_are_taken_and_unimplemented_fields_refused() -> None:
+    resources = parse_manifests(ISTIO_ROUTING, "istio.yaml")
+    assert [(r.kind, r.key) for r in resources] == [("VirtualService", "default/web"),
+                                                    ("DestinationRule", "default/web")]
+    with pytest.raises(ManifestError) as info:
+        parse_manifests(ISTIO_ROUTING.replace("  subsets:", "  trafficPolicy: {outlierDetection: {interval: 1s}}\n"
+                                                            "  subsets:"), "istio.yaml")
+    assert str(info.value) == ("istio.yaml (document 2): DestinationRule default/web: spec.trafficPolicy."
+                               "outlierDetection: not implemented by meshbox's proxy yet [MB0105]")
+    with pytest.raises(ManifestError) as info:
+        parse_manifests(ISTIO_ROUTING.replace("networking.istio.io/v1\n", "networking.istio.io/v2\n"), "istio.yaml")
+    assert "apiVersion: 'networking.istio.io/v2' is not networking.istio.io/v1, " in str(info.value)
 
 
 def test_deployment_pods_and_env() -> None:

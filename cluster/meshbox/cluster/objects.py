@@ -1,6 +1,8 @@
 """Kubernetes-shaped objects the local cluster accepts, checked before anything is made (pure).
 
-Supported kinds: Service, Deployment (apps/v1 or extensions/v1beta1), Pod and RouteRule. Every
+Supported kinds: Service, Deployment (apps/v1 or extensions/v1beta1), Pod, RouteRule and Istio's
+VirtualService, DestinationRule and ServiceEntry (networking.istio.io; fields meshbox does not
+implement are refused here, as discovery refuses them). Every
 check runs on the whole input first, so a bad document leaves the cluster exactly as it was.
 Services and pod labels/ports are read by meshbox.api.kube, the parser discovery uses, so an
 object the cluster takes is one discovery reads the same way; errors name the document, the
@@ -12,16 +14,24 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshbox.api.istio.destination_rule import translate_destination_rule
+from meshbox.api.istio.findings import Finding, has_errors
+from meshbox.api.istio.objects import GROUP, VERSIONS, is_istio_networking
+from meshbox.api.istio.service_entry import translate_service_entry
+from meshbox.api.istio.virtual_service import translate_virtual_service
 from meshbox.api.kube.endpoints import matches
 from meshbox.api.kube.names import POD_TEMPLATE_HASH_LABEL, is_dns_label
 from meshbox.api.kube.objects import FieldReader, ObjectError, object_label, parse_pod, parse_service
 from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rule, plain_data
 
-SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule")
+ISTIO_TRANSLATORS: dict[str, Callable[..., tuple[Any, list[Finding]]]] = {
+    "VirtualService": translate_virtual_service, "DestinationRule": translate_destination_rule,
+    "ServiceEntry": translate_service_entry}
+SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule", *ISTIO_TRANSLATORS)
 MAX_REPLICAS = 20  # the local cluster's limit: each pod is a namespace and several processes
 Obj = dict[str, Any]
 
@@ -157,6 +167,8 @@ def resource_from(doc: Any, source: str) -> Resource:
         elif kind == "Pod":
             _check_pod_spec(r, body.get("spec"), "spec")
             _pod_facts(r, meta, body.get("spec"), source, "")
+        elif kind in ISTIO_TRANSLATORS:
+            _check_istio(body, source)
         else:
             try:
                 parse_route_rule(doc, source=source)
@@ -166,6 +178,16 @@ def resource_from(doc: Any, source: str) -> Resource:
         raise ManifestError(str(exc)) from None
     body["metadata"]["namespace"] = namespace
     return Resource(str(kind), str(name), str(namespace), body)
+
+
+def _check_istio(body: Obj, source: str) -> None:
+    """An Istio networking object meshbox can serve whole: its errors, one line each, else nothing."""
+    if not is_istio_networking(body):
+        raise ManifestError(f"{source}: {object_label(body)}: apiVersion: {body.get('apiVersion')!r} is not "
+                            f"{', '.join(f'{GROUP}/{v}' for v in VERSIONS)}")
+    _, findings = ISTIO_TRANSLATORS[str(body["kind"])](body, source=source)
+    if has_errors(findings):
+        raise ManifestError("\n".join(str(f) for f in findings if f.severity == "error"))
 
 
 def parse_manifests(text: str, source: str) -> list[Resource]:

@@ -18,6 +18,7 @@ from meshbox.cluster.containers import container_ready
 from meshbox.cluster.images import ImageError, launch_for
 from meshbox.cluster.model import ClusterState, DeploymentRecord, Obj, ServiceRecord
 from meshbox.cluster.objects import (
+    ISTIO_TRANSLATORS,
     MAX_REPLICAS,
     ManifestError,
     Resource,
@@ -28,7 +29,8 @@ from meshbox.cluster.objects import (
 
 DEPLOYMENT_NAME_MAX = 46  # leaves room for -<10 hex>-<5 chars> within 63
 ROLLOUT_READY_TIMEOUT = 60.0  # seconds new pods get to become ready before a rollout stops
-ORDER = {"Service": 0, "RouteRule": 1, "Deployment": 2, "Pod": 3}
+ORDER = {"Service": 0, "ServiceEntry": 1, "DestinationRule": 1, "VirtualService": 1, "RouteRule": 1,
+         "Deployment": 2, "Pod": 3}
 
 
 def _same(a: Obj, b: Obj, *ignored: str) -> bool:
@@ -91,13 +93,15 @@ def _place_service(cluster: LocalCluster, state: ClusterState, res: Resource) ->
 
 
 def _apply_rule(cluster: LocalCluster, state: ClusterState, res: Resource) -> str:
-    old = state.rules.get(res.key)
+    """A RouteRule or an Istio object: recorded and written to the registry for discovery."""
+    table = _table(state, res.kind)
+    old = table.get(res.key)
     if old is not None and _same(old, res.body):
         return "unchanged"
     body = copy.deepcopy(res.body)
     body["metadata"]["creationTimestamp"] = (old or body)["metadata"].get("creationTimestamp") or now_text()
-    state.rules[res.key] = body
-    cluster.dir.write_registry(registry_name("RouteRule", res.namespace, res.name), yaml_text(body))
+    table[res.key] = body
+    cluster.dir.write_registry(registry_name(res.kind, res.namespace, res.name), yaml_text(body))
     return "configured" if old else "created"
 
 
@@ -209,6 +213,8 @@ def apply(cluster: LocalCluster, resources: list[Resource]) -> tuple[list[str], 
                 cluster.sync(state)
             elif res.kind == "RouteRule":
                 lines.append(f"routerule.routing.meshbox.io/{res.name} {_apply_rule(cluster, state, res)}")
+            elif res.kind in ISTIO_TRANSLATORS:
+                lines.append(f"{res.kind.lower()}.networking.istio.io/{res.name} {_apply_rule(cluster, state, res)}")
             elif res.kind == "Deployment":
                 lines.append(f"deployment.apps/{res.name} {_apply_deployment(cluster, state, res, errors)}")
             else:
@@ -242,7 +248,7 @@ def scale(cluster: LocalCluster, namespace: str, name: str, replicas: int) -> st
 def _table(state: ClusterState, kind: str) -> dict[str, Any]:
     tables: dict[str, dict[str, Any]] = {"Service": state.services, "Deployment": state.deployments,
                                          "Pod": state.pods, "RouteRule": state.rules}
-    return tables[kind]
+    return tables[kind] if kind in tables else state.istio.setdefault(kind, {})
 
 
 def delete(cluster: LocalCluster, resources: list[Resource]) -> tuple[list[str], list[str]]:

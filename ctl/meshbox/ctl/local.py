@@ -127,7 +127,8 @@ def _resources(filename: str, namespace: str | None) -> list[Any]:
 @click.pass_context
 @_friendly_errors
 def apply(ctx: click.Context, filename: str, namespace: str | None) -> None:
-    """Create or update Services, Deployments, Pods and RouteRules; start their pods.
+    """Create or update Services, Deployments, Pods, RouteRules and Istio VirtualServices,
+    DestinationRules and ServiceEntries; start their pods.
 
     Every document is checked first: on any error nothing is applied.
     """

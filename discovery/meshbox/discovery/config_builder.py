@@ -10,23 +10,23 @@ from __future__ import annotations
 
 from meshbox.api.kube.endpoints import port_endpoints, resolve_target, selects
 from meshbox.api.kube.objects import Pod, Service, ServicePort
+from meshbox.api.protocols import is_http_port
 from meshbox.api.v1 import discovery_pb2
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import validate_proxy_config
 from meshbox.api.workload import app_name, workload_name
 from meshbox.discovery.registry import Registry
-from meshbox.discovery.route_rules import build_port_routes, cluster_name, ordered_rules, targets
+from meshbox.discovery.route_rules import build_port_routes, cluster_for, cluster_name, ordered_rules, targets
 
 LOCALHOST = "127.0.0.1"
 
 
-def is_http_port(name: str) -> bool:
-    """Service ports named http*/grpc* are routed at L7, the rest proxied at L4."""
-    return name.startswith(("http", "grpc"))
 
 
 def service_domains(service: Service, port: int, *, same_namespace: bool) -> list[str]:
     """Host header values of a service's virtual host; the bare name only from its own namespace."""
+    if service.hosts:
+        return [d for n in (*dict.fromkeys(service.hosts), service.cluster_ip) for d in (n, f"{n}:{port}")]
     names = [f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc", service.fqdn,
              service.cluster_ip]
     if same_namespace:
@@ -113,14 +113,15 @@ class ConfigBuilder:
                 bound.add((service.cluster_ip, port.port))
                 name = cluster_name("outbound", port.port, "", service.fqdn)
                 endpoints = endpoints_for(self.registry, service, port)
-                config.clusters.append(pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=service.fqdn))
+                policy = self.registry.destination_policies.get(service.fqdn)
+                config.clusters.append(cluster_for(name, service.fqdn, policy.policy if policy else None))
                 config.endpoints.append(pc.ClusterLoadAssignment(cluster_name=name, endpoints=endpoints))
                 listener = pc.Listener(name=f"{service.cluster_ip}_{port.port}", direction=pc.OUTBOUND,
                                        address=service.cluster_ip, port=port.port)
                 if is_http_port(port.name):
                     listener.protocol = pc.HTTP
                     listener.route_config = str(port.port)
-                    routes = build_port_routes(service, port.port, rules, endpoints)
+                    routes = build_port_routes(service, port.port, rules, endpoints, policy)
                     config.clusters.extend(routes.subset_clusters)
                     config.endpoints.extend(routes.subset_endpoints)
                     rc = route_configs.setdefault(port.port, pc.RouteConfiguration(name=str(port.port)))

@@ -42,10 +42,12 @@ class Service:
     cluster_ip: str
     selector: Mapping[str, str]
     ports: tuple[ServicePort, ...]
+    # A ServiceEntry's host names (its FQDN first, then the name as written); empty for a Service.
+    hosts: tuple[str, ...] = ()
 
     @property
     def fqdn(self) -> str:
-        return service_fqdn(self.name, self.namespace)
+        return self.hosts[0] if self.hosts else service_fqdn(self.name, self.namespace)
 
 
 @dataclass(frozen=True)
