@@ -10,9 +10,12 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -141,3 +144,126 @@ def uid1337_python(root: None) -> str:
                  str(python), "-c", "import meshbox.api", check=False)
     need(probe.returncode == 0, f"UID {PROXY_UID} cannot run {python}: {probe.stderr.strip()}")
     return str(python)
+
+
+class Pki:
+    """Test certificates made with `cryptography`: roots, leaves with any SANs, validity and signer.
+
+    ``leaf(..., signer=other_root)`` signs with another key (a wrongly signed certificate when
+    ``issuer_name`` still names the real root: a forgery).
+    """
+
+    def __init__(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.x509, self.hashes, self.serialization, self.ec, self.NameOID = x509, hashes, serialization, ec, NameOID
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.delta = datetime.timedelta
+
+    def key(self):  # type: ignore[no-untyped-def]
+        return self.ec.generate_private_key(self.ec.SECP256R1())
+
+    def key_pem(self, key) -> bytes:  # type: ignore[no-untyped-def]
+        s = self.serialization
+        return key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption())
+
+    def pem(self, cert) -> bytes:  # type: ignore[no-untyped-def]
+        return cert.public_bytes(self.serialization.Encoding.PEM)
+
+    def name(self, cn: str):  # type: ignore[no-untyped-def]
+        return self.x509.Name([self.x509.NameAttribute(self.NameOID.COMMON_NAME, cn)])
+
+    def root(self, cn: str = "test root"):  # type: ignore[no-untyped-def]
+        """(certificate, key) of a self-signed CA."""
+        key = self.key()
+        x = self.x509
+        cert = (x.CertificateBuilder().subject_name(self.name(cn)).issuer_name(self.name(cn))
+                .public_key(key.public_key()).serial_number(x.random_serial_number())
+                .not_valid_before(self.now - self.delta(hours=1)).not_valid_after(self.now + self.delta(days=30))
+                .add_extension(x.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                          key_agreement=False, encipher_only=False, decipher_only=False),
+                               critical=True)
+                .sign(key, self.hashes.SHA256()))
+        return cert, key
+
+    def leaf(self, issuer_cert, signer_key, *, uris: tuple[str, ...] = (), dns: tuple[str, ...] = (),  # type: ignore[no-untyped-def]
+             ips: tuple[str, ...] = (), key=None, not_before=None, not_after=None):
+        """(certificate, key) of an end-entity certificate naming ``issuer_cert`` as issuer."""
+        import ipaddress
+
+        key = key or self.key()
+        x = self.x509
+        sans = [x.UniformResourceIdentifier(u) for u in uris] + [x.DNSName(d) for d in dns]
+        sans += [x.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        builder = (x.CertificateBuilder().subject_name(self.name("leaf")).issuer_name(issuer_cert.subject)
+                   .public_key(key.public_key()).serial_number(x.random_serial_number())
+                   .not_valid_before(not_before or self.now - self.delta(minutes=5))
+                   .not_valid_after(not_after or self.now + self.delta(hours=2))
+                   .add_extension(x.BasicConstraints(ca=False, path_length=None), critical=True))
+        if sans:
+            builder = builder.add_extension(x.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(signer_key, self.hashes.SHA256()), key
+
+    def csr(self, key=None, *, uris: tuple[str, ...] = (), dns: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+        """(CSR PEM text, key)."""
+        key = key or self.key()
+        x = self.x509
+        builder = x.CertificateSigningRequestBuilder().subject_name(self.name("workload"))
+        sans = [x.UniformResourceIdentifier(u) for u in uris] + [x.DNSName(d) for d in dns]
+        if sans:
+            builder = builder.add_extension(x.SubjectAlternativeName(sans), critical=False)
+        csr = builder.sign(key, self.hashes.SHA256())
+        return csr.public_bytes(self.serialization.Encoding.PEM).decode(), key
+
+
+@dataclass
+class PrometheusRun:
+    """A real Prometheus (Debian's package) started by a test, on a free loopback port; stopped by PID."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_prometheus(workdir: Path, config: str, timeout: float = 30.0) -> PrometheusRun:
+    """Start ``prometheus`` with ``config`` (YAML text) and wait until it is ready; needs the binary."""
+    binary = shutil.which("prometheus")
+    need(binary is not None, "needs Debian's prometheus package (make bootstrap installs it)")
+    assert binary is not None
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prometheus.yml").write_text(config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = workdir / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--log.level=warn"], stdout=out, stderr=subprocess.STDOUT)
+    run = PrometheusRun(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{run.url}/-/ready", timeout=1) as reply:
+            if reply.status == 200:
+                return run
+        time.sleep(0.1)
+    run.stop()
+    raise RuntimeError(f"prometheus not ready within {timeout}s: {log.read_text(errors='replace')[-2000:]}")

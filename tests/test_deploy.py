@@ -78,7 +78,7 @@ def test_the_validator_rejects_a_broken_object() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_rbac_is_read_only_on_exactly_what_discovery_watches() -> None:
+def test_rbac_is_exactly_what_discovery_watches_and_token_reviews() -> None:
     objects = rendered()
     roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
     assert [r["metadata"]["name"] for r in roles] == ["meshbox-discovery"]
@@ -89,8 +89,10 @@ def test_rbac_is_read_only_on_exactly_what_discovery_watches() -> None:
                                                ("routing.meshbox.io", "routerules"),
                                                ("networking.istio.io", "virtualservices"),
                                                ("networking.istio.io", "destinationrules"),
-                                               ("networking.istio.io", "serviceentries")]
-                       for v in ("get", "list", "watch")}
+                                               ("networking.istio.io", "serviceentries"),
+                                               ("security.istio.io", "peerauthentications"),
+                                               ("security.istio.io", "authorizationpolicies")]
+                       for v in ("get", "list", "watch")} | {("authentication.k8s.io", "tokenreviews", "create")}
     binding = by_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshbox-discovery",
                                     "namespace": "meshbox-system"}]

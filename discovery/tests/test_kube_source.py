@@ -35,6 +35,8 @@ PATHS = {
     "EndpointSlice": ("/apis/discovery.k8s.io/v1/endpointslices", "discovery.k8s.io/v1"),
     "Pod": ("/api/v1/pods", "v1"),
     "RouteRule": ("/apis/routing.meshbox.io/v1alpha1/routerules", "routing.meshbox.io/v1alpha1"),
+    "PeerAuthentication": ("/apis/security.istio.io/v1/peerauthentications", "security.istio.io/v1"),
+    "AuthorizationPolicy": ("/apis/security.istio.io/v1/authorizationpolicies", "security.istio.io/v1"),
     "VirtualService": ("/apis/networking.istio.io/v1beta1/virtualservices", "networking.istio.io/v1beta1"),
     "DestinationRule": ("/apis/networking.istio.io/v1beta1/destinationrules", "networking.istio.io/v1beta1"),
     "ServiceEntry": ("/apis/networking.istio.io/v1beta1/serviceentries", "networking.istio.io/v1beta1"),
@@ -303,6 +305,39 @@ def test_list_watch_bookmark_410_and_dropped_watch() -> None:
             assert source.relists == 4
             # Everything else kept being served throughout.
             assert len(reg.route_rules) == 1 and any(len(e.addresses) == 2 for e in reg.endpoint_sets)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await fake.stop(runner)
+
+    asyncio.run(scenario())
+
+
+def test_istio_security_policies_are_watched() -> None:
+    """PeerAuthentications and AuthorizationPolicies come from security.istio.io/v1; one with a field
+    meshbox does not support is left out and reported with its name and field."""
+    async def scenario() -> None:
+        fake = FakeApiServer()
+        for obj in (service("service-one", "10.96.0.11"), pod("one-a", "service-one", "10.1.0.11", "v1")):
+            await fake.put(obj)
+        await fake.put({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                        "metadata": {"name": "default", "namespace": "meshbox-system"},
+                        "spec": {"mtls": {"mode": "STRICT"}}})
+        runner, url = await fake.start()
+        api = client.ApiClient(client.Configuration(host=url))
+        latest = Latest()
+        task = asyncio.create_task(KubernetesSource(api, latest, watch_timeout=30, retry_delay=0.05).run())
+        try:
+            first = await latest.until(lambda r: len(r.security_policies) == 1)
+            assert first.security_policies[0].name == "default"
+            await fake.put({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                            "metadata": {"name": "by-ip", "namespace": "default"},
+                            "spec": {"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"]}}]}]}})
+            reg = await latest.until(lambda r: len(r.errors) == 1)
+            assert "AuthorizationPolicy default/by-ip" in reg.errors[0]
+            assert "spec.rules[0].from[0].source.ipBlocks" in reg.errors[0]
+            assert len(reg.security_policies) == 1
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

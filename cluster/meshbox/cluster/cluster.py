@@ -21,12 +21,13 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 from meshbox.api.kube.endpoints import port_endpoints
-from meshbox.cluster import host
+from meshbox.cluster import host, workload_identity
 from meshbox.cluster.addressing import AddressError, check_prefix, next_pod_ip, pod_netns, service_chain
 from meshbox.cluster.containers import BASE_ENV, run_init, start_container, start_pause
 from meshbox.cluster.executor import NETNS_ETC, NetworkExecutor
 from meshbox.cluster.host import HostError, ProcessRef
-from meshbox.cluster.images import bin_dir
+from meshbox.cluster.images import bin_dir, is_agent, launch_for
+from meshbox.cluster.metrics_scraper import MetricsScraper, ScraperError
 from meshbox.cluster.model import ClusterState, Obj, PodRecord
 from meshbox.cluster.netplan import ServicePort
 from meshbox.cluster.state import StateDir, default_state_dir
@@ -113,8 +114,9 @@ class LocalCluster:
 
     # ---- up / down ----
 
-    def up(self, prefix: str = "mbx", *, discovery: bool = True) -> list[str]:
-        """Make the node namespace (bridge, Service NAT), start the kubelet and the discovery server."""
+    def up(self, prefix: str = "mbx", *, discovery: bool = True, prometheus: bool = True) -> list[str]:
+        """Make the node namespace (bridge, Service NAT), start the kubelet, the discovery server and
+        Prometheus."""
         try:
             check_prefix(prefix)
         except AddressError as exc:
@@ -141,7 +143,9 @@ class LocalCluster:
                 if discovery:
                     self._start_discovery(state)
                 self._start_kubelet(state)
-            except (HostError, ClusterError) as exc:
+                if prometheus:
+                    self._start_scraper(state)
+            except (HostError, ClusterError, ScraperError) as exc:
                 self._teardown(state)
                 raise ClusterError(f"local cluster not started, everything made was removed: {exc}") from None
         return [*notes, f"local cluster {prefix!r} is up: node namespace {net.node}, state in {self.dir.root}"]
@@ -201,8 +205,10 @@ class LocalCluster:
             raise ClusterError(f"meshbox-discovery is not installed next to meshctl ({binary})")
         node = NetworkExecutor(state.prefix).node
         log = self._node_log("discovery.log")
+        self.record(state, {"type": "path", "path": str(workload_identity.security_dir(self.dir.root))})
         ref = host.spawn(["ip", "netns", "exec", node, str(binary), "--registry-dir", str(self.dir.registry),
-                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT)],
+                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT),
+                          *workload_identity.discovery_args(self.dir.root)],
                          log=log, env=BASE_ENV)
         state.discovery = ref
         self.record_process(state, ref)
@@ -224,6 +230,18 @@ class LocalCluster:
             self.forget(state, {"type": "process", **state.kubelet.to_json()})
         state.kubelet = ref
         self.record_process(state, ref)
+
+    def scraper(self, prefix: str) -> MetricsScraper:
+        """The cluster's Prometheus (docs/observability.md)."""
+        return MetricsScraper(self.dir.root, NetworkExecutor(prefix).node)
+
+    def _start_scraper(self, state: ClusterState) -> None:
+        scraper = self.scraper(state.prefix)
+        self.record(state, {"type": "path", "path": str(scraper.dir)})
+        refs = scraper.start(state.pods.values(), DISCOVERY_HTTP_PORT)
+        for ref in refs:
+            self.record_process(state, ref)
+        scraper.wait_ready(refs)
 
     def ensure_kubelet(self) -> None:
         """Start the kubelet again if it is gone (a cluster made by an older meshctl, or a crash)."""
@@ -283,6 +301,17 @@ class LocalCluster:
                 self.dir.save(state)
                 return (f"pod {name}: init container {container['name']!r} failed (exit {code}); "
                         f"its log ({log}):\n{tail(log)}")
+        agents = [launch for c in rec.spec["containers"] if is_agent(launch := launch_for(c, init=False))]
+        if agents:
+            if not workload_identity.POD_SECRETS.exists():
+                self.record(state, {"type": "emptydir", "path": str(workload_identity.POD_SECRETS)})
+            self.record(state, {"type": "path", "path": str(workload_identity.pod_dir(rec.netns))})
+            try:
+                workload_identity.provision(self.dir.root, rec.netns, pod, agents[0].uid, agents[0].gid)
+            except workload_identity.IdentityError as exc:
+                rec.phase = "Failed"
+                self.dir.save(state)
+                return f"pod {name}: {exc}"
         for container in rec.spec["containers"]:
             started = start_container(rec, container, log_dir / f"{container['name']}.log")
             rec.containers[container["name"]] = started
@@ -301,6 +330,9 @@ class LocalCluster:
             net.remove_netns(rec.netns)
             self.dir.remove_registry(registry_name("Pod", rec.namespace, rec.name))
             net.remove_path(str(self.dir.pod_log_dir(rec.namespace, rec.name)))
+            identity = workload_identity.pod_dir(rec.netns)
+            net.remove_path(str(identity))
+            self.forget(state, {"type": "path", "path": str(identity)})
             refs = [*(c.ref for c in rec.containers.values()), *([rec.pause] if rec.pause else [])]
             entries: list[Obj] = [{"type": "netns", "name": rec.netns},
                                   {"type": "path", "path": str(net.etc(rec.netns))},
@@ -335,3 +367,4 @@ class LocalCluster:
         names = self._service_names(state)
         for rec in state.pods.values():
             net.write_names(rec.netns, rec.name, rec.ip, rec.namespace, names)
+        self.scraper(state.prefix).write_targets(state.pods.values())

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from meshbox.cluster import host
+from meshbox.cluster import host, workload_identity
 from meshbox.cluster.host import ProcessRef
-from meshbox.cluster.images import Launch, launch_for
+from meshbox.cluster.images import Launch, is_agent, launch_for
 from meshbox.cluster.model import ContainerState, PodRecord
 from meshbox.cluster.objects import container_env
 
@@ -59,8 +59,14 @@ def run_init(rec: PodRecord, container: Obj, log: Path) -> int:
 
 
 def start_container(rec: PodRecord, container: Obj, log: Path) -> ContainerState:
-    """Start one container in its pod; its log is appended to (a restart keeps the earlier lines)."""
+    """Start one container in its pod; its log is appended to (a restart keeps the earlier lines).
+
+    The sidecar agent is pointed at the token and roots the cluster provisioned for the pod.
+    """
     launch = launch_for(container, init=False)
+    if is_agent(launch):
+        launch = Launch(workload_identity.with_agent_flags(launch.argv, workload_identity.agent_flags(rec.netns)),
+                        launch.uid, launch.gid)
     ref = host.spawn(in_pod(rec, launch), log=log, env=environment(rec, container, launch.uid))
     return ContainerState(ref.pid, ref.start, launch.uid, started_at=time.time())
 

@@ -2,7 +2,8 @@
 
 What it makes, in the order it is applied: the mesh namespace, the RouteRule CRD (its schema
 generated from meshbox.api's RouteRuleSpec), service accounts, least-privilege RBAC for
-discovery (get/list/watch on services, endpointslices, pods and route rules, nothing else;
+discovery (get/list/watch on services, endpointslices, pods, route rules and Istio's security
+policies, create on tokenreviews for the mesh CA, nothing else;
 the webhook gets no API access at all), the mesh config, the webhook's TLS Secret, the
 discovery and webhook Deployments and Services, and the MutatingWebhookConfiguration whose
 ``caBundle`` is the CA that signed the webhook's serving certificate. That CA and certificate
@@ -31,6 +32,7 @@ from meshbox.api import defaults
 from meshbox.api.istio import objects as istio
 from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE, SYSTEM_NAMESPACES
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND, ConfigError, load_mesh_config
+from meshbox.api.security_policy import API_GROUP as SECURITY_API_GROUP
 from meshbox.api.v1 import mesh_config_pb2, routing_pb2
 from meshbox.api.validation import ValidationError, check_image_hub, check_image_tag
 
@@ -245,6 +247,11 @@ def render(options: InstallOptions, tls: TlsMaterial | None) -> list[Manifest]:
              {"apiGroups": [ROUTE_RULE_API_VERSION.split("/")[0]], "resources": ["routerules"],
               "verbs": ["get", "list", "watch"]},
              {"apiGroups": [istio.GROUP], "resources": list(istio.PLURALS.values()), "verbs": ["get", "list", "watch"]},
+             # Istio's security policies, read if their CRDs are installed.
+             {"apiGroups": [SECURITY_API_GROUP], "resources": ["peerauthentications", "authorizationpolicies"],
+              "verbs": ["get", "list", "watch"]},
+             # The mesh CA checks workloads' service-account tokens with TokenReviews.
+             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": _meta(DISCOVERY),

@@ -76,12 +76,14 @@ def local(ctx: click.Context, state_dir: Path | None) -> None:
               help="Start of every namespace name this cluster makes (2-8 letters/digits) [$MESHBOX_LOCAL_PREFIX].")
 @click.option("--without-discovery", is_flag=True,
               help="Do not start meshbox-discovery (pods without sidecars only).")
+@click.option("--without-prometheus", is_flag=True,
+              help="Do not start Prometheus (it scrapes every annotated pod; meshctl dashboard reads it).")
 @click.pass_context
 @_friendly_errors
-def up(ctx: click.Context, prefix: str, without_discovery: bool) -> None:
-    """Make the node namespace (bridge, Service NAT) and start the discovery server."""
+def up(ctx: click.Context, prefix: str, without_discovery: bool, without_prometheus: bool) -> None:
+    """Make the node namespace (bridge, Service NAT) and start the discovery server and Prometheus."""
     _need_root()
-    for line in _cluster(ctx).up(prefix, discovery=not without_discovery):
+    for line in _cluster(ctx).up(prefix, discovery=not without_discovery, prometheus=not without_prometheus):
         click.echo(line)
 
 

@@ -14,6 +14,7 @@ from meshbox.api.protocols import is_http_port
 from meshbox.api.v1 import discovery_pb2
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import validate_proxy_config
+from meshbox.api.workload import app_name, workload_name
 from meshbox.discovery.registry import Registry
 from meshbox.discovery.route_rules import build_port_routes, cluster_for, cluster_name, ordered_rules, targets
 
@@ -33,6 +34,12 @@ def service_domains(service: Service, port: int, *, same_namespace: bool) -> lis
     return [d for n in names for d in (n, f"{n}:{port}")]
 
 
+def pod_workload(pod: Pod) -> pc.WorkloadMetadata:
+    """The workload serving behind a pod's endpoints (the rule the proxies apply to themselves)."""
+    name = workload_name(pod.name)
+    return pc.WorkloadMetadata(name=name, namespace=pod.namespace, app=app_name(pod.labels, name))
+
+
 def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> list[pc.Endpoint]:
     """Endpoints of one service port: from Endpoints/EndpointSlices when there are any, else from pods."""
     result = []
@@ -48,12 +55,14 @@ def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> li
                 continue
             for addr in es.addresses:
                 pod = registry.pod(service.namespace, addr.pod_name) if addr.pod_name else None
-                result.append(pc.Endpoint(address=addr.ip, port=number, labels=pod.labels if pod else {}))
+                result.append(pc.Endpoint(address=addr.ip, port=number, labels=pod.labels if pod else {},
+                                          workload=pod_workload(pod) if pod else None))
     else:
         for endpoint in port_endpoints(service, port, registry.pods):
             pod = registry.pod(service.namespace, endpoint.pod_name)
             if endpoint.ready and pod is not None:
-                result.append(pc.Endpoint(address=endpoint.ip, port=endpoint.port, labels=pod.labels))
+                result.append(pc.Endpoint(address=endpoint.ip, port=endpoint.port, labels=pod.labels,
+                                          workload=pod_workload(pod)))
     result.sort(key=lambda e: (e.address, e.port))
     return result
 

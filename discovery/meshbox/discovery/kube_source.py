@@ -1,8 +1,9 @@
 """Registry source (2): the Kubernetes API through kubernetes_asyncio.
 
-For each kind (Services, EndpointSlices, Pods, RouteRules, and Istio's VirtualServices,
+For each kind (Services, EndpointSlices, Pods, RouteRules, Istio's VirtualServices,
 DestinationRules and ServiceEntries, read as networking.istio.io/v1beta1, which every Istio
-release since 1.5 serves) a task lists, then watches from the list's resourceVersion with
+release since 1.5 serves, and Istio's PeerAuthentications and AuthorizationPolicies, read as
+security.istio.io/v1) a task lists, then watches from the list's resourceVersion with
 bookmarks. A watch the server ends normally is resumed from the last
 resourceVersion seen (bookmarks keep it fresh); 410 Gone, or any watch error (dropped
 connection, bad event), leads to a full relist after a short delay, doubling (up to 30 s) while
@@ -24,12 +25,16 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from meshbox.api.istio.objects import GROUP, PLURALS, WATCHED_VERSION
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND
+from meshbox.api.security_policy import API_GROUP as SECURITY_GROUP
+from meshbox.api.security_policy import AUTHORIZATION_POLICY, PEER_AUTHENTICATION
 from meshbox.discovery.registry import Registry, SourcedDocument, build_registry
 
 log = logging.getLogger("meshbox.discovery.kubernetes")
 
 ROUTE_RULE_GROUP, ROUTE_RULE_VERSION = ROUTE_RULE_API_VERSION.split("/")
 ROUTE_RULE_PLURAL = "routerules"
+SECURITY_VERSION = "v1"
+SECURITY_PLURALS = {PEER_AUTHENTICATION: "peerauthentications", AUTHORIZATION_POLICY: "authorizationpolicies"}
 GONE = 410
 NOT_FOUND = 404
 NOT_INSTALLED_RECHECK_S = 30.0
@@ -71,6 +76,8 @@ def watched_kinds(api: client.ApiClient) -> list[WatchedKind]:
         WatchedKind("Pod", "v1", core.list_pod_for_all_namespaces),
         _custom_kind(custom, ROUTE_RULE_KIND, ROUTE_RULE_GROUP, ROUTE_RULE_VERSION, ROUTE_RULE_PLURAL),
         *(_custom_kind(custom, kind, GROUP, WATCHED_VERSION, plural) for kind, plural in PLURALS.items()),
+        *(_custom_kind(custom, kind, SECURITY_GROUP, SECURITY_VERSION, plural)
+          for kind, plural in SECURITY_PLURALS.items()),
     ]
 
 

@@ -26,14 +26,17 @@ from meshbox.api.kube.objects import (
     parse_pod,
     parse_service,
 )
+from meshbox.api.loader import ConfigError
+from meshbox.api.security_policy import AUTHORIZATION_POLICY, PEER_AUTHENTICATION, SecurityPolicy, parse_security_policy
 from meshbox.api.v1 import routing_pb2
+from meshbox.api.validation import ValidationError
 from meshbox.discovery.istio_config import IstioState, build_istio_config
 from meshbox.discovery.route_rules import RouteRule, parse_route_rule_object
 
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
 KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", "VirtualService", "DestinationRule",
-         "ServiceEntry", "DestinationPolicy")
+         "ServiceEntry", "DestinationPolicy", PEER_AUTHENTICATION, AUTHORIZATION_POLICY)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Registry:
     # DestinationRules' cluster policies and subsets, by host FQDN.
     destination_policies: Mapping[str, routing_pb2.DestinationPolicySpec] = field(default_factory=dict)
     istio_state: IstioState | None = field(default=None, compare=False, repr=False)
+    # Istio's security.istio.io policies, validated (enforced by the data plane: docs/security.md).
+    security_policies: tuple[SecurityPolicy, ...] = ()
     _pods_by_key: dict[tuple[str, str], Pod] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -70,12 +75,21 @@ class Registry:
         return [e for e in self.endpoint_sets if e.namespace == service.namespace and e.service == service.name]
 
 
+def parse_security_policy_object(doc: Mapping[str, Any], *, source: str) -> SecurityPolicy:
+    """An Istio PeerAuthentication or AuthorizationPolicy; unsupported fields are refused by path."""
+    try:
+        return parse_security_policy(doc, source=source)
+    except (ConfigError, ValidationError) as exc:
+        raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc
+
+
 def build_registry(documents: Iterable[SourcedDocument], previous: Registry | None = None) -> Registry:
     """Parse every document; the first of two objects with the same kind/namespace/name wins."""
     services: list[Service] = []
     pods: list[Pod] = []
     endpoint_sets: list[EndpointSet] = []
     rules: list[RouteRule] = []
+    policies: list[SecurityPolicy] = []
     errors: list[str] = []
     istio: dict[str, list[tuple[str, Mapping[str, Any]]]] = {"VirtualService": [], "DestinationRule": [],
                                                             "ServiceEntry": [], "legacy": []}
@@ -106,12 +120,15 @@ def build_registry(documents: Iterable[SourcedDocument], previous: Registry | No
                 istio[kind].append((source, doc))
             elif is_istio_legacy(doc):
                 istio["legacy"].append((source, doc))
-            else:
+            elif kind == "RouteRule":
                 rules.append(parse_route_rule_object(doc, source=source))
+            else:
+                policies.append(parse_security_policy_object(doc, source=source))
         except ObjectError as exc:
             errors.append(str(exc))
     translated = build_istio_config(istio["VirtualService"], istio["DestinationRule"], istio["ServiceEntry"],
                                     istio["legacy"], services, rules, previous.istio_state if previous else None)
     return Registry((*services, *translated.services), tuple(pods), (*endpoint_sets, *translated.endpoint_sets),
-                    (*rules, *translated.rules),
-                    (*errors, *translated.problems), translated.policies, translated.state)
+                    (*rules, *translated.rules), (*errors, *translated.problems),
+                    destination_policies=translated.policies, istio_state=translated.state,
+                    security_policies=tuple(policies))

@@ -16,6 +16,14 @@ INJECT = "sidecar.meshbox.io/inject"
 ISTIO_INJECT = "sidecar.istio.io/inject"
 LINKERD_INJECT = "linkerd.io/inject"
 
+# The de-facto Prometheus scrape annotations (Istio's and Prometheus' example Kubernetes config):
+# injection points them at the agent's merged /stats/prometheus on the status port.
+PROMETHEUS_SCRAPE = "prometheus.io/scrape"
+PROMETHEUS_PORT = "prometheus.io/port"
+PROMETHEUS_PATH = "prometheus.io/path"
+PROMETHEUS_KEYS = (PROMETHEUS_SCRAPE, PROMETHEUS_PORT, PROMETHEUS_PATH)
+METRICS_PATH = "/stats/prometheus"
+
 # Marks of a pod that another mesh already injected (annotation → mesh name).
 OTHER_MESH_ANNOTATIONS = {
     "sidecar.istio.io/status": "Istio",

@@ -20,8 +20,13 @@ from typing import Any
 from meshbox.api.kube import names
 from meshbox.api.loader import plain_data
 from meshbox.injector.annotations import (
+    METRICS_PATH,
     OTHER_MESH_ANNOTATIONS,
     OTHER_MESH_CONTAINERS,
+    PROMETHEUS_KEYS,
+    PROMETHEUS_PATH,
+    PROMETHEUS_PORT,
+    PROMETHEUS_SCRAPE,
     STATUS,
     AnnotationError,
     opt_out,
@@ -29,7 +34,7 @@ from meshbox.injector.annotations import (
     traffic_overrides,
 )
 from meshbox.injector.settings import InjectSettings, SidecarTemplate
-from meshbox.injector.sidecar import Sidecar, build_sidecar
+from meshbox.injector.sidecar import Sidecar, build_sidecar, quote_for_kubectl
 from meshbox.injector.workloads import WORKLOAD_KINDS, pod_template_path
 
 __all__ = [
@@ -244,7 +249,7 @@ def _status(annotations: Mapping[str, Any], res: _Resource) -> dict[str, Any] | 
         status = None
     ok = isinstance(status, dict) and all(
         isinstance(status.get(k, []), list) and all(isinstance(v, str) for v in status.get(k, []))
-        for k in ("initContainers", "containers", "volumes", "created")
+        for k in ("initContainers", "containers", "volumes", "created", "annotations")
     )
     if not ok:
         raise res.error(f"annotation {STATUS}: not a meshbox injection status: {raw!r}")
@@ -303,7 +308,16 @@ def _own(parent: MutableMapping[str, Any], key: str, empty: Callable[[], Any], c
     return value
 
 
-def _add(tpl: MutableMapping[str, Any], sidecar: Sidecar, proxy_index: int | None) -> None:
+def _scrape_annotations(annotations: Mapping[str, Any], status_port: int) -> dict[str, str]:
+    """The prometheus.io/* annotations pointing at the agent's merged metrics; none when the pod already has
+    one (its owner scrapes the app there, and meshbox does not merge app metrics into the agent's)."""
+    if any(key in annotations for key in PROMETHEUS_KEYS):
+        return {}
+    values = {PROMETHEUS_SCRAPE: "true", PROMETHEUS_PORT: str(status_port), PROMETHEUS_PATH: METRICS_PATH}
+    return {key: quote_for_kubectl(value) for key, value in values.items()}
+
+
+def _add(tpl: MutableMapping[str, Any], sidecar: Sidecar, proxy_index: int | None, status_port: int) -> None:
     created: list[str] = []
     spec = _own(tpl, "spec", dict, created, "spec")
     _own(spec, "initContainers", list, created, "spec.initContainers").append(sidecar.init)
@@ -316,12 +330,16 @@ def _add(tpl: MutableMapping[str, Any], sidecar: Sidecar, proxy_index: int | Non
         _own(spec, "volumes", list, created, "spec.volumes").extend(sidecar.volumes)
     meta = _own(tpl, "metadata", dict, created, "metadata")
     annotations = _own(meta, "annotations", dict, created, "metadata.annotations")
+    scrape = _scrape_annotations(annotations, status_port)
+    annotations.update(scrape)
     status = {
         "initContainers": [sidecar.init["name"]],
         "containers": [sidecar.proxy["name"]],
         "volumes": [v["name"] for v in sidecar.volumes],
         "created": created,
     }
+    if scrape:
+        status["annotations"] = list(scrape)
     annotations[STATUS] = json.dumps(status, separators=(",", ":"))
 
 
@@ -361,6 +379,8 @@ def _remove(tpl: MutableMapping[str, Any], status: Mapping[str, Any]) -> int | N
     meta = tpl["metadata"] = copy.copy(tpl["metadata"])
     annotations = meta["annotations"] = copy.copy(meta["annotations"])
     del annotations[STATUS]
+    for key in status.get("annotations", []):
+        annotations.pop(key, None)
     _restore_created(meta, "annotations", "metadata.annotations", created)
     _restore_created(tpl, "metadata", "metadata", created)
     return proxy_index
@@ -411,7 +431,7 @@ def _inject_workload(
     new_obj, new_tpl = _cow_path(obj, path)
     proxy_index = _remove(new_tpl, status) if status is not None else None
     _check_conflicts(new_tpl["spec"], sidecar, res)
-    _add(new_tpl, sidecar, proxy_index)
+    _add(new_tpl, sidecar, proxy_index, settings.status_port)
     reports.extend(res.report(WARNING, w) for w in warnings)
     if res.kind in RUN_TO_COMPLETION:
         reports.append(res.report(WARNING, (

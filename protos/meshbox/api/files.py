@@ -1,4 +1,4 @@
-"""Replacing a file so that readers never see half of it (temp file beside it, fsync, rename)."""
+"""Replacing a file so that readers never see half of it (temp file beside it, fsync, rename, fsync of the folder)."""
 
 from __future__ import annotations
 
@@ -37,3 +37,9 @@ def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    # The rename itself must survive a crash too (e.g. a CA key written once and then used).
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -73,7 +73,7 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
         clusters[c.name] = ClusterRuntime(
             c.name, c.service, _seconds(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
             pc.LbPolicy.Name(c.lb_policy or pc.ROUND_ROBIN), [hosts.get(ep.address, ep.port) for ep in eps],
-            [ep.weight or 1 for ep in eps], workload)
+            [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps])
     route_tables = {
         rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters) for r in vh.routes])
                                       for vh in rc.virtual_hosts])
@@ -85,6 +85,13 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
     dump = json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True),
                       separators=(",", ":")).encode()
     return Snapshot(listeners, route_tables, clusters, dump)
+
+
+def _endpoint_workload(endpoint: pc.Endpoint) -> Workload | None:
+    if not endpoint.HasField("workload"):
+        return None
+    w = endpoint.workload
+    return Workload(name=w.name or "unknown", namespace=w.namespace or "unknown", app=w.app or w.name or "unknown")
 
 
 def _header(match: pc.HeaderMatch) -> HeaderMatcher:

@@ -63,17 +63,24 @@ def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> P
     return make(hosts, weights)
 
 
+ClusterState = tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]],
+                     list[Workload | None]]
+
+
 def _unadopted() -> UpstreamHost | None:
     raise RuntimeError("a cluster of a snapshot that was not adopted cannot pick hosts")
 
 
 class ClusterRuntime:
-    """A cluster with its hosts and picker."""
+    """A cluster with its hosts and picker. ``workloads`` (aligned with ``hosts``) are the workloads discovery
+    says serve each endpoint: outbound requests to such a host report it as destination_workload/_namespace/
+    _app (:meth:`request_labels`)."""
 
-    __slots__ = ("connect_timeout", "endpoints", "hosts", "labels", "name", "pick", "policy", "service", "weights")
+    __slots__ = ("by_host", "connect_timeout", "endpoints", "hosts", "labels", "name", "pick", "policy", "service",
+                 "weights", "workloads")
 
     def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
-                 weights: list[int], workload: Workload) -> None:
+                 weights: list[int], workload: Workload, workloads: list[Workload | None] | None = None) -> None:
         self.name = name
         self.service = service
         self.connect_timeout = connect_timeout
@@ -82,20 +89,39 @@ class ClusterRuntime:
         self.endpoints = [(host.address, host.port) for host in hosts]
         self.weights = weights
         self.labels = {d: metric_labels(d, workload, service) for d in (INBOUND, OUTBOUND)}
-        self.pick: Picker = make_picker(policy, hosts, weights)
+        self.workloads: list[Workload | None] = workloads if workloads is not None else [None] * len(hosts)
+        self._index()
+
+    def _index(self) -> None:
+        self.pick: Picker = make_picker(self.policy, self.hosts, self.weights)
+        # Outbound labels per host whose workload is known: computed once here, looked up per request.
+        base = self.labels[OUTBOUND]
+        self.by_host: dict[UpstreamHost, tuple[str, ...]] = {
+            host: (*base[:4], w.name, w.namespace, w.app, *base[7:])
+            for host, w in zip(self.hosts, self.workloads, strict=True) if w is not None
+        }
+
+    def request_labels(self, direction: str, host: UpstreamHost | None) -> tuple[str, ...]:
+        """The metric labels of a request this cluster served through ``host``."""
+        if direction == OUTBOUND and host is not None:
+            labels = self.by_host.get(host)
+            if labels is not None:
+                return labels
+        return self.labels[direction]
 
     # Pickled with endpoint addresses, not hosts (UpstreamHost is a compiled class pickle cannot rebuild),
     # and without the picker (a closure); unpickled, the cluster has no hosts until adopted (building
     # them twice would double the work of applying a huge config).
-    def __getstate__(self) -> tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]]]:
-        return (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels)
+    def __getstate__(self) -> ClusterState:
+        return (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
+                self.workloads)
 
-    def __setstate__(
-        self, state: tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]]]
-    ) -> None:
-        self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels = state
+    def __setstate__(self, state: ClusterState) -> None:
+        (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
+         self.workloads) = state
         self.hosts = []
         self.pick = _unadopted
+        self.by_host = {}
 
     def adopt(self, registry: HostRegistry) -> None:
         """Use the registry's hosts (their pools and in-flight counts survive config swaps)."""
@@ -105,7 +131,7 @@ class ClusterRuntime:
     def adopted(self, hosts: list[UpstreamHost]) -> None:
         """Serve ``hosts`` (the registry's, in the order of ``endpoints``)."""
         self.hosts = hosts
-        self.pick = make_picker(self.policy, hosts, self.weights)
+        self._index()
 
 
 class HeaderMatcher:

@@ -58,6 +58,7 @@ class Pod:
     labels: Mapping[str, str]
     ports: Mapping[str, int]  # container port name → number (unnamed ports are keyed by their number)
     serving: bool  # running and not reported unready
+    service_account: str = "default"  # spec.serviceAccountName: the pod's workload identity
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,10 @@ def parse_pod(doc: Mapping[str, Any], *, source: str) -> Pod:
         for c in r.items(status.get("conditions"), "status.conditions")
     )
     finished = status.get("phase") in ("Succeeded", "Failed") or bool(meta.get("deletionTimestamp"))
-    return Pod(name, namespace, ip, labels, ports, serving=bool(ip) and not unready and not finished)
+    service_account = (r.string(spec.get("serviceAccountName"), "spec.serviceAccountName")
+                       or r.string(spec.get("serviceAccount"), "spec.serviceAccount") or "default")
+    return Pod(name, namespace, ip, labels, ports, serving=bool(ip) and not unready and not finished,
+               service_account=service_account)
 
 
 def _target_pod(r: FieldReader, item: Mapping[str, Any], path: str) -> str:
