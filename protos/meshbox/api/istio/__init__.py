@@ -3,6 +3,7 @@
 Shared by discovery (which serves the result) and `meshctl analyze` (which reports the findings):
 - ``objects``: which documents are Istio networking objects, host qualification;
 - ``virtual_service``, ``destination_rule``, ``service_entry``: one object → model messages + findings;
+- ``legacy``: Istio 0.2's config.istio.io/v1alpha2 RouteRule and DestinationPolicy;
 - ``references``: conflicts and references across objects and the known hosts;
 - ``findings``: the stable finding codes.
 """
