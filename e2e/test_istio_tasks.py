@@ -130,6 +130,11 @@ def test_request_routing(bookinfo: Any) -> None:
         bookinfo, "istio/virtual-service-reviews-test-v2.yaml")
     assert _until(bookinfo, {"v1": 0, "v2": 10, "v3": 0}, JASON) == {"v1": 0, "v2": 10, "v3": 0}
     assert _landed(bookinfo, _ids(bookinfo, 10)) == ALL_V1  # everyone else still on v1
+    listed = bookinfo.sh("meshctl local get virtualservices").splitlines()
+    assert listed[0].split() == ["NAME", "GATEWAYS", "HOSTS", "AGE"]
+    assert [line.split()[:3] for line in listed[1:]] == [["ratings", "<none>", '["ratings"]'],
+                                                         ["reviews", "<none>", '["reviews"]']]
+    assert bookinfo.sh("meshctl local get dr reviews -o jsonpath='{.spec.subsets[1].name}'") == "v2"
 
 
 def test_traffic_shifting(bookinfo: Any) -> None:

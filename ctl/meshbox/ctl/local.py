@@ -29,6 +29,15 @@ KINDS = {
     "routerules": "rules", "routerule": "rules",
     "endpoints": "endpoints", "ep": "endpoints",
     "endpointslices": "endpointslices", "endpointslice": "endpointslices",
+    "virtualservices": "VirtualService", "virtualservice": "VirtualService", "vs": "VirtualService",
+    "destinationrules": "DestinationRule", "destinationrule": "DestinationRule", "dr": "DestinationRule",
+    "serviceentries": "ServiceEntry", "serviceentry": "ServiceEntry", "se": "ServiceEntry",
+}
+# istioctl/kubectl's columns for Istio's kinds (between NAME and AGE), read from the spec.
+ISTIO_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "VirtualService": (("GATEWAYS", "gateways"), ("HOSTS", "hosts")),
+    "DestinationRule": (("HOST", "host"),),
+    "ServiceEntry": (("HOSTS", "hosts"), ("LOCATION", "location"), ("RESOLUTION", "resolution")),
 }
 
 
@@ -202,12 +211,29 @@ def _rows(state: ClusterState, kind: str, namespace: str | None, selector: dict[
                  str(o["status"]["updatedReplicas"]), str(o["status"]["readyReplicas"]),
                  age(o["metadata"].get("creationTimestamp"))] for o in objs]
         return header, rows, objs
+    if kind in ISTIO_COLUMNS:
+        objs = sorted((o for o in state.istio.get(kind, {}).values()
+                       if (namespace is None or o["metadata"]["namespace"] == namespace) and selector_ok(selector, o)),
+                      key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"]))  # as kubectl sorts
+        columns = ISTIO_COLUMNS[kind]
+        rows = [[o["metadata"]["name"], *(_cell(o["spec"].get(key)) for _, key in columns),
+                 age(o["metadata"].get("creationTimestamp"))] for o in objs]
+        return ["NAME", *(title for title, _ in columns), "AGE"], rows, objs
     objs = [o for o in state.rules.values()
             if (namespace is None or o["metadata"]["namespace"] == namespace) and selector_ok(selector, o)]
     header = ["NAME", "DESTINATION", "AGE"]
     rows = [[o["metadata"]["name"], str(o["spec"].get("destination", "")), age(o["metadata"].get("creationTimestamp"))]
             for o in objs]
     return header, rows, objs
+
+
+def _cell(value: Any) -> str:
+    """A spec value as kubectl prints it in a column: lists bracketed, absent as <none>."""
+    if value is None or value == []:
+        return "<none>"
+    if isinstance(value, list):
+        return "[" + " ".join(f'"{v}"' for v in value) + "]"
+    return str(value)
 
 
 def selector_ok(selector: dict[str, str], obj: Obj) -> bool:
@@ -227,7 +253,8 @@ def selector_ok(selector: dict[str, str], obj: Obj) -> bool:
 @_friendly_errors
 def get(ctx: click.Context, kind: str, name: str | None, namespace: str, all_namespaces: bool,
         selector: str | None, output: str | None) -> None:
-    """List pods, services, deployments, endpoints, endpointslices or routerules (KIND), like kubectl get."""
+    """List pods, services, deployments, endpoints, endpointslices, routerules, virtualservices,
+    destinationrules or serviceentries (KIND), like kubectl get."""
     state = _cluster(ctx).dir.load()
     wide = output == "wide"
     header, rows, objs = _rows(state, KINDS[kind], None if all_namespaces else namespace,
