@@ -201,3 +201,32 @@ def test_seed_era_route_rules_and_destination_policies(kit: Any) -> None:
     assert clash.errors == ("m.yaml: DestinationPolicy default/service-two-lb: spec.destination: "
                             f"{TWO} already has a DestinationRule or DestinationPolicy; this one is not applied "
                             "[MB0104]",)
+
+
+def test_routes_to_another_service_and_its_subsets(kit: Any) -> None:
+    one = "service-one.default.svc.cluster.local"
+    to_two = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+              "metadata": {"name": "service-one", "namespace": "default"},
+              "spec": {"hosts": ["service-one"],
+                       "http": [{"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+                                 "route": [{"destination": {"host": "service-two", "subset": "canary"}}]},
+                                {"route": [{"destination": {"host": "service-one"}, "weight": 80},
+                                           {"destination": {"host": "service-two"}, "weight": 20}]}]}}
+    stray = kit.route_rule("stray", "service-two", {})
+    stray["spec"]["route"] = [{"host": "nowhere.default.svc.cluster.local", "port": 80, "weight": 100}]
+    docs = [*kit.tutorial_objects(), destination_rule(loadBalancer={"simple": "LEAST_REQUEST"}), to_two, stray]
+    registry = build_registry(SourcedDocument("m.yaml", d) for d in docs)
+    assert registry.errors == ()
+    builder = ConfigBuilder(registry)
+    config = builder.build(kit.node("service-one-a", "10.1.0.11"))
+    assert builder.warnings == ["RouteRule default/stray: spec.route[0].host: no Service "
+                                "'nowhere.default.svc.cluster.local' with port 80; rule not applied"]
+    (rc,) = [rc for rc in config.route_configs if rc.name == "80"]
+    (vhost,) = [vh for vh in rc.virtual_hosts if vh.name == f"{one}:80"]
+    jason, split, _ = vhost.routes
+    assert [c.cluster for c in jason.clusters] == [f"outbound|80|canary|{TWO}"]
+    assert [(c.cluster, c.weight) for c in split.clusters] == [(f"outbound|80||{one}", 80), (f"outbound|80||{TWO}", 20)]
+    clusters = {c.name: c for c in config.clusters}
+    assert clusters[f"outbound|80|canary|{TWO}"].lb_policy == pc.LEAST_REQUEST
+    endpoints = {e.cluster_name: [x.address for x in e.endpoints] for e in config.endpoints}
+    assert endpoints[f"outbound|80|canary|{TWO}"] == ["10.1.0.22"]

@@ -237,9 +237,6 @@ spec:
         "spec.http[0].retries.retryOn": "5xx, retriable-4xx: not implemented by meshbox's proxy yet "
                                         "(it retries on connect-failure and per-try timeouts)",
         "spec.http[0].fault.abort.grpcStatus": "not implemented by meshbox's proxy yet",
-        "spec.http[0].route[0].destination.host": "sending requests for reviews.default.svc.cluster.local to another "
-                                                  "host (ratings.default.svc.cluster.local): not implemented by "
-                                                  "meshbox yet",
         "spec.http[0].match[0].method": "not implemented by meshbox's proxy yet",
         "spec.http[0].match[0].uri.exact": "not implemented by meshbox's proxy yet (it matches path prefixes)",
     }
@@ -525,3 +522,39 @@ spec:
     _, findings = translate_legacy_route_rule(load(SEED_RULE.replace("  httpFault:", "  mirror: {name: reviews}\n"
                                                                      "  httpFault:")), source="rule.yaml")
     assert only(findings) == [("MB0105", "spec.mirror", "not implemented by meshbox's proxy yet")]
+
+
+def test_routes_to_another_host() -> None:
+    vs, findings = translate_virtual_service(load("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: ratings, subset: v1}}]
+  - route:
+    - {destination: {host: reviews}, weight: 90}
+    - {destination: {host: ghost}, weight: 10}
+"""), source="vs.yaml")
+    assert findings == [] and vs is not None
+    ratings = "ratings.default.svc.cluster.local"
+    dr, _ = translate_destination_rule(load(DESTINATION_RULE.format(version="v1").replace("reviews", "ratings")),
+                                       source="dr.yaml")
+    assert dr is not None
+    result = resolve([vs], [dr], HOSTS)
+    assert only(result.findings) == [("MB0101", "spec.http[1].route[1].destination.host",
+                                      "no Service or ServiceEntry has host ghost.default.svc.cluster.local")]
+    hosts = {**HOSTS, "ghost.default.svc.cluster.local": HostPorts(frozenset({80, 81}), frozenset({80, 81}))}
+    assert only(resolve([vs], [dr], hosts).findings) == [
+        ("MB0106", "spec.http[1].route[1].destination.port.number",
+         "is required: ghost.default.svc.cluster.local has several ports (80, 81)")]
+    hosts["ghost.default.svc.cluster.local"] = HostPorts(frozenset({80}), frozenset({80}))
+    resolved = resolve([vs], [dr], hosts)
+    assert resolved.findings == []
+    jason, split = resolved.routes["VirtualService default/reviews"].specs
+    assert [(d.host, d.port, d.subset, dict(d.labels)) for d in jason.route] == [(ratings, 9080, "v1",
+                                                                                {"version": "v1"})]
+    assert [(d.host, d.port, d.weight) for d in split.route] == [("", 0, 90),
+                                                                ("ghost.default.svc.cluster.local", 80, 10)]

@@ -8,7 +8,7 @@ so their union is valid too.
 
 from __future__ import annotations
 
-from meshbox.api.kube.endpoints import port_endpoints, resolve_target, selects
+from meshbox.api.kube.endpoints import matches, port_endpoints, resolve_target, selects
 from meshbox.api.kube.objects import Pod, Service, ServicePort
 from meshbox.api.protocols import is_http_port
 from meshbox.api.v1 import discovery_pb2
@@ -16,7 +16,16 @@ from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import validate_proxy_config
 from meshbox.api.workload import app_name, workload_name
 from meshbox.discovery.registry import Registry
-from meshbox.discovery.route_rules import build_port_routes, cluster_for, cluster_name, ordered_rules, targets
+from meshbox.discovery.route_rules import (
+    OtherTarget,
+    RouteRule,
+    build_port_routes,
+    cluster_for,
+    cluster_name,
+    ordered_rules,
+    subset_policy,
+    targets,
+)
 
 LOCALHOST = "127.0.0.1"
 
@@ -74,15 +83,45 @@ class ConfigBuilder:
         self.registry = registry
         self.warnings: list[str] = []
         self._outbound: dict[str, pc.ProxyConfig] = {}
-        self._check_rules()
+        self._by_fqdn = {s.fqdn: s for s in registry.services}
+        self._rules = self._check_rules()
 
-    def _check_rules(self) -> None:
+    def _check_rules(self) -> tuple[RouteRule, ...]:
+        """The rules that can apply; the others are reported."""
+        usable = []
         for rule in self.registry.route_rules:
             if not any(targets(rule, s) for s in self.registry.services):
                 self.warnings.append(
                     f"RouteRule {rule.namespace}/{rule.name}: spec.destination: no Service "
                     f"{rule.spec.destination!r}; rule not applied"
                 )
+                continue
+            missing = [(i, d) for i, d in enumerate(rule.spec.route) if d.host and not self._has_port(d.host, d.port)]
+            for i, dest in missing:
+                self.warnings.append(f"RouteRule {rule.namespace}/{rule.name}: spec.route[{i}].host: no Service "
+                                     f"{dest.host!r} with port {dest.port}; rule not applied")
+            if not missing:
+                usable.append(rule)
+        return tuple(usable)
+
+    def _has_port(self, fqdn: str, port: int) -> bool:
+        service = self._by_fqdn.get(fqdn)
+        return service is not None and any(p.port == port for p in service.ports)
+
+    def _add_other_targets(self, config: pc.ProxyConfig, others: list[OtherTarget]) -> None:
+        """Clusters of other services that routes send to, unless those services made them already."""
+        present = {c.name for c in config.clusters}
+        for other in others:
+            if other.cluster in present:
+                continue
+            present.add(other.cluster)
+            service = self._by_fqdn[other.host]
+            port = next(p for p in service.ports if p.port == other.port)
+            labels = dict(other.labels)
+            endpoints = [e for e in endpoints_for(self.registry, service, port) if matches(labels, e.labels)]
+            policy = subset_policy(self.registry.destination_policies.get(other.host), other.subset)
+            config.clusters.append(cluster_for(other.cluster, other.host, policy))
+            config.endpoints.append(pc.ClusterLoadAssignment(cluster_name=other.cluster, endpoints=endpoints))
 
     def build(self, node: discovery_pb2.Node) -> pc.ProxyConfig:
         """The whole config of the proxy ``node``."""
@@ -102,8 +141,9 @@ class ConfigBuilder:
         config = pc.ProxyConfig()
         route_configs: dict[int, pc.RouteConfiguration] = {}
         bound: set[tuple[str, int]] = set()
+        others: list[OtherTarget] = []
         for service in sorted(self.registry.services, key=lambda s: (s.namespace, s.name)):
-            rules = ordered_rules(self.registry.route_rules, service)
+            rules = ordered_rules(self._rules, service)
             for port in service.ports:
                 if (service.cluster_ip, port.port) in bound:
                     if namespace == service.namespace:
@@ -124,6 +164,7 @@ class ConfigBuilder:
                     routes = build_port_routes(service, port.port, rules, endpoints, policy)
                     config.clusters.extend(routes.subset_clusters)
                     config.endpoints.extend(routes.subset_endpoints)
+                    others.extend(routes.other_targets)
                     rc = route_configs.setdefault(port.port, pc.RouteConfiguration(name=str(port.port)))
                     rc.virtual_hosts.append(pc.VirtualHost(
                         name=f"{service.fqdn}:{port.port}",
@@ -134,6 +175,7 @@ class ConfigBuilder:
                     listener.protocol = pc.TCP
                     listener.cluster = name
                 config.listeners.append(listener)
+        self._add_other_targets(config, others)
         config.route_configs.extend(route_configs[p] for p in sorted(route_configs))
         validate_proxy_config(config, source=f"outbound config for namespace {namespace}")
         return config

@@ -63,10 +63,35 @@ def subset_name(labels: Mapping[str, str], taken: Mapping[str, Mapping[str, str]
 
 
 @dataclass(frozen=True)
+class OtherTarget:
+    """A cluster of another service that a route sends to: (host, port, subset) and the subset's labels."""
+
+    host: str
+    port: int
+    subset: str
+    labels: tuple[tuple[str, str], ...]
+
+    @property
+    def cluster(self) -> str:
+        return cluster_name("outbound", self.port, self.subset, self.host)
+
+
+@dataclass(frozen=True)
 class PortRoutes:
     routes: list[pc.Route]
     subset_clusters: list[pc.Cluster]
     subset_endpoints: list[pc.ClusterLoadAssignment]
+    other_targets: list[OtherTarget] = field(default_factory=list)
+
+
+def subset_policy(policy: routing_pb2.DestinationPolicySpec | None, subset: str) -> routing_pb2.ClusterPolicy | None:
+    """The cluster policy of one subset: its own if it has one, else the destination's."""
+    if policy is None:
+        return None
+    for s in policy.subsets:
+        if s.name == subset and s.HasField("policy"):
+            return s.policy
+    return policy.policy
 
 
 def cluster_for(name: str, fqdn: str, policy: routing_pb2.ClusterPolicy | None) -> pc.Cluster:
@@ -86,6 +111,7 @@ def build_port_routes(
     """Routes for one HTTP service port: each rule in order, then a catch-all to the whole service."""
     default_cluster = cluster_name("outbound", port, "", service.fqdn)
     subsets: dict[str, Mapping[str, str]] = {}
+    others: list[OtherTarget] = []
     routes = []
     for rule in rules:
         spec = rule.spec
@@ -93,7 +119,12 @@ def build_port_routes(
             continue
         route = pc.Route(match=pc.RouteMatch(prefix=spec.match.path_prefix, headers=spec.match.headers))
         for dest in spec.route:
-            if dest.labels:
+            if dest.host:
+                name = dest.subset or (subset_name(dest.labels, {}) if dest.labels else "")
+                other = OtherTarget(dest.host, dest.port, name, tuple(sorted(dest.labels.items())))
+                others.append(other)
+                target = other.cluster
+            elif dest.labels:
                 name = dest.subset or subset_name(dest.labels, subsets)
                 subsets[name] = dict(dest.labels)
                 target = cluster_name("outbound", port, name, service.fqdn)
@@ -111,11 +142,9 @@ def build_port_routes(
         routes.append(route)
     routes.append(pc.Route(match=pc.RouteMatch(), clusters=[pc.WeightedCluster(cluster=default_cluster, weight=100)]))
     clusters, assignments = [], []
-    overrides = {s.name: s.policy for s in policy.subsets if s.HasField("policy")} if policy else {}
     for name, labels in subsets.items():
         cname = cluster_name("outbound", port, name, service.fqdn)
-        subset_policy = overrides.get(name, policy.policy if policy else None)
-        clusters.append(cluster_for(cname, service.fqdn, subset_policy))
+        clusters.append(cluster_for(cname, service.fqdn, subset_policy(policy, name)))
         chosen = [e for e in endpoints if matches(labels, e.labels)]
         assignments.append(pc.ClusterLoadAssignment(cluster_name=cname, endpoints=chosen))
-    return PortRoutes(routes, clusters, assignments)
+    return PortRoutes(routes, clusters, assignments, others)

@@ -180,6 +180,12 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
     if not spec.destination:
         raise ValidationError("destination is required", source=source, path=f"{path}.destination")
     check_port(spec.port, source=source, path=f"{path}.port", allow_zero=True)
+    for i, dest in enumerate(spec.route):
+        if dest.host or dest.port:
+            if not dest.host:
+                raise ValidationError("port is only for a route to another host", source=source,
+                                      path=f"{path}.route[{i}].port")
+            check_port(dest.port, source=source, path=f"{path}.route[{i}].port")
     if spec.route:
         total = sum(d.weight for d in spec.route)
         if total != 100:

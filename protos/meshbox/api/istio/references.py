@@ -8,7 +8,7 @@ it was, that version keeps serving (``previous``), so a bad edit never takes rou
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from meshbox.api.istio.destination_rule import DestinationRule
@@ -79,6 +79,23 @@ def resolve(virtual_services: Sequence[VirtualService], destination_rules: Seque
     return out
 
 
+def _check_other_host(dest: routing_pb2.RouteDestination, hosts: Mapping[str, HostPorts], path: str,
+                      report: Callable[[Code, str, str], None]) -> bool:
+    """A destination on another host: the host must be known, its port given (or its only one); fills the port."""
+    known = hosts.get(dest.host)
+    if known is None:
+        report(Code.UNKNOWN_HOST, f"{path}.host", f"no Service or ServiceEntry has host {dest.host}")
+        return False
+    if not dest.port and len(known.ports) == 1:
+        dest.port = next(iter(known.ports))
+    if dest.port not in known.ports:
+        ports = ", ".join(map(str, sorted(known.ports)))
+        report(Code.UNKNOWN_PORT, f"{path}.port.number", f"{dest.host} has no port {dest.port} (ports: {ports})"
+               if dest.port else f"is required: {dest.host} has several ports ({ports})")
+        return False
+    return True
+
+
 def _resolve_one(vs: VirtualService, policies: Mapping[str, DestinationRule],
                  hosts: Mapping[str, HostPorts]) -> tuple[ResolvedRoutes | None, list[Finding]]:
     problems: list[Finding] = []
@@ -101,17 +118,20 @@ def _resolve_one(vs: VirtualService, policies: Mapping[str, DestinationRule],
             elif spec.port not in known.http_ports:
                 report(Code.UNKNOWN_PORT, rule.path, f"port {spec.port} of {spec.destination} is proxied at L4 "
                                                      "(its name has no http/grpc prefix); HTTP routes cannot apply")
-        policy = policies.get(spec.destination)
-        subsets = {s.name: s for s in policy.spec.subsets} if policy else {}
         for j, dest in enumerate(spec.route):
+            route_path = f"{rule.path.split('.match[')[0]}.route[{j}].destination"
+            target = dest.host or spec.destination
+            if dest.host and not _check_other_host(dest, hosts, route_path, report):
+                continue
+            policy = policies.get(target)
+            subsets = {s.name: s for s in policy.spec.subsets} if policy else {}
             if not dest.subset:
                 continue
             if dest.subset not in subsets:
-                where = f"{rule.path.split('.match[')[0]}.route[{j}].destination.subset"
                 known_subsets = ", ".join(sorted(subsets)) or "none"
                 why = f"{policy.resource} defines {known_subsets}" if policy else "no DestinationRule for this host"
-                report(Code.UNDEFINED_SUBSET, where, f"subset {dest.subset!r} of {spec.destination} is not defined "
-                                                     f"({why})")
+                report(Code.UNDEFINED_SUBSET, f"{route_path}.subset",
+                       f"subset {dest.subset!r} of {target} is not defined ({why})")
                 continue
             dest.labels.update(subsets[dest.subset].labels)
         specs.append(spec)

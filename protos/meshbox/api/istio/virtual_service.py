@@ -109,23 +109,24 @@ def _http_route(r: Reader, data: Any, path: str, hosts: list[str], namespace: st
     matches = [(f"{path}.match[{i}]", m) for i, m in enumerate(r.items(f.get("match"), f"{path}.match"))]
     rules = []
     for host in hosts:
-        for j, (dest_host, *_) in enumerate(destinations):
-            if dest_host is not None and dest_host != host:
-                r.refuse(f"{path}.route[{j}].destination.host",
-                         f"sending requests for {host} to another host ({dest_host}): {MESH_TODO}")
         for where, match in matches or [(path, None)]:
             spec = routing_pb2.RouteRuleSpec()
             spec.CopyFrom(action)
             spec.destination = host
             _match(r, match, where, spec)
-            ports = {p for _, p, _, _ in destinations if p}
+            # Destinations on the requested host may name its port: the route then applies to that port.
+            ports = {p for h, p, _, _ in destinations if p and h == host}
             if len(ports) > 1:
-                r.refuse(f"{path}.route", f"destinations on different ports: {MESH_TODO}")
+                r.refuse(f"{path}.route", f"destinations on different ports of {host}: {MESH_TODO}")
             if ports and spec.port and spec.port not in ports:
                 r.refuse(f"{path}.route", f"forwarding port {spec.port} to another port: {MESH_TODO}")
             spec.port = spec.port or next(iter(ports), 0)
-            for _, _, subset, weight in destinations:
-                spec.route.append(routing_pb2.RouteDestination(subset=subset, weight=weight))
+            for dest_host, port, subset, weight in destinations:
+                if dest_host is None or dest_host == host:
+                    spec.route.append(routing_pb2.RouteDestination(subset=subset, weight=weight))
+                else:  # another host's cluster; its port is resolved against the host's ports
+                    spec.route.append(routing_pb2.RouteDestination(subset=subset, weight=weight, host=dest_host,
+                                                                   port=port))
             rules.append(HostRule(where, spec))
     _check_weights(r, [w for *_, w in destinations], f"{path}.route")
     return rules

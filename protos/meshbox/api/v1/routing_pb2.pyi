@@ -79,11 +79,17 @@ class RouteDestination(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     SUBSET_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
     weight: _builtins.int
     subset: _builtins.str
     """Name of the subset cluster (e.g. a DestinationRule subset's name);
     empty: named after the label values.
     """
+    host: _builtins.str
+    """Another service to send this share to (its FQDN); empty: the rule's destination."""
+    port: _builtins.int
+    """That service's port; required with `host`."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -92,10 +98,12 @@ class RouteDestination(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         weight: _builtins.int = ...,
         subset: _builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "subset", b"subset", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "labels", b"labels", "port", b"port", "subset", b"subset", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
