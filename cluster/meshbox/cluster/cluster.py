@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from meshbox.api.defaults import DISCOVERY_HTTP_PORT, DISCOVERY_PORT, PROXY_GID, PROXY_UID
 from meshbox.api.kube.endpoints import port_endpoints
 from meshbox.cluster import host
 from meshbox.cluster.addressing import AddressError, check_prefix, next_pod_ip, pod_netns, service_chain
@@ -31,8 +32,6 @@ from meshbox.cluster.model import ClusterState, Obj, PodRecord
 from meshbox.cluster.netplan import ServicePort
 from meshbox.cluster.state import StateDir, default_state_dir
 
-DISCOVERY_GRPC_PORT = 15010
-DISCOVERY_HTTP_PORT = 15014
 POD_GRACE = 10.0  # seconds a pod's containers get to drain after SIGTERM (kubelet's default is 30)
 RUN_AS_PROXY_UID = ("meshbox.api", "meshbox.agent", "meshbox.proxy")  # what the proxy container imports
 
@@ -160,12 +159,12 @@ class LocalCluster:
 
     def _probe_proxy_uid(self) -> subprocess.CompletedProcess[str]:
         imports = ", ".join(RUN_AS_PROXY_UID)
-        return subprocess.run(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups", "--",
+        return subprocess.run(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_GID}", "--clear-groups", "--",
                                str(bin_dir() / "python"), "-c", f"import {imports}"],
                               capture_output=True, text=True, check=False)
 
     def _let_proxy_uid_run(self) -> list[str]:
-        """Make sure UID 1337 can run the agent and proxy from this venv.
+        """Make sure the proxy's UID (1337) can run the agent and proxy from this venv.
 
         If it cannot, give 'others' search permission (x only, no listing) on the directories
         above the venv and the packages, as a container image would have them; say so.
@@ -186,9 +185,9 @@ class LocalCluster:
                     opened.append(str(directory))
         probe = self._probe_proxy_uid()
         if probe.returncode != 0:
-            raise ClusterError(f"UID 1337 (the proxy's user) cannot run {bin_dir() / 'python'}: "
+            raise ClusterError(f"UID {PROXY_UID} (the proxy's user) cannot run {bin_dir() / 'python'}: "
                                f"{probe.stderr.strip()[-300:]}")
-        return [f"gave others search permission (o+x) on {', '.join(opened)} so UID 1337 can run the proxy"]
+        return [f"gave others search permission (o+x) on {', '.join(opened)} so UID {PROXY_UID} can run the proxy"]
 
     def _node_log(self, name: str) -> Path:
         log_dir = self.dir.logs / "node"
@@ -202,7 +201,7 @@ class LocalCluster:
         node = NetworkExecutor(state.prefix).node
         log = self._node_log("discovery.log")
         ref = host.spawn(["ip", "netns", "exec", node, str(binary), "--registry-dir", str(self.dir.registry),
-                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT)],
+                          "--grpc-port", str(DISCOVERY_PORT), "--http-port", str(DISCOVERY_HTTP_PORT)],
                          log=log, env=BASE_ENV)
         state.discovery = ref
         self.record_process(state, ref)

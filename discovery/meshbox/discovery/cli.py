@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 
-from meshbox.api.defaults import DISCOVERY_PORT
+from meshbox.api.defaults import DISCOVERY_HTTP_PORT, DISCOVERY_PORT
 from meshbox.discovery.directory_source import DirectorySource, RegistryDirError
 from meshbox.discovery.hub import Hub
 from meshbox.discovery.server import PendingUpdate, serve
 
-HTTP_PORT = 15014
+HTTP_PORT = DISCOVERY_HTTP_PORT
 
 
 async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, host: str, grpc_port: int,
