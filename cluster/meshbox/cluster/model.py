@@ -15,8 +15,8 @@ from typing import Any
 from meshbox.api.kube.objects import Pod, Service, parse_pod, parse_service
 from meshbox.cluster.addressing import NODE_IP
 from meshbox.cluster.host import ProcessRef
+from meshbox.cluster.objects import Obj
 
-Obj = dict[str, Any]
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
 

@@ -23,7 +23,7 @@ from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rul
 
 SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule")
 MAX_REPLICAS = 20  # the local cluster's limit: each pod is a namespace and several processes
-Obj = dict[str, Any]
+Obj = dict[str, Any]  # a Kubernetes object as plain data (the one definition)
 
 
 class ManifestError(ValueError):
