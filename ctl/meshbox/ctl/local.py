@@ -79,7 +79,7 @@ def local(ctx: click.Context, state_dir: Path | None) -> None:
 @click.pass_context
 @_friendly_errors
 def up(ctx: click.Context, prefix: str, without_discovery: bool) -> None:
-    """Make the node namespace (bridge, Service NAT) and start the discovery server."""
+    """Make the node namespace (bridge, Service NAT), start the kubelet and the discovery server."""
     _need_root()
     for line in _cluster(ctx).up(prefix, discovery=not without_discovery):
         click.echo(line)
