@@ -160,11 +160,12 @@ def test_readiness_moves_a_pod_in_and_out_of_the_endpoints_and_discovery_sees_it
         return sorted(p.name for p in registry.load().pods if p.serving)
 
     assert discovery_serving() == []
-    # A readiness endpoint appears in one pod (for 8 seconds): that pod becomes ready, then not again.
+    # A readiness endpoint appears in one pod: that pod becomes ready; when it goes, not ready again.
     chosen = sorted(names)[0]
-    helper = subprocess.Popen([MESHCTL, "local", "--state-dir", str(local.state), "exec", chosen, "--", "timeout",
-                               "8", "python3", "-m", "http.server", "9000"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # `timeout --foreground` stays in the group of meshctl exec, so one killpg stops all of it.
+    serve = ["timeout", "--foreground", "60", "python3", "-m", "http.server", "9000"]
+    helper = subprocess.Popen([MESHCTL, "local", "--state-dir", str(local.state), "exec", chosen, "--", *serve],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         local.until("the pod with a readiness endpoint is ready", lambda: endpoint_ips(local) == [names[chosen]])
         assert discovery_serving() == [chosen]
@@ -174,6 +175,7 @@ def test_readiness_moves_a_pod_in_and_out_of_the_endpoints_and_discovery_sees_it
             body = local.run("exec", other, "--", "curl", "-sS", "-m", "5", "web:80/").stdout
             assert "CLIENT VALUES:" in body
         assert " 1/1 " in next(line for line in local.run("get", "pods").stdout.splitlines() if chosen in line)
+        os.killpg(helper.pid, signal.SIGTERM)  # meshctl exec and the server it runs, by their own group
         helper.wait(timeout=20)
         local.until("the pod is out again", lambda: endpoint_ips(local) == [])
         assert discovery_serving() == []
@@ -181,5 +183,5 @@ def test_readiness_moves_a_pod_in_and_out_of_the_endpoints_and_discovery_sees_it
         assert pod_file["status"]["conditions"] == [{"type": "Ready", "status": "False"}]
     finally:
         if helper.poll() is None:
-            helper.kill()
+            os.killpg(helper.pid, signal.SIGKILL)
             helper.wait()

@@ -70,6 +70,17 @@ def test_manifest_objects_and_namespace_default() -> None:
     ("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 80, name: web}],"
      " readinessProbe: {httpGet: {port: http}}}]}\n",
      "spec.containers[0].readinessProbe.httpGet.port: names no port of the container: 'http'"),
+    # Named like the API server names them: the document, the object, the field.
+    (DEPLOYMENT.replace("labels: {app: web}", "labels: {app: web, version: 1}"),
+     "in.yaml (document 1): Deployment default/web: spec.template.metadata.labels.version: "
+     "label values must be strings, got 1"),
+    (DEPLOYMENT.replace("replicas: 2", "replicas: -1"), "Deployment default/web: spec.replicas: Invalid value: -1"),
+    (DEPLOYMENT.replace("    spec:\n      containers:", "    spec:\n      restartPolicy: Sometimes\n      containers:"),
+     "spec.template.spec.restartPolicy: unsupported value 'Sometimes'"),
+    ("kind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}\n",
+     "Service default/h: spec.clusterIP: headless Services are not supported"),
+    ("kind: Service\nmetadata: {name: s}\nspec: {selector: {app: [x]}, ports: [{port: 80}]}\n",
+     "Service default/s: spec.selector.app: label values must be strings"),
 ])
 def test_bad_manifests_name_the_problem(text: str, message: str) -> None:
     with pytest.raises(ManifestError, match=None) as info:
