@@ -70,6 +70,9 @@ def test_scale_up_and_down_and_bad_scale_requests(local: Any) -> None:
     assert table[0].split() == ["NAME", "ENDPOINTS", "AGE"]
     assert table[1].startswith("web ") and table[1].count(":8080") == 3
     assert endpoint_ips(local) == sorted(p["status"]["podIP"] for p in listed)
+    [slice_] = json.loads(local.run("get", "endpointslices", "-o", "json").stdout)["items"]
+    assert sorted(e["addresses"][0] for e in slice_["endpoints"] if e["conditions"]["ready"]) == endpoint_ips(local)
+    assert slice_["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
     deployments = local.run("get", "deployments").stdout
     assert "web    3/3 " in deployments
 
