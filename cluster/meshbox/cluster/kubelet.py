@@ -107,10 +107,12 @@ def tick(cluster: LocalCluster) -> None:
         if not cluster.dir.exists():
             return
         state = cluster.dir.load()
+        before = state.to_json()
         if apply_observations(cluster, state, seen, time.time()):
             cluster.sync(state)
             state.endpoints_at = time.time()
-        cluster.dir.save(state)
+        if state.to_json() != before:  # an idle cluster's state file is left alone
+            cluster.dir.save(state)
 
 
 def main(argv: list[str] | None = None) -> int:
