@@ -129,6 +129,9 @@ def test_images_map_to_programs_and_others_are_refused() -> None:
 def test_addresses() -> None:
     assert next_pod_ip([]) == "10.244.0.2"
     assert next_pod_ip(["10.244.0.2", "10.244.0.4"]) == "10.244.0.3"
+    # Round, not lowest-first: a just-freed address is not reused at once; the node's is never given.
+    assert next_pod_ip(["10.244.0.3"], after="10.244.0.3") == "10.244.0.4"
+    assert next_pod_ip([], after="10.244.255.254") == "10.244.0.2"
     assert next_cluster_ip([]) == "10.96.0.17"
     assert check_cluster_ip("10.96.5.5", []) == "10.96.5.5"
     for bad, why in (("10.0.0.1", "outside"), ("10.96.0.17", "already used"), ("x", "not an IPv4")):

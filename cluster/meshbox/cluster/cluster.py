@@ -34,6 +34,8 @@ from meshbox.cluster.state import StateDir, default_state_dir
 
 POD_GRACE = 10.0  # seconds a pod's containers get to drain after SIGTERM (kubelet's default is 30)
 RUN_AS_PROXY_UID = ("meshbox.api", "meshbox.agent", "meshbox.proxy")  # what the proxy container imports
+ENDPOINT_DRAIN = 0.3  # seconds between a pod leaving the Service NAT and its containers' SIGTERM
+ENDPOINT_DRAIN_WITH_DISCOVERY = 1.0  # ... when proxies must first hear of it (discovery polls its registry)
 
 
 class ClusterError(RuntimeError):
@@ -256,8 +258,8 @@ class LocalCluster:
         meta = pod["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         meta["creationTimestamp"] = now_text()
-        rec = PodRecord(pod, next_pod_ip(r.ip for r in state.pods.values()), pod_netns(state.prefix, namespace, name),
-                        state.next_veth)
+        ip = state.last_pod_ip = next_pod_ip((r.ip for r in state.pods.values()), state.last_pod_ip)
+        rec = PodRecord(pod, ip, pod_netns(state.prefix, namespace, name), state.next_veth)
         state.next_veth += 1
         state.pods[rec.key] = rec
         net = NetworkExecutor(state.prefix)
@@ -291,14 +293,23 @@ class LocalCluster:
         return None
 
     def delete_pods(self, state: ClusterState, keys: list[str]) -> None:
-        """Stop pods together (the agents drain in parallel), then remove their namespaces and files."""
+        """Take pods out of the Services, stop them together (the agents drain in parallel), then remove
+        their namespaces and files."""
         recs = [state.pods.pop(key) for key in keys]
+        if not recs:
+            return
+        # As Kubernetes removes a terminating pod's endpoints before it stops its containers; requests
+        # already on their way finish, and the proxies hear of it from discovery, before the stop.
+        for rec in recs:
+            self.dir.remove_registry(registry_name("Pod", rec.namespace, rec.name))
+        self.sync(state)
+        if any(rec.ready for rec in recs):
+            time.sleep(ENDPOINT_DRAIN_WITH_DISCOVERY if state.discovery else ENDPOINT_DRAIN)
         host.stop([c.ref for rec in recs for c in rec.containers.values()], grace=POD_GRACE)
         host.stop([rec.pause for rec in recs if rec.pause])
         net = NetworkExecutor(state.prefix)
         for rec in recs:
             net.remove_netns(rec.netns)
-            self.dir.remove_registry(registry_name("Pod", rec.namespace, rec.name))
             net.remove_path(str(self.dir.pod_log_dir(rec.namespace, rec.name)))
             refs = [*(c.ref for c in rec.containers.values()), *([rec.pause] if rec.pause else [])]
             entries: list[Obj] = [{"type": "netns", "name": rec.netns},

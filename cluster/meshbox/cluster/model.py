@@ -182,6 +182,7 @@ class ClusterState:
     discovery: ProcessRef | None = None
     kubelet: ProcessRef | None = None
     endpoints_at: float = 0.0  # wall-clock time the Service endpoints last changed
+    last_pod_ip: str = ""  # pod addresses are handed out round from here
 
     def to_json(self) -> Obj:
         return {"format": FORMAT, "prefix": self.prefix, "ledger": self.ledger, "next_veth": self.next_veth,
@@ -189,7 +190,8 @@ class ClusterState:
                 "deployments": {k: d.body for k, d in self.deployments.items()},
                 "pods": {k: p.to_json() for k, p in self.pods.items()}, "rules": self.rules,
                 "discovery": self.discovery.to_json() if self.discovery else None,
-                "kubelet": self.kubelet.to_json() if self.kubelet else None, "endpoints_at": self.endpoints_at}
+                "kubelet": self.kubelet.to_json() if self.kubelet else None, "endpoints_at": self.endpoints_at,
+                "last_pod_ip": self.last_pod_ip}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ClusterState:
@@ -198,4 +200,4 @@ class ClusterState:
                    {k: DeploymentRecord(v) for k, v in (data.get("deployments") or {}).items()},
                    {k: PodRecord.from_json(v) for k, v in (data.get("pods") or {}).items()},
                    dict(data.get("rules") or {}), _ref(data.get("discovery")), _ref(data.get("kubelet")),
-                   float(data.get("endpoints_at", 0.0)))
+                   float(data.get("endpoints_at", 0.0)), str(data.get("last_pod_ip", "")))
