@@ -177,8 +177,7 @@ def _roll_out(cluster: LocalCluster, state: ClusterState, dep: DeploymentRecord,
                 return
             cluster.sync(state)  # the new pod joins the Services before an old one leaves
         if old:
-            cluster.delete_pods(state, [old.pop(0)])
-            cluster.sync(state)
+            cluster.delete_pods(state, [old.pop(0)])  # out of the Services first, then stopped
 
 
 def _apply_deployment(cluster: LocalCluster, state: ClusterState, res: Resource, errors: list[str]) -> str:
