@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from meshbox.api.defaults import CA_PORT, DISCOVERY_PORT
+from meshbox.api.defaults import CA_PORT, DISCOVERY_HTTP_PORT, DISCOVERY_PORT
 from meshbox.api.loader import ConfigError, load_mesh_config
 from meshbox.api.validation import ValidationError
 from meshbox.discovery.directory_source import DirectorySource, RegistryDirError
@@ -22,7 +22,7 @@ from meshbox.discovery.hub import Hub
 from meshbox.discovery.server import PendingUpdate, Security, serve
 from meshbox.discovery.tls_options import TlsOptions, security_from_options
 
-HTTP_PORT = 15014
+HTTP_PORT = DISCOVERY_HTTP_PORT
 
 
 async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, host: str, grpc_port: int,
