@@ -32,8 +32,9 @@ def test_only_readiness_is_served_off_loopback(netns: Any, tmp_path: Path) -> No
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "POD_NAME": "app-1", "POD_NAMESPACE": "default",
            "POD_IP": POD_IP}
     with log.open("wb") as err:
-        agent = pod.popen(str(VENV_BIN / "meshbox-agent"), "sidecar", "--discovery-address", "127.0.0.1:1",
-                          "--", "--outbound-port", "0", env=env, stdout=subprocess.DEVNULL, stderr=err)
+        agent = pod.popen(str(VENV_BIN / "meshbox-agent"), "sidecar", "--plaintext",
+                          "--discovery-address", "127.0.0.1:1", "--", "--outbound-port", "0",
+                          env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 20
     while curl(pod, "GET", "http://127.0.0.1:15020/healthz/ready")[0] == 0:
         assert time.monotonic() < deadline and agent.poll() is None, log.read_text()

@@ -31,14 +31,16 @@ class CaKeeper:
     """The CA material, discovery's serving certificate and the trust bundle, kept current."""
 
     def __init__(self, directory: Path, trust_domain: str, server_names: list[str], *,
-                 namespace: str = "meshbox-system") -> None:
+                 namespace: str = "meshbox-system", material: ca_files.CaMaterial | None = None) -> None:
+        """``material``: the root to start with (from the Kubernetes Secret) while ``directory`` is still empty."""
         self.directory = directory
         self.trust_domain = trust_domain
         self.server_names = server_names
         self.identity = WorkloadIdentity(trust_domain, namespace, DISCOVERY_SERVICE_ACCOUNT)
-        material, created = ca_files.load_or_create(directory, trust_domain)
-        if created:
-            log.warning("generated a new mesh root CA in %s (kept there for the next start)", directory)
+        if material is None:
+            material, created = ca_files.load_or_create(directory, trust_domain)
+            if created:
+                log.warning("generated a new mesh root CA in %s (kept there for the next start)", directory)
         self.ca = CertificateAuthority(material)
         self._fingerprint = ca_files.fingerprint(directory)
         self._changed = asyncio.Event()
