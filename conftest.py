@@ -10,9 +10,12 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -218,3 +221,49 @@ class Pki:
             builder = builder.add_extension(x.SubjectAlternativeName(sans), critical=False)
         csr = builder.sign(key, self.hashes.SHA256())
         return csr.public_bytes(self.serialization.Encoding.PEM).decode(), key
+
+
+@dataclass
+class PrometheusRun:
+    """A real Prometheus (Debian's package) started by a test, on a free loopback port; stopped by PID."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_prometheus(workdir: Path, config: str, timeout: float = 30.0) -> PrometheusRun:
+    """Start ``prometheus`` with ``config`` (YAML text) and wait until it is ready; needs the binary."""
+    binary = shutil.which("prometheus")
+    need(binary is not None, "needs Debian's prometheus package (make bootstrap installs it)")
+    assert binary is not None
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prometheus.yml").write_text(config)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = workdir / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                                 "--log.level=warn"], stdout=out, stderr=subprocess.STDOUT)
+    run = PrometheusRun(proc, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prometheus exited {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{run.url}/-/ready", timeout=1) as reply:
+            if reply.status == 200:
+                return run
+        time.sleep(0.1)
+    run.stop()
+    raise RuntimeError(f"prometheus not ready within {timeout}s: {log.read_text(errors='replace')[-2000:]}")

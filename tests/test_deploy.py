@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from ruamel.yaml import YAML
 
+from meshbox.api.kube.names import service_dns_names
 from meshbox.api.loader import load_mesh_config, parse_route_rule
 from meshbox.ctl.install import InstallOptions, install, render, render_yaml
 from meshbox.discovery.cli import main as discovery_main
-from meshbox.injector.certs import generate_tls_material, service_dns_names
+from meshbox.injector.certs import generate_tls_material
 from meshbox.injector.webhook_cli import main as webhook_main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshbox.api.v1 import proxy_config_pb2 as pc
 
@@ -312,3 +313,24 @@ def test_a_bad_mesh_config_is_refused_naming_the_field(tmp_path: Path) -> None:
     done = _refused(["--mesh-config", str(mesh)], {})
     assert done.returncode == 1
     assert "ports.admn: no such field" in done.stderr
+
+
+def test_the_status_port_serves_the_agent_and_proxy_metrics_merged(
+    canned_discovery: Any, start_agent: Any, backends: Any, kit: Any
+) -> None:
+    v1 = backends("v1")
+    port = kit.free_port()
+    agent = _ready_agent(canned_discovery, start_agent, kit, kit.http_world(port, {"backend": v1}))
+    assert kit.get(port) == (200, "v1")
+    conn = http.client.HTTPConnection("127.0.0.1", agent.status_port, timeout=5)
+    conn.request("GET", "/stats/prometheus")
+    reply = conn.getresponse()
+    text = reply.read().decode()
+    assert reply.status == 200 and reply.getheader("content-type", "").startswith("text/plain; version=0.0.4")
+    samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["meshbox_agent_configs_applied_total"].value >= 1
+    assert samples["meshbox_agent_proxy_scrape_up"].value == 1
+    assert samples["meshbox_agent_discovery_connected"].value == 1
+    request = samples["istio_requests_total"]
+    assert request.value == 1 and request.labels["source_workload"] == "app-1"
+    assert request.labels["response_code"] == "200"

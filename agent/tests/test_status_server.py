@@ -14,6 +14,8 @@ def test_routes_name_the_endpoint_or_the_error() -> None:
     assert route("GET", "/healthz/ready") == "ready"
     assert route("HEAD", "/healthz/ready?x=1") == "ready"
     assert route("POST", "/quitquitquit") == "quit"
+    assert route("GET", "/stats/prometheus") == "metrics"
+    assert route("POST", "/stats/prometheus") == Answer(405, "/stats/prometheus takes GET, not POST", allow="GET")
     assert route("GET", "/quitquitquit") == Answer(405, "/quitquitquit takes POST, not GET", allow="POST")
     assert route("POST", "/healthz/ready") == Answer(405, "/healthz/ready takes GET, not POST", allow="GET")
     missing = route("GET", "/nope")
@@ -100,4 +102,5 @@ def test_loopback_peers() -> None:
     for peer in (("10.0.0.2", 1), ("::ffff:10.0.0.2", 1, 0, 0), ("fe80::1%eth0", 1, 0, 2), None, ("garbage", 1)):
         assert not is_loopback_peer(peer), peer
     assert remote_allowed("GET", "/healthz/ready") and remote_allowed("HEAD", "/healthz/ready?x")
+    assert remote_allowed("GET", "/stats/prometheus") and not remote_allowed("POST", "/stats/prometheus")
     assert not remote_allowed("POST", "/quitquitquit") and not remote_allowed("GET", "/nope")

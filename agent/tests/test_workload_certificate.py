@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 
 from meshbox.agent.cert_files import CURRENT, WorkloadCredentials, read_credentials, write_credentials
 from meshbox.api import local_tokens
+from meshbox.api.files import write_atomically
 
 VENV_BIN = Path(sys.executable).parent
 STARTED = re.compile(r"serving discovery gRPC on 127\.0\.0\.1:(\d+), HTTP \(/ready, /metrics\) on "
@@ -170,11 +171,11 @@ def test_root_change_renews_at_once(start_agent: Any, mesh_ca: MeshCa, tmp_path:
     new_cert, new_key = ca_files.generate_root("cluster.local")
     pem = serialization.Encoding.PEM
     roots = old.cert.public_bytes(pem) + new_cert.public_bytes(pem)
-    ca_files.write_atomically(mesh_ca.ca_dir / "roots.pem", roots)
+    write_atomically(mesh_ca.ca_dir / "roots.pem", roots)
     wait_until(lambda: read_credentials(cert_dir).roots_pem == roots, 15, "the two-root bundle in the agent's files")
-    ca_files.write_atomically(mesh_ca.ca_dir / "ca.key", new_key.private_bytes(
+    write_atomically(mesh_ca.ca_dir / "ca.key", new_key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), mode=0o600)
-    ca_files.write_atomically(mesh_ca.ca_dir / "ca.crt", new_cert.public_bytes(pem))
+    write_atomically(mesh_ca.ca_dir / "ca.crt", new_cert.public_bytes(pem))
     wait_until(lambda: leaf(cert_dir).issuer == new_cert.subject, 15, "a certificate from the new root")
     assert "renewing the workload certificate now" in agent.log()
     assert agent.ready_status() == 200

@@ -33,6 +33,7 @@ def test_demo_replays_the_tutorial_and_cleans_up(root: None) -> None:
     tail = out[out.index("The request, traced through both proxies:"):].splitlines()
     assert tail[1].startswith(f"request {rid.group(1)}: 2 hop(s)")
     assert " outbound " in tail[2] and " inbound " in tail[3]
+    assert out.rstrip().splitlines()[-1].startswith("See the mesh live: meshctl demo --keep, then meshctl dashboard")
     assert {n for n in _namespaces() - before if n.startswith("demo")} == set()  # others' tests run alongside
 
 

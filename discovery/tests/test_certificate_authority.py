@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import Pki  # type: ignore[import-not-found]
+from conftest import PROXY_UID, Pki, make_traversable_for_others  # type: ignore[import-not-found]
 from meshbox.api.identity import WorkloadIdentity
 from meshbox.discovery import ca_files
 from meshbox.discovery.certificate_authority import CertificateAuthority, CsrError, CsrIdentityError
@@ -63,14 +65,36 @@ def test_operator_files_are_checked(tmp_path: Path) -> None:
         ca_files.load(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only directory")
-def test_read_only_empty_directory_is_a_clear_error(tmp_path: Path) -> None:
-    tmp_path.chmod(0o500)
+_LOAD_AS_CALLER = """
+import sys
+from pathlib import Path
+from meshbox.discovery import ca_files
+try:
+    ca_files.load_or_create(Path(sys.argv[1]), "cluster.local")
+except ca_files.CaFilesError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_read_only_empty_directory_is_a_clear_error(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """An empty CA directory discovery may not write to. Root may write anywhere, so as root the load
+    runs as the proxy's UID (1337) on a directory owned by root; otherwise as the caller on a 0500 one."""
+    directory = tmp_path / "ca"
+    directory.mkdir(mode=0o500 if os.geteuid() else 0o755)
+    python, prefix = sys.executable, []
+    if os.geteuid() == 0:
+        python = request.getfixturevalue("uid1337_python")
+        make_traversable_for_others(directory)
+        prefix = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--"]
     try:
-        with pytest.raises(ca_files.CaFilesError, match="not writable"):
-            ca_files.load_or_create(tmp_path, "cluster.local")
+        result = subprocess.run([*prefix, python, "-c", _LOAD_AS_CALLER, str(directory)],
+                                capture_output=True, text=True, timeout=60, check=False)
     finally:
-        tmp_path.chmod(0o700)
+        directory.chmod(0o700)
+    assert result.returncode == 3, result.stderr
+    assert "not writable" in result.stdout
+    assert list(directory.iterdir()) == []
 
 
 def _authority(tmp_path: Path) -> CertificateAuthority:

@@ -39,8 +39,12 @@ def test_tutorial_outbound_and_inbound(kit: Any) -> None:
     two = endpoints[f"outbound|80||{TWO}"].endpoints
     assert [(e.address, e.port, e.labels["version"]) for e in two] == [("10.1.0.21", 8080, "v1"),
                                                                        ("10.1.0.22", 8080, "v2")]
+    # Each endpoint names the workload behind it (the pod's name, as no ReplicaSet hash ends it; the app label).
+    assert [(e.workload.name, e.workload.namespace, e.workload.app) for e in two] == [
+        ("service-two-v1", "default", "service-two"), ("service-two-v2", "default", "service-two")]
     inbound = endpoints["inbound|8080||service-one.default.svc.cluster.local"].endpoints
     assert [(e.address, e.port) for e in inbound] == [("127.0.0.1", 8080)]
+    assert not inbound[0].HasField("workload")
 
     listeners = {(lis.direction, lis.address, lis.port): lis for lis in config.listeners}
     out = listeners[(pc.OUTBOUND, "10.96.0.12", 80)]
@@ -89,6 +93,7 @@ def test_endpoint_slices_take_precedence_over_pod_selection(kit: Any) -> None:
     config = ConfigBuilder(registry).build(kit.node("x", "10.1.0.50"))
     eps = by_name(config.endpoints, "cluster_name")[f"outbound|80||{TWO}"].endpoints
     assert [(e.address, e.labels["version"]) for e in eps] == [("10.1.0.22", "v2")]
+    assert eps[0].workload.name == "service-two-v2"
 
 
 def test_unready_and_finished_pods_are_not_endpoints(kit: Any) -> None:

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import Pki  # type: ignore[import-not-found]
 from meshbox.api import local_tokens
+from meshbox.api.files import write_atomically
 from meshbox.api.v1 import certificate_pb2, certificate_pb2_grpc, discovery_pb2_grpc
 from meshbox.discovery import ca_files
 from meshbox.discovery.ca_keeper import CaKeeper
@@ -264,10 +265,10 @@ def test_certificates_tls_refuses_and_why(kit: Any, secured_registry: Path, tmp_
 
 def _write_ca(ca_dir: Path, cert: x509.Certificate, key: Any, roots: list[x509.Certificate]) -> None:
     pem = serialization.Encoding.PEM
-    ca_files.write_atomically(ca_dir / "roots.pem", b"".join(r.public_bytes(pem) for r in roots))
-    ca_files.write_atomically(ca_dir / "ca.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+    write_atomically(ca_dir / "roots.pem", b"".join(r.public_bytes(pem) for r in roots))
+    write_atomically(ca_dir / "ca.key", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                                    serialization.NoEncryption()), mode=0o600)
-    ca_files.write_atomically(ca_dir / "ca.crt", cert.public_bytes(pem))
+    write_atomically(ca_dir / "ca.crt", cert.public_bytes(pem))
 
 
 def test_root_rotation_through_a_two_root_bundle(kit: Any, secured_registry: Path, tmp_path: Path) -> None:

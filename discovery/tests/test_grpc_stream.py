@@ -5,6 +5,7 @@ pushes after a file edit, an invalid RouteRule never reaching a proxy, /ready an
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -228,6 +229,39 @@ def test_fan_out_reaches_every_stream(kit: Any, registry_dir: Path) -> None:
             assert all(s.state.in_sync() for s in server.hub.sessions)
             for agent in agents:
                 agent.close()
+            await channel.close()
+
+    asyncio.run(scenario())
+
+
+def test_syncz_shows_stale_until_the_proxy_acks_a_config_change(kit: Any, registry_dir: Path) -> None:
+    async def statuses(server: Any) -> dict[str, str]:
+        status, body = await server.http_get("/debug/syncz")
+        assert status == 200
+        (proxy,) = json.loads(body)["proxies"]
+        assert (proxy["id"], proxy["pod"], proxy["pod_ip"]) == ("service-one-a.default", "service-one-a", "10.1.0.11")
+        return {t: v["status"] for t, v in proxy["types"].items()}
+
+    async def scenario() -> None:
+        async with kit.running_server(registry_dir) as server:
+            assert json.loads((await server.http_get("/debug/syncz"))[1]) == {"proxies": []}
+            channel, agent = await connect(kit, server.target)
+            first = await agent.receive_all()
+            assert set((await statuses(server)).values()) == {"STALE"}
+            await ack_all(agent, first)
+            await agent.expect_silence(0.1)
+            assert set((await statuses(server)).values()) == {"SYNCED"}
+            kit.write_yaml(registry_dir / "rules.yaml", [kit.route_rule("canary", "service-two", {"v2": 100})])
+            pushed = [await agent.receive() for _ in range(3)]
+            assert await statuses(server) == {"Cluster": "STALE", "ClusterLoadAssignment": "STALE",
+                                              "Listener": "SYNCED", "RouteConfiguration": "STALE"}
+            for response in pushed[:2]:
+                await agent.ack(response)
+            agent.send(ROUTE, first[ROUTE].version_info, pushed[2].nonce, error="proxy refused: test")
+            await agent.expect_silence(0.1)
+            assert await statuses(server) == {"Cluster": "SYNCED", "ClusterLoadAssignment": "SYNCED",
+                                              "Listener": "SYNCED", "RouteConfiguration": "NACKED"}
+            agent.close()
             await channel.close()
 
     asyncio.run(scenario())

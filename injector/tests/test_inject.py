@@ -56,10 +56,14 @@ def test_plain_dict_in_injected_dict_out_and_input_untouched() -> None:
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in proxy["env"]}
     assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace", "POD_IP": "status.podIP",
                    "SERVICE_ACCOUNT": "spec.serviceAccountName"}
-    status = json.loads(result.obj["metadata"]["annotations"][STATUS])
+    annotations = result.obj["metadata"]["annotations"]
+    assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus"}
+    status = json.loads(annotations[STATUS])
     assert status == {"initContainers": ["init"], "containers": ["proxy"],
                       "volumes": ["meshbox-ca-root", "meshbox-token", "meshbox-certs"],
-                      "created": ["spec.initContainers", "spec.volumes", "metadata.annotations"]}
+                      "created": ["spec.initContainers", "spec.volumes", "metadata.annotations"],
+                      "annotations": ["prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"]}
     # The workload certificate's inputs and output (docs/security.md).
     assert {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]} == {
         "meshbox-ca-root": "/var/run/meshbox/ca-root", "meshbox-token": "/var/run/secrets/tokens",
@@ -272,3 +276,15 @@ def test_documents_that_are_not_objects_pass_through_with_a_warning() -> None:
         result = inject(doc, SETTINGS)
         assert result.obj is doc
         assert result.reports[0].line().startswith("warning: ")
+
+
+def test_a_pod_that_declares_its_own_scrape_keeps_it_and_uninject_restores_exactly() -> None:
+    original = pod()
+    original["metadata"]["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": "9090"}
+    injected = inject(original, SETTINGS).obj
+    annotations = injected["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9090" and "prometheus.io/path" not in annotations
+    assert "annotations" not in json.loads(annotations[STATUS])
+    assert uninject(injected).obj == original
+    plain = inject(pod(), SETTINGS).obj
+    assert uninject(plain).obj == pod()

@@ -128,7 +128,7 @@ def test_flow_style_parts_round_trip() -> None:
     text = ("apiVersion: v1\nkind: Pod\nmetadata: {name: p, annotations: {}}\n"
             "spec:\n  containers: [{name: a, image: a}]\n")
     out = inject_manifest(text, SETTINGS).text
-    assert "metadata: {name: p, annotations: {sidecar.meshbox.io/status: " in out
+    assert "metadata: {name: p, annotations: {prometheus.io/scrape: \"true\", " in out
     assert uninject_manifest(out).text == text
     assert inject_manifest(out, SETTINGS).text == out
 
@@ -151,7 +151,7 @@ def test_flow_mapping_end_is_found_past_quoted_braces_and_line_breaks() -> None:
     text = ("apiVersion: v1\nkind: Pod\nmetadata: { name: p,\n  labels: {a: \"}\", b: '{'} }  # c }\n"
             "spec:\n  containers:\n  - name: a\n    image: a\n")
     out = inject_manifest(text, SETTINGS).text
-    assert "  labels: {a: \"}\", b: '{'}, annotations: {sidecar.meshbox.io/status: " in out
+    assert "  labels: {a: \"}\", b: '{'}, annotations: {prometheus.io/scrape: \"true\", " in out
     assert out.split("\n")[3].endswith("} }  # c }")
     assert uninject_manifest(out).text == text
 

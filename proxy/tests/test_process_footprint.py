@@ -36,7 +36,7 @@ def test_running_proxy_maps_no_openssl_and_still_scrapes(kit: Any, proxy_cli: An
         before = _mapped(proc.pid)
         client = await kit.Client.connect(port)
         try:
-            # The first scrape imports prometheus_client, whose exposition module imports ssl too.
+            # The first scrape imports the exposition module: it must not bring OpenSSL in either.
             resp = await client.request("GET", "/stats/prometheus", host="localhost")
         finally:
             client.close()

@@ -29,11 +29,18 @@ class ConfigApplier:
         self._rng = rng
         self._lock = asyncio.Lock()
         self.last_good: proxy_config_pb2.ProxyConfig | None = None
+        self.applied = 0
+        self.rejected = 0
 
     async def apply(self, config: proxy_config_pb2.ProxyConfig) -> None:
         """Apply ``config``, waiting for the proxy to answer; raises ConfigRejected if it refuses."""
         async with self._lock:
-            await self._apply_locked(config)
+            try:
+                await self._apply_locked(config)
+            except ConfigRejected:
+                self.rejected += 1
+                raise
+            self.applied += 1
             self.last_good = config
 
     async def restore(self) -> None:

@@ -49,6 +49,13 @@ class ProxyAdmin:
             return False
         return reply.status == 200
 
+    async def prometheus(self) -> str:
+        """The proxy's metrics in Prometheus text format (``GET /stats/prometheus``)."""
+        reply = await http_request(self.host, self.port, "GET", "/stats/prometheus", timeout=self.probe_timeout)
+        if reply.status != 200:
+            raise HttpUnreachable(f"GET /stats/prometheus answered HTTP {reply.status}: {reply.text}")
+        return reply.body.decode("utf-8", errors="replace")
+
     async def drain(self) -> None:
         """Ask the proxy to stop accepting new connections (``POST /drain_listeners``)."""
         await self._post("/drain_listeners")

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from meshbox.agent.agent_metrics import AgentCounts, merged_metrics
 from meshbox.agent.backoff import Backoff
 from meshbox.agent.config_applier import ConfigApplier
 from meshbox.agent.discovery_client import DiscoveryClient
@@ -90,6 +91,15 @@ class Sidecar:
             return True, "ready (discovery unreachable: serving the last good config)"
         return True, "ready"
 
+    async def metrics(self) -> str:
+        """The merged agent + proxy metrics served on the status port."""
+        counts = AgentCounts(
+            proxy_starts=self.supervisor.starts, configs_applied=self.applier.applied,
+            configs_rejected=self.applier.rejected, discovery_connected=self.discovery.connected,
+            config_applied=self.applier.last_good is not None,
+        )
+        return await merged_metrics(self.admin, counts)
+
     def request_stop(self, how: str) -> None:
         """Begin shutting down: ``"drain"`` (SIGTERM) or ``"quit"`` (POST /quitquitquit)."""
         if self._stop is not None and not self._stop.done():
@@ -101,7 +111,8 @@ class Sidecar:
         self._stop = loop.create_future()
         host, port = self.options.status_host, self.options.status_port
         try:
-            server = await StatusServer(self.readiness, lambda: self.request_stop("quit")).start(host, port)
+            server = await StatusServer(self.readiness, lambda: self.request_stop("quit"),
+                                        self.metrics).start(host, port)
         except OSError as exc:
             raise StartupError(f"cannot serve the status port on {host}:{port}: {exc.strerror or exc}") from exc
         for signum in (signal.SIGTERM, signal.SIGINT):

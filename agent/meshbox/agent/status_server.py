@@ -1,14 +1,15 @@
 """The agent's status server: the injected readiness probe and the Job-friendly exit.
 
 Routes: ``GET /healthz/ready`` (200 once a config is applied and the proxy says it is
-ready, else 503 with the reason), ``POST /quitquitquit`` (200, then agent and proxy exit
-0). A wrong method gets 405 with ``Allow``; anything else 404. HTTP/1.1 via h11, with
+ready, else 503 with the reason), ``GET /stats/prometheus`` (the agent's and the proxy's
+metrics merged, for the pod's ``prometheus.io/*`` scrape annotations), ``POST /quitquitquit``
+(200, then agent and proxy exit 0). A wrong method gets 405 with ``Allow``; anything else 404. HTTP/1.1 via h11, with
 keep-alive, request bodies capped.
 
-The server listens on every address because the kubelet probes readiness on the pod IP, and
-the pod IP is reachable from the whole cluster (init does not capture the status port). So a
-request whose peer is not a loopback address gets readiness and nothing else: 403 for
-``/quitquitquit`` and for every other path, whatever the method.
+The server listens on every address because the kubelet probes readiness and Prometheus scrapes
+metrics on the pod IP, and the pod IP is reachable from the whole cluster (init does not capture
+the status port). So a request whose peer is not a loopback address gets those two reads and
+nothing else: 403 for ``/quitquitquit`` and for every other path and method.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ log = logging.getLogger("meshbox.agent")
 
 READY_PATH = "/healthz/ready"
 QUIT_PATH = "/quitquitquit"
+METRICS_PATH = "/stats/prometheus"
 MAX_BODY_BYTES = 64 * 1024
 IDLE_TIMEOUT_S = 30.0
 
 Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+Metrics = Callable[[], Awaitable[str]]
+TEXT = "text/plain; charset=utf-8"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,13 @@ class Answer:
     status: int
     text: str
     allow: str = ""
+    content_type: str = TEXT
 
 
 def route(method: str, target: str) -> Answer | str:
-    """Which endpoint a request is for (``"ready"`` or ``"quit"``), or the error answer to give."""
+    """Which endpoint a request is for (``"ready"``, ``"metrics"`` or ``"quit"``), or the error answer to give."""
     path = target.split("?", 1)[0]
-    endpoints = {READY_PATH: ("ready", "GET"), QUIT_PATH: ("quit", "POST")}
+    endpoints = {READY_PATH: ("ready", "GET"), METRICS_PATH: ("metrics", "GET"), QUIT_PATH: ("quit", "POST")}
     if path not in endpoints:
         return Answer(404, f"no such endpoint {path} (try GET {READY_PATH} or POST {QUIT_PATH})")
     name, allowed = endpoints[path]
@@ -65,16 +71,17 @@ def is_loopback_peer(peer: object) -> bool:
 
 
 def remote_allowed(method: str, target: str) -> bool:
-    """What a peer outside the pod may ask: the readiness probe only."""
-    return route(method, target) == "ready"
+    """What a peer outside the pod may ask: the readiness probe and the metrics scrape (reads only)."""
+    return route(method, target) in ("ready", "metrics")
 
 
 class StatusServer:
-    """Serves :func:`route`'s endpoints; ``readiness`` is asked on every probe."""
+    """Serves :func:`route`'s endpoints; ``readiness`` is asked on every probe, ``metrics`` on every scrape."""
 
-    def __init__(self, readiness: Readiness, on_quit: Callable[[], None]) -> None:
+    def __init__(self, readiness: Readiness, on_quit: Callable[[], None], metrics: Metrics | None = None) -> None:
         self._readiness = readiness
         self._on_quit = on_quit
+        self._metrics = metrics
 
     async def start(self, host: str, port: int) -> asyncio.Server:
         """Listen on host:port (port 0 picks a free one)."""
@@ -87,6 +94,10 @@ class StatusServer:
             return routed, False
         if routed == "quit":
             return Answer(200, "quitting: the proxy and the agent exit now"), True
+        if routed == "metrics":
+            if self._metrics is None:
+                return Answer(404, f"{METRICS_PATH}: this status server serves no metrics"), False
+            return Answer(200, await self._metrics(), content_type=METRICS_CONTENT_TYPE), False
         ready, reason = await self._readiness()
         return Answer(200 if ready else 503, reason), False
 
@@ -103,10 +114,11 @@ class StatusServer:
                 if too_big:
                     answer, quit_after = Answer(413, f"request body over {MAX_BODY_BYTES} bytes"), False
                 elif not local and not remote_allowed(method, target):
-                    log.warning("status port: refused %s %s from %s (only readiness is served off loopback)",
-                                method, target, peer[0] if isinstance(peer, tuple) else peer)
-                    answer, quit_after = Answer(403, f"{method} {target.split('?', 1)[0]} is answered only "
-                                                     "from the pod's loopback; this address gets readiness only"), False
+                    log.warning("status port: refused %s %s from %s (off loopback only readiness and metrics "
+                                "are served)", method, target, peer[0] if isinstance(peer, tuple) else peer)
+                    answer = Answer(403, f"{method} {target.split('?', 1)[0]} is answered only from the pod's "
+                                         "loopback; this address gets readiness and metrics only")
+                    quit_after = False
                 else:
                     answer, quit_after = await self._answer(method, target)
                 await self._write(conn, writer, answer, head_only=method == "HEAD", close=too_big)
@@ -151,8 +163,8 @@ class StatusServer:
     async def _write(
         self, conn: h11.Connection, writer: asyncio.StreamWriter, answer: Answer, *, head_only: bool, close: bool
     ) -> None:
-        body = (answer.text + "\n").encode()
-        headers = [("content-type", "text/plain; charset=utf-8"), ("content-length", str(len(body)))]
+        body = (answer.text if answer.text.endswith("\n") else answer.text + "\n").encode()
+        headers = [("content-type", answer.content_type), ("content-length", str(len(body)))]
         if answer.allow:
             headers.append(("allow", answer.allow))
         if close:

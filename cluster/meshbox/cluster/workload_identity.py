@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meshbox.api import local_tokens
-from meshbox.cluster.state import write_atomically
+from meshbox.api.files import write_atomically
 
 CA_PORT = 15012
 TOKEN_LIFETIME_S = 30 * 86400
@@ -57,8 +57,8 @@ def pod_dir(netns: str) -> Path:
     return POD_SECRETS / netns
 
 
-def provision(root: Path, netns: str, pod: dict[str, Any], uid: int, gid: int) -> list[str]:
-    """Mint the pod's token, give it the roots; returns the agent flags that point at them."""
+def provision(root: Path, netns: str, pod: dict[str, Any], uid: int, gid: int) -> None:
+    """Mint the pod's token and give it the roots (files only the proxy user ``uid`` can read)."""
     roots = ca_dir(root) / "roots.pem"
     if not roots.exists():
         roots = ca_dir(root) / "ca.crt"
@@ -78,6 +78,11 @@ def provision(root: Path, netns: str, pod: dict[str, Any], uid: int, gid: int) -
     write_atomically(directory / "root-cert.pem", roots.read_bytes(), mode=0o444)
     for path in (directory, directory / "token"):
         os.chown(path, uid, gid)
+
+
+def agent_flags(netns: str) -> list[str]:
+    """The agent flags that point at the files :func:`provision` wrote for the pod."""
+    directory = pod_dir(netns)
     return ["--ca-root-file", str(directory / "root-cert.pem"), "--token-file", str(directory / "token"),
             "--cert-dir", str(directory / "certs")]
 

@@ -6,7 +6,10 @@ import importlib.metadata
 
 import click
 
+from meshbox.ctl.analyze import analyze_command
+from meshbox.ctl.dashboard.command import dashboard
 from meshbox.ctl.demo import demo
+from meshbox.ctl.inspect_commands import proxy_config_command, proxy_status_command
 from meshbox.ctl.install import install
 from meshbox.ctl.kube_inject import kube_inject, kube_uninject
 from meshbox.ctl.local import local
@@ -29,7 +32,9 @@ def main() -> None:
     """meshbox: a service mesh in a box.
 
     Inject sidecars into Kubernetes manifests, run the tutorial on a local mesh
-    made of network namespaces, and trace a request through the proxies.
+    made of network namespaces, trace a request through the proxies, watch the
+    mesh on a live dashboard, inspect what config each proxy runs, and check
+    traffic manifests (Istio's VirtualService, DestinationRule, ServiceEntry) offline.
     """
 
 
@@ -44,9 +49,13 @@ def version() -> None:
         click.echo(f"{dist:<20} {v}")
 
 
+main.add_command(analyze_command)
 main.add_command(install)
 main.add_command(kube_inject)
 main.add_command(kube_uninject)
 main.add_command(local)
 main.add_command(trace)
 main.add_command(demo)
+main.add_command(dashboard)
+main.add_command(proxy_status_command)
+main.add_command(proxy_config_command)

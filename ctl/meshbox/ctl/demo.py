@@ -140,6 +140,15 @@ def run_local(keep: bool) -> str:
     return traced
 
 
+def dashboard_hint(keep: bool) -> str:
+    """Where the demo points at the dashboard (it does not start it: the demo ends, the dashboard would not)."""
+    if keep:
+        return ("See the mesh live: meshctl dashboard  (with the export above; prints its URL: the service graph "
+                "and golden signals from the cluster's Prometheus)")
+    return ("See the mesh live: meshctl demo --keep, then meshctl dashboard with the export it prints "
+            "(service graph and golden signals from the cluster's Prometheus; docs/observability.md)")
+
+
 @click.command("demo")
 @click.option("--local", "force_local", is_flag=True, help="Use the local cluster even where kind is usable.")
 @click.option("--keep", is_flag=True, help="Leave the local cluster and the apps running at the end.")
@@ -160,3 +169,4 @@ def demo(force_local: bool, keep: bool) -> None:
     traced = run_local(keep)
     click.secho("\nThe request, traced through both proxies:", bold=True)
     click.echo(traced, nl=False)
+    click.secho(f"\n{dashboard_hint(keep)}", bold=True)

@@ -30,6 +30,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import LiteralScalarString
 
 from meshbox.api import defaults
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE, SYSTEM_NAMESPACES
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND, ConfigError, load_mesh_config
 from meshbox.api.security_policy import API_GROUP as SECURITY_API_GROUP
 from meshbox.api.v1 import mesh_config_pb2, routing_pb2
@@ -40,9 +41,8 @@ if TYPE_CHECKING:
 
 Manifest = dict[str, Any]
 
-MESH_NAMESPACE = "meshbox-system"
 INJECTION_LABEL = "meshbox-injection"
-DISCOVERY = "meshbox-discovery"
+DISCOVERY = DISCOVERY_SERVICE
 WEBHOOK = "meshbox-webhook"
 WEBHOOK_CONFIGURATION = "meshbox-sidecar-injector"
 WEBHOOK_NAME = "sidecar-injector.meshbox.io"
@@ -54,7 +54,7 @@ MESH_CONFIG_MAP = "meshbox-mesh-config"
 CONTROL_PLANE_UID = 65532  # the control-plane image's USER
 DISCOVERY_HTTP_PORT = 15014
 WEBHOOK_PORT = 15017
-NEVER_INJECTED = ("kube-system", "kube-public", "kube-node-lease")
+NEVER_INJECTED = SYSTEM_NAMESPACES
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -458,7 +458,8 @@ def install(dry_run: bool, mesh_config: Path | None, hub: str | None, tag: str |
         mesh.ca_address = f"{DISCOVERY}.{namespace}.svc:{defaults.CA_PORT}"
     options = InstallOptions(mesh=mesh, namespace=namespace)
     # cryptography is imported only here: it costs every other meshctl command ~0.4 s of start-up.
-    from meshbox.injector.certs import generate_tls_material, service_dns_names
+    from meshbox.api.kube.names import service_dns_names
+    from meshbox.injector.certs import generate_tls_material
 
     tls = None if without_tls else generate_tls_material(service_dns_names(WEBHOOK, namespace))
     manifest = render_yaml(options, tls)

@@ -86,7 +86,7 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=DISCOVERY_PORT, show_default=True,
               help="Discovery gRPC port (0 = any free port, printed at start).")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=HTTP_PORT, show_default=True,
-              help="HTTP port for /ready, /metrics and /registry/errors (0 = any free port).")
+              help="HTTP port for /ready, /metrics, /registry/errors and /debug/syncz (0 = any free port).")
 @click.option("--poll-interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
               help="Seconds between checks of --registry-dir for changes.")
 @click.option("--debounce", type=click.FloatRange(0, 10), default=0.1, show_default=True,

@@ -1,4 +1,4 @@
-"""The HTTP edge: readiness, Prometheus metrics and the list of registry problems."""
+"""The HTTP edge: readiness, Prometheus metrics, the list of registry problems and each proxy's sync state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from meshbox.discovery.hub import Hub
 
 
 def make_app(hub: Hub) -> web.Application:
-    """GET /ready (200 once a registry snapshot is served), /metrics, /registry/errors."""
+    """GET /ready (200 once a registry snapshot is served), /metrics, /registry/errors, /debug/syncz (JSON)."""
 
     async def ready(_request: web.Request) -> web.Response:
         if hub.ready:
@@ -24,10 +24,14 @@ def make_app(hub: Hub) -> web.Application:
         problems = hub.snapshot.problems if hub.snapshot else []
         return web.Response(text="".join(f"{p}\n" for p in problems))
 
+    async def syncz(_request: web.Request) -> web.Response:
+        return web.json_response({"proxies": hub.syncz()})
+
     app = web.Application()
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/registry/errors", registry_errors)
+    app.router.add_get("/debug/syncz", syncz)
     return app
 
 

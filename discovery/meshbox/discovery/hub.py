@@ -134,6 +134,23 @@ class Hub:
         self.sessions.discard(session)
         self.metrics.connected_proxies.set(len(self.sessions))
 
+    def syncz(self) -> list[dict[str, object]]:
+        """Every proxy on a stream: who it is and, per resource type, the version it runs vs the one it
+        should (``GET /debug/syncz``, read by ``meshctl proxy-status``)."""
+        proxies: list[dict[str, object]] = []
+        for session in self.sessions:
+            node = session.state.node
+            if node is None:
+                continue
+            types: dict[str, dict[str, str]] = {}
+            for type_url in PUSH_ORDER:
+                sync = session.state.sync(type_url)
+                types[short_type(type_url)] = {"status": sync.status, "current": sync.current, "sent": sync.sent,
+                                               "acked": sync.acked, "error": sync.error}
+            proxies.append({"id": node.id, "pod": node.pod_name, "namespace": node.pod_namespace,
+                            "pod_ip": node.pod_ip, "types": types})
+        return sorted(proxies, key=lambda p: str(p["id"]))
+
     def update(self, registry: Registry) -> None:
         """Serve ``registry`` from now on and push what changed to every stream."""
         snapshot = Snapshot(registry, previous=self.snapshot)

@@ -50,6 +50,24 @@ class RequestResult:
     error: str = ""  # a NACK's error detail
 
 
+# Sync states of one resource type of one proxy, as `istioctl proxy-status` names them (plus NACKED).
+SYNCED = "SYNCED"  # the proxy ACKed the version discovery serves it now
+STALE = "STALE"  # sent and not answered yet, or a newer version is being prepared for it
+NOT_SENT = "NOT SENT"  # discovery has sent this type nothing on this stream
+NACKED = "NACKED"  # the proxy refused the latest version (and keeps running its last good one)
+
+
+@dataclass(frozen=True)
+class TypeSync:
+    """Where one resource type of one proxy stands."""
+
+    status: str
+    current: str  # the version discovery serves this node now ("" when none)
+    sent: str  # the version last sent on this stream ("" when none)
+    acked: str  # the version the proxy ACKed (or subscribed with)
+    error: str = ""  # a NACK's error detail
+
+
 @dataclass
 class _TypeState:
     subscribed: bool = False
@@ -127,6 +145,23 @@ class StreamState:
 
     def nack_error(self, type_url: str) -> str:
         return self._types[type_url].nack_error
+
+    def sync(self, type_url: str) -> TypeSync:
+        """The sync state of one type, for /debug/syncz."""
+        state = self._types[type_url]
+        current = self.versions.get(type_url, "")
+        sent = state.sent_version or ""
+        if not state.answered:
+            status = STALE
+        elif state.nack_error:
+            status = NACKED
+        elif state.sent_version is None or not current:
+            status = NOT_SENT
+        elif state.acked_version == current:
+            status = SYNCED
+        else:
+            status = STALE
+        return TypeSync(status, current, sent, state.acked_version, state.nack_error)
 
     def in_sync(self) -> bool:
         """Every subscribed type ACKed at its current version."""

@@ -6,6 +6,7 @@ import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE, service_dns_names
 from meshbox.discovery.ca_files import CaMaterial
 from meshbox.discovery.ca_keeper import CaKeeper
 from meshbox.discovery.server import Security
@@ -17,12 +18,12 @@ from meshbox.discovery.token_auth import (
     TokenReviewAuthenticator,
 )
 
-DISCOVERY_SERVICE = "meshbox-discovery"
-DISCOVERY_NAMESPACE = "meshbox-system"
+DISCOVERY_NAMESPACE = MESH_NAMESPACE
 
 
-def default_server_names(service: str = DISCOVERY_SERVICE, namespace: str = DISCOVERY_NAMESPACE) -> list[str]:
-    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
+def default_server_names(namespace: str = MESH_NAMESPACE) -> list[str]:
+    """The discovery Service's in-cluster names: what agents dial, what its certificate must name."""
+    return service_dns_names(DISCOVERY_SERVICE, namespace)
 
 
 @dataclass(frozen=True)

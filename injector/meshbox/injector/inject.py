@@ -17,17 +17,24 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbox.api.kube import names
 from meshbox.api.loader import plain_data
 from meshbox.injector.annotations import (
+    METRICS_PATH,
     OTHER_MESH_ANNOTATIONS,
     OTHER_MESH_CONTAINERS,
+    PROMETHEUS_KEYS,
+    PROMETHEUS_PATH,
+    PROMETHEUS_PORT,
+    PROMETHEUS_SCRAPE,
     STATUS,
     AnnotationError,
     opt_out,
+    opts_in,
     traffic_overrides,
 )
 from meshbox.injector.settings import InjectSettings, SidecarTemplate
-from meshbox.injector.sidecar import Sidecar, build_sidecar
+from meshbox.injector.sidecar import Sidecar, build_sidecar, quote_for_kubectl
 from meshbox.injector.workloads import WORKLOAD_KINDS, pod_template_path
 
 __all__ = [
@@ -41,7 +48,7 @@ __all__ = [
     "uninject",
 ]
 
-SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+SYSTEM_NAMESPACES = frozenset(names.SYSTEM_NAMESPACES)
 # Kinds whose pods are meant to finish, which a long-running sidecar prevents.
 RUN_TO_COMPLETION = frozenset({"Job", "CronJob"})
 
@@ -242,7 +249,7 @@ def _status(annotations: Mapping[str, Any], res: _Resource) -> dict[str, Any] | 
         status = None
     ok = isinstance(status, dict) and all(
         isinstance(status.get(k, []), list) and all(isinstance(v, str) for v in status.get(k, []))
-        for k in ("initContainers", "containers", "volumes", "created")
+        for k in ("initContainers", "containers", "volumes", "created", "annotations")
     )
     if not ok:
         raise res.error(f"annotation {STATUS}: not a meshbox injection status: {raw!r}")
@@ -301,7 +308,16 @@ def _own(parent: MutableMapping[str, Any], key: str, empty: Callable[[], Any], c
     return value
 
 
-def _add(tpl: MutableMapping[str, Any], sidecar: Sidecar, proxy_index: int | None) -> None:
+def _scrape_annotations(annotations: Mapping[str, Any], status_port: int) -> dict[str, str]:
+    """The prometheus.io/* annotations pointing at the agent's merged metrics; none when the pod already has
+    one (its owner scrapes the app there, and meshbox does not merge app metrics into the agent's)."""
+    if any(key in annotations for key in PROMETHEUS_KEYS):
+        return {}
+    values = {PROMETHEUS_SCRAPE: "true", PROMETHEUS_PORT: str(status_port), PROMETHEUS_PATH: METRICS_PATH}
+    return {key: quote_for_kubectl(value) for key, value in values.items()}
+
+
+def _add(tpl: MutableMapping[str, Any], sidecar: Sidecar, proxy_index: int | None, status_port: int) -> None:
     created: list[str] = []
     spec = _own(tpl, "spec", dict, created, "spec")
     _own(spec, "initContainers", list, created, "spec.initContainers").append(sidecar.init)
@@ -314,12 +330,16 @@ def _add(tpl: MutableMapping[str, Any], sidecar: Sidecar, proxy_index: int | Non
         _own(spec, "volumes", list, created, "spec.volumes").extend(sidecar.volumes)
     meta = _own(tpl, "metadata", dict, created, "metadata")
     annotations = _own(meta, "annotations", dict, created, "metadata.annotations")
+    scrape = _scrape_annotations(annotations, status_port)
+    annotations.update(scrape)
     status = {
         "initContainers": [sidecar.init["name"]],
         "containers": [sidecar.proxy["name"]],
         "volumes": [v["name"] for v in sidecar.volumes],
         "created": created,
     }
+    if scrape:
+        status["annotations"] = list(scrape)
     annotations[STATUS] = json.dumps(status, separators=(",", ":"))
 
 
@@ -359,12 +379,30 @@ def _remove(tpl: MutableMapping[str, Any], status: Mapping[str, Any]) -> int | N
     meta = tpl["metadata"] = copy.copy(tpl["metadata"])
     annotations = meta["annotations"] = copy.copy(meta["annotations"])
     del annotations[STATUS]
+    for key in status.get("annotations", []):
+        annotations.pop(key, None)
     _restore_created(meta, "annotations", "metadata.annotations", created)
     _restore_created(tpl, "metadata", "metadata", created)
     return proxy_index
 
 
 # --- the two handlers -------------------------------------------------------------------------
+
+
+def _opt_out_reason(obj: Any, path: tuple[str, ...], template_annotations: Mapping[str, Any],
+                    res: _Resource) -> str | None:
+    """Why the workload is skipped, naming where the opt-out was found, or None.
+
+    The pod template is read first (meshbox's own "true" there wins), then the workload's own
+    metadata, as Istio's kube-inject honoured both.
+    """
+    if not path:
+        return opt_out(template_annotations, "on the pod's metadata")
+    reason = opt_out(template_annotations, f"on the pod template ({'.'.join(path)}.metadata.annotations)")
+    if reason or opts_in(template_annotations):
+        return reason
+    return opt_out(_mapping_at(obj, "metadata", "annotations", res),
+                   f"on the {res.kind}'s own metadata (metadata.annotations)")
 
 
 def _inject_workload(
@@ -376,7 +414,7 @@ def _inject_workload(
         reports.append(res.report(SKIPPED, f"namespace {res.namespace} is never injected"))
         return obj
     try:
-        reason = opt_out(annotations)
+        reason = _opt_out_reason(obj, path, annotations, res)
         overrides, warnings = traffic_overrides(annotations)
     except AnnotationError as exc:
         raise res.error(str(exc)) from None
@@ -393,7 +431,7 @@ def _inject_workload(
     new_obj, new_tpl = _cow_path(obj, path)
     proxy_index = _remove(new_tpl, status) if status is not None else None
     _check_conflicts(new_tpl["spec"], sidecar, res)
-    _add(new_tpl, sidecar, proxy_index)
+    _add(new_tpl, sidecar, proxy_index, settings.status_port)
     reports.extend(res.report(WARNING, w) for w in warnings)
     if res.kind in RUN_TO_COMPLETION:
         reports.append(res.report(WARNING, (

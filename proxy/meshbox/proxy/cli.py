@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import sys
 from collections.abc import Callable
 
 import click
 
 from meshbox.api.v1 import mesh_config_pb2
+from meshbox.api.workload import workload_name
 from meshbox.proxy.access_log import FormatError, compile_format
 from meshbox.proxy.codec import CODECS
 from meshbox.proxy.config_compiler import compile_config
@@ -19,15 +19,10 @@ from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT
 from meshbox.proxy.runtime import Options, run_or_explain
 from meshbox.proxy.snapshot import ConfigRejected, Workload
 
-# A Deployment's pod is <deployment>-<replicaset hash>-<5 characters>.
-_POD_OF_DEPLOYMENT = re.compile(r"^(?P<workload>.+)-[a-z0-9]{5,10}-[a-z0-9]{5}$")
-
 
 def workload_from_env(environ: dict[str, str] | os._Environ[str]) -> Workload:
     """Workload name and namespace for metric labels, from the downward-API variables the injector sets."""
-    pod = environ.get("POD_NAME", "")
-    m = _POD_OF_DEPLOYMENT.match(pod)
-    name = m.group("workload") if m else (pod or "unknown")
+    name = workload_name(environ.get("POD_NAME", ""))
     return Workload(name=name, namespace=environ.get("POD_NAMESPACE") or "unknown",
                     app=environ.get("APP") or name)
 

@@ -8,6 +8,7 @@ in-process through ProxyServer.apply.
 
 from __future__ import annotations
 
+import json
 import re
 
 from google.protobuf import json_format
@@ -72,15 +73,25 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
         clusters[c.name] = ClusterRuntime(
             c.name, c.service, _seconds(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
             pc.LbPolicy.Name(c.lb_policy or pc.ROUND_ROBIN), [hosts.get(ep.address, ep.port) for ep in eps],
-            [ep.weight or 1 for ep in eps], workload)
+            [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps])
     route_tables = {
         rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters) for r in vh.routes])
                                       for vh in rc.virtual_hosts])
         for rc in config.route_configs
     }
     listeners = [_listener(lis, route_tables, clusters) for lis in config.listeners]
-    dump = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    # Serialized here, in the compiling child: a huge config then reaches the proxy as one bytes object
+    # (no per-endpoint dicts to unpickle) and /config_dump costs the serving process no JSON encoding.
+    dump = json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True),
+                      separators=(",", ":")).encode()
     return Snapshot(listeners, route_tables, clusters, dump)
+
+
+def _endpoint_workload(endpoint: pc.Endpoint) -> Workload | None:
+    if not endpoint.HasField("workload"):
+        return None
+    w = endpoint.workload
+    return Workload(name=w.name or "unknown", namespace=w.namespace or "unknown", app=w.app or w.name or "unknown")
 
 
 def _header(match: pc.HeaderMatch) -> HeaderMatcher:

@@ -714,7 +714,7 @@ class DownstreamHttp(asyncio.Protocol):
         listener = ex.listener
         direction = listener.direction if listener is not None else INBOUND
         cluster = ex.cluster
-        labels = cluster.labels[direction] if cluster is not None else ctx.unknown_labels[direction]
+        labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
     def _abort_upstream(self, ex: Exchange) -> None:

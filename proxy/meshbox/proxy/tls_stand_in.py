@@ -1,7 +1,7 @@
 """A stand-in for the ``ssl`` module, so the proxy process never loads OpenSSL.
 
-The proxy speaks no TLS, yet uvloop imports ``ssl`` at start-up (and keeps a dozen of its names), and
-prometheus_client's exposition module imports it too: that maps libssl and libcrypto and costs about
+The proxy speaks no TLS, yet uvloop imports ``ssl`` at start-up (and keeps a dozen of its names): that
+maps libssl and libcrypto and costs about
 4.7 MB of resident memory, a fifth of the proxy's budget. Installed before anything imports asyncio,
 this module takes the name ``ssl``: its exception classes and constants are real enough for those
 imports, and anything that would actually do TLS raises :class:`TlsUnavailable` naming the cause.

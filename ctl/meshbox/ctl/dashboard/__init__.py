@@ -1,0 +1,1 @@
+"""`meshctl dashboard`: the live service graph and per-workload golden signals, read from Prometheus."""
