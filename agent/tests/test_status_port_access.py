@@ -1,4 +1,4 @@
-"""The status port answers readiness to anyone but everything else only from the pod's loopback.
+"""The status port answers readiness and metrics to anyone but everything else only from the pod's loopback.
 
 What proves it: the real ``meshbox-agent`` runs in a network namespace standing in for a pod
 (pod IP 10.77.0.2, linked by a veth to a second namespace, another pod at 10.77.0.1). The same
@@ -32,16 +32,18 @@ def test_only_readiness_is_served_off_loopback(netns: Any, tmp_path: Path) -> No
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "POD_NAME": "app-1", "POD_NAMESPACE": "default",
            "POD_IP": POD_IP}
     with log.open("wb") as err:
-        agent = pod.popen(str(VENV_BIN / "meshbox-agent"), "sidecar", "--discovery-address", "127.0.0.1:1",
-                          "--", "--outbound-port", "0", env=env, stdout=subprocess.DEVNULL, stderr=err)
+        agent = pod.popen(str(VENV_BIN / "meshbox-agent"), "sidecar", "--plaintext",
+                          "--discovery-address", "127.0.0.1:1", "--", "--outbound-port", "0",
+                          env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 20
     while curl(pod, "GET", "http://127.0.0.1:15020/healthz/ready")[0] == 0:
         assert time.monotonic() < deadline and agent.poll() is None, log.read_text()
         time.sleep(0.1)
 
-    # Readiness from another pod (the kubelet's view): served, with the reason.
+    # Readiness from another pod (the kubelet's view): served, with the reason; metrics (Prometheus's) too.
     status, body = curl(other, "GET", f"http://{POD_IP}:15020/healthz/ready")
     assert (status, body) == (503, "no config applied yet (discovery at 127.0.0.1:1)\n")
+    assert curl(other, "GET", f"http://{POD_IP}:15020/stats/prometheus")[0] not in (0, 403)
     # Mutations and anything else, from another pod or from the pod's own IP: refused.
     for ns, origin in ((other, "other pod"), (pod, "pod IP")):
         for method, path in (("POST", "/quitquitquit"), ("GET", "/quitquitquit"), ("GET", "/nope"),
