@@ -9,12 +9,13 @@ PY := $(VENV)/bin/python
 DISTS := protos init injector proxy agent discovery cluster ctl
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap venv test lint proto demo bench images kind-demo clean
+.PHONY: help bootstrap venv test lint proto demo bench fuzz images kind-demo clean
 
 help:
 	@echo "make demo    run the tutorial on a local mesh (network namespaces; needs root)"
 	@echo "make test    run the whole test suite (lint, type check, unit, integration, e2e)"
 	@echo "make bench   run the benchmarks and print a table of ratios"
+	@echo "make fuzz    fuzz a real meshbox-proxy (FUZZ_N=100000 requests, FUZZ_SEED=1) and print the findings"
 	@echo "make proto   regenerate meshbox.api from protos/"
 	@echo "make lint    ruff + mypy"
 	@echo "make images  build the container images (podman, else docker; IMAGES_ARGS=--local-base offline)"
@@ -59,6 +60,12 @@ demo: venv
 
 bench: venv
 	$(PY) bench/run.py
+
+# The external fuzz of the proxy (proxy/fuzz/); CI runs a smaller one in proxy/tests/test_fuzz.py.
+FUZZ_N ?= 100000
+FUZZ_SEED ?= 1
+fuzz: venv
+	cd proxy && ../$(PY) -m fuzz --requests $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
 
 # Container images (podman, else docker). On a host without registry access:
 #   make images IMAGES_ARGS=--local-base

@@ -146,6 +146,83 @@ def uid1337_python(root: None) -> str:
     return str(python)
 
 
+class Pki:
+    """Test certificates made with `cryptography`: roots, leaves with any SANs, validity and signer.
+
+    ``leaf(..., signer=other_root)`` signs with another key (a wrongly signed certificate when
+    ``issuer_name`` still names the real root: a forgery).
+    """
+
+    def __init__(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.x509, self.hashes, self.serialization, self.ec, self.NameOID = x509, hashes, serialization, ec, NameOID
+        self.now = datetime.datetime.now(datetime.UTC)
+        self.delta = datetime.timedelta
+
+    def key(self):  # type: ignore[no-untyped-def]
+        return self.ec.generate_private_key(self.ec.SECP256R1())
+
+    def key_pem(self, key) -> bytes:  # type: ignore[no-untyped-def]
+        s = self.serialization
+        return key.private_bytes(s.Encoding.PEM, s.PrivateFormat.PKCS8, s.NoEncryption())
+
+    def pem(self, cert) -> bytes:  # type: ignore[no-untyped-def]
+        return cert.public_bytes(self.serialization.Encoding.PEM)
+
+    def name(self, cn: str):  # type: ignore[no-untyped-def]
+        return self.x509.Name([self.x509.NameAttribute(self.NameOID.COMMON_NAME, cn)])
+
+    def root(self, cn: str = "test root"):  # type: ignore[no-untyped-def]
+        """(certificate, key) of a self-signed CA."""
+        key = self.key()
+        x = self.x509
+        cert = (x.CertificateBuilder().subject_name(self.name(cn)).issuer_name(self.name(cn))
+                .public_key(key.public_key()).serial_number(x.random_serial_number())
+                .not_valid_before(self.now - self.delta(hours=1)).not_valid_after(self.now + self.delta(days=30))
+                .add_extension(x.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                          key_agreement=False, encipher_only=False, decipher_only=False),
+                               critical=True)
+                .sign(key, self.hashes.SHA256()))
+        return cert, key
+
+    def leaf(self, issuer_cert, signer_key, *, uris: tuple[str, ...] = (), dns: tuple[str, ...] = (),  # type: ignore[no-untyped-def]
+             ips: tuple[str, ...] = (), key=None, not_before=None, not_after=None):
+        """(certificate, key) of an end-entity certificate naming ``issuer_cert`` as issuer."""
+        import ipaddress
+
+        key = key or self.key()
+        x = self.x509
+        sans = [x.UniformResourceIdentifier(u) for u in uris] + [x.DNSName(d) for d in dns]
+        sans += [x.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        builder = (x.CertificateBuilder().subject_name(self.name("leaf")).issuer_name(issuer_cert.subject)
+                   .public_key(key.public_key()).serial_number(x.random_serial_number())
+                   .not_valid_before(not_before or self.now - self.delta(minutes=5))
+                   .not_valid_after(not_after or self.now + self.delta(hours=2))
+                   .add_extension(x.BasicConstraints(ca=False, path_length=None), critical=True))
+        if sans:
+            builder = builder.add_extension(x.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(signer_key, self.hashes.SHA256()), key
+
+    def csr(self, key=None, *, uris: tuple[str, ...] = (), dns: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+        """(CSR PEM text, key)."""
+        key = key or self.key()
+        x = self.x509
+        builder = x.CertificateSigningRequestBuilder().subject_name(self.name("workload"))
+        sans = [x.UniformResourceIdentifier(u) for u in uris] + [x.DNSName(d) for d in dns]
+        if sans:
+            builder = builder.add_extension(x.SubjectAlternativeName(sans), critical=False)
+        csr = builder.sign(key, self.hashes.SHA256())
+        return csr.public_bytes(self.serialization.Encoding.PEM).decode(), key
+
+
 @dataclass
 class PrometheusRun:
     """A real Prometheus (Debian's package) started by a test, on a free loopback port; stopped by PID."""

@@ -30,11 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
+from discovery_agents import ROUTE, Agent, connect
 from proc_sampler import tree_cpu_seconds, tree_rss_bytes
 from ruamel.yaml import YAML
-
-from meshbox.api.v1 import discovery_pb2, discovery_pb2_grpc
 
 AGENTS = int(os.environ.get("MESHBOX_BENCH_DISCOVERY_AGENTS", "1000"))
 ROUNDS = int(os.environ.get("MESHBOX_BENCH_DISCOVERY_ROUNDS", "3"))
@@ -42,10 +40,6 @@ TARGET_P99_S = 1.0
 # What 1,000 streams may add to the server's memory: its RSS at most this many times that with 1 stream.
 RSS_RATIO_TARGET = 3.0
 ROUND_TIMEOUT_S = 20.0
-CONNECT_TIMEOUT_S = 60.0
-_PREFIX = "type.googleapis.com/meshbox.api.v1."
-TYPES = [_PREFIX + t for t in ("Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")]
-ROUTE = TYPES[3]
 STARTED = re.compile(r"serving discovery gRPC on 127\.0\.0\.1:(\d+)")
 
 
@@ -78,43 +72,6 @@ def _rule(v1_weight: int) -> dict[str, Any]:
                                                              {"labels": {"version": "v2"}, "weight": 100 - v1_weight}]}}
 
 
-class Agent:
-    """One simulated agent: a channel, a stream, ACK everything; note when routes were last ACKed."""
-
-    def __init__(self, target: str, index: int) -> None:
-        self.node = discovery_pb2.Node(id=f"bench-{index}.default", pod_name=f"bench-{index}",
-                                       pod_namespace="default", pod_ip=f"10.3.{index // 250}.{index % 250 + 1}",
-                                       labels={"app": "service-two"})
-        self.channel = grpc.aio.insecure_channel(target)
-        self.requests: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-        self.versions: dict[str, str] = {}
-        self.route_acked_at = 0.0
-        self.synced = asyncio.Event()
-        self.task = asyncio.create_task(self._run())
-
-    async def _requests(self) -> Any:
-        while (request := await self.requests.get()) is not None:
-            yield request
-
-    async def _run(self) -> None:
-        for type_url in TYPES:
-            self.requests.put_nowait(discovery_pb2.DiscoveryRequest(node=self.node, type_url=type_url))
-        call = discovery_pb2_grpc.DiscoveryServiceStub(self.channel).StreamResources(self._requests())
-        async for response in call:
-            self.versions[response.type_url] = response.version_info
-            self.requests.put_nowait(discovery_pb2.DiscoveryRequest(
-                type_url=response.type_url, version_info=response.version_info, response_nonce=response.nonce))
-            if response.type_url == ROUTE:
-                self.route_acked_at = time.monotonic()
-            if len(self.versions) == len(TYPES):
-                self.synced.set()
-
-    async def close(self) -> None:
-        self.requests.put_nowait(None)
-        self.task.cancel()
-        await self.channel.close()
-
-
 async def _change_round(agents: list[Agent], rule_file: Path, weight: int) -> list[float]:
     """Write a new rule; return each agent's seconds from the write to its ACK of the new routes."""
     before = {id(a): a.versions[ROUTE] for a in agents}
@@ -129,16 +86,6 @@ async def _change_round(agents: list[Agent], rule_file: Path, weight: int) -> li
     return [a.route_acked_at - start for a in agents]
 
 
-async def _connect(target: str, count: int, first_index: int) -> list[Agent]:
-    agents = []
-    for i in range(count):
-        agents.append(Agent(target, first_index + i))
-        if i % 100 == 99:
-            await asyncio.sleep(0)  # let streams start as we go
-    await asyncio.wait_for(asyncio.gather(*(a.synced.wait() for a in agents)), CONNECT_TIMEOUT_S)
-    return agents
-
-
 def _percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
@@ -146,7 +93,7 @@ def _percentile(values: list[float], pct: float) -> float:
 
 async def _measure(target: str, server_pid: int, rule_file: Path) -> dict[str, float]:
     results: dict[str, float] = {}
-    solo = await _connect(target, 1, 0)
+    solo = await connect(target, 1, 0)
     await asyncio.sleep(0.5)
     rss_one = tree_rss_bytes(server_pid)
     cpu = tree_cpu_seconds(server_pid)
@@ -155,7 +102,7 @@ async def _measure(target: str, server_pid: int, rule_file: Path) -> dict[str, f
     results["baseline"] = statistics.median(baseline)
     results["rss_one"] = rss_one
     connect_start = time.monotonic()
-    crowd = solo + await _connect(target, AGENTS - 1, 1)
+    crowd = solo + await connect(target, AGENTS - 1, 1)
     results["connect_all"] = time.monotonic() - connect_start
     await asyncio.sleep(1.0)
     results["rss_all"] = tree_rss_bytes(server_pid)

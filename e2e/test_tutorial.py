@@ -111,8 +111,9 @@ def test_proxy_runs_as_1337_and_app_as_root(mesh: Any) -> None:
 
 def test_delete_removes_pods_and_their_namespaces(mesh: Any) -> None:
     recorded["processes"] = mesh.processes()
-    # discovery, Prometheus and its socket bridge, and per pod: pause, app, proxy (the agent; the proxy is its child)
-    assert len(recorded["processes"]) == 3 + 2 * 3
+    # discovery, the kubelet, Prometheus and its socket bridge, and per pod: pause, app, proxy (the agent;
+    # the proxy is its child)
+    assert len(recorded["processes"]) == 4 + 2 * 3
     out = mesh.sh("meshctl local delete -f apps.yaml")
     assert 'deployment "service-two" deleted' in out
     assert mesh.netns() == [f"{mesh.prefix}-node"]

@@ -16,7 +16,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 # Only files that declare a service get *_pb2_grpc modules.
-SERVICE_PROTOS = {"discovery.proto"}
+SERVICE_PROTOS = {"certificate.proto", "discovery.proto"}
 
 
 def proto_files() -> list[Path]:

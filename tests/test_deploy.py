@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from ruamel.yaml import YAML
 
+from meshbox.api.kube.names import service_dns_names
 from meshbox.api.loader import load_mesh_config, parse_route_rule
 from meshbox.ctl.install import InstallOptions, install, render, render_yaml
 from meshbox.discovery.cli import main as discovery_main
-from meshbox.injector.certs import generate_tls_material, service_dns_names
+from meshbox.injector.certs import generate_tls_material
 from meshbox.injector.webhook_cli import main as webhook_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +78,7 @@ def test_the_validator_rejects_a_broken_object() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_rbac_is_read_only_on_exactly_what_discovery_watches() -> None:
+def test_rbac_is_exactly_what_discovery_watches_and_token_reviews() -> None:
     objects = rendered()
     roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
     assert [r["metadata"]["name"] for r in roles] == ["meshbox-discovery"]
@@ -85,8 +86,10 @@ def test_rbac_is_read_only_on_exactly_what_discovery_watches() -> None:
                for r in rule["resources"] for v in rule["verbs"]}
     assert granted == {(g, r, v) for g, r in [("", "services"), ("", "pods"),
                                                ("discovery.k8s.io", "endpointslices"),
-                                               ("routing.meshbox.io", "routerules")]
-                       for v in ("get", "list", "watch")}
+                                               ("routing.meshbox.io", "routerules"),
+                                               ("security.istio.io", "peerauthentications"),
+                                               ("security.istio.io", "authorizationpolicies")]
+                       for v in ("get", "list", "watch")} | {("authentication.k8s.io", "tokenreviews", "create")}
     binding = by_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshbox-discovery",
                                     "namespace": "meshbox-system"}]

@@ -92,3 +92,14 @@ def test_bad_requests_get_an_error_and_do_not_quit(request_bytes: bytes, status:
     reply, quits = asyncio.run(_with_server(state, body))  # type: ignore[misc]
     assert reply.startswith(b"HTTP/1.1 " + status)
     assert quits == []
+
+
+def test_loopback_peers() -> None:
+    from meshbox.agent.status_server import is_loopback_peer, remote_allowed
+
+    for peer in (("127.0.0.1", 1), ("127.0.0.2", 1), ("::1", 1, 0, 0), ("::ffff:127.0.0.1", 1, 0, 0)):
+        assert is_loopback_peer(peer), peer
+    for peer in (("10.0.0.2", 1), ("::ffff:10.0.0.2", 1, 0, 0), ("fe80::1%eth0", 1, 0, 2), None, ("garbage", 1)):
+        assert not is_loopback_peer(peer), peer
+    assert remote_allowed("GET", "/healthz/ready") and remote_allowed("HEAD", "/healthz/ready?x")
+    assert not remote_allowed("POST", "/quitquitquit") and not remote_allowed("GET", "/nope")

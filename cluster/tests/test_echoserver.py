@@ -122,7 +122,7 @@ def test_keep_alive_two_requests_and_post_body(server_port: int) -> None:
     assert reply.count(b"HTTP/1.1 200 ") == 2
     assert b"Content-Type: text/plain" in reply
     assert b"real path=/one" in reply
-    assert reply.endswith(b"BODY:\nping")
+    assert reply.endswith(b"BODY:\nping\r\n0\r\n\r\n")  # chunked, as nginx answers HTTP/1.1
 
 
 def test_garbage_gets_400_and_server_keeps_serving(server_port: int) -> None:
@@ -135,3 +135,77 @@ def test_cli_rejects_bad_port() -> None:
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     assert "--port must be 1-65535" in result.stderr
+
+
+# ---- where echoserver:1.4 (nginx + lua) and a naive echo differ; each compared with nginx's answer ----
+
+
+def test_absolute_form_target_names_the_host_once() -> None:
+    request = EchoRequest("1.2.3.4", "GET", "http://Service-Two:80/p?q=1", "1.1", [("Host", "ignored")])
+    text = render_body(request, listen_port=8080, server_host="h").decode()
+    # nginx: $request_uri is the path from the absolute URI; $host comes from the request line.
+    assert "real path=/p?q=1\nquery=q=1\n" in text
+    assert "request_uri=http://service-two:8080/p?q=1\n" in text
+    bare = render_body(EchoRequest("1.2.3.4", "GET", "http://svc", "1.1"), listen_port=8080, server_host="h")
+    assert b"request_uri=http://svc:8080/\n" in bare
+
+
+def test_host_in_request_uri_is_lower_cased_but_the_header_is_not() -> None:
+    request = EchoRequest("1.2.3.4", "GET", "/", "1.1", [("Host", "Service-TWO:80")])
+    text = render_body(request, listen_port=8080, server_host="h").decode()
+    assert "request_uri=http://service-two:8080/\n" in text
+    assert "\nhost=Service-TWO:80\n" in text
+
+
+def test_empty_query_prints_nil() -> None:
+    text = render_body(EchoRequest("1.2.3.4", "GET", "/?", "1.1", [("Host", "a")]), listen_port=80,
+                       server_host="h").decode()
+    assert "real path=/?\nquery=nil\n" in text
+
+
+def test_headers_with_underscores_are_dropped() -> None:
+    request = EchoRequest("1.2.3.4", "GET", "/", "1.1", [("Host", "a"), ("X_Forged", "1"), ("x-real", "2")])
+    text = render_body(request, listen_port=80, server_host="h").decode()
+    assert "x_forged" not in text and "\nx-real=2\n" in text
+
+
+def _head_and_body(reply: bytes) -> tuple[list[bytes], bytes]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return head.split(b"\r\n"), body
+
+
+def test_status_line_has_the_reason_phrase(server_port: int) -> None:
+    lines, _ = _head_and_body(_exchange(server_port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+    assert lines[0] == b"HTTP/1.1 200 OK"
+    bad, _ = _head_and_body(_exchange(server_port, b"NOT HTTP AT ALL\r\n\r\n"))
+    assert bad[0] == b"HTTP/1.1 400 Bad Request"
+
+
+def test_http11_answer_is_chunked_and_keeps_alive(server_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", server_port), timeout=5) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {reply!r}"
+            reply += chunk
+        lines, body = _head_and_body(reply)
+        assert b"Transfer-Encoding: chunked" in lines and b"Connection: keep-alive" in lines
+        assert not any(line.lower().startswith(b"content-length") for line in lines)
+        size, _, rest = body.partition(b"\r\n")
+        assert rest[: int(size, 16)].endswith(b"BODY:\n-no body in request-")
+        # Still open: a second request on the same connection is answered.
+        sock.sendall(b"GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        second = b""
+        while chunk := sock.recv(65536):
+            second += chunk
+    lines, _ = _head_and_body(second)
+    assert lines[0] == b"HTTP/1.1 200 OK" and b"Connection: keep-alive" not in lines
+    assert b"real path=/second" in second
+
+
+def test_http10_answer_is_close_delimited(server_port: int) -> None:
+    lines, body = _head_and_body(_exchange(server_port, b"GET / HTTP/1.0\r\n\r\n"))
+    assert b"Connection: close" in lines and not any(b"chunked" in line or b"Content-Length" in line
+                                                     for line in lines)
+    assert body.startswith(b"CLIENT VALUES:\n") and body.endswith(b"-no body in request-")

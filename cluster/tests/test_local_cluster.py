@@ -6,21 +6,15 @@ plumbing only. The mesh itself is exercised by e2e/.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 from conftest import need  # type: ignore[import-not-found]
-from meshbox.cluster.host import ProcessRef, alive
 
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
 APPS = """apiVersion: v1
@@ -66,56 +60,7 @@ spec:
 """
 
 
-@dataclass
-class Local:
-    """A meshctl local cluster with its own state directory and prefix."""
-
-    state: Path
-    prefix: str
-
-    def run(self, *args: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([MESHCTL, "local", "--state-dir", str(self.state), *args], capture_output=True,
-                                text=True, input=input_text, timeout=120, check=False)
-        if check and result.returncode != 0:
-            raise AssertionError(f"meshctl local {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def netns(self) -> list[str]:
-        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-        return [line.split()[0] for line in out.splitlines() if line.startswith(f"{self.prefix}-")]
-
-    def pod(self, app: str) -> str:
-        return self.run("get", "pods", "-l", f"app={app}", "-o", "jsonpath={.items[0].metadata.name}").stdout
-
-    def processes(self) -> list[tuple[int, int]]:
-        """(PID, start time) of the processes the state records."""
-        try:
-            ledger = json.loads((self.state / "state.json").read_text())["ledger"]
-        except FileNotFoundError:
-            return []
-        return [(e["pid"], e["start"]) for e in ledger if e["type"] == "process"]
-
-    def assert_gone(self, processes: list[tuple[int, int]]) -> None:
-        assert self.netns() == []
-        assert not any(p.name.startswith(f"{self.prefix}-") for p in Path("/etc/netns").glob("*"))
-        assert not self.state.exists()
-        assert [pid for pid, start in processes if alive(ProcessRef(pid, start))] == []
-
-
-@pytest.fixture
-def local(root: None, tmp_path: Path) -> Iterator[Local]:
-    """A cluster that is always taken down, and checked to be gone."""
-    cluster = Local(tmp_path / "state", "t" + uuid.uuid4().hex[:6])
-    try:
-        yield cluster
-    finally:
-        processes = cluster.processes()
-        subprocess.run([MESHCTL, "local", "--state-dir", str(cluster.state), "down"], capture_output=True,
-                       timeout=120, check=False)
-        cluster.assert_gone(processes)
-
-
-def test_pods_services_dns_nat_exec_logs_and_cleanup(local: Local) -> None:
+def test_pods_services_dns_nat_exec_logs_and_cleanup(local: Any) -> None:
     local.run("up", "--prefix", local.prefix, "--without-discovery")
     out = local.run("apply", "-f", "-", input_text=APPS).stdout
     assert out.splitlines() == ["service/service-one created", "service/service-two created",
@@ -166,7 +111,7 @@ def test_pods_services_dns_nat_exec_logs_and_cleanup(local: Local) -> None:
     assert "nothing to remove" in local.run("down").stdout
 
 
-def test_bad_input_changes_nothing(local: Local) -> None:
+def test_bad_input_changes_nothing(local: Any) -> None:
     local.run("up", "--prefix", local.prefix, "--without-discovery")
     local.run("apply", "-f", "-", input_text=APPS.split("---")[0])
     before = (local.netns(), local.run("get", "svc", "-o", "json").stdout)
@@ -186,7 +131,7 @@ def test_bad_input_changes_nothing(local: Local) -> None:
                                                                                  "namespace default")
 
 
-def test_failing_init_container_is_reported(local: Local) -> None:
+def test_failing_init_container_is_reported(local: Any) -> None:
     local.run("up", "--prefix", local.prefix, "--without-discovery")
     pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: broken}\nspec:\n"
            "  initContainers: [{name: init, image: docker.io/meshbox/init:0.1.0, args: ['-p', 'notaport']}]\n"
@@ -198,7 +143,7 @@ def test_failing_init_container_is_reported(local: Local) -> None:
     assert local.run("wait", "--timeout", "5", check=False).stderr.strip().endswith("broken (Init:Error)")
 
 
-def test_down_after_a_crash_mid_apply_removes_everything(local: Local) -> None:
+def test_down_after_a_crash_mid_apply_removes_everything(local: Any) -> None:
     local.run("up", "--prefix", local.prefix, "--without-discovery")
     many = APPS.replace("replicas: 2", "replicas: 8")
     proc = subprocess.Popen([MESHCTL, "local", "--state-dir", str(local.state), "apply", "-f", "-"],
@@ -218,7 +163,7 @@ def test_down_after_a_crash_mid_apply_removes_everything(local: Local) -> None:
     local.assert_gone(processes)
 
 
-def test_logs_follow_until_the_pod_goes(local: Local) -> None:
+def test_logs_follow_until_the_pod_goes(local: Any) -> None:
     local.run("up", "--prefix", local.prefix, "--without-discovery")
     one = APPS.split("---")[1]
     local.run("apply", "-f", "-", input_text=one)

@@ -21,7 +21,6 @@ from meshbox.cluster.objects import (
     parse_label_selector,
     parse_manifests,
     pod_from_deployment,
-    service_endpoints,
 )
 
 SERVICE = """apiVersion: v1
@@ -58,9 +57,11 @@ def test_manifest_objects_and_namespace_default() -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "'ConfigMap' is not supported by the local cluster "
-                                                              "(supported: Service, Deployment, Pod, RouteRule)"),
+                                                              "(supported: Service, Deployment, Pod, RouteRule, "
+                                                              "VirtualService, DestinationRule, ServiceEntry)"),
     ("kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 70000}]}\n", "spec.ports[0].port: expected a port"),
-    ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n", "metadata.name 'Bad_Name'"),
+    ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n",
+     "Service default/Bad_Name: metadata.name: Invalid value: 'Bad_Name'"),
     ("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a}]}\n", "spec.containers[0].image: is required"),
     (DEPLOYMENT.replace("selector: {matchLabels: {app: web}}", "selector: {matchLabels: {app: other}}"),
      "spec.selector: does not match spec.template.metadata.labels"),
@@ -85,15 +86,42 @@ def test_bad_route_rule_is_refused_with_its_field() -> None:
         parse_manifests(rule, "rule.yaml")
 
 
-def test_deployment_pods_endpoints_and_env() -> None:
-    service, deployment = (r.body for r in parse_manifests(SERVICE + "---\n" + DEPLOYMENT, "apps.yaml"))
+ISTIO_ROUTING = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web]
+  http:
+  - route: [{destination: {host: web, subset: v1}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: web}
+spec:
+  host: web
+  subsets: [{name: v1, labels: {version: v1}}]
+"""
+
+
+def test_istio_objects_are_taken_and_unimplemented_fields_refused() -> None:
+    resources = parse_manifests(ISTIO_ROUTING, "istio.yaml")
+    assert [(r.kind, r.key) for r in resources] == [("VirtualService", "default/web"),
+                                                    ("DestinationRule", "default/web")]
+    with pytest.raises(ManifestError) as info:
+        parse_manifests(ISTIO_ROUTING.replace("  subsets:", "  trafficPolicy: {outlierDetection: {interval: 1s}}\n"
+                                                            "  subsets:"), "istio.yaml")
+    assert str(info.value) == ("istio.yaml (document 2): DestinationRule default/web: spec.trafficPolicy."
+                               "outlierDetection: not implemented by meshbox's proxy yet [MB0105]")
+    with pytest.raises(ManifestError) as info:
+        parse_manifests(ISTIO_ROUTING.replace("networking.istio.io/v1\n", "networking.istio.io/v2\n"), "istio.yaml")
+    assert "apiVersion: 'networking.istio.io/v2' is not networking.istio.io/v1, " in str(info.value)
+
+
+def test_deployment_pods_and_env() -> None:
+    _, deployment = (r.body for r in parse_manifests(SERVICE + "---\n" + DEPLOYMENT, "apps.yaml"))
     pod = pod_from_deployment(deployment, "web-abc")
     assert pod["metadata"]["labels"]["app"] == "web"
     assert pod["metadata"]["ownerReferences"] == [{"kind": "Deployment", "name": "web"}]
-    other = {"metadata": {"namespace": "default", "labels": {"app": "db"}}, "spec": {"containers": []}}
-    [(port, backends)] = service_endpoints(service, [(pod, "10.244.0.9"), (other, "10.244.0.8")])
-    assert port["port"] == 80
-    assert backends == [("10.244.0.9", 8080)]  # the named targetPort resolved through the pod's ports
     env = container_env(pod["spec"]["containers"][0], pod, "10.244.0.9")
     assert env == {"POD_IP": "10.244.0.9", "MODE": "3"}
 

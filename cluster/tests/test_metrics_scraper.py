@@ -8,16 +8,16 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from conftest import need
 from meshbox.cluster.metrics_scraper import MetricsScraper, config_text, scrape_targets
+from meshbox.cluster.model import PodRecord
 
 
-def _rec(name: str, ip: str, annotations: dict[str, str], phase: str = "Running") -> dict[str, Any]:
-    return {"ip": ip, "phase": phase,
-            "body": {"metadata": {"name": name, "namespace": "default", "labels": {"app": name.split("-")[0]},
-                                  "annotations": annotations}}}
+def _rec(name: str, ip: str, annotations: dict[str, str], phase: str = "Running") -> PodRecord:
+    body = {"metadata": {"name": name, "namespace": "default", "labels": {"app": name.split("-")[0]},
+                         "annotations": annotations}}
+    return PodRecord(body, ip, f"mbx-default-{name}", 1, phase=phase)
 
 
 INJECTED = {"prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus"}

@@ -23,7 +23,7 @@ from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.discovery.directory_source import DirectorySource
 from meshbox.discovery.hub import Hub
 from meshbox.discovery.payloads import CLUSTER, ENDPOINTS, LISTENER, PUSH_ORDER, ROUTE
-from meshbox.discovery.server import PendingUpdate, Ports, serve
+from meshbox.discovery.server import PendingUpdate, Ports, Security, serve
 
 MESSAGE_OF = {CLUSTER: pc.Cluster, ENDPOINTS: pc.ClusterLoadAssignment, LISTENER: pc.Listener,
               ROUTE: pc.RouteConfiguration}
@@ -168,16 +168,18 @@ class RunningServer:
 
 
 @contextlib.asynccontextmanager
-async def running_server(registry_dir: Path, *, poll: float = 0.05,
-                         debounce: float = 0.02) -> AsyncIterator[RunningServer]:
-    """A discovery server on loopback free ports, serving ``registry_dir`` and watching it."""
-    hub = Hub()
+async def running_server(registry_dir: Path, *, poll: float = 0.05, debounce: float = 0.02,
+                         security: Security | None = None) -> AsyncIterator[RunningServer]:
+    """A discovery server on loopback free ports, serving ``registry_dir`` and watching it
+    (plaintext, or mutual TLS and the CA port with ``security``)."""
+    hub = Hub(trust_domain=security.keeper.trust_domain if security is not None else None)
     pending = PendingUpdate(hub, quiet=debounce, max_wait=1.0)
     directory = DirectorySource(registry_dir)
     hub.update(directory.load())
     started: asyncio.Future[Ports] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(functools.partial(directory.watch, pending.offer, interval=poll), hub,
-                                     host="127.0.0.1", grpc_port=0, http_port=0, started=started))
+                                     host="127.0.0.1", grpc_port=0, http_port=0, started=started,
+                                     security=security))
     ports = await asyncio.wait_for(started, 10)
     try:
         yield RunningServer(hub, ports, task)

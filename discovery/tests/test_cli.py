@@ -87,3 +87,30 @@ def test_bad_invocations_say_what_is_wrong(tmp_path: Path) -> None:
             assert "Traceback" not in busy.stderr
     helped = subprocess.run([str(BIN), "--help"], capture_output=True, text=True, timeout=30)
     assert helped.returncode == 0 and "--registry-dir" in helped.stdout and "--kubernetes" in helped.stdout
+
+
+def test_bad_ca_invocations_say_what_is_wrong(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    base = [str(BIN), "--registry-dir", str(registry), "--listen-address", "127.0.0.1", "--grpc-port", "0",
+            "--http-port", "0", "--ca-port", "0"]
+    (tmp_path / "ca").mkdir()
+    no_tokens = subprocess.run([*base, "--ca-dir", str(tmp_path / "ca")], capture_output=True, text=True, timeout=30)
+    assert no_tokens.returncode == 1
+    assert "needs a way to check tokens: --local-token-key FILE or --token-review-url URL" in no_tokens.stderr
+    (tmp_path / "key").write_text("00" * 32)
+    key_alone = subprocess.run([*base, "--local-token-key", str(tmp_path / "key")], capture_output=True, text=True,
+                               timeout=30)
+    assert key_alone.returncode == 2 and "token options need --ca-dir" in key_alone.stderr
+    (tmp_path / "ca" / "ca.crt").write_text("not a certificate")
+    (tmp_path / "ca" / "ca.key").write_text("not a key")
+    broken = subprocess.run([*base, "--ca-dir", str(tmp_path / "ca"), "--local-token-key", str(tmp_path / "key")],
+                            capture_output=True, text=True, timeout=30)
+    assert broken.returncode == 1
+    assert f"{tmp_path / 'ca' / 'ca.crt'}: not PEM certificates" in broken.stderr
+    assert "Traceback" not in broken.stderr
+    (tmp_path / "bad-key").write_text("zz")
+    (tmp_path / "ca2").mkdir()
+    bad_key = subprocess.run([*base, "--ca-dir", str(tmp_path / "ca2"), "--local-token-key", str(tmp_path / "bad-key")],
+                             capture_output=True, text=True, timeout=30)
+    assert bad_key.returncode == 1 and "--local-token-key" in bad_key.stderr and "Traceback" not in bad_key.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,24 @@ def test_directory_change_detection_and_broken_file(kit: Any, registry_dir: Path
 def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(RegistryDirError, match="does not exist or is not a directory"):
         DirectorySource(tmp_path / "missing").load()
+
+
+def test_json_files_and_unchanged_files_are_not_parsed_again(kit: Any, registry_dir: Path) -> None:
+    rules = registry_dir / "rules.json"
+    rules.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                 "items": [kit.route_rule("split", "service-two", {"v1": 50, "v2": 50})]}))
+    source = DirectorySource(registry_dir)
+    first = source.load()
+    assert first.errors == () and len(first.route_rules) == 1
+    services = source._last_good[str(registry_dir / "mesh.yaml")]
+
+    rules.write_text('{"apiVersion": "v1",\n  "kind": List}')
+    second = source.load()
+    assert second.errors == (f"{rules}:2:11: invalid JSON: Expecting value; still serving the file's previous "
+                             "content",)
+    assert len(second.route_rules) == 1
+    assert source._last_good[str(registry_dir / "mesh.yaml")] is services  # not parsed again
+
+    rules.write_text(json.dumps(kit.route_rule("all-v2", "service-two", {"v2": 100})))
+    third = source.load()
+    assert third.errors == () and [r.name for r in third.route_rules] == ["all-v2"]

@@ -27,7 +27,8 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from meshbox.injector.certs import TlsMaterial, generate_tls_material, service_dns_names, write_serving_pair
+from meshbox.api.kube.names import service_dns_names
+from meshbox.injector.certs import TlsMaterial, generate_tls_material, write_serving_pair
 from meshbox.injector.inject import InjectSettings, inject
 from meshbox.injector.webhook_policy import InjectionPolicy
 from meshbox.injector.webhook_server import MAX_BODY_BYTES, CertificateReloader, WebhookServer

@@ -5,20 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import shlex
 import sys
 from pathlib import Path
 
 import click
 
+from meshbox.agent.backoff import Backoff
 from meshbox.agent.discovery_address import AddressError, check_address
-from meshbox.agent.pod_identity import PodIdentityError, node_from_env
+from meshbox.agent.pod_identity import PodIdentityError, node_from_env, service_account_from_env
 from meshbox.agent.sidecar import Sidecar, SidecarOptions, StartupError
 from meshbox.agent.wait import wait_ready
+from meshbox.agent.workload_identity import WorkloadIdentityManager
 from meshbox.api import defaults
+from meshbox.api.identity import IdentityError, WorkloadIdentity
 from meshbox.api.loader import ConfigError, load_mesh_config
 from meshbox.api.v1 import mesh_config_pb2
 from meshbox.api.validation import ValidationError
+
+DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+DEFAULT_CERT_DIR = "/var/run/meshbox/certs"
+CERT_BACKOFF = Backoff(base=0.5, cap=30.0)
 
 _LOG_LEVELS = {
     mesh_config_pb2.DEBUG: logging.DEBUG,
@@ -58,6 +66,17 @@ def main() -> None:
               help="Command that starts the proxy (shell-style words). Default: meshbox-proxy next to this agent.")
 @click.option("--drain-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="On SIGTERM, how long the proxy drains its listeners before it is stopped.")
+@click.option("--ca-root-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
+              help="PEM root(s) to trust the mesh CA with at first contact. Turns on the workload certificate and "
+                   "mutual TLS to discovery; without it discovery is spoken to in PLAINTEXT (tests and development "
+                   "only).")
+@click.option("--ca-address", metavar="HOST:PORT",
+              help=f"The mesh CA. Default: the mesh config's ca_address ({defaults.CA_ADDRESS}).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_TOKEN_FILE,
+              show_default=True, help="The pod's service-account token, sent to the CA to prove the identity.")
+@click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CERT_DIR,
+              show_default=True, help="Where the workload key, certificate chain and trust bundle are written for "
+                                      "the proxy (docs/security.md).")
 @click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PROXY ARGS...]")
 def sidecar(
     discovery_address: str | None,
@@ -66,25 +85,42 @@ def sidecar(
     admin_port: int | None,
     proxy_command: str | None,
     drain_seconds: float,
+    ca_root_file: Path | None,
+    ca_address: str | None,
+    token_file: Path,
+    cert_dir: Path,
     proxy_args: tuple[str, ...],
 ) -> None:
     """Run the proxy, keep it configured from discovery, and report its readiness.
 
-    Reads POD_NAME, POD_NAMESPACE and POD_IP from the environment (the injector sets them
-    from the downward API). The proxy's access log goes to this process's stdout unchanged.
+    Reads POD_NAME, POD_NAMESPACE, POD_IP and (with --ca-root-file) SERVICE_ACCOUNT from the
+    environment (the injector sets them from the downward API). The proxy's access log goes to
+    this process's stdout unchanged.
     """
     try:
         mesh = load_mesh_config(mesh_config)
         node = node_from_env(os.environ)
         address = discovery_address or mesh.discovery_address
         check_address(address)
-    except (ConfigError, ValidationError, PodIdentityError, AddressError) as exc:
+        identity = None
+        if ca_root_file is not None:
+            ca = ca_address or mesh.ca_address
+            check_address(ca)
+            spiffe_id = WorkloadIdentity(mesh.trust_domain, node.pod_namespace,
+                                         service_account_from_env(os.environ)).spiffe_id
+            identity = WorkloadIdentityManager(
+                ca_address=ca, spiffe_id=spiffe_id, token_file=token_file, initial_roots_pem=ca_root_file.read_bytes(),
+                cert_dir=cert_dir, backoff=CERT_BACKOFF, rng=random.Random())
+    except (ConfigError, ValidationError, PodIdentityError, AddressError, IdentityError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     logging.basicConfig(
         level=_LOG_LEVELS.get(mesh.log_level, logging.INFO),
         stream=sys.stderr,
         format="%(asctime)s meshbox-agent %(levelname)s %(message)s",
     )
+    if identity is None:
+        logging.getLogger("meshbox.agent").warning(
+            "no --ca-root-file: discovery in PLAINTEXT and no workload certificate (tests and development only)")
     admin = admin_port or mesh.ports.admin
     argv = shlex.split(default_proxy_command() if proxy_command is None else proxy_command)
     if not argv:
@@ -100,6 +136,7 @@ def sidecar(
         admin_port=admin,
         status_port=mesh.ports.agent_status if status_port is None else status_port,
         drain_seconds=drain_seconds,
+        identity=identity,
     )
     try:
         status = asyncio.run(Sidecar(options).run())

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -45,8 +46,13 @@ class DiscoveryClient:
         backoff: Backoff,
         rng: random.Random,
         settle: float = SETTLE_S,
+        credentials: Callable[[], Awaitable[grpc.ChannelCredentials]] | None = None,
+        server_name: str = "",
     ) -> None:
+        """``credentials`` (TLS) is awaited before each connection; None means plaintext."""
         self.address = address
+        self._credentials = credentials
+        self._server_name = server_name
         self.state = DiscoveryStream(node)
         self._applier = applier
         self._backoff = backoff
@@ -81,7 +87,7 @@ class DiscoveryClient:
                 return True
             return connected_at is not None and (server_gone or loop.time() - connected_at >= STABLE_S)
 
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with await self._channel() as channel:
             call = discovery_pb2_grpc.DiscoveryServiceStub(channel).StreamResources()
             inbox: asyncio.Queue[object] = asyncio.Queue()
             reader = asyncio.create_task(self._read(call, inbox))
@@ -109,6 +115,12 @@ class DiscoveryClient:
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
                 call.cancel()
+
+    async def _channel(self) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(self.address)
+        options = [("grpc.ssl_target_name_override", self._server_name)] if self._server_name else []
+        return grpc.aio.secure_channel(self.address, await self._credentials(), options=options)
 
     @staticmethod
     async def _read(call: grpc.aio.StreamStreamCall, inbox: asyncio.Queue[object]) -> None:

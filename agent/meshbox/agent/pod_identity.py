@@ -35,3 +35,12 @@ def node_from_env(env: Mapping[str, str]) -> discovery_pb2.Node:
         pod_namespace=values["POD_NAMESPACE"],
         pod_ip=values["POD_IP"],
     )
+
+
+def service_account_from_env(env: Mapping[str, str]) -> str:
+    """SERVICE_ACCOUNT (the injector sets it from spec.serviceAccountName); raises PodIdentityError."""
+    value = env.get("SERVICE_ACCOUNT", "").strip()
+    if not value:
+        raise PodIdentityError("SERVICE_ACCOUNT is not set: the injected proxy container gets it from the downward "
+                               "API (spec.serviceAccountName); it names the workload identity the agent asks for")
+    return value

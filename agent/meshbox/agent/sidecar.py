@@ -15,6 +15,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from meshbox.agent.agent_metrics import AgentCounts, merged_metrics
 from meshbox.agent.backoff import Backoff
 from meshbox.agent.config_applier import ConfigApplier
@@ -23,6 +25,7 @@ from meshbox.agent.http_client import HttpUnreachable
 from meshbox.agent.proxy_admin import ProxyAdmin
 from meshbox.agent.status_server import StatusServer
 from meshbox.agent.supervisor import ProxySupervisor
+from meshbox.agent.workload_identity import WorkloadIdentityManager
 from meshbox.api.v1 import discovery_pb2
 
 log = logging.getLogger("meshbox.agent")
@@ -47,6 +50,8 @@ class SidecarOptions:
     drain_seconds: float = 5.0
     discovery_backoff: Backoff = DISCOVERY_BACKOFF
     restart_backoff: Backoff = RESTART_BACKOFF
+    # The workload certificate (mutual TLS to discovery); None: plaintext discovery, no certificate.
+    identity: WorkloadIdentityManager | None = None
 
 
 class Sidecar:
@@ -60,11 +65,19 @@ class Sidecar:
         self.supervisor = ProxySupervisor(
             options.proxy_argv, backoff=options.restart_backoff, rng=rng, on_start=self.applier.restore
         )
+        self.identity = options.identity
         self.discovery = DiscoveryClient(
-            options.discovery_address, options.node, self.applier, backoff=options.discovery_backoff, rng=rng
+            options.discovery_address, options.node, self.applier, backoff=options.discovery_backoff, rng=rng,
+            credentials=self._discovery_credentials if self.identity is not None else None,
         )
         self._stop: asyncio.Future[str] | None = None
         self._draining = False
+
+    async def _discovery_credentials(self) -> grpc.ChannelCredentials:
+        """The newest workload certificate, once there is one: each reconnect uses the renewed one."""
+        assert self.identity is not None
+        await self.identity.wait_ready()
+        return self.identity.channel_credentials()
 
     async def readiness(self) -> tuple[bool, str]:
         """Ready = not shutting down, a config from discovery applied, and the proxy says ready."""
@@ -111,22 +124,28 @@ class Sidecar:
         )
         proxy_task = asyncio.create_task(self.supervisor.run(), name="proxy supervisor")
         discovery_task = asyncio.create_task(self.discovery.run(), name="discovery client")
+        identity_task = (asyncio.create_task(self.identity.run(), name="workload certificate")
+                         if self.identity is not None else None)
         status = 0
         try:
             waiting: set[asyncio.Future[Any]] = {self._stop, proxy_task, discovery_task}
+            if identity_task is not None:
+                waiting.add(identity_task)
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             discovery_task.cancel()
+            if identity_task is not None:
+                identity_task.cancel()
             if self._stop.done():
                 await (self._quit() if self._stop.result() == "quit" else self._drain_and_stop())
             else:
                 # Both tasks run until cancelled: finishing on their own is a bug; say so and stop.
-                failed = proxy_task if proxy_task.done() else discovery_task
+                failed = next(t for t in (proxy_task, discovery_task, identity_task) if t is not None and t.done())
                 log.critical("agent task %s ended unexpectedly", failed.get_name(),
                              exc_info=None if failed.cancelled() else failed.exception())
                 status = 1
                 await self.supervisor.terminate(STOP_GRACE_S)
         finally:
-            for task in (discovery_task, proxy_task):
+            for task in (t for t in (identity_task, discovery_task, proxy_task) if t is not None):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

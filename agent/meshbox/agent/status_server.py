@@ -5,12 +5,18 @@ ready, else 503 with the reason), ``GET /stats/prometheus`` (the agent's and the
 metrics merged, for the pod's ``prometheus.io/*`` scrape annotations), ``POST /quitquitquit``
 (200, then agent and proxy exit 0). A wrong method gets 405 with ``Allow``; anything else 404. HTTP/1.1 via h11, with
 keep-alive, request bodies capped.
+
+The server listens on every address because the kubelet probes readiness on the pod IP, and
+the pod IP is reachable from the whole cluster (init does not capture the status port). So a
+request whose peer is not a loopback address gets readiness and nothing else: 403 for
+``/quitquitquit`` and for every other path, whatever the method.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -51,6 +57,24 @@ def route(method: str, target: str) -> Answer | str:
     return Answer(405, f"{path} takes {allowed}, not {method}", allow=allowed)
 
 
+def is_loopback_peer(peer: object) -> bool:
+    """Whether a socket peer (``getpeername()``) is on loopback: 127.0.0.0/8, ::1, or IPv4-mapped 127/8."""
+    if not isinstance(peer, tuple) or not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(str(peer[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def remote_allowed(method: str, target: str) -> bool:
+    """What a peer outside the pod may ask: the readiness probe only."""
+    return route(method, target) == "ready"
+
+
 class StatusServer:
     """Serves :func:`route`'s endpoints; ``readiness`` is asked on every probe, ``metrics`` on every scrape."""
 
@@ -79,6 +103,8 @@ class StatusServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY_BYTES)
+        peer = writer.get_extra_info("peername")
+        local = is_loopback_peer(peer)
         try:
             while True:
                 request = await self._read_request(conn, reader)
@@ -87,6 +113,11 @@ class StatusServer:
                 method, target, too_big = request
                 if too_big:
                     answer, quit_after = Answer(413, f"request body over {MAX_BODY_BYTES} bytes"), False
+                elif not local and not remote_allowed(method, target):
+                    log.warning("status port: refused %s %s from %s (only readiness is served off loopback)",
+                                method, target, peer[0] if isinstance(peer, tuple) else peer)
+                    answer, quit_after = Answer(403, f"{method} {target.split('?', 1)[0]} is answered only "
+                                                     "from the pod's loopback; this address gets readiness only"), False
                 else:
                     answer, quit_after = await self._answer(method, target)
                 await self._write(conn, writer, answer, head_only=method == "HEAD", close=too_big)

@@ -13,20 +13,19 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE, is_dns_label, service_dns_names
+
 POD_CIDR = ipaddress.IPv4Network("10.244.0.0/16")
 SERVICE_CIDR = ipaddress.IPv4Network("10.96.0.0/12")
 NODE_IP = ipaddress.IPv4Address("10.244.0.1")
 BRIDGE = "mbr0"
 # The first few ClusterIPs are kept back, as kubeadm keeps 10.96.0.1 (API) and .10 (DNS).
 FIRST_SERVICE_OFFSET = 16
-DISCOVERY_NAMES = (
-    "meshbox-discovery.meshbox-system.svc",
-    "meshbox-discovery.meshbox-system.svc.cluster.local",
-    "meshbox-discovery.meshbox-system",
-)
-CLUSTER_DOMAIN = "cluster.local"
+# The discovery server runs in the node namespace; pods reach it by its Service names (the bare name
+# only resolves inside meshbox-system). The first is the one MeshConfig's discovery address uses.
+_short, _ns, _svc, _fqdn = service_dns_names(DISCOVERY_SERVICE, MESH_NAMESPACE)
+DISCOVERY_NAMES = (_svc, _fqdn, _ns)
 _PREFIX = re.compile(r"^[a-z][a-z0-9]{1,7}$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 class AddressError(ValueError):
@@ -42,7 +41,7 @@ def check_prefix(prefix: str) -> str:
 
 def check_dns_label(value: str, what: str) -> str:
     """A Kubernetes name usable as a hostname label (RFC 1123, at most 63 characters)."""
-    if len(value) > 63 or not _DNS_LABEL.match(value):
+    if not is_dns_label(value):
         raise AddressError(f"{what} {value!r}: must be lower-case letters, digits and '-', at most 63 characters")
     return value
 
@@ -99,11 +98,6 @@ def check_cluster_ip(value: str, used: Iterable[str]) -> str:
     return value
 
 
-def service_names(name: str, namespace: str) -> list[str]:
-    """The names a Service answers to, as cluster DNS gives them (the short one works in its namespace)."""
-    return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"]
-
-
 def hosts_file(pod_name: str, pod_ip: str, services: Iterable[tuple[str, str, str]], pod_namespace: str) -> str:
     """/etc/hosts of a pod: itself, the discovery server, and every Service (name, namespace, ClusterIP).
 
@@ -117,7 +111,7 @@ def hosts_file(pod_name: str, pod_ip: str, services: Iterable[tuple[str, str, st
         f"{NODE_IP}\t{' '.join(DISCOVERY_NAMES)}",
     ]
     for name, namespace, cluster_ip in sorted(services):
-        names = service_names(name, namespace)
+        names = service_dns_names(name, namespace)
         if namespace != pod_namespace:
             names = names[1:]
         lines.append(f"{cluster_ip}\t{' '.join(names)}")

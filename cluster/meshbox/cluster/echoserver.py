@@ -20,6 +20,7 @@ import h11
 from meshbox.cluster.echo_response import EchoRequest, render_body, response_headers
 
 READ_SIZE = 65536
+REASONS = {400: b"Bad Request", 413: b"Request Entity Too Large", 431: b"Request Header Fields Too Large"}
 MAX_BODY = 16 * 1024 * 1024
 
 
@@ -88,9 +89,13 @@ class EchoConnection:
 
     async def _answer(self, request: EchoRequest) -> None:
         body = render_body(request, listen_port=self.listen_port, server_host=self.server_host)
-        headers = response_headers(body, formatdate(usegmt=True))
-        await self._send(h11.Response(status_code=200, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+        headers = response_headers(request, formatdate(usegmt=True))
+        for event in (h11.Response(status_code=200, headers=headers, reason=b"OK"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.writer.write(self.conn.send(event) or b"")
+        # Logged once the answer is handed to the socket, before waiting on the client to read it.
         self.log(access_line(request, 200, len(body)))
+        await self.writer.drain()
 
     async def _reject(self, status: int) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -98,9 +103,9 @@ class EchoConnection:
         body = f"{status} bad request\n".encode()
         with contextlib.suppress(h11.LocalProtocolError, ConnectionError):
             await self._send(
-                h11.Response(status_code=status, headers=[("Content-Type", "text/plain"),
-                                                          ("Content-Length", str(len(body))),
-                                                          ("Connection", "close")]),
+                h11.Response(status_code=status, reason=REASONS.get(status, b""),
+                             headers=[("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                                      ("Connection", "close")]),
                 h11.Data(data=body), h11.EndOfMessage())
 
     async def serve(self) -> None:

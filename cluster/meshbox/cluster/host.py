@@ -11,9 +11,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from meshbox.api.commands import run_command
 
 
 class HostError(RuntimeError):
@@ -22,16 +24,7 @@ class HostError(RuntimeError):
 
 def run(argv: Sequence[str], *, input_text: str | None = None, timeout: float = 30) -> str:
     """Run a command, return its stdout; HostError naming the command on failure."""
-    try:
-        result = subprocess.run(list(argv), input=input_text, capture_output=True, text=True, timeout=timeout,
-                                check=False)
-    except FileNotFoundError:
-        raise HostError(f"{argv[0]}: not installed (make bootstrap installs it)") from None
-    except subprocess.TimeoutExpired:
-        raise HostError(f"{' '.join(argv)}: no answer after {timeout:.0f}s") from None
-    if result.returncode != 0:
-        raise HostError(f"{' '.join(argv)}: exit {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
+    return run_command(argv, input_text=input_text, timeout=timeout, error=HostError)
 
 
 def run_quietly(argv: Sequence[str]) -> bool:
@@ -87,19 +80,23 @@ def spawn(argv: Sequence[str], *, log: Path, env: Mapping[str, str]) -> ProcessR
     return ProcessRef(proc.pid, began if began is not None else -1)
 
 
+def _terminate(refs: Sequence[ProcessRef], grace: float, signal_one: Callable[[int, int], None]) -> None:
+    """SIGTERM, then SIGKILL what is left after ``grace`` seconds; gone already is fine."""
+    running = [r for r in refs if alive(r)]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if sig is signal.SIGKILL:
+            deadline = time.monotonic() + grace
+            while any(alive(r) for r in running) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for ref in running:
+            if alive(ref):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    signal_one(ref.pid, sig)
+
+
 def stop(refs: Sequence[ProcessRef], grace: float = 5.0) -> None:
     """SIGTERM each process's group, SIGKILL what is left after ``grace`` seconds; gone already is fine."""
-    running = [r for r in refs if alive(r)]
-    for ref in running:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(ref.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(alive(r) for r in running) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for ref in running:
-        if alive(ref):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(ref.pid, signal.SIGKILL)
+    _terminate(refs, grace, os.killpg)
 
 
 def netns_pids(netns: str) -> list[int]:
@@ -110,17 +107,7 @@ def netns_pids(netns: str) -> list[int]:
 
 def kill_netns_processes(netns: str, grace: float = 3.0) -> None:
     """Stop whatever still runs in a namespace we made (e.g. started just before a crash)."""
-    refs = [ProcessRef(pid, start_time(pid) or -1) for pid in netns_pids(netns)]
-    for ref in refs:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(ref.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(alive(r) for r in refs) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for ref in refs:
-        if alive(ref):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(ref.pid, signal.SIGKILL)
+    _terminate([ProcessRef(pid, start_time(pid) or -1) for pid in netns_pids(netns)], grace, os.kill)
 
 
 def netns_exists(netns: str) -> bool:

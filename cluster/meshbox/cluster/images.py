@@ -76,3 +76,8 @@ def launch_for(container: dict[str, Any], *, init: bool) -> Launch:
     raise ImageError(f"{where} {container.get('name')!r}: image {image!r} is not supported by the local cluster "
                      f"(supported: {', '.join(SUPPORTED)}; init only as an init container, proxy only as a "
                      "container, echoserver without a command override)")
+
+
+def is_agent(launch: Launch) -> bool:
+    """Whether a container runs the sidecar agent (the proxy image)."""
+    return bool(launch.argv) and Path(launch.argv[0]).name == "meshbox-agent"

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from meshbox.api.files import write_atomically
 from meshbox.cluster import host
 from meshbox.cluster.host import ProcessRef
-from meshbox.cluster.state import write_atomically
+from meshbox.cluster.model import PodRecord
 
 PORT = 9090
 SCRAPE_INTERVAL = "2s"  # a demo mesh of a few pods: fresh graphs matter more than the scrape cost
@@ -31,20 +32,19 @@ class ScraperError(RuntimeError):
     """Prometheus could not be started; the message says why (and where its log is)."""
 
 
-def scrape_targets(pods: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def scrape_targets(pods: Iterable[PodRecord]) -> list[dict[str, Any]]:
     """File-discovery target groups for the running pods whose annotations ask to be scraped (pure)."""
     groups = []
     for rec in pods:
-        meta = rec["body"]["metadata"]
-        annotations = meta.get("annotations") or {}
-        if rec.get("phase") != "Running" or annotations.get(SCRAPE) != "true" or not annotations.get(SCRAPE_PORT):
+        annotations = rec.body["metadata"].get("annotations") or {}
+        if rec.phase != "Running" or annotations.get(SCRAPE) != "true" or not annotations.get(SCRAPE_PORT):
             continue
-        labels = {"namespace": meta["namespace"], "pod": meta["name"],
+        labels = {"namespace": rec.namespace, "pod": rec.name,
                   "__metrics_path__": annotations.get(SCRAPE_PATH) or "/metrics"}
-        app = (meta.get("labels") or {}).get("app")
+        app = rec.labels.get("app")
         if app:
             labels["app"] = app
-        groups.append({"targets": [f"{rec['ip']}:{annotations[SCRAPE_PORT]}"], "labels": labels})
+        groups.append({"targets": [f"{rec.ip}:{annotations[SCRAPE_PORT]}"], "labels": labels})
     return sorted(groups, key=lambda g: (g["labels"]["namespace"], g["labels"]["pod"]))
 
 
@@ -76,12 +76,12 @@ class MetricsScraper:
         """Where ``meshctl dashboard --prometheus`` reaches it."""
         return f"unix:{self.socket}"
 
-    def write_targets(self, pods: Iterable[Mapping[str, Any]]) -> None:
+    def write_targets(self, pods: Iterable[PodRecord]) -> None:
         """Point Prometheus at the pods as they are now (it rereads the file on change)."""
         if self.dir.is_dir():
             write_atomically(self.targets, (json.dumps(scrape_targets(pods), indent=2) + "\n").encode())
 
-    def start(self, pods: Iterable[Mapping[str, Any]], discovery_http_port: int) -> list[ProcessRef]:
+    def start(self, pods: Iterable[PodRecord], discovery_http_port: int) -> list[ProcessRef]:
         """Start Prometheus and its socket bridge; returns both processes (to record before waiting)."""
         binary, socat = shutil.which("prometheus"), shutil.which("socat")
         if binary is None or socat is None:

@@ -1,7 +1,12 @@
 """Kubernetes-shaped objects the local cluster accepts, checked before anything is made (pure).
 
-Supported kinds: Service, Deployment (apps/v1 or extensions/v1beta1), Pod and RouteRule. Every
+Supported kinds: Service, Deployment (apps/v1 or extensions/v1beta1), Pod, RouteRule and Istio's
+VirtualService, DestinationRule and ServiceEntry (networking.istio.io; fields meshbox does not
+implement are refused here, as discovery refuses them). Every
 check runs on the whole input first, so a bad document leaves the cluster exactly as it was.
+Services and pod labels/ports are read by meshbox.api.kube, the parser discovery uses, so an
+object the cluster takes is one discovery reads the same way; errors name the document, the
+object and the field, as the API server's do.
 """
 
 from __future__ import annotations
@@ -9,19 +14,30 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshbox.api.istio.destination_rule import translate_destination_rule
+from meshbox.api.istio.findings import Finding, has_errors
+from meshbox.api.istio.objects import GROUP, VERSIONS, is_istio_networking
+from meshbox.api.istio.service_entry import translate_service_entry
+from meshbox.api.istio.virtual_service import translate_virtual_service
+from meshbox.api.kube.endpoints import matches
+from meshbox.api.kube.names import POD_TEMPLATE_HASH_LABEL, is_dns_label
+from meshbox.api.kube.objects import FieldReader, ObjectError, object_label, parse_pod, parse_service
 from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rule, plain_data
-from meshbox.cluster.addressing import AddressError, check_dns_label
 
-SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule")
+ISTIO_TRANSLATORS: dict[str, Callable[..., tuple[Any, list[Finding]]]] = {
+    "VirtualService": translate_virtual_service, "DestinationRule": translate_destination_rule,
+    "ServiceEntry": translate_service_entry}
+SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule", *ISTIO_TRANSLATORS)
+MAX_REPLICAS = 20  # the local cluster's limit: each pod is a namespace and several processes
 Obj = dict[str, Any]
 
 
 class ManifestError(ValueError):
-    """A document the local cluster cannot take; the message names the document and the field."""
+    """A document the local cluster cannot take; the message names the document, object and field."""
 
 
 @dataclass(frozen=True)
@@ -43,127 +59,135 @@ class Resource:
         return f"{self.kind.lower()}/{self.name}"
 
 
-def _fail(source: str, where: str, reason: str) -> ManifestError:
-    return ManifestError(f"{source}: {where}: {reason}")
-
-
-def _mapping(value: Any, source: str, where: str) -> Obj:
-    if not isinstance(value, dict):
-        raise _fail(source, where, f"expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, source: str, where: str) -> list[Any]:
+def _list(r: FieldReader, value: Any, where: str) -> list[Any]:
     if not isinstance(value, list) or not value:
-        raise _fail(source, where, "expected a non-empty list")
+        raise r.fail("expected a non-empty list", where)
     return value
 
 
-def _port(value: Any, source: str, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise _fail(source, where, f"expected a port number 1-65535, got {value!r}")
-    return value
-
-
-def _check_pod_spec(spec: Any, source: str, where: str) -> None:
-    spec = _mapping(spec, source, where)
+def _check_pod_spec(r: FieldReader, spec: Any, where: str) -> None:
+    spec = r.mapping(spec, where)
+    if not spec:
+        raise r.fail("is required", where)
     names: set[str] = set()
     for key in ("initContainers", "containers"):
         if key == "initContainers" and key not in spec:
             continue
-        for i, container in enumerate(_list(spec.get(key), source, f"{where}.{key}")):
+        for i, container in enumerate(_list(r, spec.get(key), f"{where}.{key}")):
             at = f"{where}.{key}[{i}]"
-            container = _mapping(container, source, at)
-            name = container.get("name")
-            if not isinstance(name, str) or not name:
-                raise _fail(source, f"{at}.name", "is required")
+            container = r.mapping(container, at)
+            name = r.string(container.get("name"), f"{at}.name", required=True)
             if name in names:
-                raise _fail(source, f"{at}.name", f"container name {name!r} is used twice")
+                raise r.fail(f"container name {name!r} is used twice", f"{at}.name")
             names.add(name)
-            if not isinstance(container.get("image"), str):
-                raise _fail(source, f"{at}.image", "is required")
-            for j, port in enumerate(container.get("ports") or []):
-                _port(_mapping(port, source, f"{at}.ports[{j}]").get("containerPort"), source,
-                      f"{at}.ports[{j}].containerPort")
-            probe = (container.get("readinessProbe") or {}).get("httpGet")
+            r.string(container.get("image"), f"{at}.image", required=True)
+            for j, port in enumerate(r.items(container.get("ports"), f"{at}.ports")):
+                r.port(r.mapping(port, f"{at}.ports[{j}]").get("containerPort"), f"{at}.ports[{j}].containerPort")
+            probe = r.mapping(r.mapping(container.get("readinessProbe"), f"{at}.readinessProbe").get("httpGet"),
+                              f"{at}.readinessProbe.httpGet")
             if probe:
                 named = {p.get("name") for p in container.get("ports") or []}
                 if isinstance(probe.get("port"), str):
                     if probe["port"] not in named:
-                        raise _fail(source, f"{at}.readinessProbe.httpGet.port",
-                                    f"names no port of the container: {probe['port']!r}")
+                        raise r.fail(f"names no port of the container: {probe['port']!r}",
+                                     f"{at}.readinessProbe.httpGet.port")
                 else:
-                    _port(probe.get("port"), source, f"{at}.readinessProbe.httpGet.port")
+                    r.port(probe.get("port"), f"{at}.readinessProbe.httpGet.port")
+    policy = spec.get("restartPolicy", "Always")
+    if policy not in ("Always", "OnFailure", "Never"):
+        raise r.fail(f'unsupported value {policy!r}: supported values: "Always", "OnFailure", "Never"',
+                     f"{where}.restartPolicy")
 
 
-def _check_service(body: Obj, source: str) -> None:
-    spec = _mapping(body.get("spec"), source, "spec")
-    for i, port in enumerate(_list(spec.get("ports"), source, "spec.ports")):
-        port = _mapping(port, source, f"spec.ports[{i}]")
-        _port(port.get("port"), source, f"spec.ports[{i}].port")
-        target = port.get("targetPort", port.get("port"))
-        if isinstance(target, int):
-            _port(target, source, f"spec.ports[{i}].targetPort")
-        elif not isinstance(target, str) or not target:
-            raise _fail(source, f"spec.ports[{i}].targetPort", f"expected a port number or name, got {target!r}")
-        if port.get("protocol", "TCP") != "TCP":
-            raise _fail(source, f"spec.ports[{i}].protocol", "only TCP is supported by the local cluster")
-    if len(spec["ports"]) > 1 and any(not p.get("name") for p in spec["ports"]):
-        raise _fail(source, "spec.ports", "every port needs a name when a Service has more than one")
-    selector = spec.get("selector")
-    if selector is not None:
-        _mapping(selector, source, "spec.selector")
+def _check_service(r: FieldReader, body: Obj, source: str) -> None:
+    spec = r.mapping(body.get("spec"), "spec")
+    ports = _list(r, spec.get("ports"), "spec.ports")
+    for i, port in enumerate(ports):
+        if r.mapping(port, f"spec.ports[{i}]").get("protocol", "TCP") != "TCP":
+            raise r.fail("only TCP is supported by the local cluster", f"spec.ports[{i}].protocol")
+    if len(ports) > 1 and any(not p.get("name") for p in ports):
+        raise r.fail("every port needs a name when a Service has more than one", "spec.ports")
+    if spec.get("clusterIP") == "None":
+        raise r.fail("headless Services are not supported by the local cluster", "spec.clusterIP")
+    parse_service(body, source=source, allocates_ip=True)
 
 
-def _check_deployment(body: Obj, source: str) -> None:
-    spec = _mapping(body.get("spec"), source, "spec")
+def _pod_facts(r: FieldReader, meta: Any, spec: Any, source: str, where: str) -> None:
+    """Labels are strings and container ports are numbers, read as discovery reads them."""
+    doc = {"kind": "Pod", "metadata": {**r.mapping(meta, f"{where}metadata"), "name": "x"}, "spec": spec}
+    try:
+        parse_pod(doc, source=source)
+    except ObjectError as exc:
+        raise r.fail(exc.reason, f"{where}{exc.path}") from None
+
+
+def _check_deployment(r: FieldReader, body: Obj, source: str) -> None:
+    spec = r.mapping(body.get("spec"), "spec")
     replicas = spec.get("replicas", 1)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 20:
-        raise _fail(source, "spec.replicas", f"expected 0-20 (local cluster), got {replicas!r}")
-    template = _mapping(spec.get("template"), source, "spec.template")
-    labels = _mapping(_mapping(template.get("metadata") or {}, source, "spec.template.metadata").get("labels") or {},
-                      source, "spec.template.metadata.labels")
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= MAX_REPLICAS:
+        raise r.fail(f"Invalid value: {replicas!r}: must be 0-{MAX_REPLICAS} (local cluster)", "spec.replicas")
+    template = r.mapping(spec.get("template"), "spec.template")
+    if not template:
+        raise r.fail("is required", "spec.template")
+    meta = r.mapping(template.get("metadata"), "spec.template.metadata")
+    labels = r.labels(meta.get("labels"), "spec.template.metadata.labels")
     selector = spec.get("selector")
     if selector is not None:
-        match = _mapping(_mapping(selector, source, "spec.selector").get("matchLabels") or {}, source,
-                         "spec.selector.matchLabels")
-        if not selector_matches(match, labels):
-            raise _fail(source, "spec.selector", "does not match spec.template.metadata.labels")
+        match = r.labels(r.mapping(selector, "spec.selector").get("matchLabels"), "spec.selector.matchLabels")
+        if not matches(match, labels) or not match:
+            raise r.fail("does not match spec.template.metadata.labels", "spec.selector")
     elif body.get("apiVersion") == "apps/v1":
-        raise _fail(source, "spec.selector", "is required in apps/v1")
-    _check_pod_spec(template.get("spec"), source, "spec.template.spec")
+        raise r.fail("is required in apps/v1", "spec.selector")
+    _check_pod_spec(r, template.get("spec"), "spec.template.spec")
+    _pod_facts(r, meta, template.get("spec"), source, "spec.template.")
 
 
 def resource_from(doc: Any, source: str) -> Resource:
     """Check one document and wrap it; raises ManifestError naming what is wrong."""
     if not isinstance(doc, Mapping):
-        raise _fail(source, "document", f"expected a mapping, got {type(doc).__name__}")
+        raise ManifestError(f"{source}: document: expected a mapping, got {type(doc).__name__}")
     body: Obj = plain_data(doc)
     kind = body.get("kind")
     if kind not in SUPPORTED_KINDS:
-        raise _fail(source, "kind", f"{kind!r} is not supported by the local cluster "
-                                    f"(supported: {', '.join(SUPPORTED_KINDS)})")
-    meta = _mapping(body.get("metadata"), source, "metadata")
-    name = meta.get("name")
-    namespace = meta.get("namespace") or "default"
+        raise ManifestError(f"{source}: kind: {kind!r} is not supported by the local cluster "
+                            f"(supported: {', '.join(SUPPORTED_KINDS)})")
+    r = FieldReader(body, source)
     try:
-        check_dns_label(name if isinstance(name, str) else repr(name), "metadata.name")
-        check_dns_label(str(namespace), "metadata.namespace")
-    except AddressError as exc:
-        raise _fail(source, kind, str(exc)) from None
-    if kind == "Service":
-        _check_service(body, source)
-    elif kind == "Deployment":
-        _check_deployment(body, source)
-    elif kind == "Pod":
-        _check_pod_spec(body.get("spec"), source, "spec")
-    else:
-        try:
-            parse_route_rule(doc, source=source)
-        except (ConfigError, ValueError) as exc:
-            raise ManifestError(str(exc)) from None
+        meta = r.mapping(body.get("metadata"), "metadata")
+        name = meta.get("name")
+        namespace = meta.get("namespace") or "default"
+        for value, where in ((name, "metadata.name"), (namespace, "metadata.namespace")):
+            if not isinstance(value, str) or not is_dns_label(value):
+                raise r.fail(f"Invalid value: {value!r}: must be lower-case letters, digits and '-', "
+                             "at most 63 characters", where)
+        if kind == "Service":
+            _check_service(r, body, source)
+        elif kind == "Deployment":
+            _check_deployment(r, body, source)
+        elif kind == "Pod":
+            _check_pod_spec(r, body.get("spec"), "spec")
+            _pod_facts(r, meta, body.get("spec"), source, "")
+        elif kind in ISTIO_TRANSLATORS:
+            _check_istio(body, source)
+        else:
+            try:
+                parse_route_rule(doc, source=source)
+            except (ConfigError, ValueError) as exc:
+                raise ManifestError(str(exc)) from None
+    except ObjectError as exc:
+        raise ManifestError(str(exc)) from None
     body["metadata"]["namespace"] = namespace
     return Resource(str(kind), str(name), str(namespace), body)
+
+
+def _check_istio(body: Obj, source: str) -> None:
+    """An Istio networking object meshbox can serve whole: its errors, one line each, else nothing."""
+    if not is_istio_networking(body):
+        raise ManifestError(f"{source}: {object_label(body)}: apiVersion: {body.get('apiVersion')!r} is not "
+                            f"{', '.join(f'{GROUP}/{v}' for v in VERSIONS)}")
+    _, findings = ISTIO_TRANSLATORS[str(body["kind"])](body, source=source)
+    if has_errors(findings):
+        raise ManifestError("\n".join(str(f) for f in findings if f.severity == "error"))
 
 
 def parse_manifests(text: str, source: str) -> list[Resource]:
@@ -181,11 +205,6 @@ def parse_manifests(text: str, source: str) -> list[Resource]:
             raise ManifestError(f"{source}: {res.label()} appears twice")
         seen.add((res.kind, res.key))
     return resources
-
-
-def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
-    """Equality-based label selection (an empty selector matches everything)."""
-    return all(str(labels.get(k)) == str(v) for k, v in selector.items())
 
 
 def parse_label_selector(text: str | None) -> dict[str, str]:
@@ -212,7 +231,7 @@ def pod_from_deployment(deployment: Obj, pod_name: str) -> Obj:
     template = copy.deepcopy(deployment["spec"]["template"])
     meta = template.get("metadata") or {}
     labels = dict(meta.get("labels") or {})
-    labels["pod-template-hash"] = template_hash(deployment)
+    labels[POD_TEMPLATE_HASH_LABEL] = template_hash(deployment)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -225,35 +244,6 @@ def pod_from_deployment(deployment: Obj, pod_name: str) -> Obj:
         },
         "spec": template["spec"],
     }
-
-
-def container_port(pod: Obj, name: str) -> int | None:
-    """The containerPort a named Service targetPort refers to in this pod."""
-    for container in pod["spec"].get("containers", []):
-        for port in container.get("ports") or []:
-            if port.get("name") == name:
-                return int(port["containerPort"])
-    return None
-
-
-def service_endpoints(service: Obj, pods: list[tuple[Obj, str]]) -> list[tuple[Obj, list[tuple[str, int]]]]:
-    """For each Service port, the (pod IP, target port) pairs of the selected pods (sorted)."""
-    selector = (service["spec"].get("selector") or None)
-    result = []
-    for port in service["spec"]["ports"]:
-        target = port.get("targetPort", port["port"])
-        backends = []
-        if selector:
-            for pod, ip in pods:
-                if pod["metadata"]["namespace"] != service["metadata"]["namespace"]:
-                    continue
-                if not selector_matches(selector, pod["metadata"].get("labels") or {}):
-                    continue
-                number = target if isinstance(target, int) else container_port(pod, target)
-                if number is not None:
-                    backends.append((ip, number))
-        result.append((port, sorted(backends)))
-    return result
 
 
 FIELD_PATHS = {
@@ -274,7 +264,7 @@ def container_env(container: Obj, pod: Obj, pod_ip: str) -> dict[str, str]:
             continue
         path = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
         if path not in FIELD_PATHS:
-            raise ManifestError(f"pod {pod['metadata']['name']}: container {container['name']}: env {name}: "
+            raise ManifestError(f"{object_label(pod)}: container {container['name']}: env {name}: "
                                 f"only value and fieldRef {', '.join(FIELD_PATHS)} are supported")
         env[name] = FIELD_PATHS[path](pod, pod_ip)
     return env

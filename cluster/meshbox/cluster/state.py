@@ -1,4 +1,4 @@
-"""The local cluster's state directory: one JSON file, a lock, and a ledger of everything made.
+"""The local cluster's state directory: one JSON file (meshbox.cluster.model), a lock, and a ledger.
 
 Every namespace, file and process is recorded in the ledger *before* it is made, so ``down`` can
 remove all of it even after a crash half-way through; removing something that is not there is
@@ -11,14 +11,14 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+from meshbox.api.files import write_atomically
+from meshbox.cluster.model import READABLE_FORMATS, ClusterState
 
 DEFAULT_STATE_DIR = Path("/var/lib/meshbox/local")
 STATE_ENV = "MESHBOX_LOCAL_STATE"
-FORMAT = 1
 
 
 class StateError(RuntimeError):
@@ -28,28 +28,6 @@ class StateError(RuntimeError):
 def default_state_dir() -> Path:
     """$MESHBOX_LOCAL_STATE, else /var/lib/meshbox/local."""
     return Path(os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR)
-
-
-def empty_state(prefix: str) -> dict[str, Any]:
-    """A fresh state for a cluster whose kernel names start with ``prefix``."""
-    return {"format": FORMAT, "prefix": prefix, "ledger": [], "next_veth": 1, "services": {},
-            "deployments": {}, "pods": {}, "rules": {}, "discovery": None}
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` (temp file in the same directory, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class StateDir:
@@ -66,7 +44,7 @@ class StateDir:
         """Whether a cluster's state is recorded here."""
         return self.file.exists()
 
-    def load(self) -> dict[str, Any]:
+    def load(self) -> ClusterState:
         """The recorded state; StateError when it is missing or unreadable."""
         try:
             data = json.loads(self.file.read_text(encoding="utf-8"))
@@ -74,13 +52,16 @@ class StateDir:
             raise StateError(f"no local cluster in {self.root}: run `meshctl local up` first") from None
         except (OSError, ValueError) as exc:
             raise StateError(f"{self.file}: cannot read the cluster state: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise StateError(f"{self.file}: not a meshctl local state file (format {FORMAT})")
-        return data
+        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
+            raise StateError(f"{self.file}: not a meshctl local state file (formats {READABLE_FORMATS})")
+        try:
+            return ClusterState.from_json(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"{self.file}: cannot read the cluster state: {exc!r}") from None
 
-    def save(self, state: dict[str, Any]) -> None:
+    def save(self, state: ClusterState) -> None:
         """Write the state atomically."""
-        write_atomically(self.file, json.dumps(state, indent=1, sort_keys=True).encode())
+        write_atomically(self.file, json.dumps(state.to_json(), indent=1, sort_keys=True).encode(), mode=0o644)
 
     def make_dirs(self) -> None:
         """Create the state directory and its sub-directories (private to root)."""
@@ -100,16 +81,7 @@ class StateDir:
 
     def write_registry(self, name: str, text: str) -> None:
         """Write one object file for the discovery server (renamed into place, never half-written)."""
-        fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".tmp", dir=self.staging)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.registry / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomically(self.registry / name, text.encode(), mode=0o644)
 
     def remove_registry(self, name: str) -> None:
         """Remove one object file (absent is fine)."""

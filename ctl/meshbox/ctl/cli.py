@@ -6,6 +6,7 @@ import importlib.metadata
 
 import click
 
+from meshbox.ctl.analyze import analyze_command
 from meshbox.ctl.dashboard.command import dashboard
 from meshbox.ctl.demo import demo
 from meshbox.ctl.inspect_commands import proxy_config_command, proxy_status_command
@@ -32,7 +33,8 @@ def main() -> None:
 
     Inject sidecars into Kubernetes manifests, run the tutorial on a local mesh
     made of network namespaces, trace a request through the proxies, watch the
-    mesh on a live dashboard, and inspect what config each proxy runs.
+    mesh on a live dashboard, inspect what config each proxy runs, and check
+    traffic manifests (Istio's VirtualService, DestinationRule, ServiceEntry) offline.
     """
 
 
@@ -47,6 +49,7 @@ def version() -> None:
         click.echo(f"{dist:<20} {v}")
 
 
+main.add_command(analyze_command)
 main.add_command(install)
 main.add_command(kube_inject)
 main.add_command(kube_uninject)

@@ -2,7 +2,8 @@
 
 What it makes, in the order it is applied: the mesh namespace, the RouteRule CRD (its schema
 generated from meshbox.api's RouteRuleSpec), service accounts, least-privilege RBAC for
-discovery (get/list/watch on services, endpointslices, pods and route rules, nothing else;
+discovery (get/list/watch on services, endpointslices, pods, route rules and Istio's security
+policies, create on tokenreviews for the mesh CA, nothing else;
 the webhook gets no API access at all), the mesh config, the webhook's TLS Secret, the
 discovery and webhook Deployments and Services, and the MutatingWebhookConfiguration whose
 ``caBundle`` is the CA that signed the webhook's serving certificate. That CA and certificate
@@ -28,7 +29,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import LiteralScalarString
 
 from meshbox.api import defaults
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE, SYSTEM_NAMESPACES
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND, ConfigError, load_mesh_config
+from meshbox.api.security_policy import API_GROUP as SECURITY_API_GROUP
 from meshbox.api.v1 import mesh_config_pb2, routing_pb2
 from meshbox.api.validation import ValidationError, check_image_hub, check_image_tag
 
@@ -37,9 +40,8 @@ if TYPE_CHECKING:
 
 Manifest = dict[str, Any]
 
-MESH_NAMESPACE = "meshbox-system"
 INJECTION_LABEL = "meshbox-injection"
-DISCOVERY = "meshbox-discovery"
+DISCOVERY = DISCOVERY_SERVICE
 WEBHOOK = "meshbox-webhook"
 WEBHOOK_CONFIGURATION = "meshbox-sidecar-injector"
 WEBHOOK_NAME = "sidecar-injector.meshbox.io"
@@ -48,7 +50,7 @@ MESH_CONFIG_MAP = "meshbox-mesh-config"
 CONTROL_PLANE_UID = 65532  # the control-plane image's USER
 DISCOVERY_HTTP_PORT = 15014
 WEBHOOK_PORT = 15017
-NEVER_INJECTED = ("kube-system", "kube-public", "kube-node-lease")
+NEVER_INJECTED = SYSTEM_NAMESPACES
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -243,6 +245,11 @@ def render(options: InstallOptions, tls: TlsMaterial | None) -> list[Manifest]:
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
              {"apiGroups": [ROUTE_RULE_API_VERSION.split("/")[0]], "resources": ["routerules"],
               "verbs": ["get", "list", "watch"]},
+             # Istio's security policies, read if their CRDs are installed.
+             {"apiGroups": [SECURITY_API_GROUP], "resources": ["peerauthentications", "authorizationpolicies"],
+              "verbs": ["get", "list", "watch"]},
+             # The mesh CA checks workloads' service-account tokens with TokenReviews.
+             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": _meta(DISCOVERY),
@@ -414,7 +421,8 @@ def install(dry_run: bool, mesh_config: Path | None, hub: str | None, tag: str |
         mesh.discovery_address = f"{DISCOVERY}.{namespace}.svc:{defaults.DISCOVERY_PORT}"
     options = InstallOptions(mesh=mesh, namespace=namespace)
     # cryptography is imported only here: it costs every other meshctl command ~0.4 s of start-up.
-    from meshbox.injector.certs import generate_tls_material, service_dns_names
+    from meshbox.api.kube.names import service_dns_names
+    from meshbox.injector.certs import generate_tls_material
 
     tls = None if without_tls else generate_tls_material(service_dns_names(WEBHOOK, namespace))
     manifest = render_yaml(options, tls)

@@ -6,17 +6,15 @@ Only YAML (or JSON, for JSON input) goes to stdout; the per-resource report goes
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from meshbox.api.files import write_atomically
 from meshbox.api.loader import ConfigError, load_mesh_config
 from meshbox.api.validation import ValidationError
 from meshbox.injector.inject import InjectSettings
@@ -37,36 +35,12 @@ def read_input(filename: str) -> tuple[str, str]:
         raise click.ClickException(f"{filename}: not UTF-8 text (byte {exc.start})") from None
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` via a temp file in the same directory and a rename."""
-    target = Path(path)
+def write_output(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, keeping its permissions; a clear error on failure."""
     try:
-        mode = target.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o644 & ~_umask()
+        write_atomically(Path(path), text.encode())
     except OSError as exc:
         raise click.ClickException(f"{path}: cannot write: {exc.strerror}") from None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    except OSError as exc:
-        raise click.ClickException(f"{path}: cannot write: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise click.ClickException(f"{path}: cannot write: {exc.strerror}") from None
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _emit(result: ManifestResult, original: str, source: str, output: str | None, diff: bool, verbosity: int,
@@ -83,7 +57,7 @@ def _emit(result: ManifestResult, original: str, source: str, output: str | None
         )
         click.echo("".join(lines), nl=False)
     elif output is not None:
-        write_atomically(output, result.text)
+        write_output(output, result.text)
     else:
         click.echo(result.text, nl=False)
 

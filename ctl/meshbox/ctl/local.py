@@ -13,11 +13,13 @@ from typing import Any, TypeVar
 
 import click
 
+from meshbox.cluster import queries, workloads
 from meshbox.cluster.cluster import ClusterError, LocalCluster
 from meshbox.cluster.host import HostError
-from meshbox.cluster.objects import ManifestError, Obj, parse_label_selector, parse_manifests
+from meshbox.cluster.model import ClusterState, DeploymentRecord, Obj, PodRecord
+from meshbox.cluster.objects import ManifestError, parse_label_selector, parse_manifests
 from meshbox.cluster.state import DEFAULT_STATE_DIR, STATE_ENV, StateError
-from meshbox.ctl.views import OutputError, age, as_list, render, service_ports, table
+from meshbox.ctl.views import OutputError, age, as_list, endpoints_column, render, service_ports, table
 
 F = TypeVar("F", bound=Callable[..., Any])
 KINDS = {
@@ -25,6 +27,8 @@ KINDS = {
     "services": "services", "service": "services", "svc": "services",
     "deployments": "deployments", "deployment": "deployments", "deploy": "deployments",
     "routerules": "rules", "routerule": "rules",
+    "endpoints": "endpoints", "ep": "endpoints",
+    "endpointslices": "endpointslices", "endpointslice": "endpointslices",
 }
 
 
@@ -59,6 +63,7 @@ def local(ctx: click.Context, state_dir: Path | None) -> None:
     meshctl local up
     meshctl local apply -f <(meshctl kube-inject -f apps.yaml)
     meshctl local get pods -o wide
+    meshctl local scale deployment service-two --replicas 3
     meshctl local exec POD -c app -- curl service-two:80
     meshctl local logs POD proxy
     meshctl local down
@@ -122,12 +127,13 @@ def _resources(filename: str, namespace: str | None) -> list[Any]:
 @click.pass_context
 @_friendly_errors
 def apply(ctx: click.Context, filename: str, namespace: str | None) -> None:
-    """Create or update Services, Deployments, Pods and RouteRules; start their pods.
+    """Create or update Services, Deployments, Pods, RouteRules and Istio VirtualServices,
+    DestinationRules and ServiceEntries; start their pods.
 
     Every document is checked first: on any error nothing is applied.
     """
     _need_root()
-    lines, errors = _cluster(ctx).apply(_resources(filename, namespace))
+    lines, errors = workloads.apply(_cluster(ctx), _resources(filename, namespace))
     for line in lines:
         click.echo(line)
     if errors:
@@ -142,66 +148,62 @@ def apply(ctx: click.Context, filename: str, namespace: str | None) -> None:
 def delete(ctx: click.Context, filename: str, namespace: str | None) -> None:
     """Delete the objects of a manifest (a Deployment's pods with it)."""
     _need_root()
-    lines, errors = _cluster(ctx).delete(_resources(filename, namespace))
+    lines, errors = workloads.delete(_cluster(ctx), _resources(filename, namespace))
     for line in lines:
         click.echo(line)
     if errors:
         raise click.ClickException("\n".join(f"Error from server (NotFound): {e}" for e in errors))
 
 
-def _pod_object(cluster: LocalCluster, rec: Obj) -> Obj:
-    status = cluster.pod_status(rec)[2]
-    body: Obj = dict(rec["body"])
-    body["status"] = {
-        "phase": status if status in ("Running", "Pending") else "Failed",
-        "podIP": rec["ip"], "hostIP": "10.244.0.1",
-        "containerStatuses": [
-            {"name": c["name"], "image": c["image"], "ready": cluster.container_ready(rec, c)}
-            for c in rec["body"]["spec"]["containers"]],
-    }
-    return {"apiVersion": "v1", "kind": "Pod", **{k: v for k, v in body.items() if k not in ("apiVersion", "kind")}}
+def _pod_object(rec: PodRecord) -> Obj:
+    body = {k: v for k, v in rec.body.items() if k not in ("apiVersion", "kind", "status")}
+    return {"apiVersion": "v1", "kind": "Pod", **body, "status": rec.status()}
 
 
-def _deployment_object(cluster: LocalCluster, state: Obj, dep: Obj) -> Obj:
-    meta = dep["metadata"]
-    pods = [rec for rec in cluster.find_pods(state, meta["namespace"], {})
-            if any(o.get("name") == meta["name"] for o in rec["body"]["metadata"].get("ownerReferences", []))]
-    ready = sum(1 for rec in pods if (lambda s: s[0] == s[1])(cluster.pod_status(rec)))
-    return {**dep, "status": {"replicas": len(pods), "readyReplicas": ready, "updatedReplicas": len(pods)}}
+def _deployment_object(state: ClusterState, dep: DeploymentRecord) -> Obj:
+    pods = [state.pods[key] for key in workloads.owned_pods(state, dep.namespace, dep.name)]
+    ready = sum(1 for rec in pods if rec.ready)
+    return {**dep.body, "status": {"replicas": len(pods), "readyReplicas": ready, "updatedReplicas": len(pods)}}
 
 
-def _rows(cluster: LocalCluster, state: Obj, kind: str, namespace: str | None, selector: dict[str, str],
+def _rows(state: ClusterState, kind: str, namespace: str | None, selector: dict[str, str],
           wide: bool) -> tuple[list[str], list[list[str]], list[Obj]]:
     if kind == "pods":
-        recs = cluster.find_pods(state, namespace, selector)
-        objs = [_pod_object(cluster, rec) for rec in recs]
+        recs = queries.find_pods(state, namespace, selector)
         header = ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] + (["IP", "NODE"] if wide else [])
         rows = []
         for rec in recs:
-            ready, total, status = cluster.pod_status(rec)
-            row = [rec["body"]["metadata"]["name"], f"{ready}/{total}", status, "0",
-                   age(rec["body"]["metadata"].get("creationTimestamp"))]
-            rows.append(row + ([rec["ip"], "local"] if wide else []))
-        return header, rows, objs
+            ready, total, status = queries.pod_status(rec)
+            row = [rec.name, f"{ready}/{total}", status, str(rec.restarts), age(rec.created)]
+            rows.append(row + ([rec.ip, "local"] if wide else []))
+        return header, rows, [_pod_object(rec) for rec in recs]
     if kind == "services":
-        objs = [s for s in cluster.services(state, namespace)
-                if selector_ok(selector, s)]
+        objs = [s for s in queries.services(state, namespace) if selector_ok(selector, s)]
         header = ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"] + (["SELECTOR"] if wide else [])
         rows = [[s["metadata"]["name"], s["spec"].get("type", "ClusterIP"), s["spec"]["clusterIP"], "<none>",
                  service_ports(s), age(s["metadata"].get("creationTimestamp"))]
                 + ([",".join(f"{k}={v}" for k, v in (s["spec"].get("selector") or {}).items())] if wide else [])
                 for s in objs]
         return header, rows, objs
-    table_name = "deployments" if kind == "deployments" else "rules"
-    objs = [o for o in state[table_name].values()
-            if (namespace is None or o["metadata"]["namespace"] == namespace) and selector_ok(selector, o)]
+    if kind in ("endpoints", "endpointslices"):
+        created = {s.name + "/" + s.namespace: s.created for s in state.services.values()}
+        objs = [o for o in queries.endpoints(state, namespace, slices=kind == "endpointslices")
+                if selector_ok(selector, o)]
+        header = ["NAME", "ENDPOINTS", "AGE"]
+        rows = [[o["metadata"]["name"], endpoints_column(o),
+                 age(created.get(o["metadata"]["name"] + "/" + o["metadata"]["namespace"]))] for o in objs]
+        return header, rows, objs
     if kind == "deployments":
-        objs = [_deployment_object(cluster, state, o) for o in objs]
+        deps = [d for d in state.deployments.values()
+                if (namespace is None or d.namespace == namespace) and selector_ok(selector, d.body)]
+        objs = [_deployment_object(state, d) for d in deps]
         header = ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
         rows = [[o["metadata"]["name"], f"{o['status']['readyReplicas']}/{o['spec'].get('replicas', 1)}",
                  str(o["status"]["updatedReplicas"]), str(o["status"]["readyReplicas"]),
                  age(o["metadata"].get("creationTimestamp"))] for o in objs]
         return header, rows, objs
+    objs = [o for o in state.rules.values()
+            if (namespace is None or o["metadata"]["namespace"] == namespace) and selector_ok(selector, o)]
     header = ["NAME", "DESTINATION", "AGE"]
     rows = [[o["metadata"]["name"], str(o["spec"].get("destination", "")), age(o["metadata"].get("creationTimestamp"))]
             for o in objs]
@@ -211,7 +213,7 @@ def _rows(cluster: LocalCluster, state: Obj, kind: str, namespace: str | None, s
 def selector_ok(selector: dict[str, str], obj: Obj) -> bool:
     """Whether an object's labels match a -l selector."""
     labels = obj["metadata"].get("labels") or {}
-    return all(str(labels.get(k)) == v for k, v in selector.items())
+    return all(labels.get(k) == v for k, v in selector.items())
 
 
 @local.command()
@@ -225,11 +227,10 @@ def selector_ok(selector: dict[str, str], obj: Obj) -> bool:
 @_friendly_errors
 def get(ctx: click.Context, kind: str, name: str | None, namespace: str, all_namespaces: bool,
         selector: str | None, output: str | None) -> None:
-    """List pods, services, deployments or routerules (KIND), like kubectl get."""
-    cluster = _cluster(ctx)
-    state = cluster.state()
+    """List pods, services, deployments, endpoints, endpointslices or routerules (KIND), like kubectl get."""
+    state = _cluster(ctx).dir.load()
     wide = output == "wide"
-    header, rows, objs = _rows(cluster, state, KINDS[kind], None if all_namespaces else namespace,
+    header, rows, objs = _rows(state, KINDS[kind], None if all_namespaces else namespace,
                                parse_label_selector(selector), wide)
     if name is not None:
         keep = [i for i, o in enumerate(objs) if o["metadata"]["name"] == name]
@@ -261,8 +262,8 @@ def exec_(ctx: click.Context, pod: str, container: str | None, namespace: str, s
           command: tuple[str, ...]) -> None:
     """Run COMMAND in a pod's container (its network, hostname, hosts file and user): POD -- CMD..."""
     _need_root()
-    cluster = _cluster(ctx)
-    argv, env = cluster.exec_command(cluster.pod(cluster.state(), namespace, pod), container, list(command))
+    argv, env = queries.exec_command(queries.get_pod(_cluster(ctx).dir.load(), namespace, pod), container,
+                                     list(command))
     try:
         code = subprocess.call(argv, env=env)
     except KeyboardInterrupt:
@@ -294,8 +295,8 @@ def logs(ctx: click.Context, pod: str, container: str | None, container_opt: str
          follow: bool) -> None:
     """Print a container's log: POD [CONTAINER]."""
     cluster = _cluster(ctx)
-    rec = cluster.pod(cluster.state(), namespace, pod)
-    path = cluster.log_path(rec, container_opt or container)
+    rec = queries.get_pod(cluster.dir.load(), namespace, pod)
+    path = queries.log_path(cluster, rec, container_opt or container)
     if not path.exists():
         raise click.ClickException(f"container {path.stem} of pod {pod} has not started (no log yet)")
     out = sys.stdout.buffer
@@ -319,6 +320,20 @@ def logs(ctx: click.Context, pod: str, container: str | None, container_opt: str
 @_friendly_errors
 def wait(ctx: click.Context, kind: str, namespace: str, selector: str | None, timeout: float) -> None:
     """Block until the selected pods have every container ready (like kubectl wait --for=condition=Ready)."""
-    for line in _cluster(ctx).wait_ready(namespace, parse_label_selector(selector), timeout):
+    _need_root()
+    for line in queries.wait_ready(_cluster(ctx), namespace, parse_label_selector(selector), timeout):
         click.echo(line)
+
+
+@local.command()
+@click.argument("kind", type=click.Choice(["deployment", "deployments", "deploy"]), metavar="deployment")
+@click.argument("name")
+@click.option("--replicas", type=int, required=True, help="The number of pods the Deployment should have.")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.pass_context
+@_friendly_errors
+def scale(ctx: click.Context, kind: str, name: str, replicas: int, namespace: str) -> None:
+    """Set a Deployment's replicas and start or delete pods to match: deployment NAME --replicas N."""
+    _need_root()
+    click.echo(workloads.scale(_cluster(ctx), namespace, name, replicas))
 

@@ -8,16 +8,18 @@ from pathlib import Path
 
 from meshbox.cluster.addressing import node_netns
 from meshbox.cluster.cluster import DISCOVERY_HTTP_PORT, ClusterError, LocalCluster
+from meshbox.cluster.model import ClusterState
+from meshbox.cluster.queries import get_pod
 from meshbox.cluster.state import StateError
 from meshbox.ctl.mesh_access import ADMIN_PORT, AccessError
 
 
-def _cluster_state(cluster: LocalCluster) -> dict[str, object]:
+def _cluster_state(cluster: LocalCluster) -> ClusterState:
     try:
         if not cluster.dir.exists():
             raise AccessError(f"no local cluster in {cluster.dir.root} (meshctl local up; or say where the "
                               "mesh is with --discovery/--admin URL or --kubernetes)")
-        return cluster.state()
+        return cluster.dir.load()
     except StateError as exc:
         raise AccessError(str(exc)) from None
 
@@ -40,22 +42,22 @@ class LocalClusterAccess:
 
     def discovery_get(self, path: str) -> bytes:
         state = _cluster_state(self.cluster)
-        return _get_in(node_netns(str(state["prefix"])), f"http://127.0.0.1:{DISCOVERY_HTTP_PORT}{path}")
+        return _get_in(node_netns(state.prefix), f"http://127.0.0.1:{DISCOVERY_HTTP_PORT}{path}")
 
     def admin_get(self, pod: str, namespace: str, path: str) -> bytes:
         state = _cluster_state(self.cluster)
         try:
-            rec = self.cluster.pod(state, namespace, pod)
+            rec = get_pod(state, namespace, pod)
         except ClusterError as exc:
             raise AccessError(str(exc)) from None
-        return _get_in(str(rec["netns"]), f"http://127.0.0.1:{ADMIN_PORT}{path}")
+        return _get_in(rec.netns, f"http://127.0.0.1:{ADMIN_PORT}{path}")
 
 
 def local_prometheus(state_dir: Path | None = None) -> str:
     """The address of the local cluster's Prometheus, for ``meshctl dashboard``."""
     cluster = LocalCluster(state_dir)
     state = _cluster_state(cluster)
-    scraper = cluster.scraper(str(state["prefix"]))
+    scraper = cluster.scraper(state.prefix)
     if not scraper.socket.exists():
         raise AccessError(f"the local cluster in {cluster.dir.root} runs no Prometheus (started with "
                           "--without-prometheus?): give --prometheus URL")

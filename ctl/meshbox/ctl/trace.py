@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from meshbox.cluster import queries
 from meshbox.cluster.cluster import LocalCluster
 from meshbox.cluster.state import StateError
 
@@ -99,15 +100,13 @@ def report(request_id: str, path: list[Hop]) -> str:
 def local_proxy_logs(state_dir: Path | None) -> list[tuple[str, str]]:
     """(namespace/pod, log text) of every proxy container on the local cluster."""
     cluster = LocalCluster(state_dir)
-    state = cluster.state()
     logs = []
-    for rec in state["pods"].values():
-        if not any(c["name"] == "proxy" for c in rec["body"]["spec"]["containers"]):
+    for rec in cluster.dir.load().pods.values():
+        if not any(c["name"] == "proxy" for c in rec.spec["containers"]):
             continue
-        meta = rec["body"]["metadata"]
-        path = cluster.log_path(rec, "proxy")
+        path = queries.log_path(cluster, rec, "proxy")
         if path.exists():
-            logs.append((f"{meta['namespace']}/{meta['name']}", path.read_text(errors="replace")))
+            logs.append((rec.key, path.read_text(errors="replace")))
     return logs
 
 

@@ -48,6 +48,21 @@ def service_ports(service: Obj) -> str:
     return ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in service["spec"]["ports"])
 
 
+def endpoints_column(obj: Obj) -> str:
+    """ENDPOINTS column of `get endpoints`: ready ip:port pairs, ``<none>`` when there are none."""
+    pairs = []
+    if obj.get("kind") == "EndpointSlice":
+        ports = [p["port"] for p in obj.get("ports") or []]
+        pairs = [f"{ip}:{port}" for e in obj.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")
+                 for ip in e["addresses"] for port in ports]
+    else:
+        pairs = [f"{a['ip']}:{p['port']}" for s in obj.get("subsets") or [] for a in s.get("addresses") or []
+                 for p in s["ports"]]
+    if not pairs:
+        return "<none>"
+    return ",".join(pairs[:3]) + (f" + {len(pairs) - 3} more..." if len(pairs) > 3 else "")
+
+
 def as_list(items: list[Obj]) -> Obj:
     """A kubectl List object around items."""
     return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}}

@@ -14,17 +14,21 @@ from typing import Any
 
 import click
 
-from meshbox.api.defaults import DISCOVERY_PORT
+from meshbox.api.defaults import CA_PORT, DISCOVERY_PORT
+from meshbox.api.loader import ConfigError, load_mesh_config
+from meshbox.api.validation import ValidationError
 from meshbox.discovery.directory_source import DirectorySource, RegistryDirError
 from meshbox.discovery.hub import Hub
-from meshbox.discovery.server import PendingUpdate, serve
+from meshbox.discovery.server import PendingUpdate, Security, serve
+from meshbox.discovery.tls_options import TlsOptions, security_from_options
 
 HTTP_PORT = 15014
 
 
 async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, host: str, grpc_port: int,
-               http_port: int, poll_interval: float, debounce: float) -> None:
-    hub = Hub()
+               http_port: int, poll_interval: float, debounce: float, tls: TlsOptions | None) -> None:
+    security: Security | None = security_from_options(tls, kubernetes=kubernetes) if tls is not None else None
+    hub = Hub(trust_domain=tls.trust_domain if tls is not None else None)
     pending = PendingUpdate(hub, quiet=debounce, max_wait=max(debounce * 10, 1.0))
     if registry_dir is not None:
         directory = DirectorySource(registry_dir)
@@ -43,7 +47,7 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main.cancel)
     with contextlib.suppress(asyncio.CancelledError):
-        await serve(source, hub, host=host, grpc_port=grpc_port, http_port=http_port)
+        await serve(source, hub, host=host, grpc_port=grpc_port, http_port=http_port, security=security)
     await pending.close()
 
 
@@ -65,17 +69,60 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
               help="Seconds of quiet before a registry change is pushed (at most 10x this, min 1s, after the first).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
+@click.option("--mesh-config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Mesh config YAML (trust domain). Default: built-in defaults.")
+@click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The mesh CA's directory (ca.crt, ca.key, optional roots.pem; generated there if empty and "
+                   "writable). Turns on mutual TLS for discovery and the CA port. Without it gRPC is PLAINTEXT "
+                   "(tests and development only).")
+@click.option("--ca-port", type=click.IntRange(0, 65535), default=CA_PORT, show_default=True,
+              help="CA gRPC port (TLS; CertificateService), with --ca-dir. 0 = any free port.")
+@click.option("--server-name", "server_names", multiple=True, metavar="NAME",
+              help="DNS name or IP in discovery's serving certificate (repeatable). Default: the "
+                   "meshbox-discovery Service's names in meshbox-system.")
+@click.option("--local-token-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Check CSR callers' tokens with this local-cluster key (meshctl local) instead of a TokenReview.")
+@click.option("--token-review-url", metavar="URL",
+              help="API server for TokenReviews. Default: the cluster discovery runs in.")
+@click.option("--token-review-ca-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="CA bundle of --token-review-url.")
+@click.option("--token-review-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Discovery's own bearer token for --token-review-url.")
+@click.option("--token-audience", "token_audiences", multiple=True, metavar="AUD",
+              help="Audience CSR callers' tokens must be for (repeatable; TokenReview only). Default: the API "
+                   "server's.")
+@click.option("--workload-cert-ttl", type=click.FloatRange(2, 7 * 86400), default=86400, show_default=True,
+              metavar="SECONDS", help="Lifetime of workload certificates a CSR does not ask otherwise for.")
 def main(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, listen_address: str, grpc_port: int,
-         http_port: int, poll_interval: float, debounce: float, log_level: str) -> None:
-    """Serve proxy configuration (DiscoveryService/StreamResources) built from a service registry."""
+         http_port: int, poll_interval: float, debounce: float, log_level: str, mesh_config: Path | None,
+         ca_dir: Path | None, ca_port: int, server_names: tuple[str, ...], local_token_key: Path | None,
+         token_review_url: str | None, token_review_ca_file: Path | None, token_review_token_file: Path | None,
+         token_audiences: tuple[str, ...], workload_cert_ttl: float) -> None:
+    """Serve proxy configuration (DiscoveryService/StreamResources) built from a service registry,
+    and, with --ca-dir, the mesh CA (CertificateService) with discovery over mutual TLS."""
     if (registry_dir is None) == (not kubernetes):
         raise click.UsageError("give exactly one registry source: --registry-dir DIR or --kubernetes")
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        mesh = load_mesh_config(mesh_config)
+    except (ConfigError, ValidationError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    tls = None
+    if ca_dir is not None:
+        tls = TlsOptions(ca_dir=ca_dir, ca_port=ca_port, trust_domain=mesh.trust_domain,
+                         server_names=list(server_names), local_token_key=local_token_key,
+                         token_review_url=token_review_url, token_review_ca_file=token_review_ca_file,
+                         token_review_token_file=token_review_token_file, token_audiences=token_audiences,
+                         workload_cert_ttl=workload_cert_ttl)
+    elif local_token_key or token_review_url:
+        raise click.UsageError("token options need --ca-dir (the CA is what checks tokens)")
+    try:
         asyncio.run(_run(registry_dir, kubernetes, kubeconfig, listen_address, grpc_port, http_port,
-                         poll_interval, debounce))
+                         poll_interval, debounce, tls))
     except RegistryDirError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:  # CA files, token key: the message names the file
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc

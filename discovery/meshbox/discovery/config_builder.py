@@ -8,31 +8,25 @@ so their union is valid too.
 
 from __future__ import annotations
 
+from meshbox.api.kube.endpoints import port_endpoints, resolve_target, selects
+from meshbox.api.kube.objects import Pod, Service, ServicePort
+from meshbox.api.protocols import is_http_port
 from meshbox.api.v1 import discovery_pb2
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import validate_proxy_config
 from meshbox.api.workload import app_name, workload_name
-from meshbox.discovery.k8s_objects import Pod, Service, ServicePort
 from meshbox.discovery.registry import Registry
-from meshbox.discovery.route_rules import build_port_routes, cluster_name, ordered_rules, targets
+from meshbox.discovery.route_rules import build_port_routes, cluster_for, cluster_name, ordered_rules, targets
 
 LOCALHOST = "127.0.0.1"
 
 
-def is_http_port(name: str) -> bool:
-    """Service ports named http*/grpc* are routed at L7, the rest proxied at L4."""
-    return name.startswith(("http", "grpc"))
-
-
-def resolve_target(port: ServicePort, pod_ports: dict[str, int] | None) -> int | None:
-    """The container port a Service port sends to on a pod (None: the pod has no such named port)."""
-    if isinstance(port.target_port, int):
-        return port.target_port
-    return (pod_ports or {}).get(port.target_port)
 
 
 def service_domains(service: Service, port: int, *, same_namespace: bool) -> list[str]:
     """Host header values of a service's virtual host; the bare name only from its own namespace."""
+    if service.hosts:
+        return [d for n in (*dict.fromkeys(service.hosts), service.cluster_ip) for d in (n, f"{n}:{port}")]
     names = [f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc", service.fqdn,
              service.cluster_ip]
     if same_namespace:
@@ -64,10 +58,11 @@ def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> li
                 result.append(pc.Endpoint(address=addr.ip, port=number, labels=pod.labels if pod else {},
                                           workload=pod_workload(pod) if pod else None))
     else:
-        for pod in registry.pods_selected_by(service):
-            target = resolve_target(port, dict(pod.ports))
-            if target is not None:
-                result.append(pc.Endpoint(address=pod.ip, port=target, labels=pod.labels, workload=pod_workload(pod)))
+        for endpoint in port_endpoints(service, port, registry.pods):
+            pod = registry.pod(service.namespace, endpoint.pod_name)
+            if endpoint.ready and pod is not None:
+                result.append(pc.Endpoint(address=endpoint.ip, port=endpoint.port, labels=pod.labels,
+                                          workload=pod_workload(pod)))
     result.sort(key=lambda e: (e.address, e.port))
     return result
 
@@ -118,14 +113,15 @@ class ConfigBuilder:
                 bound.add((service.cluster_ip, port.port))
                 name = cluster_name("outbound", port.port, "", service.fqdn)
                 endpoints = endpoints_for(self.registry, service, port)
-                config.clusters.append(pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=service.fqdn))
+                policy = self.registry.destination_policies.get(service.fqdn)
+                config.clusters.append(cluster_for(name, service.fqdn, policy.policy if policy else None))
                 config.endpoints.append(pc.ClusterLoadAssignment(cluster_name=name, endpoints=endpoints))
                 listener = pc.Listener(name=f"{service.cluster_ip}_{port.port}", direction=pc.OUTBOUND,
                                        address=service.cluster_ip, port=port.port)
                 if is_http_port(port.name):
                     listener.protocol = pc.HTTP
                     listener.route_config = str(port.port)
-                    routes = build_port_routes(service, port.port, rules, endpoints)
+                    routes = build_port_routes(service, port.port, rules, endpoints, policy)
                     config.clusters.extend(routes.subset_clusters)
                     config.endpoints.extend(routes.subset_endpoints)
                     rc = route_configs.setdefault(port.port, pc.RouteConfiguration(name=str(port.port)))
@@ -180,8 +176,7 @@ class ConfigBuilder:
 
 
 def _selects(service: Service, namespace: str, labels: dict[str, str]) -> bool:
-    return (service.namespace == namespace and bool(service.selector)
-            and all(labels.get(k) == v for k, v in service.selector.items()))
+    return service.namespace == namespace and selects(service.selector, labels)
 
 
 def _ports(pod: Pod | None) -> dict[str, int] | None:

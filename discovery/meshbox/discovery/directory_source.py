@@ -8,10 +8,13 @@ the problem is reported, so a half-saved edit never empties the mesh.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshbox.api.loader import ConfigError, iter_yaml_documents, plain_data
 from meshbox.discovery.registry import Registry, SourcedDocument, build_registry
@@ -25,10 +28,21 @@ class RegistryDirError(OSError):
     """The registry directory itself is unusable (missing, not a directory, unreadable)."""
 
 
+def _json_documents(text: str, source: str) -> list[Any]:
+    try:
+        return [json.loads(text)]
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON: {exc.msg}", source=source, line=exc.lineno, column=exc.colno) from None
+
+
 def parse_file(text: str, source: str) -> list[SourcedDocument]:
-    """All objects of one YAML file (a ``kind: List`` is unpacked); raises ConfigError if it does not parse."""
+    """All objects of one YAML file (a ``kind: List`` is unpacked); raises ConfigError if it does not parse.
+
+    A ``.json`` file is read by the json module: the same objects, many times faster than YAML.
+    """
     docs: list[SourcedDocument] = []
-    for index, doc in enumerate(iter_yaml_documents(text, source=source)):
+    documents = _json_documents(text, source) if source.endswith(".json") else iter_yaml_documents(text, source=source)
+    for index, doc in enumerate(documents):
         if doc is None:
             continue
         if not isinstance(doc, Mapping):
@@ -51,6 +65,8 @@ class DirectorySource:
     root: Path
     _fingerprint: Fingerprint = field(default_factory=dict)
     _last_good: dict[str, list[SourcedDocument]] = field(default_factory=dict)
+    _registry: Registry | None = None
+    _unchanged: set[str] = field(default_factory=set)
 
     def fingerprint(self) -> Fingerprint:
         if not self.root.is_dir():
@@ -66,25 +82,34 @@ class DirectorySource:
         return prints
 
     def load(self) -> Registry:
-        """Read the directory now."""
+        """Read the directory now; files whose mtime and size did not change are not parsed again."""
+        earlier = self._fingerprint
         self._fingerprint = self.fingerprint()
         documents: list[SourcedDocument] = []
         file_errors: list[str] = []
         good: dict[str, list[SourcedDocument]] = {}
+        failed: set[str] = set()
         for name in self._fingerprint:
+            if earlier.get(name) == self._fingerprint[name] and name in self._unchanged:
+                good[name] = self._last_good[name]
+                documents.extend(good[name])
+                continue
             try:
                 good[name] = parse_file(Path(name).read_text(encoding="utf-8"), name)
             except (ConfigError, OSError, UnicodeDecodeError) as exc:
+                failed.add(name)
                 if name in self._last_good:
                     good[name] = self._last_good[name]
                     file_errors.append(f"{exc}; still serving the file's previous content")
                 else:
                     file_errors.append(str(exc))
             documents.extend(good.get(name, []))
+        # Files that parsed now; one that failed keeps its last good content but is read again next time.
+        self._unchanged = {n for n in good if n not in failed}
         self._last_good = good
-        registry = build_registry(documents)
-        return Registry(registry.services, registry.pods, registry.endpoint_sets, registry.route_rules,
-                        (*file_errors, *registry.errors))
+        registry = build_registry(documents, self._registry)
+        self._registry = registry
+        return dataclasses.replace(registry, errors=(*file_errors, *registry.errors))
 
     def changed(self) -> bool:
         return self.fingerprint() != self._fingerprint

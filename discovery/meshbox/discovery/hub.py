@@ -13,9 +13,11 @@ import secrets
 import time
 from collections.abc import Hashable
 
+from meshbox.api.identity import WorkloadIdentity
 from meshbox.api.v1 import discovery_pb2
 from meshbox.api.validation import ValidationError
 from meshbox.discovery.metrics import Metrics
+from meshbox.discovery.node_identity import NodeRefused, check_node
 from meshbox.discovery.payloads import PUSH_ORDER, Payload, short_type
 from meshbox.discovery.registry import Registry
 from meshbox.discovery.snapshot import Snapshot
@@ -28,8 +30,9 @@ FAN_OUT_SLICE = 50
 class StreamSession:
     """One agent's stream: its protocol state, its current payloads and the bytes to write."""
 
-    def __init__(self, hub: Hub, nonce_prefix: str) -> None:
+    def __init__(self, hub: Hub, nonce_prefix: str, identity: WorkloadIdentity | None = None) -> None:
         self._hub = hub
+        self.identity = identity  # from the client certificate; None on a plaintext stream
         counter = itertools.count(1)
         self.state = StreamState(new_nonce=lambda: f"{nonce_prefix}-{next(counter)}")
         self.payloads: dict[str, Payload] = {}
@@ -43,13 +46,25 @@ class StreamSession:
         return self.state.node.id if self.state.node else "<unknown node>"
 
     def handle(self, request: discovery_pb2.DiscoveryRequest) -> RequestResult:
-        """Take one request (raises ProtocolError); queues whatever must be sent."""
+        """Take one request (raises ProtocolError, or NodeRefused); queues whatever must be sent."""
+        if self.state.node is None and request.node.id:
+            self._authorize(request.node)
         if self.state.node is None and request.node.id and self._hub.snapshot is not None:
             self._load(self._hub.snapshot, request.node)
         result = self.state.on_request(request, time.monotonic())
         self._hub.observe(self, request.type_url, result)
         self._queue(result.sends)
         return result
+
+    def _authorize(self, node: discovery_pb2.Node) -> None:
+        """With TLS, only the pod running as the client certificate's identity gets its node's config."""
+        if not self._hub.verify_nodes:
+            return
+        if self.identity is None:
+            raise NodeRefused("no client certificate identity on this stream")
+        if self._hub.snapshot is None:
+            raise NodeRefused("the registry is not loaded yet; cannot tell whose node this is")
+        check_node(node, self.identity, self._hub.snapshot.registry)
 
     def refresh(self, snapshot: Snapshot) -> None:
         """A new snapshot: push the types whose content changed for this node."""
@@ -90,8 +105,10 @@ class StreamSession:
 class Hub:
     """Holds the snapshot being served and fans each new one out to every stream."""
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, *, trust_domain: str | None = None) -> None:
         self.metrics = metrics or Metrics()
+        # Set when streams run over mutual TLS: each node must belong to its stream's client identity.
+        self.trust_domain = trust_domain
         self.snapshot: Snapshot | None = None
         self.sessions: set[StreamSession] = set()
         self._ids = itertools.count(1)
@@ -103,8 +120,12 @@ class Hub:
     def ready(self) -> bool:
         return self.snapshot is not None
 
-    def open_session(self) -> StreamSession:
-        session = StreamSession(self, nonce_prefix=f"{self._boot}-{next(self._ids)}")
+    @property
+    def verify_nodes(self) -> bool:
+        return self.trust_domain is not None
+
+    def open_session(self, identity: WorkloadIdentity | None = None) -> StreamSession:
+        session = StreamSession(self, nonce_prefix=f"{self._boot}-{next(self._ids)}", identity=identity)
         self.sessions.add(session)
         self.metrics.connected_proxies.set(len(self.sessions))
         return session

@@ -1,7 +1,10 @@
 """Registry source (2): the Kubernetes API through kubernetes_asyncio.
 
-For each kind (Services, EndpointSlices, Pods, RouteRules) a task lists, then watches from the
-list's resourceVersion with bookmarks. A watch the server ends normally is resumed from the last
+For each kind (Services, EndpointSlices, Pods, RouteRules, Istio's VirtualServices,
+DestinationRules and ServiceEntries, read as networking.istio.io/v1beta1, which every Istio
+release since 1.5 serves, and Istio's PeerAuthentications and AuthorizationPolicies, read as
+security.istio.io/v1) a task lists, then watches from the list's resourceVersion with
+bookmarks. A watch the server ends normally is resumed from the last
 resourceVersion seen (bookmarks keep it fresh); 410 Gone, or any watch error (dropped
 connection, bad event), leads to a full relist after a short delay, doubling (up to 30 s) while
 lists keep failing. Until a relist succeeds the last known objects keep being served.
@@ -20,13 +23,22 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from meshbox.api.istio.objects import GROUP
 from meshbox.api.loader import ROUTE_RULE_API_VERSION, ROUTE_RULE_KIND
+from meshbox.api.security_policy import API_GROUP as SECURITY_GROUP
+from meshbox.api.security_policy import AUTHORIZATION_POLICY, PEER_AUTHENTICATION
 from meshbox.discovery.registry import Registry, SourcedDocument, build_registry
 
 log = logging.getLogger("meshbox.discovery.kubernetes")
 
 ROUTE_RULE_GROUP, ROUTE_RULE_VERSION = ROUTE_RULE_API_VERSION.split("/")
 ROUTE_RULE_PLURAL = "routerules"
+# Istio's CRDs, read in a version the API server serves for all of them (it converts the others).
+ISTIO_GROUP, ISTIO_VERSION = GROUP, "v1beta1"
+ISTIO_PLURALS = {"VirtualService": "virtualservices", "DestinationRule": "destinationrules",
+                 "ServiceEntry": "serviceentries"}
+SECURITY_VERSION = "v1"
+SECURITY_PLURALS = {PEER_AUTHENTICATION: "peerauthentications", AUTHORIZATION_POLICY: "authorizationpolicies"}
 GONE = 410
 NOT_FOUND = 404
 NOT_INSTALLED_RECHECK_S = 30.0
@@ -36,7 +48,7 @@ WATCH_GRACE_S = 30.0
 
 
 class _NotInstalled(Exception):
-    """The RouteRule CRD is not installed: no rules, and the mesh is served without them."""
+    """A custom resource's CRD is not installed: the mesh is served without objects of that kind."""
 
 
 @dataclass(frozen=True)
@@ -46,24 +58,30 @@ class WatchedKind:
     kind: str
     api_version: str
     list_call: Callable[..., Awaitable[Any]]
+    custom: bool = False  # a CRD that may be missing (404): served without it
+
+
+def _custom_kind(custom: client.CustomObjectsApi, kind: str, group: str, version: str, plural: str) -> WatchedKind:
+    async def list_objects(**kwargs: Any) -> Any:
+        return await custom.list_cluster_custom_object(group, version, plural, **kwargs)
+
+    # Watch finds the event type from the list call's docstring; the wrapper passes it on.
+    list_objects.__doc__ = custom.list_cluster_custom_object.__doc__
+    return WatchedKind(kind, f"{group}/{version}", list_objects, custom=True)
 
 
 def watched_kinds(api: client.ApiClient) -> list[WatchedKind]:
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
-
-    async def list_route_rules(**kwargs: Any) -> Any:
-        return await custom.list_cluster_custom_object(ROUTE_RULE_GROUP, ROUTE_RULE_VERSION, ROUTE_RULE_PLURAL,
-                                                       **kwargs)
-
-    # Watch finds the event type from the list call's docstring; the wrapper passes it on.
-    list_route_rules.__doc__ = custom.list_cluster_custom_object.__doc__
     return [
         WatchedKind("Service", "v1", core.list_service_for_all_namespaces),
         WatchedKind("EndpointSlice", "discovery.k8s.io/v1",
                     client.DiscoveryV1Api(api).list_endpoint_slice_for_all_namespaces),
         WatchedKind("Pod", "v1", core.list_pod_for_all_namespaces),
-        WatchedKind(ROUTE_RULE_KIND, ROUTE_RULE_API_VERSION, list_route_rules),
+        _custom_kind(custom, ROUTE_RULE_KIND, ROUTE_RULE_GROUP, ROUTE_RULE_VERSION, ROUTE_RULE_PLURAL),
+        *(_custom_kind(custom, kind, ISTIO_GROUP, ISTIO_VERSION, plural) for kind, plural in ISTIO_PLURALS.items()),
+        *(_custom_kind(custom, kind, SECURITY_GROUP, SECURITY_VERSION, plural)
+          for kind, plural in SECURITY_PLURALS.items()),
     ]
 
 
@@ -93,6 +111,7 @@ class KubernetesSource:
         self._kinds = watched_kinds(api)
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {k.kind: {} for k in self._kinds}
         self._listed: set[str] = set()
+        self._registry: Registry | None = None  # the last one built: Istio objects' last good versions
         self.relists = 0  # lists after the first, per kind summed (for tests and logs)
 
     async def run(self) -> None:
@@ -108,7 +127,11 @@ class KubernetesSource:
         # Copied now (events keep mutating the store); parsed only when the debounce fires.
         docs = [SourcedDocument(f"kubernetes:{kind}", obj) for kind, objs in self._objects.items()
                 for obj in objs.values()]
-        self._on_change(lambda: build_registry(docs))
+        self._on_change(lambda: self._build(docs))
+
+    def _build(self, docs: list[SourcedDocument]) -> Registry:
+        self._registry = build_registry(docs, self._registry)
+        return self._registry
 
     async def _run_kind(self, kind: WatchedKind) -> None:
         failures = 0  # in a row, without a successful list in between: the retry delay doubles
@@ -119,7 +142,7 @@ class KubernetesSource:
                 while True:
                     version = await self._watch(kind, version)
             except _NotInstalled:
-                log.warning("no %s resource in the API (CRD not installed?); serving without route rules, "
+                log.warning("no %s resource in the API (CRD not installed?); serving without them, "
                             "checking again in %.0fs", kind.kind, NOT_INSTALLED_RECHECK_S)
                 self._objects[kind.kind] = {}
                 self._listed.add(kind.kind)
@@ -141,7 +164,7 @@ class KubernetesSource:
         response = await kind.list_call(_preload_content=False, _request_timeout=LIST_TIMEOUT_S)
         try:
             body = await response.read()
-            if response.status == NOT_FOUND and kind.kind == ROUTE_RULE_KIND:
+            if response.status == NOT_FOUND and kind.custom:
                 raise _NotInstalled
             if response.status != 200:
                 raise ApiException(status=response.status, reason=body.decode(errors="replace")[:200])

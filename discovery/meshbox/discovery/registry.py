@@ -1,7 +1,9 @@
 """The service registry: one immutable snapshot of Services, Pods, endpoints and route rules.
 
 Built from Kubernetes-shaped documents (from a directory or the API server). Objects that
-cannot be used are left out and listed in ``errors``; everything else is served.
+cannot be used are left out and listed in ``errors``; everything else is served. Istio's
+VirtualServices and DestinationRules join the route rules and destination policies
+(istio_config.py); the previous registry is passed in so their last good versions keep serving.
 """
 
 from __future__ import annotations
@@ -10,23 +12,30 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshbox.discovery.k8s_objects import (
+from meshbox.api.istio.objects import is_istio_networking
+from meshbox.api.kube.endpoints import selected_pods
+from meshbox.api.kube.objects import (
     EndpointSet,
     ObjectError,
     Pod,
-    RouteRule,
     Service,
     object_label,
     parse_endpoint_slice,
     parse_endpoints,
     parse_pod,
-    parse_route_rule_object,
     parse_service,
 )
+from meshbox.api.loader import ConfigError
+from meshbox.api.security_policy import AUTHORIZATION_POLICY, PEER_AUTHENTICATION, SecurityPolicy, parse_security_policy
+from meshbox.api.v1 import routing_pb2
+from meshbox.api.validation import ValidationError
+from meshbox.discovery.istio_config import IstioState, build_istio_config
+from meshbox.discovery.route_rules import RouteRule, parse_route_rule_object
 
 # Kinds a registry reads; any other kind (Deployment, ConfigMap...) is skipped without complaint,
 # so users can point discovery at the same directory they keep their manifests in.
-KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule")
+KINDS = ("Service", "Pod", "Endpoints", "EndpointSlice", "RouteRule", "VirtualService", "DestinationRule",
+         "ServiceEntry", PEER_AUTHENTICATION, AUTHORIZATION_POLICY)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,11 @@ class Registry:
     endpoint_sets: tuple[EndpointSet, ...] = ()
     route_rules: tuple[RouteRule, ...] = ()
     errors: tuple[str, ...] = ()
+    # DestinationRules' cluster policies and subsets, by host FQDN.
+    destination_policies: Mapping[str, routing_pb2.DestinationPolicySpec] = field(default_factory=dict)
+    istio_state: IstioState | None = field(default=None, compare=False, repr=False)
+    # Istio's security.istio.io policies, validated (enforced by the data plane: docs/security.md).
+    security_policies: tuple[SecurityPolicy, ...] = ()
     _pods_by_key: dict[tuple[str, str], Pod] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -54,32 +68,35 @@ class Registry:
 
     def pods_selected_by(self, service: Service) -> list[Pod]:
         """Serving pods in the Service's namespace whose labels include its selector."""
-        if not service.selector:
-            return []
-        return [
-            p
-            for p in self.pods
-            if p.namespace == service.namespace
-            and p.serving
-            and all(p.labels.get(k) == v for k, v in service.selector.items())
-        ]
+        return [p for p in selected_pods(service, self.pods) if p.serving]
 
     def endpoint_sets_of(self, service: Service) -> list[EndpointSet]:
         return [e for e in self.endpoint_sets if e.namespace == service.namespace and e.service == service.name]
 
 
-def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
+def parse_security_policy_object(doc: Mapping[str, Any], *, source: str) -> SecurityPolicy:
+    """An Istio PeerAuthentication or AuthorizationPolicy; unsupported fields are refused by path."""
+    try:
+        return parse_security_policy(doc, source=source)
+    except (ConfigError, ValidationError) as exc:
+        raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc
+
+
+def build_registry(documents: Iterable[SourcedDocument], previous: Registry | None = None) -> Registry:
     """Parse every document; the first of two objects with the same kind/namespace/name wins."""
     services: list[Service] = []
     pods: list[Pod] = []
     endpoint_sets: list[EndpointSet] = []
     rules: list[RouteRule] = []
+    policies: list[SecurityPolicy] = []
     errors: list[str] = []
+    istio: dict[str, list[tuple[str, Mapping[str, Any]]]] = {"VirtualService": [], "DestinationRule": [],
+                                                            "ServiceEntry": []}
     seen: dict[str, str] = {}
     for item in documents:
         doc, source = item.doc, item.source
         kind = doc.get("kind")
-        if kind not in KINDS:
+        if kind not in KINDS or (kind in istio and not is_istio_networking(doc)):
             continue
         label = object_label(doc)
         if label in seen:
@@ -97,8 +114,17 @@ def build_registry(documents: Iterable[SourcedDocument]) -> Registry:
                 endpoint_sets.extend(parse_endpoints(doc, source=source))
             elif kind == "EndpointSlice":
                 endpoint_sets.append(parse_endpoint_slice(doc, source=source))
-            else:
+            elif kind in istio:
+                istio[kind].append((source, doc))
+            elif kind == "RouteRule":
                 rules.append(parse_route_rule_object(doc, source=source))
+            else:
+                policies.append(parse_security_policy_object(doc, source=source))
         except ObjectError as exc:
             errors.append(str(exc))
-    return Registry(tuple(services), tuple(pods), tuple(endpoint_sets), tuple(rules), tuple(errors))
+    translated = build_istio_config(istio["VirtualService"], istio["DestinationRule"], istio["ServiceEntry"],
+                                    services, rules, previous.istio_state if previous else None)
+    return Registry((*services, *translated.services), tuple(pods), (*endpoint_sets, *translated.endpoint_sets),
+                    (*rules, *translated.rules), (*errors, *translated.problems),
+                    destination_policies=translated.policies, istio_state=translated.state,
+                    security_policies=tuple(policies))

@@ -8,10 +8,31 @@ the endpoints whose labels include it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from meshbox.api.kube.endpoints import matches
+from meshbox.api.kube.objects import ObjectError, Service, object_label
+from meshbox.api.loader import ConfigError, parse_route_rule
 from meshbox.api.v1 import proxy_config_pb2 as pc
-from meshbox.discovery.k8s_objects import RouteRule, Service
+from meshbox.api.v1 import routing_pb2
+from meshbox.api.validation import ValidationError
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    name: str
+    namespace: str
+    spec: routing_pb2.RouteRuleSpec = field(compare=False)
+
+
+def parse_route_rule_object(doc: Mapping[str, Any], *, source: str) -> RouteRule:
+    """A RouteRule; shape and meaning checked by meshbox.api (errors name the field)."""
+    try:
+        name, namespace, spec = parse_route_rule(doc, source=source)
+    except (ConfigError, ValidationError) as exc:
+        raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc
+    return RouteRule(name, namespace, spec)
 
 
 def cluster_name(direction: str, port: int, subset: str, fqdn: str) -> str:
@@ -48,8 +69,19 @@ class PortRoutes:
     subset_endpoints: list[pc.ClusterLoadAssignment]
 
 
+def cluster_for(name: str, fqdn: str, policy: routing_pb2.ClusterPolicy | None) -> pc.Cluster:
+    """A cluster with a DestinationRule's load balancer and connect timeout, when it sets them."""
+    cluster = pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=fqdn)
+    if policy is not None:
+        cluster.lb_policy = policy.lb_policy or cluster.lb_policy
+        if policy.HasField("connect_timeout"):
+            cluster.connect_timeout.CopyFrom(policy.connect_timeout)
+    return cluster
+
+
 def build_port_routes(
-    service: Service, port: int, rules: Sequence[RouteRule], endpoints: Sequence[pc.Endpoint]
+    service: Service, port: int, rules: Sequence[RouteRule], endpoints: Sequence[pc.Endpoint],
+    policy: routing_pb2.DestinationPolicySpec | None = None,
 ) -> PortRoutes:
     """Routes for one HTTP service port: each rule in order, then a catch-all to the whole service."""
     default_cluster = cluster_name("outbound", port, "", service.fqdn)
@@ -57,10 +89,12 @@ def build_port_routes(
     routes = []
     for rule in rules:
         spec = rule.spec
+        if spec.port and spec.port != port:
+            continue
         route = pc.Route(match=pc.RouteMatch(prefix=spec.match.path_prefix, headers=spec.match.headers))
         for dest in spec.route:
             if dest.labels:
-                name = subset_name(dest.labels, subsets)
+                name = dest.subset or subset_name(dest.labels, subsets)
                 subsets[name] = dict(dest.labels)
                 target = cluster_name("outbound", port, name, service.fqdn)
             else:
@@ -77,9 +111,11 @@ def build_port_routes(
         routes.append(route)
     routes.append(pc.Route(match=pc.RouteMatch(), clusters=[pc.WeightedCluster(cluster=default_cluster, weight=100)]))
     clusters, assignments = [], []
+    overrides = {s.name: s.policy for s in policy.subsets if s.HasField("policy")} if policy else {}
     for name, labels in subsets.items():
         cname = cluster_name("outbound", port, name, service.fqdn)
-        clusters.append(pc.Cluster(name=cname, lb_policy=pc.ROUND_ROBIN, service=service.fqdn))
-        chosen = [e for e in endpoints if all(e.labels.get(k) == v for k, v in labels.items())]
+        subset_policy = overrides.get(name, policy.policy if policy else None)
+        clusters.append(cluster_for(cname, service.fqdn, subset_policy))
+        chosen = [e for e in endpoints if matches(labels, e.labels)]
         assignments.append(pc.ClusterLoadAssignment(cluster_name=cname, endpoints=chosen))
     return PortRoutes(routes, clusters, assignments)

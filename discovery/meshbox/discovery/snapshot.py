@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from meshbox.api.kube.objects import Service
 from meshbox.api.v1 import discovery_pb2
 from meshbox.discovery.config_builder import ConfigBuilder
-from meshbox.discovery.k8s_objects import Service
 from meshbox.discovery.payloads import Payload, SharedPart, combine, encode_own, encode_shared
 from meshbox.discovery.registry import Registry
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 
+from meshbox.api.commands import run_command
 from meshbox.init.backend import BackendError, TableTransaction
 from meshbox.init.plan import TABLE, Family, TablePlan
 from meshbox.init.save_format import MeshboxState, meshbox_state, parse_nat_save, plan_state, transition_script
@@ -25,16 +25,7 @@ def _tool(family: Family, kind: str) -> str:
 
 
 def _run(args: list[str], stdin: str | None = None) -> str:
-    try:
-        done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS,
-                              check=False)
-    except FileNotFoundError:
-        raise BackendError(f"{args[0]} is not installed") from None
-    except subprocess.TimeoutExpired:
-        raise BackendError(f"{args[0]} did not finish in {TOOL_TIMEOUT_SECONDS:.0f}s") from None
-    if done.returncode != 0:
-        raise BackendError(f"{args[0]} failed: {done.stderr.strip() or f'exit {done.returncode}'}")
-    return done.stdout
+    return run_command(args, input_text=stdin, timeout=TOOL_TIMEOUT_SECONDS, error=BackendError)
 
 
 def read_state(family: Family) -> MeshboxState:

@@ -92,23 +92,31 @@ def _string(annotations: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
-def opt_out(annotations: Mapping[str, Any]) -> str | None:
-    """Why the pod must not be injected, or None. Bad values of meshbox's own key are errors."""
+def opt_out(annotations: Mapping[str, Any], where: str = "") -> str | None:
+    """Why the pod must not be injected, or None; ``where`` says where the annotations were read
+    ("on the pod template", ...). Bad values of meshbox's own key are errors."""
+    at = f" {where}" if where else ""
     value = _string(annotations, INJECT)
     if value is not None:
         low = value.strip().lower()
         if low in _FALSE:
-            return f'annotation {INJECT} is "{value}"'
+            return f'annotation {INJECT} is "{value}"{at}'
         if low not in _TRUE:
             raise AnnotationError(INJECT, value, 'expected "true" or "false"')
         return None
     value = _string(annotations, ISTIO_INJECT)
     if value is not None and value.strip().lower() in _FALSE:
-        return f'annotation {ISTIO_INJECT} is "{value}" (Istio opt-out, honoured)'
+        return f'annotation {ISTIO_INJECT} is "{value}"{at} (Istio opt-out, honoured)'
     value = _string(annotations, LINKERD_INJECT)
     if value is not None and value.strip().lower() == "disabled":
-        return f'annotation {LINKERD_INJECT} is "{value}" (Linkerd opt-out, honoured)'
+        return f'annotation {LINKERD_INJECT} is "{value}"{at} (Linkerd opt-out, honoured)'
     return None
+
+
+def opts_in(annotations: Mapping[str, Any]) -> bool:
+    """Whether meshbox's own annotation asks for injection here (it then wins over any other mark)."""
+    value = _string(annotations, INJECT)
+    return value is not None and value.strip().lower() in _TRUE
 
 
 def _check_item(tk: TrafficKey, key: str, raw: str, item: str) -> None:

@@ -9,8 +9,6 @@ the CA in the bundle. Keys are ECDSA P-256: small, fast, accepted by every API s
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshbox.api.files import write_atomically
 
 DEFAULT_VALID_DAYS = 365
 
@@ -29,16 +29,6 @@ class TlsMaterial:
     ca_cert_pem: bytes
     cert_pem: bytes
     key_pem: bytes
-
-
-def service_dns_names(service: str, namespace: str) -> list[str]:
-    """The names a Service is reached by inside a cluster, shortest first."""
-    return [
-        service,
-        f"{service}.{namespace}",
-        f"{service}.{namespace}.svc",
-        f"{service}.{namespace}.svc.cluster.local",
-    ]
 
 
 def _name(common_name: str) -> x509.Name:
@@ -119,25 +109,10 @@ def generate_tls_material(
     )
 
 
-def write_file_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_serving_pair(material: TlsMaterial, cert_file: Path, key_file: Path) -> None:
     """Write the serving certificate and key (key readable by the owner only), each atomically.
 
     The key goes first: a reloading server that sees the new certificate then finds its key.
     """
-    write_file_atomically(key_file, material.key_pem, mode=0o600)
-    write_file_atomically(cert_file, material.cert_pem)
+    write_atomically(key_file, material.key_pem, mode=0o600)
+    write_atomically(cert_file, material.cert_pem)

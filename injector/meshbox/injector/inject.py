@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshbox.api.kube import names
 from meshbox.api.loader import plain_data
 from meshbox.injector.annotations import (
     METRICS_PATH,
@@ -29,6 +30,7 @@ from meshbox.injector.annotations import (
     STATUS,
     AnnotationError,
     opt_out,
+    opts_in,
     traffic_overrides,
 )
 from meshbox.injector.settings import InjectSettings, SidecarTemplate
@@ -46,7 +48,7 @@ __all__ = [
     "uninject",
 ]
 
-SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+SYSTEM_NAMESPACES = frozenset(names.SYSTEM_NAMESPACES)
 # Kinds whose pods are meant to finish, which a long-running sidecar prevents.
 RUN_TO_COMPLETION = frozenset({"Job", "CronJob"})
 
@@ -387,6 +389,22 @@ def _remove(tpl: MutableMapping[str, Any], status: Mapping[str, Any]) -> int | N
 # --- the two handlers -------------------------------------------------------------------------
 
 
+def _opt_out_reason(obj: Any, path: tuple[str, ...], template_annotations: Mapping[str, Any],
+                    res: _Resource) -> str | None:
+    """Why the workload is skipped, naming where the opt-out was found, or None.
+
+    The pod template is read first (meshbox's own "true" there wins), then the workload's own
+    metadata, as Istio's kube-inject honoured both.
+    """
+    if not path:
+        return opt_out(template_annotations, "on the pod's metadata")
+    reason = opt_out(template_annotations, f"on the pod template ({'.'.join(path)}.metadata.annotations)")
+    if reason or opts_in(template_annotations):
+        return reason
+    return opt_out(_mapping_at(obj, "metadata", "annotations", res),
+                   f"on the {res.kind}'s own metadata (metadata.annotations)")
+
+
 def _inject_workload(
     obj: Any, path: tuple[str, ...], res: _Resource, reports: list[Report], settings: InjectSettings
 ) -> Any:
@@ -396,7 +414,7 @@ def _inject_workload(
         reports.append(res.report(SKIPPED, f"namespace {res.namespace} is never injected"))
         return obj
     try:
-        reason = opt_out(annotations)
+        reason = _opt_out_reason(obj, path, annotations, res)
         overrides, warnings = traffic_overrides(annotations)
     except AnnotationError as exc:
         raise res.error(str(exc)) from None

@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from meshbox.api.kube.names import MESH_NAMESPACE
 from meshbox.injector.inject import SYSTEM_NAMESPACES, WARNING, InjectionError, InjectSettings, inject
 from meshbox.injector.webhook_patch import json_patch
 from meshbox.injector.webhook_review import AdmissionRequest, Decision
 
-DEFAULT_MESH_NAMESPACE = "meshbox-system"
+DEFAULT_MESH_NAMESPACE = MESH_NAMESPACE
 
 
 @dataclass(frozen=True)

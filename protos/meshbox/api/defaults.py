@@ -8,6 +8,7 @@ Inbound capture defaults to single-port mode (0 = same as outbound), as in the
 
 from __future__ import annotations
 
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE
 from meshbox.api.v1 import mesh_config_pb2
 
 OUTBOUND_CAPTURE_PORT = 15001
@@ -16,7 +17,12 @@ AGENT_STATUS_PORT = 15020
 PROXY_UID = 1337
 PROXY_GID = 1337
 DISCOVERY_PORT = 15010
-DISCOVERY_ADDRESS = f"meshbox-discovery.meshbox-system.svc:{DISCOVERY_PORT}"
+DISCOVERY_ADDRESS = f"{DISCOVERY_SERVICE}.{MESH_NAMESPACE}.svc:{DISCOVERY_PORT}"
+CA_PORT = 15012
+CA_ADDRESS = f"{DISCOVERY_SERVICE}.{MESH_NAMESPACE}.svc:{CA_PORT}"
+TRUST_DOMAIN = "cluster.local"
+# Mesh-wide policies (PeerAuthentication, AuthorizationPolicy) live in the mesh's own namespace, as in Istio.
+ROOT_NAMESPACE = MESH_NAMESPACE
 HUB = "docker.io/meshbox"
 TAG = "0.1.0"
 
@@ -37,6 +43,9 @@ def default_mesh_config() -> mesh_config_pb2.MeshConfig:
         tag=TAG,
         log_level=mesh_config_pb2.INFO,
         outbound_traffic_policy=mesh_config_pb2.ALLOW_ANY,
+        trust_domain=TRUST_DOMAIN,
+        ca_address=CA_ADDRESS,
+        root_namespace=ROOT_NAMESPACE,
     )
 
 

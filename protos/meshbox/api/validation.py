@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2
+from meshbox.api.identity import IdentityError, check_namespace, check_trust_domain
+from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2, security_pb2
 
 
 class ValidationError(ValueError):
@@ -87,6 +88,13 @@ def validate_mesh_config(config: mesh_config_pb2.MeshConfig, *, source: str = "<
     check_image_tag(config.tag, source=source, path="tag")
     if config.proxy_uid == 0:
         raise ValidationError("the proxy must not run as root (uid 0)", source=source, path="proxy_uid")
+    for name, check in (("trust_domain", check_trust_domain), ("root_namespace", check_namespace)):
+        try:
+            check(getattr(config, name))
+        except IdentityError as exc:
+            raise ValidationError(str(exc), source=source, path=name) from None
+    if not config.ca_address:
+        raise ValidationError("the CA address is required (host:port)", source=source, path="ca_address")
 
 
 def _check_weights(weights: list[int], *, source: str, path: str) -> None:
@@ -184,3 +192,82 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
     if spec.fault.HasField("abort") and not 200 <= spec.fault.abort.http_status <= 599:
         raise ValidationError(f"http_status must be 200..599, got {spec.fault.abort.http_status}", source=source,
                               path=f"{path}.fault.abort.http_status")
+
+
+# Authorization rule strings: exact, "prefix*", "*suffix" or "*"; a "*" anywhere else is refused.
+def check_rule_string(value: str, *, source: str, path: str) -> None:
+    """Raise ValidationError unless value is an exact, prefix (x*), suffix (*x) or presence (*) match."""
+    if not value:
+        raise ValidationError("must not be empty", source=source, path=path)
+    if "*" in value[1:-1] or value.count("*") > 1:
+        raise ValidationError(f"'*' only at the start or the end: {value!r}", source=source, path=path)
+
+
+_HEADER_KEY = re.compile(r"request\.headers\[([!#$%&'*+.^_`|~0-9A-Za-z-]+)\]")
+CONDITION_KEYS = ("request.headers[<name>]", "source.principal", "source.namespace", "destination.port")
+
+
+def _check_port_strings(values: list[str], *, source: str, path: str) -> None:
+    for i, value in enumerate(values):
+        if not value.isdigit():
+            raise ValidationError(f"expected a port number, got {value!r}", source=source, path=f"{path}[{i}]")
+        check_port(int(value), source=source, path=f"{path}[{i}]")
+
+
+def _check_selector(selector: security_pb2.WorkloadSelector, *, source: str, path: str) -> None:
+    for key in selector.match_labels:
+        if not key:
+            raise ValidationError("label keys must not be empty", source=source, path=f"{path}.match_labels")
+
+
+def validate_peer_authentication(spec: security_pb2.PeerAuthentication, *, source: str = "<peer authentication>",
+                                 path: str = "spec") -> None:
+    """Check a PeerAuthentication: per-port modes need a selector (as in Istio) and valid ports."""
+    _check_selector(spec.selector, source=source, path=f"{path}.selector")
+    if spec.port_level_mtls and not spec.selector.match_labels:
+        raise ValidationError("per-port modes apply only with a workload selector", source=source,
+                              path=f"{path}.port_level_mtls")
+    for port in spec.port_level_mtls:
+        check_port(port, source=source, path=f"{path}.port_level_mtls.{port}")
+
+
+def _check_condition(cond: security_pb2.Condition, *, source: str, path: str) -> None:
+    if not cond.values and not cond.not_values:
+        raise ValidationError("needs values or not_values", source=source, path=path)
+    if not (_HEADER_KEY.fullmatch(cond.key) or cond.key in CONDITION_KEYS[1:]):
+        raise ValidationError(f"unsupported condition key {cond.key!r} (supported: {', '.join(CONDITION_KEYS)})",
+                              source=source, path=f"{path}.key")
+    for name in ("values", "not_values"):
+        values = list(getattr(cond, name))
+        if cond.key == "destination.port":
+            _check_port_strings(values, source=source, path=f"{path}.{name}")
+        else:
+            for i, value in enumerate(values):
+                check_rule_string(value, source=source, path=f"{path}.{name}[{i}]")
+
+
+def validate_authorization_policy(spec: security_pb2.AuthorizationPolicy, *,
+                                  source: str = "<authorization policy>", path: str = "spec") -> None:
+    """Check an AuthorizationPolicy: match strings, ports, methods and condition keys."""
+    _check_selector(spec.selector, source=source, path=f"{path}.selector")
+    for i, rule in enumerate(spec.rules):
+        rule_path = f"{path}.rules[{i}]"
+        for j, item in enumerate(getattr(rule, "from")):
+            for name in ("principals", "not_principals", "namespaces", "not_namespaces"):
+                for k, value in enumerate(getattr(item.source, name)):
+                    check_rule_string(value, source=source, path=f"{rule_path}.from[{j}].source.{name}[{k}]")
+        for j, item in enumerate(rule.to):
+            op_path = f"{rule_path}.to[{j}].operation"
+            op = item.operation
+            _check_port_strings(list(op.ports), source=source, path=f"{op_path}.ports")
+            _check_port_strings(list(op.not_ports), source=source, path=f"{op_path}.not_ports")
+            for name in ("methods", "not_methods", "paths", "not_paths"):
+                for k, value in enumerate(getattr(op, name)):
+                    check_rule_string(value, source=source, path=f"{op_path}.{name}[{k}]")
+            for name in ("paths", "not_paths"):
+                for k, value in enumerate(getattr(op, name)):
+                    if not value.startswith(("/", "*")):
+                        raise ValidationError(f"a path starts with '/' (or '*'), got {value!r}", source=source,
+                                              path=f"{op_path}.{name}[{k}]")
+        for j, cond in enumerate(rule.when):
+            _check_condition(cond, source=source, path=f"{rule_path}.when[{j}]")

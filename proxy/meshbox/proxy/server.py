@@ -131,7 +131,7 @@ class ProxyServer:
     async def apply_snapshot(self, snap: Snapshot) -> int:
         """Apply a compiled config atomically: adopt it, bind new listeners first, swap, then close the
         removed ones. On any failure nothing changes and ConfigRejected says why. Returns the new version."""
-        snap.adopt(self.ctx.hosts, self.version + 1)
+        await snap.adopt_gradually(self.ctx.hosts, self.version + 1)
         wanted = {(lis.address, lis.port) for lis in snap.bound_listeners()}
         added: dict[tuple[str, int], asyncio.Server] = {}
         try:

@@ -118,6 +118,9 @@ class MeshConfig(_message.Message):
     LOG_LEVEL_FIELD_NUMBER: _builtins.int
     OUTBOUND_TRAFFIC_POLICY_FIELD_NUMBER: _builtins.int
     ACCESS_LOG_FORMAT_FIELD_NUMBER: _builtins.int
+    TRUST_DOMAIN_FIELD_NUMBER: _builtins.int
+    CA_ADDRESS_FIELD_NUMBER: _builtins.int
+    ROOT_NAMESPACE_FIELD_NUMBER: _builtins.int
     proxy_uid: _builtins.int
     """UID the proxy runs as; its traffic is never redirected. Default 1337."""
     proxy_gid: _builtins.int
@@ -131,6 +134,14 @@ class MeshConfig(_message.Message):
     outbound_traffic_policy: Global___OutboundTrafficPolicy.ValueType
     access_log_format: _builtins.str
     """Access log format in Envoy's %FIELD% syntax; empty means Envoy's default format."""
+    trust_domain: _builtins.str
+    """SPIFFE trust domain of workload identities, spiffe://<trust_domain>/ns/<ns>/sa/<sa>.
+    Default cluster.local.
+    """
+    ca_address: _builtins.str
+    """host:port of the mesh CA (CertificateService, TLS). Default meshbox-discovery.meshbox-system.svc:15012."""
+    root_namespace: _builtins.str
+    """Namespace whose selector-less PeerAuthentication applies mesh-wide. Default meshbox-system."""
     @_builtins.property
     def ports(self) -> Global___ProxyPorts: ...
     @_builtins.property
@@ -165,10 +176,13 @@ class MeshConfig(_message.Message):
         log_level: Global___LogLevel.ValueType = ...,
         outbound_traffic_policy: Global___OutboundTrafficPolicy.ValueType = ...,
         access_log_format: _builtins.str = ...,
+        trust_domain: _builtins.str = ...,
+        ca_address: _builtins.str = ...,
+        root_namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_format", b"access_log_format", "discovery_address", b"discovery_address", "exclude_inbound_ports", b"exclude_inbound_ports", "exclude_outbound_cidrs", b"exclude_outbound_cidrs", "exclude_outbound_ports", b"exclude_outbound_ports", "hub", b"hub", "include_outbound_cidrs", b"include_outbound_cidrs", "log_level", b"log_level", "outbound_traffic_policy", b"outbound_traffic_policy", "ports", b"ports", "proxy_gid", b"proxy_gid", "proxy_uid", b"proxy_uid", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_format", b"access_log_format", "ca_address", b"ca_address", "discovery_address", b"discovery_address", "exclude_inbound_ports", b"exclude_inbound_ports", "exclude_outbound_cidrs", b"exclude_outbound_cidrs", "exclude_outbound_ports", b"exclude_outbound_ports", "hub", b"hub", "include_outbound_cidrs", b"include_outbound_cidrs", "log_level", b"log_level", "outbound_traffic_policy", b"outbound_traffic_policy", "ports", b"ports", "proxy_gid", b"proxy_gid", "proxy_uid", b"proxy_uid", "root_namespace", b"root_namespace", "tag", b"tag", "trust_domain", b"trust_domain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

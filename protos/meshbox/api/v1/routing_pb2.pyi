@@ -4,6 +4,8 @@ isort:skip_file
 RouteRule: the user-facing traffic rule (kind RouteRule,
 apiVersion routing.meshbox.io/v1alpha1). This message is its `spec`.
 The discovery server turns rules into Route entries of the proxy config.
+Istio's VirtualService and DestinationRule (networking.istio.io) are
+translated into RouteRuleSpec and DestinationPolicySpec (meshbox.api.istio).
 """
 
 from collections import abc as _abc
@@ -76,7 +78,12 @@ class RouteDestination(_message.Message):
 
     LABELS_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    SUBSET_FIELD_NUMBER: _builtins.int
     weight: _builtins.int
+    subset: _builtins.str
+    """Name of the subset cluster (e.g. a DestinationRule subset's name);
+    empty: named after the label values.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -84,10 +91,11 @@ class RouteDestination(_message.Message):
         *,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         weight: _builtins.int = ...,
+        subset: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "subset", b"subset", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -104,10 +112,13 @@ class RouteRuleSpec(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
     destination: _builtins.str
     """The destination service's short name (same namespace) or FQDN."""
     precedence: _builtins.int
     """Higher first; equal precedence keeps file order."""
+    port: _builtins.int
+    """Only requests to this Service port; 0: every HTTP port of the destination."""
     @_builtins.property
     def match(self) -> Global___RouteRuleMatch:
         """Empty matches every request."""
@@ -132,11 +143,122 @@ class RouteRuleSpec(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retries: _proxy_config_pb2.RetryPolicy | None = ...,
         fault: _proxy_config_pb2.FaultInjection | None = ...,
+        port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "match", b"match", "retries", b"retries", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "fault", b"fault", "match", b"match", "precedence", b"precedence", "retries", b"retries", "route", b"route", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "fault", b"fault", "match", b"match", "port", b"port", "precedence", b"precedence", "retries", b"retries", "route", b"route", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteRuleSpec: _TypeAlias = RouteRuleSpec  # noqa: Y015
+
+@_typing.final
+class ClusterPolicy(_message.Message):
+    """How connections to a destination's pods are made: the cluster settings a
+    DestinationRule's trafficPolicy carries that meshbox implements.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LB_POLICY_FIELD_NUMBER: _builtins.int
+    CONNECT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    lb_policy: _proxy_config_pb2.LbPolicy.ValueType
+    @_builtins.property
+    def connect_timeout(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        lb_policy: _proxy_config_pb2.LbPolicy.ValueType = ...,
+        connect_timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout", "lb_policy", b"lb_policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterPolicy: _TypeAlias = ClusterPolicy  # noqa: Y015
+
+@_typing.final
+class Subset(_message.Message):
+    """A named group of a destination's pods, selected by labels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def policy(self) -> Global___ClusterPolicy:
+        """Overrides the destination's policy for this subset's cluster."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        policy: Global___ClusterPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "name", b"name", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subset: _TypeAlias = Subset  # noqa: Y015
+
+@_typing.final
+class DestinationPolicySpec(_message.Message):
+    """Cluster policy and named subsets of one destination (translated from an
+    Istio DestinationRule).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    SUBSETS_FIELD_NUMBER: _builtins.int
+    destination: _builtins.str
+    """The destination service's short name (same namespace) or FQDN."""
+    @_builtins.property
+    def policy(self) -> Global___ClusterPolicy: ...
+    @_builtins.property
+    def subsets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subset]: ...
+    def __init__(
+        self,
+        *,
+        destination: _builtins.str = ...,
+        policy: Global___ClusterPolicy | None = ...,
+        subsets: _abc.Iterable[Global___Subset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "policy", b"policy", "subsets", b"subsets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DestinationPolicySpec: _TypeAlias = DestinationPolicySpec  # noqa: Y015

@@ -1,21 +1,19 @@
-"""Kubernetes-shaped objects (plain dicts from YAML or the API) → the few facts discovery needs.
+"""Kubernetes objects (plain dicts from YAML or the API server) → typed facts: Services, Pods, endpoints.
 
-Pure functions. Each parser raises ObjectError naming the source, the object and the field,
-so a bad object can be left out and reported while the rest of the registry is served.
+Pure functions, shared by discovery (which reads a registry or the API server) and the local
+cluster (which checks what is applied): both read a Service, a Pod's labels, ports and
+readiness the same way. Each parser raises ObjectError naming the source, the object and the
+field, so a bad object can be refused or left out with a reason.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from meshbox.api.loader import ConfigError, parse_route_rule
-from meshbox.api.v1 import routing_pb2
-from meshbox.api.validation import ValidationError
-
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+from meshbox.api.kube.names import SERVICE_NAME_LABEL, service_fqdn
 
 
 class ObjectError(ValueError):
@@ -44,10 +42,12 @@ class Service:
     cluster_ip: str
     selector: Mapping[str, str]
     ports: tuple[ServicePort, ...]
+    # A ServiceEntry's host names (its FQDN first, then the name as written); empty for a Service.
+    hosts: tuple[str, ...] = ()
 
     @property
     def fqdn(self) -> str:
-        return f"{self.name}.{self.namespace}.svc.cluster.local"
+        return self.hosts[0] if self.hosts else service_fqdn(self.name, self.namespace)
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Pod:
     labels: Mapping[str, str]
     ports: Mapping[str, int]  # container port name → number (unnamed ports are keyed by their number)
     serving: bool  # running and not reported unready
+    service_account: str = "default"  # spec.serviceAccountName: the pod's workload identity
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,6 @@ class EndpointSet:
     ports: Mapping[str, int]  # port name ("" for an unnamed port) → number
 
 
-@dataclass(frozen=True)
-class RouteRule:
-    name: str
-    namespace: str
-    spec: routing_pb2.RouteRuleSpec = field(compare=False)
-
-
 def object_label(doc: Mapping[str, Any]) -> str:
     """'Kind namespace/name' for messages."""
     meta = doc.get("metadata")
@@ -91,7 +85,7 @@ def object_label(doc: Mapping[str, Any]) -> str:
     return f"{doc.get('kind', '?')} {meta.get('namespace') or 'default'}/{meta.get('name', '?')}"
 
 
-class _Reader:
+class FieldReader:
     """Typed access to nested dict fields with errors naming the field path."""
 
     def __init__(self, doc: Mapping[str, Any], source: str) -> None:
@@ -145,24 +139,28 @@ class _Reader:
         return {str(k): v for k, v in labels.items()}
 
 
-def _meta(r: _Reader, doc: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
+def _meta(r: FieldReader, doc: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
     meta = r.mapping(doc.get("metadata"), "metadata")
     name = r.string(meta.get("name"), "metadata.name", required=True)
     namespace = r.string(meta.get("namespace"), "metadata.namespace") or "default"
     return name, namespace, meta
 
 
-def parse_service(doc: Mapping[str, Any], *, source: str) -> Service | None:
-    """A v1 Service; None for a headless one (clusterIP None), which gets no listener."""
-    r = _Reader(doc, source)
+def parse_service(doc: Mapping[str, Any], *, source: str, allocates_ip: bool = False) -> Service | None:
+    """A v1 Service; None for a headless one (clusterIP None), which gets no listener.
+
+    ``allocates_ip``: the caller assigns ClusterIPs (as an API server does), so a Service without
+    one is fine and gets ``cluster_ip`` "".
+    """
+    r = FieldReader(doc, source)
     name, namespace, _ = _meta(r, doc)
     spec = r.mapping(doc.get("spec"), "spec")
     cluster_ip = spec.get("clusterIP")
     if cluster_ip == "None":
         return None
-    if not cluster_ip:
+    if not cluster_ip and not allocates_ip:
         raise r.fail("is required (in a registry directory no API server allocates one)", "spec.clusterIP")
-    cluster_ip = r.ip(cluster_ip, "spec.clusterIP")
+    cluster_ip = r.ip(cluster_ip, "spec.clusterIP") if cluster_ip else ""
     ports = []
     for i, item in enumerate(r.items(spec.get("ports"), "spec.ports")):
         path = f"spec.ports[{i}]"
@@ -183,7 +181,7 @@ def parse_service(doc: Mapping[str, Any], *, source: str) -> Service | None:
 
 def parse_pod(doc: Mapping[str, Any], *, source: str) -> Pod:
     """A v1 Pod: IP, labels, named container ports and whether it serves traffic."""
-    r = _Reader(doc, source)
+    r = FieldReader(doc, source)
     name, namespace, meta = _meta(r, doc)
     labels = r.labels(meta.get("labels"), "metadata.labels")
     spec = r.mapping(doc.get("spec"), "spec")
@@ -202,15 +200,18 @@ def parse_pod(doc: Mapping[str, Any], *, source: str) -> Pod:
         for c in r.items(status.get("conditions"), "status.conditions")
     )
     finished = status.get("phase") in ("Succeeded", "Failed") or bool(meta.get("deletionTimestamp"))
-    return Pod(name, namespace, ip, labels, ports, serving=bool(ip) and not unready and not finished)
+    service_account = (r.string(spec.get("serviceAccountName"), "spec.serviceAccountName")
+                       or r.string(spec.get("serviceAccount"), "spec.serviceAccount") or "default")
+    return Pod(name, namespace, ip, labels, ports, serving=bool(ip) and not unready and not finished,
+               service_account=service_account)
 
 
-def _target_pod(r: _Reader, item: Mapping[str, Any], path: str) -> str:
+def _target_pod(r: FieldReader, item: Mapping[str, Any], path: str) -> str:
     ref = r.mapping(item.get("targetRef"), f"{path}.targetRef")
     return r.string(ref.get("name"), f"{path}.targetRef.name") if ref.get("kind", "Pod") == "Pod" else ""
 
 
-def _named_ports(r: _Reader, items: Any, path: str) -> dict[str, int]:
+def _named_ports(r: FieldReader, items: Any, path: str) -> dict[str, int]:
     ports = {}
     for i, item in enumerate(r.items(items, path)):
         item = r.mapping(item, f"{path}[{i}]")
@@ -220,7 +221,7 @@ def _named_ports(r: _Reader, items: Any, path: str) -> dict[str, int]:
 
 def parse_endpoints(doc: Mapping[str, Any], *, source: str) -> list[EndpointSet]:
     """A v1 Endpoints object: one EndpointSet per subset, ready addresses only."""
-    r = _Reader(doc, source)
+    r = FieldReader(doc, source)
     name, namespace, _ = _meta(r, doc)
     sets = []
     for i, subset in enumerate(r.items(doc.get("subsets"), "subsets")):
@@ -238,7 +239,7 @@ def parse_endpoints(doc: Mapping[str, Any], *, source: str) -> list[EndpointSet]
 
 def parse_endpoint_slice(doc: Mapping[str, Any], *, source: str) -> EndpointSet:
     """A discovery.k8s.io/v1 EndpointSlice: ready endpoints and ports of one Service."""
-    r = _Reader(doc, source)
+    r = FieldReader(doc, source)
     _, namespace, meta = _meta(r, doc)
     labels = r.labels(meta.get("labels"), "metadata.labels")
     service = labels.get(SERVICE_NAME_LABEL)
@@ -255,12 +256,3 @@ def parse_endpoint_slice(doc: Mapping[str, Any], *, source: str) -> EndpointSet:
         for j, ip in enumerate(r.items(item.get("addresses"), f"{path}.addresses")):
             addresses.append(EndpointAddress(r.ip(ip, f"{path}.addresses[{j}]"), pod))
     return EndpointSet(service, namespace, tuple(addresses), _named_ports(r, doc.get("ports"), "ports"))
-
-
-def parse_route_rule_object(doc: Mapping[str, Any], *, source: str) -> RouteRule:
-    """A RouteRule; shape and meaning checked by meshbox.api (errors name the field)."""
-    try:
-        name, namespace, spec = parse_route_rule(doc, source=source)
-    except (ConfigError, ValidationError) as exc:
-        raise ObjectError(str(exc), source=source, obj=object_label(doc)) from exc
-    return RouteRule(name, namespace, spec)

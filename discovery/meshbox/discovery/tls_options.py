@@ -1,0 +1,64 @@
+"""From command-line TLS options to the running pieces: the CA keeper and the token authenticator."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshbox.discovery.ca_keeper import CaKeeper
+from meshbox.discovery.server import Security
+from meshbox.discovery.token_auth import (
+    SA_DIR,
+    Authenticator,
+    AuthenticatorUnavailable,
+    LocalTokenAuthenticator,
+    TokenReviewAuthenticator,
+)
+
+DISCOVERY_SERVICE = "meshbox-discovery"
+DISCOVERY_NAMESPACE = "meshbox-system"
+
+
+def default_server_names(service: str = DISCOVERY_SERVICE, namespace: str = DISCOVERY_NAMESPACE) -> list[str]:
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    ca_dir: Path
+    ca_port: int
+    trust_domain: str
+    server_names: list[str] = field(default_factory=list)
+    local_token_key: Path | None = None
+    token_review_url: str | None = None
+    token_review_ca_file: Path | None = None
+    token_review_token_file: Path | None = None
+    token_audiences: tuple[str, ...] = ()
+    workload_cert_ttl: float = 86400.0
+
+
+def authenticator_from_options(options: TlsOptions, *, kubernetes: bool) -> Authenticator:
+    """Local tokens when a key is given; else TokenReviews (explicit URL, or the cluster we run in)."""
+    if options.local_token_key is not None:
+        try:
+            return LocalTokenAuthenticator.from_file(options.local_token_key)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--local-token-key: {exc}") from None
+    if options.token_review_url:
+        return TokenReviewAuthenticator(options.token_review_url, ca_file=options.token_review_ca_file,
+                                        credential_file=options.token_review_token_file or SA_DIR / "token",
+                                        audiences=options.token_audiences)
+    if not kubernetes:
+        raise ValueError("--ca-dir with --registry-dir needs a way to check tokens: --local-token-key FILE "
+                         "or --token-review-url URL")
+    try:
+        return TokenReviewAuthenticator.in_cluster(options.token_audiences)
+    except AuthenticatorUnavailable as exc:
+        raise ValueError(f"cannot check tokens with TokenReviews: {exc}; give --token-review-url") from None
+
+
+def security_from_options(options: TlsOptions, *, kubernetes: bool) -> Security:
+    keeper = CaKeeper(options.ca_dir, options.trust_domain, options.server_names or default_server_names())
+    keeper.ca.default_ttl = datetime.timedelta(seconds=options.workload_cert_ttl)
+    return Security(keeper, authenticator_from_options(options, kubernetes=kubernetes), options.ca_port)

@@ -1,0 +1,135 @@
+"""Istio ServiceEntry (networking.istio.io v1, v1beta1, v1alpha3) → a host meshbox can route to.
+
+meshbox implements the static form: a host, one virtual address the proxy matches outbound
+connections against, ports, and endpoints by IP address. DNS resolution, original-destination
+pass-through (resolution NONE) and workload selection are refused by name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshbox.api.istio.fields import MESH_TODO, PROXY_TODO, Reader
+from meshbox.api.istio.findings import ERROR, Finding
+from meshbox.api.istio.objects import check_host, metadata, qualify_host, resource_label
+
+# Port protocols routed at L7; the proxy tunnels HTTP/2 (gRPC) at L4 on such ports by itself.
+L7_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
+PROTOCOLS = (*L7_PROTOCOLS, "HTTPS", "TCP", "TLS", "MONGO", "MYSQL", "REDIS", "GRPC-WEB")
+_SPEC_REFUSED = {"workloadSelector": MESH_TODO, "exportTo": f"exportTo: {MESH_TODO} (every entry applies mesh-wide)",
+                 "subjectAltNames": MESH_TODO}
+_ENDPOINT_REFUSED = {"labels": MESH_TODO, "weight": PROXY_TODO, "network": MESH_TODO, "locality": MESH_TODO,
+                     "serviceAccount": MESH_TODO}
+
+
+@dataclass(frozen=True)
+class EntryPort:
+    name: str
+    number: int
+    target: int  # the endpoints' port when they do not name one; 0: the same number
+    http: bool
+
+
+@dataclass(frozen=True)
+class EntryEndpoint:
+    address: str
+    ports: Mapping[str, int]  # port name → number on this endpoint
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    name: str
+    namespace: str
+    source: str
+    host: str  # as written (lower-case): what the Host header carries
+    fqdn: str  # as VirtualServices and DestinationRules of this namespace name it
+    address: str
+    ports: tuple[EntryPort, ...]
+    endpoints: tuple[EntryEndpoint, ...]
+
+    @property
+    def resource(self) -> str:
+        return f"ServiceEntry {self.namespace}/{self.name}"
+
+
+def translate_service_entry(doc: Mapping[str, Any], *, source: str) -> tuple[ServiceEntry | None, list[Finding]]:
+    """The entry's host, address, ports and endpoints, or None with the findings that keep it out."""
+    r = Reader(source, resource_label(doc))
+    name, namespace = metadata(r, doc)
+    f = r.fields(doc.get("spec"), "spec", "ServiceEntry",
+                 ("hosts", "addresses", "ports", "location", "resolution", "endpoints"), _SPEC_REFUSED)
+    hosts = r.strings(f.get("hosts"), "spec.hosts")
+    if len(hosts) != 1:
+        r.refuse("spec.hosts", f"{len(hosts)} hosts: exactly one host per ServiceEntry is implemented "
+                               "(write one entry per host)")
+    host = hosts[0].rstrip(".").lower() if hosts and check_host(r, hosts[0], "spec.hosts[0]") else ""
+    addresses = r.strings(f.get("addresses"), "spec.addresses")
+    address = addresses[0] if len(addresses) == 1 else ""
+    if len(addresses) != 1:
+        r.refuse("spec.addresses", f"{len(addresses)} addresses: {MESH_TODO}; meshbox matches outbound "
+                                   "connections by one virtual IP address per entry")
+    elif not _is_ip(address):
+        r.refuse("spec.addresses[0]", f"{address!r} is not a single IP address; CIDR ranges: {MESH_TODO}")
+    location = f.get("location", "MESH_EXTERNAL")
+    if location not in ("MESH_EXTERNAL", "MESH_INTERNAL"):
+        r.invalid("spec.location", f"expected MESH_EXTERNAL or MESH_INTERNAL, got {location!r}")
+    resolution = f.get("resolution", "NONE")
+    if resolution in ("NONE", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"):
+        r.refuse("spec.resolution", f"{resolution}: {PROXY_TODO} (it forwards to the endpoints' IP addresses: "
+                                    "use STATIC)")
+    elif resolution != "STATIC":
+        r.invalid("spec.resolution", f"expected NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS, got {resolution!r}")
+    ports = _ports(r, f.get("ports"))
+    endpoints = _endpoints(r, f.get("endpoints"), {p.name for p in ports})
+    if not endpoints and resolution == "STATIC":
+        r.invalid("spec.endpoints", "STATIC resolution needs endpoints")
+    if any(x.severity == ERROR for x in r.findings):
+        return None, r.findings
+    return ServiceEntry(name, namespace, source, host, qualify_host(host, namespace), address, ports,
+                        endpoints), r.findings
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ports(r: Reader, value: Any) -> tuple[EntryPort, ...]:
+    ports = []
+    for i, item in enumerate(r.items(value, "spec.ports")):
+        path = f"spec.ports[{i}]"
+        p = r.fields(item, path, "ServicePort", ("number", "protocol", "name", "targetPort"), {})
+        number = r.integer(p.get("number"), f"{path}.number", low=1, high=65535) or 0
+        protocol = r.string(p.get("protocol"), f"{path}.protocol", required=True).upper()
+        if protocol and protocol not in PROTOCOLS:
+            r.invalid(f"{path}.protocol", f"expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        target = r.integer(p["targetPort"], f"{path}.targetPort", low=1, high=65535) or 0 if "targetPort" in p else 0
+        ports.append(EntryPort(r.string(p.get("name"), f"{path}.name", required=True), number, target,
+                               protocol in L7_PROTOCOLS))
+    if not ports:
+        r.invalid("spec.ports", "at least one port is required")
+    return tuple(ports)
+
+
+def _endpoints(r: Reader, value: Any, port_names: set[str]) -> tuple[EntryEndpoint, ...]:
+    endpoints = []
+    for i, item in enumerate(r.items(value, "spec.endpoints")):
+        path = f"spec.endpoints[{i}]"
+        e = r.fields(item, path, "WorkloadEntry", ("address", "ports"), _ENDPOINT_REFUSED)
+        address = r.string(e.get("address"), f"{path}.address", required=True)
+        if address and not _is_ip(address):
+            r.refuse(f"{path}.address", f"{address!r}: endpoints by name or Unix socket: {PROXY_TODO} "
+                                        "(it connects to IP addresses)")
+        ports: dict[str, int] = {}
+        for port_name, number in r.mapping(e.get("ports"), f"{path}.ports").items():
+            if port_name not in port_names:
+                r.invalid(f"{path}.ports.{port_name}", f"no port named {port_name!r} in spec.ports")
+            ports[str(port_name)] = r.integer(number, f"{path}.ports.{port_name}", low=1, high=65535) or 0
+        endpoints.append(EntryEndpoint(address, ports))
+    return tuple(endpoints)

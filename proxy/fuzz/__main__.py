@@ -1,0 +1,46 @@
+"""``python -m fuzz`` (run from proxy/, or ``make fuzz``): fuzz a real meshbox-proxy and print the counts
+and every finding with a minimal reproducer. Exit status 1 when there are findings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import uvloop
+
+from .driver import run_fuzz
+from .minimize import explain
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fuzz", description=__doc__)
+    parser.add_argument("-n", "--requests", type=int, default=100_000, help="requests to send (default 100000)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the run (default 1)")
+    parser.add_argument("--codec", default="httptools", choices=("httptools", "h11"), help="the proxy's --codec")
+    parser.add_argument("--protocol", default="http/1.1", help="protocol to speak (http/1.1; h2 is not there yet)")
+    parser.add_argument("--concurrency", type=int, default=96, help="connections in flight (default 96)")
+    parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds before the run stops early")
+    parser.add_argument("--workdir", type=Path, help="where the proxy's config and logs go (default: a temp dir)")
+    parser.add_argument("--examples", type=int, default=2, help="findings of each kind to minimise and show")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1:
+        parser.error("--requests and --concurrency must be positive")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="meshbox-fuzz-"))
+    try:
+        report = uvloop.run(run_fuzz(args.requests, args.seed, workdir / "run", codec=args.codec,
+                                     protocol=args.protocol, concurrency=args.concurrency,
+                                     time_limit=args.time_limit))
+    except NotImplementedError as exc:
+        print(f"fuzz: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    if report.findings:
+        print(uvloop.run(explain(report, workdir, examples=args.examples)))
+    print(f"proxy logs: {workdir}")
+    return 1 if report.findings or report.timed_out else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Turn findings into reproducers: replay the offending connection alone on a fresh proxy, then drop
+requests (and the split points and half-close) while the same kind of finding still shows."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .dialects import Dialect, Finding, Script, dialect
+from .driver import Report, run_scripts, stderr_trouble
+
+STDERR_SUSPECTS = 200  # scripts replayed, at most, to find those that make the proxy print a traceback
+
+
+def _smaller(script: Script, keep: list[int], *, half_close: bool, whole: bool) -> Script:
+    requests = [script.requests[i] for i in keep]
+    pieces = [r.data for r in requests] if script.sequential or not whole else [b"".join(r.data for r in requests)]
+    return replace(script, requests=requests, pieces=pieces, half_close=half_close)
+
+
+async def _shows(script: Script, kind: str, speaker: Dialect, workdir: Path, codec: str) -> bool:
+    found = await run_scripts([script], speaker, workdir, codec)
+    return any(f.kind == kind and f.conn == script.index for f in found)
+
+
+async def minimal(seed: int, finding: Finding, speaker: Dialect, workdir: Path, codec: str,
+                  budget: float) -> tuple[Script, bool]:
+    """The smallest variant of the finding's script that still shows it, and whether it reproduced alone
+    at all (False: the original script, which needs the concurrency of the full run)."""
+    assert finding.conn is not None
+    script = speaker.script(seed, finding.conn)
+    stop = time.monotonic() + budget
+    if not await _shows(script, finding.kind, speaker, workdir, codec):
+        return script, False
+    keep = list(range(len(script.requests)))
+    half_close = script.half_close
+    best = script
+    for flag in (False, True):  # first: can it go in one write, without the half-close?
+        candidate = _smaller(script, keep, half_close=half_close and flag, whole=True)
+        if time.monotonic() < stop and await _shows(candidate, finding.kind, speaker, workdir, codec):
+            best, half_close = candidate, candidate.half_close
+            break
+    for i in reversed(range(len(script.requests))):
+        if time.monotonic() > stop or len(keep) == 1:
+            break
+        trial = [k for k in keep if k != i]
+        candidate = _smaller(script, trial, half_close=half_close, whole=best is not script)
+        if await _shows(candidate, finding.kind, speaker, workdir, codec):
+            keep, best = trial, candidate
+    return best, True
+
+
+async def stderr_culprits(report: Report, speaker: Dialect, workdir: Path, budget: float) -> list[int]:
+    """The fewest scripts, among those running when the proxy first complained on stderr, that still make
+    it complain when replayed together on a fresh proxy (bisection); [] if they do not."""
+    stop = time.monotonic() + budget
+    suspects = list(dict.fromkeys(report.stderr_suspects))[:STDERR_SUSPECTS]
+    scripts = [speaker.script(report.seed, i) for i in suspects]
+    if not scripts or not await stderr_trouble(scripts, speaker, workdir, report.codec):
+        return []
+    while len(scripts) > 1 and time.monotonic() < stop:
+        half = len(scripts) // 2
+        for part in (scripts[:half], scripts[half:]):
+            if await stderr_trouble(part, speaker, workdir, report.codec):
+                scripts = part
+                break
+        else:
+            break  # it takes scripts from both halves together
+    return [s.index for s in scripts]
+
+
+def show(script: Script) -> str:
+    lines = [f"  script {script.index} ({'sequential' if script.sequential else 'pipelined'}"
+             f"{', half-closed' if script.half_close else ''}, {len(script.pieces)} writes):"]
+    for r in script.requests:
+        data = r.data if len(r.data) <= 600 else r.data[:500] + b"...<%d bytes>..." % len(r.data) + r.data[-60:]
+        lines.append(f"    [{r.mutation}, expects {r.expect.value}] {data!r}")
+    return "\n".join(lines)
+
+
+async def explain(report: Report, workdir: Path, *, examples: int = 2, budget: float = 120.0) -> str:
+    """Findings grouped by kind, each with up to ``examples`` minimised reproducers (bounded in time)."""
+    speaker = dialect(report.protocol)
+    stop = time.monotonic() + budget
+    out = []
+    for kind, group in report.by_kind().items():
+        out.append(f"== {kind}: {len(group)} finding(s)")
+        shown = 0
+        for f in group:
+            if shown >= examples:
+                break
+            out.append(f"- {f.detail[:1500]}")
+            conn = f.conn
+            if conn is None and kind == "stderr" and time.monotonic() < stop:
+                culprits = await stderr_culprits(report, speaker, workdir / "culprit", stop - time.monotonic())
+                if len(culprits) > 1:
+                    out.append(f"  shows when these scripts run together (seed {report.seed}):")
+                    out += [show(speaker.script(report.seed, i)) for i in culprits]
+                conn = culprits[0] if len(culprits) == 1 else None
+                f = replace(f, conn=conn)
+            if conn is None:
+                shown += 1
+                continue
+            if time.monotonic() < stop:
+                script, alone = await minimal(report.seed, f, speaker, workdir / "minimize", report.codec,
+                                              min(30.0, stop - time.monotonic()))
+            else:
+                script, alone = speaker.script(report.seed, conn), False
+            out.append(f"  reproducer (seed {report.seed}, script {conn}"
+                       f"{'' if alone else ', not minimised: not shown alone or out of time'}):")
+            out.append(show(script))
+            shown += 1
+    return "\n".join(out)
