@@ -1,4 +1,4 @@
-"""The status port answers readiness to anyone but everything else only from the pod's loopback.
+"""The status port answers readiness and metrics to anyone but everything else only from the pod's loopback.
 
 What proves it: the real ``meshbox-agent`` runs in a network namespace standing in for a pod
 (pod IP 10.77.0.2, linked by a veth to a second namespace, another pod at 10.77.0.1). The same
@@ -25,7 +25,7 @@ def curl(ns: Any, method: str, url: str) -> tuple[int, str]:
     return int(code or 0), body
 
 
-def test_only_readiness_is_served_off_loopback(netns: Any, tmp_path: Path) -> None:
+def test_only_readiness_and_metrics_are_served_off_loopback(netns: Any, tmp_path: Path) -> None:
     pod, other = netns("pod"), netns("other")
     netns.link(pod, f"{POD_IP}/24", other, f"{OTHER_IP}/24")
     log = tmp_path / "agent.log"
@@ -42,10 +42,13 @@ def test_only_readiness_is_served_off_loopback(netns: Any, tmp_path: Path) -> No
     # Readiness from another pod (the kubelet's view): served, with the reason.
     status, body = curl(other, "GET", f"http://{POD_IP}:15020/healthz/ready")
     assert (status, body) == (503, "no config applied yet (discovery at 127.0.0.1:1)\n")
+    # Metrics from another pod (Prometheus' view, through the pod's prometheus.io annotations): served.
+    status, body = curl(other, "GET", f"http://{POD_IP}:15020/stats/prometheus")
+    assert status == 200 and "meshbox_agent_config_applied 0" in body, body
     # Mutations and anything else, from another pod or from the pod's own IP: refused.
     for ns, origin in ((other, "other pod"), (pod, "pod IP")):
         for method, path in (("POST", "/quitquitquit"), ("GET", "/quitquitquit"), ("GET", "/nope"),
-                             ("POST", "/healthz/ready")):
+                             ("POST", "/healthz/ready"), ("POST", "/stats/prometheus")):
             status, body = curl(ns, method, f"http://{POD_IP}:15020{path}")
             assert status == 403, (origin, method, path, status, body)
             assert "only from the pod's loopback" in body

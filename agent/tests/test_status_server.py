@@ -102,4 +102,5 @@ def test_loopback_peers() -> None:
     for peer in (("10.0.0.2", 1), ("::ffff:10.0.0.2", 1, 0, 0), ("fe80::1%eth0", 1, 0, 2), None, ("garbage", 1)):
         assert not is_loopback_peer(peer), peer
     assert remote_allowed("GET", "/healthz/ready") and remote_allowed("HEAD", "/healthz/ready?x")
+    assert remote_allowed("GET", "/stats/prometheus") and not remote_allowed("POST", "/stats/prometheus")
     assert not remote_allowed("POST", "/quitquitquit") and not remote_allowed("GET", "/nope")

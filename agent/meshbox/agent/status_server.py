@@ -6,10 +6,10 @@ metrics merged, for the pod's ``prometheus.io/*`` scrape annotations), ``POST /q
 (200, then agent and proxy exit 0). A wrong method gets 405 with ``Allow``; anything else 404. HTTP/1.1 via h11, with
 keep-alive, request bodies capped.
 
-The server listens on every address because the kubelet probes readiness on the pod IP, and
-the pod IP is reachable from the whole cluster (init does not capture the status port). So a
-request whose peer is not a loopback address gets readiness and nothing else: 403 for
-``/quitquitquit`` and for every other path, whatever the method.
+The server listens on every address because the kubelet probes readiness and Prometheus scrapes
+metrics on the pod IP, and the pod IP is reachable from the whole cluster (init does not capture
+the status port). So a request whose peer is not a loopback address gets those two read-only
+answers and nothing else: 403 for ``/quitquitquit`` and for every other path or method.
 """
 
 from __future__ import annotations
@@ -71,8 +71,8 @@ def is_loopback_peer(peer: object) -> bool:
 
 
 def remote_allowed(method: str, target: str) -> bool:
-    """What a peer outside the pod may ask: the readiness probe only."""
-    return route(method, target) == "ready"
+    """What a peer outside the pod may ask: the readiness probe and the metrics scrape (GET/HEAD)."""
+    return route(method, target) in ("ready", "metrics")
 
 
 class StatusServer:
@@ -114,10 +114,11 @@ class StatusServer:
                 if too_big:
                     answer, quit_after = Answer(413, f"request body over {MAX_BODY_BYTES} bytes"), False
                 elif not local and not remote_allowed(method, target):
-                    log.warning("status port: refused %s %s from %s (only readiness is served off loopback)",
-                                method, target, peer[0] if isinstance(peer, tuple) else peer)
-                    answer, quit_after = Answer(403, f"{method} {target.split('?', 1)[0]} is answered only "
-                                                     "from the pod's loopback; this address gets readiness only"), False
+                    log.warning("status port: refused %s %s from %s (only readiness and metrics are served "
+                                "off loopback)", method, target, peer[0] if isinstance(peer, tuple) else peer)
+                    answer, quit_after = Answer(403, f"{method} {target.split('?', 1)[0]} is answered only from "
+                                                     "the pod's loopback; this address gets readiness and metrics "
+                                                     "only"), False
                 else:
                     answer, quit_after = await self._answer(method, target)
                 await self._write(conn, writer, answer, head_only=method == "HEAD", close=too_big)
