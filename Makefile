@@ -50,7 +50,7 @@ proto: venv
 
 lint: venv
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy protos/meshbox/api $(foreach d,init injector proxy agent discovery cluster ctl,$(d)/meshbox) bench
+	$(VENV)/bin/mypy protos/meshbox/api $(foreach d,init injector proxy agent discovery cluster ctl,$(d)/meshbox) bench fuzz
 
 test: venv lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -61,11 +61,11 @@ demo: venv
 bench: venv
 	$(PY) bench/run.py
 
-# The external fuzz of the proxy (proxy/fuzz/); CI runs a smaller one in proxy/tests/test_fuzz.py.
+# The external fuzz of the proxy (fuzz/, beside bench/); CI runs a smaller one in proxy/tests/test_fuzz.py.
 FUZZ_N ?= 100000
 FUZZ_SEED ?= 1
 fuzz: venv
-	cd proxy && ../$(PY) -m fuzz --requests $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
+	$(PY) -m fuzz --requests $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
 
 # Container images (podman, else docker). On a host without registry access:
 #   make images IMAGES_ARGS=--local-base

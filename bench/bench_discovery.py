@@ -123,8 +123,8 @@ async def _measure(target: str, server_pid: int, rule_file: Path) -> dict[str, f
 def _start_server(registry_dir: Path) -> tuple[subprocess.Popen[str], str]:
     binary = Path(sys.executable).with_name("meshbox-discovery")
     proc = subprocess.Popen(
-        [str(binary), "--registry-dir", str(registry_dir), "--listen-address", "127.0.0.1", "--grpc-port", "0",
-         "--http-port", "0", "--poll-interval", "0.05", "--debounce", "0.05"],
+        [str(binary), "--plaintext", "--registry-dir", str(registry_dir), "--listen-address", "127.0.0.1",
+         "--grpc-port", "0", "--http-port", "0", "--poll-interval", "0.05", "--debounce", "0.05"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
     # The start line is the only thing logged at info when the registry is valid.

@@ -118,8 +118,8 @@ async def _round(agents: list[Agent], rules_file: Path, docs: list[dict[str, Any
 def _start_server(registry_dir: Path) -> subprocess.Popen[str]:
     binary = Path(sys.executable).with_name("meshbox-discovery")
     return subprocess.Popen(
-        [str(binary), "--registry-dir", str(registry_dir), "--listen-address", "127.0.0.1", "--grpc-port", "0",
-         "--http-port", "0", "--poll-interval", "0.05", "--debounce", "0.05"],
+        [str(binary), "--plaintext", "--registry-dir", str(registry_dir), "--listen-address", "127.0.0.1",
+         "--grpc-port", "0", "--http-port", "0", "--poll-interval", "0.05", "--debounce", "0.05"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
 

@@ -78,10 +78,13 @@ def test_the_validator_rejects_a_broken_object() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_rbac_is_exactly_what_discovery_watches_and_token_reviews() -> None:
+def test_rbac_is_exactly_what_discovery_needs() -> None:
+    """Read-only on what it watches; for the mesh CA: TokenReviews, the bundle ConfigMap in every
+    namespace, and its own root Secret in its own namespace (get by name, create)."""
     objects = rendered()
     roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
-    assert [r["metadata"]["name"] for r in roles] == ["meshbox-discovery"]
+    assert [(r["kind"], r["metadata"]["name"]) for r in roles] == [("ClusterRole", "meshbox-discovery"),
+                                                                   ("Role", "meshbox-discovery")]
     granted = {(g, r, v) for rule in roles[0]["rules"] for g in rule["apiGroups"]
                for r in rule["resources"] for v in rule["verbs"]}
     assert granted == {(g, r, v) for g, r in [("", "services"), ("", "pods"),
@@ -89,7 +92,14 @@ def test_rbac_is_exactly_what_discovery_watches_and_token_reviews() -> None:
                                                ("routing.meshbox.io", "routerules"),
                                                ("security.istio.io", "peerauthentications"),
                                                ("security.istio.io", "authorizationpolicies")]
-                       for v in ("get", "list", "watch")} | {("authentication.k8s.io", "tokenreviews", "create")}
+                       for v in ("get", "list", "watch")} | {
+        ("authentication.k8s.io", "tokenreviews", "create"), ("", "namespaces", "list"),
+        ("", "configmaps", "get"), ("", "configmaps", "create"), ("", "configmaps", "update")}
+    secret_rules = roles[1]["rules"]
+    assert roles[1]["metadata"]["namespace"] == "meshbox-system"
+    assert secret_rules == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["meshbox-ca"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
     binding = by_kind(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshbox-discovery",
                                     "namespace": "meshbox-system"}]

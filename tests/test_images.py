@@ -189,7 +189,8 @@ def test_control_plane_image_serves_discovery_the_proxy_image_and_the_webhook(
     (registry / "service-two.yaml").chmod(0o644)
     discovery = container_names("discovery")
     podman("run", "-d", "--name", discovery, "--network", in_ns(ns), "-v", f"{registry}:/registry:ro,Z",
-           images["control-plane"], "--registry-dir", "/registry", "--grpc-port", "15010", "--http-port", "15014")
+           images["control-plane"], "--plaintext", "--registry-dir", "/registry", "--grpc-port", "15010",
+           "--http-port", "15014")
     ready = wait_for(ns, "curl", "-sf", "http://127.0.0.1:15014/ready")
     assert ready.returncode == 0, logs(discovery)
 
@@ -216,7 +217,7 @@ with grpc.insecure_channel("127.0.0.1:15010") as channel:
     agent = container_names("agent")
     podman("run", "-d", "--name", agent, "--network", in_ns(ns), "-e", "POD_NAME=client",
            "-e", "POD_NAMESPACE=default", "-e", "POD_IP=127.0.0.1",
-           images["proxy"], "sidecar", "--discovery-address", "127.0.0.1:15010")
+           images["proxy"], "sidecar", "--plaintext", "--discovery-address", "127.0.0.1:15010")
     ready = wait_for(ns, "curl", "-sf", "http://127.0.0.1:15020/healthz/ready")
     assert ready.returncode == 0, logs(agent) + logs(discovery)
     assert "applied config" in logs(agent)

@@ -284,6 +284,7 @@ class AgentFactory:
         with out.open("wb") as stdout, err.open("wb") as stderr:
             proc = subprocess.Popen(
                 [str(VENV_BIN / "meshbox-agent"), "sidecar", "--discovery-address", discovery_address,
+                 *([] if "--ca-root-file" in agent_args else ["--plaintext"]),
                  "--status-port", str(status_port), "--admin-port", str(admin_port),
                  "--drain-seconds", str(drain_seconds), *agent_args,
                  "--", "--outbound-port", "0", *proxy_args],

@@ -174,7 +174,8 @@ class Pod:
     def start_discovery(self) -> None:
         self.discovery_starts += 1
         with (self.logs / f"discovery{self.discovery_starts}.log").open("wb") as log:
-            self.discovery = self.ns.popen(str(VENV_BIN / "meshbox-discovery"), "--registry-dir", str(self.registry),
+            self.discovery = self.ns.popen(str(VENV_BIN / "meshbox-discovery"), "--plaintext",
+                                           "--registry-dir", str(self.registry),
                                            "--poll-interval", "0.05",
                                            stdout=log, stderr=subprocess.STDOUT)
         wait_until(lambda: self.curl("http://127.0.0.1:15014/ready")[0] == 200, 20, "discovery ready")
@@ -188,7 +189,7 @@ class Pod:
     def start_agent(self) -> None:
         env = {**os.environ, "POD_NAME": "client", "POD_NAMESPACE": "default", "POD_IP": CLIENT_IP}
         with (self.logs / "agent.stdout").open("wb") as out, (self.logs / "agent.stderr").open("wb") as err:
-            self.agent = self.ns.popen(str(VENV_BIN / "meshbox-agent"), "sidecar", "--discovery-address",
+            self.agent = self.ns.popen(str(VENV_BIN / "meshbox-agent"), "sidecar", "--plaintext", "--discovery-address",
                                        "127.0.0.1:15010", "--drain-seconds", "0.5", env=env, stdout=out, stderr=err)
         wait_until(lambda: self.curl("http://127.0.0.1:15020/healthz/ready")[0] == 200, 30,
                    f"agent ready; its log:\n{self.agent_log()}")

@@ -252,8 +252,10 @@ def _refused(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
     well-known ports other tests may use; its whole process group is killed on a timeout.
     """
     pod = {"POD_NAME": "app-1", "POD_NAMESPACE": "default", "POD_IP": "10.1.0.5"}
+    plaintext = [] if "--ca-root-file" in args or "--tls" in args else ["--plaintext"]
+    args = [a for a in args if a != "--tls"]
     argv = [str(VENV_BIN / "meshbox-agent"), "sidecar", "--status-port", "0", "--admin-port",
-            str(free_port()), *args, "--", "--outbound-port", "0"]
+            str(free_port()), *plaintext, *args, "--", "--outbound-port", "0"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **pod, **env}, start_new_session=True)
     try:
@@ -277,6 +279,16 @@ def free_port() -> int:
     (["--discovery-address", "discovery"], {}, "must be HOST:PORT"),
     (["--discovery-address", "127.0.0.1:1", "--proxy-command", ""], {}, "--proxy-command"),
     (["--discovery-address", "127.0.0.1:1", "--status-port", "70000"], {}, "--status-port"),
+    # Without --plaintext: the CA's roots and the service account are needed, and named when missing.
+    (["--tls", "--discovery-address", "127.0.0.1:1"], {"SERVICE_ACCOUNT": "app"},
+     "cannot read the mesh CA's roots /var/run/meshbox/ca-root/root-cert.pem"),
+    (["--discovery-address", "127.0.0.1:1", "--ca-root-file", "/nonexistent/root.pem"], {"SERVICE_ACCOUNT": "app"},
+     "cannot read the mesh CA's roots /nonexistent/root.pem"),
+    (["--discovery-address", "127.0.0.1:1", "--ca-root-file", "/etc/hostname"], {"SERVICE_ACCOUNT": "app"},
+     "holds no PEM certificate"),
+    (["--tls", "--discovery-address", "127.0.0.1:1"], {"SERVICE_ACCOUNT": ""}, "SERVICE_ACCOUNT is not set"),
+    (["--discovery-address", "127.0.0.1:1", "--plaintext", "--ca-root-file", "/etc/hostname"], {},
+     "--plaintext and --ca-root-file exclude each other"),
 ])
 def test_bad_input_is_refused_with_a_message_naming_it(args: list[str], env: dict[str, str], message: str) -> None:
     done = _refused(args, env)

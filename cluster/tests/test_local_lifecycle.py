@@ -21,7 +21,8 @@ MESHCTL = str(Path(sys.executable).parent / "meshctl")
 ECHO = "gcr.io/google_containers/echoserver:1.4"
 
 
-def web(replicas: int = 1, *, version: str = "v1", probe_port: int | None = None, policy: str = "Always") -> str:
+def web(replicas: int = 1, *, version: str = "v1", probe_port: int | None = None, policy: str = "Always",
+        strategy: str = "RollingUpdate") -> str:
     """A Service and a Deployment of echoservers; ``probe_port`` points readiness somewhere else."""
     probe = f"\n        readinessProbe: {{httpGet: {{path: /, port: {probe_port}}}}}" if probe_port else ""
     return f"""apiVersion: v1
@@ -36,6 +37,7 @@ kind: Deployment
 metadata: {{name: web}}
 spec:
   replicas: {replicas}
+  strategy: {{type: {strategy}}}
   selector: {{matchLabels: {{app: web}}}}
   template:
     metadata: {{labels: {{app: web, version: {version}}}}}
@@ -45,6 +47,14 @@ spec:
       - name: app
         image: {ECHO}
         ports: [{{containerPort: 8080, name: http}}]{probe}
+"""
+
+
+CLIENT = f"""apiVersion: v1
+kind: Pod
+metadata: {{name: client, labels: {{app: client}}}}
+spec:
+  containers: [{{name: app, image: "{ECHO}", ports: [{{containerPort: 8080}}]}}]
 """
 
 
@@ -70,6 +80,9 @@ def test_scale_up_and_down_and_bad_scale_requests(local: Any) -> None:
     assert table[0].split() == ["NAME", "ENDPOINTS", "AGE"]
     assert table[1].startswith("web ") and table[1].count(":8080") == 3
     assert endpoint_ips(local) == sorted(p["status"]["podIP"] for p in listed)
+    [slice_] = json.loads(local.run("get", "endpointslices", "-o", "json").stdout)["items"]
+    assert sorted(e["addresses"][0] for e in slice_["endpoints"] if e["conditions"]["ready"]) == endpoint_ips(local)
+    assert slice_["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
     deployments = local.run("get", "deployments").stdout
     assert "web    3/3 " in deployments
 
@@ -126,25 +139,39 @@ def test_never_restart_policy_leaves_the_pod_in_error(local: Any) -> None:
     assert waited.returncode == 1 and waited.stderr.strip().endswith(f"{name} (Error)")
 
 
-def test_changed_template_rolls_the_pods(local: Any) -> None:
+def test_changed_template_rolls_the_pods_without_losing_the_service(local: Any, tmp_path: Path) -> None:
     local.run("up", "--prefix", local.prefix, "--without-discovery")
-    local.run("apply", "-f", "-", input_text=web(2))
+    local.run("apply", "-f", "-", input_text=web(2) + "---\n" + CLIENT)
     local.run("wait", "--timeout", "30")
-    old = {p["metadata"]["name"] for p in pods(local)}
-    same = local.run("apply", "-f", "-", input_text=web(2)).stdout
-    assert "deployment.apps/web unchanged" in same
-    out = local.run("apply", "-f", "-", input_text=web(2, version="v2")).stdout
+    old = {p["metadata"]["name"] for p in pods(local) if p["metadata"]["labels"]["app"] == "web"}
+    assert "deployment.apps/web unchanged" in local.run("apply", "-f", "-", input_text=web(2)).stdout
+    # A client calls the Service all through the rollout (bounded: at most 3000 calls, until told to stop).
+    stop = tmp_path / "stop"
+    calls = subprocess.Popen(
+        [MESHCTL, "local", "--state-dir", str(local.state), "exec", "client", "--", "sh", "-c",
+         f"i=0; while [ ! -e {stop} ] && [ $i -lt 3000 ]; do "
+         "curl -s -o /dev/null -m 2 -w '%{http_code}\\n' web:80/; i=$((i+1)); sleep 0.02; done"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out = local.run("apply", "-f", "-", input_text=web(2, version="v2")).stdout
+    finally:
+        stop.touch()
+        codes, _ = calls.communicate(timeout=30)
     assert "deployment.apps/web configured" in out
-    new = pods(local)
+    assert codes.split() and set(codes.split()) == {"200"}, codes
+    new = [p for p in pods(local) if p["metadata"]["labels"]["app"] == "web"]
     assert len(new) == 2 and not old & {p["metadata"]["name"] for p in new}
     assert {p["metadata"]["labels"]["version"] for p in new} == {"v2"}
     assert len({p["metadata"]["labels"]["pod-template-hash"] for p in new}) == 1
-    assert len(local.netns()) == 3  # the old pods' namespaces are gone
-    local.run("wait", "--timeout", "30")
+    assert len(local.netns()) == 4  # the old pods' namespaces are gone
     assert endpoint_ips(local) == sorted(p["status"]["podIP"] for p in new)
-    # A replicas-only change scales without replacing the pods.
+    # A replicas-only change scales without replacing the pods; Recreate replaces them all.
     local.run("apply", "-f", "-", input_text=web(3, version="v2"))
-    assert {p["metadata"]["name"] for p in new} < {p["metadata"]["name"] for p in pods(local)}
+    kept = {p["metadata"]["name"] for p in pods(local)}
+    assert {p["metadata"]["name"] for p in new} < kept
+    local.run("apply", "-f", "-", input_text=web(3, version="v3", strategy="Recreate"))
+    recreated = [p for p in pods(local) if p["metadata"]["labels"]["app"] == "web"]
+    assert len(recreated) == 3 and not kept & {p["metadata"]["name"] for p in recreated}
 
 
 def test_readiness_moves_a_pod_in_and_out_of_the_endpoints_and_discovery_sees_it(local: Any) -> None:
@@ -160,11 +187,12 @@ def test_readiness_moves_a_pod_in_and_out_of_the_endpoints_and_discovery_sees_it
         return sorted(p.name for p in registry.load().pods if p.serving)
 
     assert discovery_serving() == []
-    # A readiness endpoint appears in one pod (for 8 seconds): that pod becomes ready, then not again.
+    # A readiness endpoint appears in one pod: that pod becomes ready; when it goes, not ready again.
     chosen = sorted(names)[0]
-    helper = subprocess.Popen([MESHCTL, "local", "--state-dir", str(local.state), "exec", chosen, "--", "timeout",
-                               "8", "python3", "-m", "http.server", "9000"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    # `timeout --foreground` stays in the group of meshctl exec, so one killpg stops all of it.
+    serve = ["timeout", "--foreground", "60", "python3", "-m", "http.server", "9000"]
+    helper = subprocess.Popen([MESHCTL, "local", "--state-dir", str(local.state), "exec", chosen, "--", *serve],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         local.until("the pod with a readiness endpoint is ready", lambda: endpoint_ips(local) == [names[chosen]])
         assert discovery_serving() == [chosen]
@@ -174,6 +202,7 @@ def test_readiness_moves_a_pod_in_and_out_of_the_endpoints_and_discovery_sees_it
             body = local.run("exec", other, "--", "curl", "-sS", "-m", "5", "web:80/").stdout
             assert "CLIENT VALUES:" in body
         assert " 1/1 " in next(line for line in local.run("get", "pods").stdout.splitlines() if chosen in line)
+        os.killpg(helper.pid, signal.SIGTERM)  # meshctl exec and the server it runs, by their own group
         helper.wait(timeout=20)
         local.until("the pod is out again", lambda: endpoint_ips(local) == [])
         assert discovery_serving() == []
@@ -181,5 +210,5 @@ def test_readiness_moves_a_pod_in_and_out_of_the_endpoints_and_discovery_sees_it
         assert pod_file["status"]["conditions"] == [{"type": "Ready", "status": "False"}]
     finally:
         if helper.poll() is None:
-            helper.kill()
+            os.killpg(helper.pid, signal.SIGKILL)
             helper.wait()

@@ -71,6 +71,17 @@ def test_manifest_objects_and_namespace_default() -> None:
     ("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: x, ports: [{containerPort: 80, name: web}],"
      " readinessProbe: {httpGet: {port: http}}}]}\n",
      "spec.containers[0].readinessProbe.httpGet.port: names no port of the container: 'http'"),
+    # Named like the API server names them: the document, the object, the field.
+    (DEPLOYMENT.replace("labels: {app: web}", "labels: {app: web, version: 1}"),
+     "in.yaml (document 1): Deployment default/web: spec.template.metadata.labels.version: "
+     "label values must be strings, got 1"),
+    (DEPLOYMENT.replace("replicas: 2", "replicas: -1"), "Deployment default/web: spec.replicas: Invalid value: -1"),
+    (DEPLOYMENT.replace("    spec:\n      containers:", "    spec:\n      restartPolicy: Sometimes\n      containers:"),
+     "spec.template.spec.restartPolicy: unsupported value 'Sometimes'"),
+    ("kind: Service\nmetadata: {name: h}\nspec: {clusterIP: None, ports: [{port: 80}]}\n",
+     "Service default/h: spec.clusterIP: headless Services are not supported"),
+    ("kind: Service\nmetadata: {name: s}\nspec: {selector: {app: [x]}, ports: [{port: 80}]}\n",
+     "Service default/s: spec.selector.app: label values must be strings"),
 ])
 def test_bad_manifests_name_the_problem(text: str, message: str) -> None:
     with pytest.raises(ManifestError, match=None) as info:
@@ -150,6 +161,9 @@ def test_images_map_to_programs_and_others_are_refused() -> None:
 def test_addresses() -> None:
     assert next_pod_ip([]) == "10.244.0.2"
     assert next_pod_ip(["10.244.0.2", "10.244.0.4"]) == "10.244.0.3"
+    # Round, not lowest-first: a just-freed address is not reused at once; the node's is never given.
+    assert next_pod_ip(["10.244.0.3"], after="10.244.0.3") == "10.244.0.4"
+    assert next_pod_ip([], after="10.244.255.254") == "10.244.0.2"
     assert next_cluster_ip([]) == "10.96.0.17"
     assert check_cluster_ip("10.96.5.5", []) == "10.96.5.5"
     for bad, why in (("10.0.0.1", "outside"), ("10.96.0.17", "already used"), ("x", "not an IPv4")):

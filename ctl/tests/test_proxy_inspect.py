@@ -78,7 +78,8 @@ def discovery(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     registry.mkdir()
     _write(registry / "mesh.yaml", _objects())
     grpc_port, http_port = _free_port(), _free_port()
-    proc = subprocess.Popen([str(VENV_BIN / "meshbox-discovery"), "--registry-dir", str(registry),
+    # Plaintext: the test's fake agents speak gRPC without certificates (docs/security.md).
+    proc = subprocess.Popen([str(VENV_BIN / "meshbox-discovery"), "--plaintext", "--registry-dir", str(registry),
                              "--listen-address", "127.0.0.1", "--grpc-port", str(grpc_port),
                              "--http-port", str(http_port), "--poll-interval", "0.05", "--debounce", "0.02"],
                             stdout=subprocess.DEVNULL, stderr=(tmp_path / "discovery.log").open("wb"))

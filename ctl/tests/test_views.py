@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from meshbox.ctl.views import OutputError, age, jsonpath, table
+from meshbox.ctl.views import OutputError, age, endpoints_column, jsonpath, table
 
 
 def test_views() -> None:
@@ -24,3 +24,14 @@ def test_views() -> None:
     assert age("2026-01-01T11:59:15Z", now) == "45s"
     assert age("2026-01-01T11:50:00Z", now) == "10m"
     assert age("2025-12-25T12:00:00Z", now) == "7d"
+
+
+def test_endpoints_column_lists_ready_addresses_only() -> None:
+    endpoints = {"kind": "Endpoints", "subsets": [
+        {"ports": [{"name": "http", "port": 8080}], "addresses": [{"ip": "10.244.0.2"}, {"ip": "10.244.0.3"}],
+         "notReadyAddresses": [{"ip": "10.244.0.4"}]}]}
+    assert endpoints_column(endpoints) == "10.244.0.2:8080,10.244.0.3:8080"
+    assert endpoints_column({"kind": "Endpoints", "subsets": []}) == "<none>"
+    many = {"kind": "EndpointSlice", "ports": [{"port": 80}],
+            "endpoints": [{"addresses": [f"10.0.0.{i}"], "conditions": {"ready": i != 2}} for i in range(1, 7)]}
+    assert endpoints_column(many) == "10.0.0.1:80,10.0.0.3:80,10.0.0.4:80 + 2 more..."

@@ -23,8 +23,8 @@ STARTED = re.compile(r"serving discovery gRPC on 127\.0\.0\.1:(\d+), HTTP \(/rea
 
 def start(registry_dir: Path) -> tuple[subprocess.Popen[str], int, int]:
     proc = subprocess.Popen(
-        [str(BIN), "--registry-dir", str(registry_dir), "--listen-address", "127.0.0.1", "--grpc-port", "0",
-         "--http-port", "0", "--poll-interval", "0.1", "--debounce", "0.05"],
+        [str(BIN), "--plaintext", "--registry-dir", str(registry_dir), "--listen-address", "127.0.0.1",
+         "--grpc-port", "0", "--http-port", "0", "--poll-interval", "0.1", "--debounce", "0.05"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
     assert proc.stderr is not None
@@ -68,7 +68,7 @@ def test_serves_pushes_and_stops_on_sigterm(kit: Any, registry_dir: Path) -> Non
 
 
 def test_bad_invocations_say_what_is_wrong(tmp_path: Path) -> None:
-    missing = subprocess.run([str(BIN), "--registry-dir", str(tmp_path / "nope"), "--grpc-port", "0",
+    missing = subprocess.run([str(BIN), "--plaintext", "--registry-dir", str(tmp_path / "nope"), "--grpc-port", "0",
                               "--http-port", "0"], capture_output=True, text=True, timeout=30)
     assert missing.returncode == 1
     assert f"registry directory {tmp_path / 'nope'} does not exist" in missing.stderr
@@ -80,8 +80,9 @@ def test_bad_invocations_say_what_is_wrong(tmp_path: Path) -> None:
         port = str(taken.getsockname()[1])
         for flags, what in ((["--grpc-port", port, "--http-port", "0"], "gRPC"),
                             (["--grpc-port", "0", "--http-port", port], "HTTP")):
-            busy = subprocess.run([str(BIN), "--registry-dir", str(tmp_path), "--listen-address", "127.0.0.1",
-                                   *flags], capture_output=True, text=True, timeout=30)
+            busy = subprocess.run([str(BIN), "--plaintext", "--registry-dir", str(tmp_path),
+                                   "--listen-address", "127.0.0.1", *flags], capture_output=True, text=True,
+                                   timeout=30)
             assert busy.returncode == 1
             assert f"cannot listen for {what} on 127.0.0.1:{port}" in busy.stderr
             assert "Traceback" not in busy.stderr
@@ -99,9 +100,11 @@ def test_bad_ca_invocations_say_what_is_wrong(tmp_path: Path) -> None:
     assert no_tokens.returncode == 1
     assert "needs a way to check tokens: --local-token-key FILE or --token-review-url URL" in no_tokens.stderr
     (tmp_path / "key").write_text("00" * 32)
-    key_alone = subprocess.run([*base, "--local-token-key", str(tmp_path / "key")], capture_output=True, text=True,
-                               timeout=30)
-    assert key_alone.returncode == 2 and "token options need --ca-dir" in key_alone.stderr
+    key_alone = subprocess.run([*base, "--plaintext", "--local-token-key", str(tmp_path / "key")],
+                               capture_output=True, text=True, timeout=30)
+    assert key_alone.returncode == 2 and "CA options need --ca-dir" in key_alone.stderr
+    neither = subprocess.run(base, capture_output=True, text=True, timeout=30)
+    assert neither.returncode == 2 and "give --ca-dir DIR (the mesh CA, mutual TLS) or --plaintext" in neither.stderr
     (tmp_path / "ca" / "ca.crt").write_text("not a certificate")
     (tmp_path / "ca" / "ca.key").write_text("not a key")
     broken = subprocess.run([*base, "--ca-dir", str(tmp_path / "ca"), "--local-token-key", str(tmp_path / "key")],

@@ -428,7 +428,8 @@ def test_cli_kubernetes_mode_without_the_route_rule_crd(kit: Any, tmp_path: Path
         kubeconfig.write_text(KUBECONFIG % url)
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
         proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).with_name("meshbox-discovery")), "--kubernetes", "--kubeconfig", str(kubeconfig),
+            str(Path(sys.executable).with_name("meshbox-discovery")), "--plaintext", "--kubernetes",
+            "--kubeconfig", str(kubeconfig),
             "--listen-address", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", "--debounce", "0.02",
             stderr=asyncio.subprocess.PIPE, env=env)
         assert proc.stderr is not None

@@ -60,9 +60,17 @@ def test_plain_dict_in_injected_dict_out_and_input_untouched() -> None:
     assert {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")} == {
         "prometheus.io/scrape": "true", "prometheus.io/port": "15020", "prometheus.io/path": "/stats/prometheus"}
     status = json.loads(annotations[STATUS])
-    assert status == {"initContainers": ["init"], "containers": ["proxy"], "volumes": [],
-                      "created": ["spec.initContainers", "metadata.annotations"],
+    assert status == {"initContainers": ["init"], "containers": ["proxy"],
+                      "volumes": ["meshbox-ca-root", "meshbox-token", "meshbox-certs"],
+                      "created": ["spec.initContainers", "spec.volumes", "metadata.annotations"],
                       "annotations": ["prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"]}
+    # The workload certificate's inputs and output (docs/security.md).
+    assert {m["name"]: m["mountPath"] for m in proxy["volumeMounts"]} == {
+        "meshbox-ca-root": "/var/run/meshbox/ca-root", "meshbox-token": "/var/run/secrets/tokens",
+        "meshbox-certs": "/var/run/meshbox/certs"}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["meshbox-ca-root"]["configMap"] == {"name": "meshbox-ca-root"}
+    assert volumes["meshbox-token"]["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "meshbox-ca"
     # The output is JSON-serialisable as the webhook needs it.
     json.dumps(result.obj)
     assert [r.line() for r in result.reports] == ['pod "p" injected']
@@ -73,7 +81,8 @@ def test_untouched_parts_are_shared_not_copied() -> None:
     result = inject(original, SETTINGS)
     assert result.obj is not original
     assert result.obj["spec"]["containers"][0] is original["spec"]["containers"][0]
-    assert result.obj["spec"]["volumes"] is original["spec"]["volumes"]
+    assert result.obj["spec"]["volumes"][0] is original["spec"]["volumes"][0]
+    assert original["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
     assert result.obj["metadata"]["labels"] is original["metadata"]["labels"]
 
 

@@ -93,6 +93,9 @@ def test_write_atomically_keeps_mode_and_leaves_nothing_on_error(tmp_path: Path)
     with pytest.raises(OSError):
         write_atomically(tmp_path / "missing-dir" / "f", b"x")
     assert sorted(os.listdir(tmp_path)) == ["f"]
+    (tmp_path / "d").mkdir()
+    write_atomically(tmp_path / "d" / "g", b"g", temp_dir=tmp_path)
+    assert (tmp_path / "d" / "g").read_bytes() == b"g" and sorted(os.listdir(tmp_path)) == ["d", "f"]
 
 
 def test_run_command_errors_name_the_command() -> None:

@@ -1,4 +1,4 @@
-"""A bounded fuzz of a real meshbox-proxy process (issues #18 and #14; the fuzz lives in proxy/fuzz/).
+"""A bounded fuzz of a real meshbox-proxy process (issues #18 and #14; the fuzz is in fuzz/).
 
 At least 20,000 seeded requests, each a mutation of a base request (well-formed variants and requests
 broken on purpose: request line, headers, framing, chunks, smuggling shapes, raw bytes), pipelined,
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import uvloop
+
 from fuzz.driver import run_fuzz
 from fuzz.minimize import explain
 

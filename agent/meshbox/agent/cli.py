@@ -24,8 +24,8 @@ from meshbox.api.loader import ConfigError, load_mesh_config
 from meshbox.api.v1 import mesh_config_pb2
 from meshbox.api.validation import ValidationError
 
-DEFAULT_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-DEFAULT_CERT_DIR = "/var/run/meshbox/certs"
+DEFAULT_CA_ROOT_FILE = f"{defaults.CA_ROOT_DIR}/{defaults.CA_ROOT_KEY}"
+DEFAULT_TOKEN_FILE = f"{defaults.WORKLOAD_TOKEN_DIR}/{defaults.WORKLOAD_TOKEN_NAME}"
 CERT_BACKOFF = Backoff(base=0.5, cap=30.0)
 
 _LOG_LEVELS = {
@@ -39,6 +39,19 @@ _LOG_LEVELS = {
 def default_proxy_command() -> str:
     """``meshbox-proxy`` from the same bin directory as the running interpreter."""
     return shlex.quote(str(Path(sys.executable).parent / "meshbox-proxy"))
+
+
+def _read_roots(path: Path) -> bytes:
+    try:
+        roots = path.read_bytes()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read the mesh CA's roots {path}: {exc.strerror}. In Kubernetes the injector mounts the "
+            f"ConfigMap {defaults.CA_ROOT_CONFIG_MAP} (published by discovery) there; give --ca-root-file, or "
+            "--plaintext for a plaintext discovery (tests and development only)") from None
+    if b"-----BEGIN CERTIFICATE-----" not in roots:
+        raise click.ClickException(f"{path} holds no PEM certificate")
+    return roots
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,15 +79,16 @@ def main() -> None:
               help="Command that starts the proxy (shell-style words). Default: meshbox-proxy next to this agent.")
 @click.option("--drain-seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="On SIGTERM, how long the proxy drains its listeners before it is stopped.")
-@click.option("--ca-root-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
-              help="PEM root(s) to trust the mesh CA with at first contact. Turns on the workload certificate and "
-                   "mutual TLS to discovery; without it discovery is spoken to in PLAINTEXT (tests and development "
-                   "only).")
+@click.option("--ca-root-file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help=f"PEM root(s) to trust the mesh CA with at first contact. Default: {DEFAULT_CA_ROOT_FILE} "
+                   "(the ConfigMap meshbox-ca-root the injector mounts).")
+@click.option("--plaintext", is_flag=True,
+              help="No workload certificate, discovery in PLAINTEXT: for tests and development only.")
 @click.option("--ca-address", metavar="HOST:PORT",
               help=f"The mesh CA. Default: the mesh config's ca_address ({defaults.CA_ADDRESS}).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_TOKEN_FILE,
               show_default=True, help="The pod's service-account token, sent to the CA to prove the identity.")
-@click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CERT_DIR,
+@click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=defaults.CERT_DIR,
               show_default=True, help="Where the workload key, certificate chain and trust bundle are written for "
                                       "the proxy (docs/security.md).")
 @click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PROXY ARGS...]")
@@ -86,6 +100,7 @@ def sidecar(
     proxy_command: str | None,
     drain_seconds: float,
     ca_root_file: Path | None,
+    plaintext: bool,
     ca_address: str | None,
     token_file: Path,
     cert_dir: Path,
@@ -93,9 +108,10 @@ def sidecar(
 ) -> None:
     """Run the proxy, keep it configured from discovery, and report its readiness.
 
-    Reads POD_NAME, POD_NAMESPACE, POD_IP and (with --ca-root-file) SERVICE_ACCOUNT from the
-    environment (the injector sets them from the downward API). The proxy's access log goes to
-    this process's stdout unchanged.
+    Reads POD_NAME, POD_NAMESPACE, POD_IP and SERVICE_ACCOUNT from the environment (the injector
+    sets them from the downward API). Gets a workload certificate from the mesh CA and speaks to
+    discovery over mutual TLS with it (docs/security.md), unless --plaintext. The proxy's access
+    log goes to this process's stdout unchanged.
     """
     try:
         mesh = load_mesh_config(mesh_config)
@@ -103,15 +119,18 @@ def sidecar(
         address = discovery_address or mesh.discovery_address
         check_address(address)
         identity = None
-        if ca_root_file is not None:
+        if plaintext and ca_root_file is not None:
+            raise click.UsageError("--plaintext and --ca-root-file exclude each other")
+        if not plaintext:
             ca = ca_address or mesh.ca_address
             check_address(ca)
             spiffe_id = WorkloadIdentity(mesh.trust_domain, node.pod_namespace,
                                          service_account_from_env(os.environ)).spiffe_id
             identity = WorkloadIdentityManager(
-                ca_address=ca, spiffe_id=spiffe_id, token_file=token_file, initial_roots_pem=ca_root_file.read_bytes(),
+                ca_address=ca, spiffe_id=spiffe_id, token_file=token_file,
+                initial_roots_pem=_read_roots(ca_root_file or Path(DEFAULT_CA_ROOT_FILE)),
                 cert_dir=cert_dir, backoff=CERT_BACKOFF, rng=random.Random())
-    except (ConfigError, ValidationError, PodIdentityError, AddressError, IdentityError, OSError) as exc:
+    except (ConfigError, ValidationError, PodIdentityError, AddressError, IdentityError) as exc:
         raise click.ClickException(str(exc)) from exc
     logging.basicConfig(
         level=_LOG_LEVELS.get(mesh.log_level, logging.INFO),
@@ -120,7 +139,7 @@ def sidecar(
     )
     if identity is None:
         logging.getLogger("meshbox.agent").warning(
-            "no --ca-root-file: discovery in PLAINTEXT and no workload certificate (tests and development only)")
+            "--plaintext: discovery in PLAINTEXT and no workload certificate (tests and development only)")
     admin = admin_port or mesh.ports.admin
     argv = shlex.split(default_proxy_command() if proxy_command is None else proxy_command)
     if not argv:

@@ -8,8 +8,8 @@ keep-alive, request bodies capped.
 
 The server listens on every address because the kubelet probes readiness and Prometheus scrapes
 metrics on the pod IP, and the pod IP is reachable from the whole cluster (init does not capture
-the status port). So a request whose peer is not a loopback address gets those two read-only
-answers and nothing else: 403 for ``/quitquitquit`` and for every other path or method.
+the status port). So a request whose peer is not a loopback address gets those two reads and
+nothing else: 403 for ``/quitquitquit`` and for every other path and method.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def is_loopback_peer(peer: object) -> bool:
 
 
 def remote_allowed(method: str, target: str) -> bool:
-    """What a peer outside the pod may ask: the readiness probe and the metrics scrape (GET/HEAD)."""
+    """What a peer outside the pod may ask: the readiness probe and the metrics scrape (reads only)."""
     return route(method, target) in ("ready", "metrics")
 
 
@@ -114,11 +114,11 @@ class StatusServer:
                 if too_big:
                     answer, quit_after = Answer(413, f"request body over {MAX_BODY_BYTES} bytes"), False
                 elif not local and not remote_allowed(method, target):
-                    log.warning("status port: refused %s %s from %s (only readiness and metrics are served "
-                                "off loopback)", method, target, peer[0] if isinstance(peer, tuple) else peer)
-                    answer, quit_after = Answer(403, f"{method} {target.split('?', 1)[0]} is answered only from "
-                                                     "the pod's loopback; this address gets readiness and metrics "
-                                                     "only"), False
+                    log.warning("status port: refused %s %s from %s (off loopback only readiness and metrics "
+                                "are served)", method, target, peer[0] if isinstance(peer, tuple) else peer)
+                    answer = Answer(403, f"{method} {target.split('?', 1)[0]} is answered only from the pod's "
+                                         "loopback; this address gets readiness and metrics only")
+                    quit_after = False
                 else:
                     answer, quit_after = await self._answer(method, target)
                 await self._write(conn, writer, answer, head_only=method == "HEAD", close=too_big)

@@ -75,9 +75,23 @@ def _first_free(network: ipaddress.IPv4Network, offset: int, used: Iterable[str]
     raise AddressError(f"no free address left in {network}")
 
 
-def next_pod_ip(used: Iterable[str]) -> str:
-    """Lowest free pod address (10.244.0.1 is the node's)."""
-    return _first_free(POD_CIDR, 1, used)
+def next_pod_ip(used: Iterable[str], after: str = "") -> str:
+    """The first free pod address after ``after`` (wrapping; 10.244.0.1 is the node's).
+
+    Addresses go round rather than lowest-first, so a deleted pod's address is not handed to the
+    next pod at once, while the node's ARP cache and connection tracking still point at the old one.
+    """
+    taken = set(used)
+    start = int(ipaddress.IPv4Address(after)) - int(POD_CIDR.network_address) if after else 1
+    size = POD_CIDR.num_addresses - 2  # no network, no broadcast address
+    for step in range(1, size + 1):
+        offset = (start + step - 1) % size + 1
+        if offset == 1:
+            continue  # the node
+        candidate = str(POD_CIDR.network_address + offset)
+        if candidate not in taken:
+            return candidate
+    raise AddressError(f"no free address left in {POD_CIDR}")
 
 
 def next_cluster_ip(used: Iterable[str]) -> str:

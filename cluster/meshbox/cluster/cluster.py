@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from meshbox.api.defaults import DISCOVERY_HTTP_PORT, DISCOVERY_PORT, PROXY_GID, PROXY_UID
 from meshbox.api.kube.endpoints import port_endpoints
 from meshbox.cluster import host, workload_identity
 from meshbox.cluster.addressing import AddressError, check_prefix, next_pod_ip, pod_netns, service_chain
@@ -32,10 +33,10 @@ from meshbox.cluster.model import ClusterState, Obj, PodRecord
 from meshbox.cluster.netplan import ServicePort
 from meshbox.cluster.state import StateDir, default_state_dir
 
-DISCOVERY_GRPC_PORT = 15010
-DISCOVERY_HTTP_PORT = 15014
 POD_GRACE = 10.0  # seconds a pod's containers get to drain after SIGTERM (kubelet's default is 30)
 RUN_AS_PROXY_UID = ("meshbox.api", "meshbox.agent", "meshbox.proxy")  # what the proxy container imports
+ENDPOINT_DRAIN = 0.3  # seconds between a pod leaving the Service NAT and its containers' SIGTERM
+ENDPOINT_DRAIN_WITH_DISCOVERY = 1.0  # ... when proxies must first hear of it (discovery polls its registry)
 
 
 class ClusterError(RuntimeError):
@@ -164,12 +165,12 @@ class LocalCluster:
 
     def _probe_proxy_uid(self) -> subprocess.CompletedProcess[str]:
         imports = ", ".join(RUN_AS_PROXY_UID)
-        return subprocess.run(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups", "--",
+        return subprocess.run(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_GID}", "--clear-groups", "--",
                                str(bin_dir() / "python"), "-c", f"import {imports}"],
                               capture_output=True, text=True, check=False)
 
     def _let_proxy_uid_run(self) -> list[str]:
-        """Make sure UID 1337 can run the agent and proxy from this venv.
+        """Make sure the proxy's UID (1337) can run the agent and proxy from this venv.
 
         If it cannot, give 'others' search permission (x only, no listing) on the directories
         above the venv and the packages, as a container image would have them; say so.
@@ -190,9 +191,9 @@ class LocalCluster:
                     opened.append(str(directory))
         probe = self._probe_proxy_uid()
         if probe.returncode != 0:
-            raise ClusterError(f"UID 1337 (the proxy's user) cannot run {bin_dir() / 'python'}: "
+            raise ClusterError(f"UID {PROXY_UID} (the proxy's user) cannot run {bin_dir() / 'python'}: "
                                f"{probe.stderr.strip()[-300:]}")
-        return [f"gave others search permission (o+x) on {', '.join(opened)} so UID 1337 can run the proxy"]
+        return [f"gave others search permission (o+x) on {', '.join(opened)} so UID {PROXY_UID} can run the proxy"]
 
     def _node_log(self, name: str) -> Path:
         log_dir = self.dir.logs / "node"
@@ -207,7 +208,7 @@ class LocalCluster:
         log = self._node_log("discovery.log")
         self.record(state, {"type": "path", "path": str(workload_identity.security_dir(self.dir.root))})
         ref = host.spawn(["ip", "netns", "exec", node, str(binary), "--registry-dir", str(self.dir.registry),
-                          "--grpc-port", str(DISCOVERY_GRPC_PORT), "--http-port", str(DISCOVERY_HTTP_PORT),
+                          "--grpc-port", str(DISCOVERY_PORT), "--http-port", str(DISCOVERY_HTTP_PORT),
                           *workload_identity.discovery_args(self.dir.root)],
                          log=log, env=BASE_ENV)
         state.discovery = ref
@@ -275,8 +276,8 @@ class LocalCluster:
         meta = pod["metadata"]
         name, namespace = meta["name"], meta["namespace"]
         meta["creationTimestamp"] = now_text()
-        rec = PodRecord(pod, next_pod_ip(r.ip for r in state.pods.values()), pod_netns(state.prefix, namespace, name),
-                        state.next_veth)
+        ip = state.last_pod_ip = next_pod_ip((r.ip for r in state.pods.values()), state.last_pod_ip)
+        rec = PodRecord(pod, ip, pod_netns(state.prefix, namespace, name), state.next_veth)
         state.next_veth += 1
         state.pods[rec.key] = rec
         net = NetworkExecutor(state.prefix)
@@ -321,14 +322,23 @@ class LocalCluster:
         return None
 
     def delete_pods(self, state: ClusterState, keys: list[str]) -> None:
-        """Stop pods together (the agents drain in parallel), then remove their namespaces and files."""
+        """Take pods out of the Services, stop them together (the agents drain in parallel), then remove
+        their namespaces and files."""
         recs = [state.pods.pop(key) for key in keys]
+        if not recs:
+            return
+        # As Kubernetes removes a terminating pod's endpoints before it stops its containers; requests
+        # already on their way finish, and the proxies hear of it from discovery, before the stop.
+        for rec in recs:
+            self.dir.remove_registry(registry_name("Pod", rec.namespace, rec.name))
+        self.sync(state)
+        if any(rec.ready for rec in recs):
+            time.sleep(ENDPOINT_DRAIN_WITH_DISCOVERY if state.discovery else ENDPOINT_DRAIN)
         host.stop([c.ref for rec in recs for c in rec.containers.values()], grace=POD_GRACE)
         host.stop([rec.pause for rec in recs if rec.pause])
         net = NetworkExecutor(state.prefix)
         for rec in recs:
             net.remove_netns(rec.netns)
-            self.dir.remove_registry(registry_name("Pod", rec.namespace, rec.name))
             net.remove_path(str(self.dir.pod_log_dir(rec.namespace, rec.name)))
             identity = workload_identity.pod_dir(rec.netns)
             net.remove_path(str(identity))

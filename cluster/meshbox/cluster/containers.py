@@ -10,17 +10,15 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from meshbox.cluster import host, workload_identity
 from meshbox.cluster.host import ProcessRef
 from meshbox.cluster.images import Launch, is_agent, launch_for
 from meshbox.cluster.model import ContainerState, PodRecord
-from meshbox.cluster.objects import container_env
+from meshbox.cluster.objects import Obj, container_env
 
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 INIT_TIMEOUT = 60.0
-Obj = dict[str, Any]
 
 
 def in_pod(rec: PodRecord, launch: Launch) -> list[str]:

@@ -90,11 +90,11 @@ class EchoConnection:
     async def _answer(self, request: EchoRequest) -> None:
         body = render_body(request, listen_port=self.listen_port, server_host=self.server_host)
         headers = response_headers(request, formatdate(usegmt=True))
-        for event in (h11.Response(status_code=200, headers=headers, reason=b"OK"), h11.Data(data=body),
-                      h11.EndOfMessage()):
-            self.writer.write(self.conn.send(event) or b"")
-        # Logged once the answer is handed to the socket, before waiting on the client to read it.
+        data = b"".join(self.conn.send(event) or b"" for event in (
+            h11.Response(status_code=200, headers=headers, reason=b"OK"), h11.Data(data=body), h11.EndOfMessage()))
+        # Logged as the answer is handed to the socket: a client that has read it finds the line written.
         self.log(access_line(request, 200, len(body)))
+        self.writer.write(data)
         await self.writer.drain()
 
     async def _reject(self, status: int) -> None:

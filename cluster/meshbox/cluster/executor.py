@@ -54,8 +54,10 @@ class NetworkExecutor:
         etc = self.etc(netns)
         if not etc.is_dir():
             return
-        write_atomically(etc / "hosts", hosts_file(pod_name, pod_ip, services, namespace).encode(), mode=0o644)
-        write_atomically(etc / "resolv.conf", RESOLV_CONF.encode(), mode=0o644)
+        # Temp files beside the pod's directory, not in it: `ip netns exec` bind-mounts every entry it finds there.
+        hosts = hosts_file(pod_name, pod_ip, services, namespace).encode()
+        write_atomically(etc / "hosts", hosts, mode=0o644, temp_dir=NETNS_ETC)
+        write_atomically(etc / "resolv.conf", RESOLV_CONF.encode(), mode=0o644, temp_dir=NETNS_ETC)
 
     def apply_service_rules(self, ports: Iterable[ServicePort]) -> None:
         """Replace the node's Service NAT with one iptables-restore (atomic per table)."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshbox.api.defaults import PROXY_UID
+
 ECHOSERVER_IMAGES = (
     "gcr.io/google_containers/echoserver:1.4",
     "k8s.gcr.io/echoserver:1.4",
@@ -70,7 +72,7 @@ def launch_for(container: dict[str, Any], *, init: bool) -> Launch:
         uid, gid = _user(container, 0)
         return Launch([str(bin_dir() / "meshbox-init"), *args], uid, gid)
     if repo == "proxy" and "/" in image and not init:
-        uid, gid = _user(container, 1337)
+        uid, gid = _user(container, PROXY_UID)
         return Launch([str(bin_dir() / "meshbox-agent"), *args], uid, gid)
     where = "init container" if init else "container"
     raise ImageError(f"{where} {container.get('name')!r}: image {image!r} is not supported by the local cluster "

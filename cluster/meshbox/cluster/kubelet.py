@@ -102,15 +102,22 @@ def apply_observations(cluster: LocalCluster, state: ClusterState, seen: Observe
 
 def tick(cluster: LocalCluster) -> None:
     """One round: probe, then apply under the lock."""
-    seen = observe(cluster.dir.load())
+    probed = cluster.dir.load()
+    seen = observe(probed)
     with cluster.dir.locked():
         if not cluster.dir.exists():
             return
         state = cluster.dir.load()
+        before = state.to_json()
+        if before != probed.to_json():
+            # Someone (apply, a rollout) changed the cluster while we probed: a readiness seen before
+            # may be older than theirs. Only exits are certain (a process we saw gone stays gone).
+            seen = {key: found for key, found in seen.items() if not found[0]}
         if apply_observations(cluster, state, seen, time.time()):
             cluster.sync(state)
             state.endpoints_at = time.time()
-        cluster.dir.save(state)
+        if state.to_json() != before:  # an idle cluster's state file is left alone
+            cluster.dir.save(state)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from typing import Any
 from meshbox.api.kube.objects import Pod, Service, parse_pod, parse_service
 from meshbox.cluster.addressing import NODE_IP
 from meshbox.cluster.host import ProcessRef
+from meshbox.cluster.objects import Obj
 
-Obj = dict[str, Any]
 FORMAT = 2
 READABLE_FORMATS = (1, 2)
 
@@ -183,6 +183,7 @@ class ClusterState:
     kubelet: ProcessRef | None = None
     endpoints_at: float = 0.0  # wall-clock time the Service endpoints last changed
     istio: dict[str, dict[str, Obj]] = field(default_factory=dict)  # Istio kind → namespace/name → object
+    last_pod_ip: str = ""  # pod addresses are handed out round from here
 
     def to_json(self) -> Obj:
         return {"format": FORMAT, "prefix": self.prefix, "ledger": self.ledger, "next_veth": self.next_veth,
@@ -191,7 +192,7 @@ class ClusterState:
                 "pods": {k: p.to_json() for k, p in self.pods.items()}, "rules": self.rules,
                 "discovery": self.discovery.to_json() if self.discovery else None,
                 "kubelet": self.kubelet.to_json() if self.kubelet else None, "endpoints_at": self.endpoints_at,
-                "istio": self.istio}
+                "istio": self.istio, "last_pod_ip": self.last_pod_ip}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ClusterState:
@@ -200,4 +201,5 @@ class ClusterState:
                    {k: DeploymentRecord(v) for k, v in (data.get("deployments") or {}).items()},
                    {k: PodRecord.from_json(v) for k, v in (data.get("pods") or {}).items()},
                    dict(data.get("rules") or {}), _ref(data.get("discovery")), _ref(data.get("kubelet")),
-                   float(data.get("endpoints_at", 0.0)), {k: dict(v) for k, v in (data.get("istio") or {}).items()})
+                   float(data.get("endpoints_at", 0.0)), {k: dict(v) for k, v in (data.get("istio") or {}).items()},
+                   str(data.get("last_pod_ip", "")))

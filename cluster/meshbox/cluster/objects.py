@@ -33,7 +33,7 @@ ISTIO_TRANSLATORS: dict[str, Callable[..., tuple[Any, list[Finding]]]] = {
     "ServiceEntry": translate_service_entry}
 SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule", *ISTIO_TRANSLATORS)
 MAX_REPLICAS = 20  # the local cluster's limit: each pod is a namespace and several processes
-Obj = dict[str, Any]
+Obj = dict[str, Any]  # a Kubernetes object as plain data (the one definition)
 
 
 class ManifestError(ValueError):

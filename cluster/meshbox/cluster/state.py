@@ -38,7 +38,7 @@ class StateDir:
         self.file = root / "state.json"
         self.registry = root / "registry"
         self.logs = root / "logs"
-        self.staging = root / "staging"
+        self.staging = root / "staging"  # made by the first format only; removed by down
 
     def exists(self) -> bool:
         """Whether a cluster's state is recorded here."""
@@ -65,7 +65,7 @@ class StateDir:
 
     def make_dirs(self) -> None:
         """Create the state directory and its sub-directories (private to root)."""
-        for path in (self.root, self.registry, self.logs, self.staging):
+        for path in (self.root, self.registry, self.logs):
             path.mkdir(mode=0o755, parents=True, exist_ok=True)
 
     @contextlib.contextmanager

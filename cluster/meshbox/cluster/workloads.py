@@ -1,8 +1,9 @@
 """Applying objects to the local cluster: create, update, roll out, scale and delete (needs root).
 
-A changed Deployment template rolls out as Kubernetes' RollingUpdate would end up: the new
-pods start and must be ready before the old ones are deleted, so the Service never loses all
-its endpoints. A changed replica count scales the current pods up or down.
+A changed Deployment template rolls out one pod at a time, each new pod ready before an old
+one goes (Kubernetes' RollingUpdate with maxSurge 1, maxUnavailable 0), so the Services never
+lose their endpoints; ``strategy.type: Recreate`` replaces them all at once. A changed replica
+count alone scales the current pods up or down.
 """
 
 from __future__ import annotations
@@ -157,18 +158,30 @@ def scale_to(cluster: LocalCluster, state: ClusterState, dep: DeploymentRecord, 
 
 
 def _roll_out(cluster: LocalCluster, state: ClusterState, dep: DeploymentRecord, errors: list[str]) -> None:
-    """New pods first; the old ones are deleted once the new ones are ready (kept when they never are)."""
+    """Replace the pods of an older template, as the Deployment's strategy says.
+
+    RollingUpdate (the default) goes one pod at a time with a surge of one and none unavailable:
+    a new pod starts, once it is ready it joins the Services, then one old pod is deleted. A new
+    pod that never gets ready stops the rollout and the old pods left keep serving. Recreate
+    deletes every old pod first.
+    """
     old = owned_pods(state, dep.namespace, dep.name)
-    new = _start_replicas(cluster, state, dep, dep.replicas, errors)
-    if errors:
+    if (dep.body["spec"].get("strategy") or {}).get("type") == "Recreate":
+        cluster.delete_pods(state, old)
+        _start_replicas(cluster, state, dep, dep.replicas, errors)
         return
-    not_ready = _wait_ready(cluster, state, new, ROLLOUT_READY_TIMEOUT)
-    if not_ready:
-        errors.append(f"deployment {dep.name}: rollout stopped: new pods not ready after "
-                      f"{ROLLOUT_READY_TIMEOUT:.0f}s: {', '.join(not_ready)}; the old pods keep serving")
-        return
-    cluster.sync(state)  # the new pods join the Services before the old ones leave
-    cluster.delete_pods(state, old)
+    for step in range(max(dep.replicas, len(old))):
+        if step < dep.replicas:
+            new = _start_replicas(cluster, state, dep, 1, errors)
+            if errors:
+                return
+            if _wait_ready(cluster, state, new, ROLLOUT_READY_TIMEOUT):
+                errors.append(f"deployment {dep.name}: rollout stopped: pod {new[0].split('/', 1)[1]} not ready "
+                              f"after {ROLLOUT_READY_TIMEOUT:.0f}s; {len(old)} old pod(s) keep serving")
+                return
+            cluster.sync(state)  # the new pod joins the Services before an old one leaves
+        if old:
+            cluster.delete_pods(state, [old.pop(0)])  # out of the Services first, then stopped
 
 
 def _apply_deployment(cluster: LocalCluster, state: ClusterState, res: Resource, errors: list[str]) -> str:

@@ -3,7 +3,8 @@
 What it makes, in the order it is applied: the mesh namespace, the RouteRule CRD (its schema
 generated from meshbox.api's RouteRuleSpec), service accounts, least-privilege RBAC for
 discovery (get/list/watch on services, endpointslices, pods, route rules and Istio's security
-policies, create on tokenreviews for the mesh CA, nothing else;
+policies; for the mesh CA: create on tokenreviews, list namespaces and write the ConfigMap
+meshbox-ca-root in them, get/create the Secret meshbox-ca in its own namespace; nothing else;
 the webhook gets no API access at all), the mesh config, the webhook's TLS Secret, the
 discovery and webhook Deployments and Services, and the MutatingWebhookConfiguration whose
 ``caBundle`` is the CA that signed the webhook's serving certificate. That CA and certificate
@@ -46,9 +47,12 @@ WEBHOOK = "meshbox-webhook"
 WEBHOOK_CONFIGURATION = "meshbox-sidecar-injector"
 WEBHOOK_NAME = "sidecar-injector.meshbox.io"
 TLS_SECRET = "meshbox-webhook-tls"
+CA_SECRET = "meshbox-ca"  # the mesh CA's root: operator-provided, or created by discovery on first start
+# Workloads' tokens for the CA carry this audience (a projected token), so they cannot be replayed elsewhere.
+CA_TOKEN_AUDIENCE = defaults.CA_TOKEN_AUDIENCE
 MESH_CONFIG_MAP = "meshbox-mesh-config"
 CONTROL_PLANE_UID = 65532  # the control-plane image's USER
-DISCOVERY_HTTP_PORT = 15014
+DISCOVERY_HTTP_PORT = defaults.DISCOVERY_HTTP_PORT
 WEBHOOK_PORT = 15017
 NEVER_INJECTED = SYSTEM_NAMESPACES
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -215,11 +219,11 @@ def _mesh_config_yaml(mesh: mesh_config_pb2.MeshConfig) -> LiteralScalarString:
     return LiteralScalarString(_dump_yaml([data]) if data else "{}\n")
 
 
-def _discovery_port(address: str) -> int:
-    """The port of the mesh's discovery address (host:port), which the discovery Service exposes."""
+def _discovery_port(address: str, field: str = "discovery_address") -> int:
+    """The port of a mesh config address (host:port) that the discovery Service exposes."""
     _, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise InstallError(f"discovery_address {address!r} must be host:port")
+        raise InstallError(f"{field} {address!r} must be host:port")
     return int(port)
 
 
@@ -231,6 +235,7 @@ def render(options: InstallOptions, tls: TlsMaterial | None) -> list[Manifest]:
     """
     ns = options.namespace
     discovery_port = _discovery_port(options.mesh.discovery_address or defaults.DISCOVERY_ADDRESS)
+    ca_port = _discovery_port(options.mesh.ca_address or defaults.CA_ADDRESS, "ca_address")
     objects: list[Manifest] = [
         {"apiVersion": "v1", "kind": "Namespace",
          "metadata": {"name": ns, "labels": {"app.kubernetes.io/part-of": "meshbox", INJECTION_LABEL: "disabled"}}},
@@ -248,12 +253,26 @@ def render(options: InstallOptions, tls: TlsMaterial | None) -> list[Manifest]:
              # Istio's security policies, read if their CRDs are installed.
              {"apiGroups": [SECURITY_API_GROUP], "resources": ["peerauthentications", "authorizationpolicies"],
               "verbs": ["get", "list", "watch"]},
-             # The mesh CA checks workloads' service-account tokens with TokenReviews.
+             # The mesh CA checks workloads' service-account tokens with TokenReviews...
              {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+             # ...and publishes its trust bundle to every namespace (ConfigMap meshbox-ca-root).
+             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
          ]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": _meta(DISCOVERY),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": DISCOVERY},
+         "subjects": [{"kind": "ServiceAccount", "name": DISCOVERY, "namespace": ns}]},
+        # The CA's root Secret, in the control plane's namespace only: read it, or create it on first start.
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": _meta(DISCOVERY, ns),
+         "rules": [
+             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [CA_SECRET], "verbs": ["get"]},
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+         ]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _meta(DISCOVERY, ns),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": DISCOVERY},
          "subjects": [{"kind": "ServiceAccount", "name": DISCOVERY, "namespace": ns}]},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(MESH_CONFIG_MAP, ns),
          "data": {"mesh.yaml": _mesh_config_yaml(options.mesh)}},
@@ -275,19 +294,35 @@ def render(options: InstallOptions, tls: TlsMaterial | None) -> list[Manifest]:
                 "name": "discovery",
                 "image": options.image("control-plane"),
                 "args": ["--kubernetes", "--grpc-port", str(discovery_port),
-                         "--http-port", str(DISCOVERY_HTTP_PORT)],
+                         "--http-port", str(DISCOVERY_HTTP_PORT),
+                         "--mesh-config", "/etc/meshbox/mesh/mesh.yaml",
+                         "--ca-dir", "/etc/meshbox/ca", "--ca-secret", CA_SECRET,
+                         "--ca-port", str(ca_port), "--token-audience", CA_TOKEN_AUDIENCE],
+                "env": [{"name": "POD_NAMESPACE",
+                         "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}}],
                 "ports": [{"name": "grpc-discovery", "containerPort": discovery_port},
+                          {"name": "grpc-ca", "containerPort": ca_port},
                           {"name": "http-monitoring", "containerPort": DISCOVERY_HTTP_PORT}],
                 "readinessProbe": {"httpGet": {"path": "/ready", "port": DISCOVERY_HTTP_PORT},
                                    "periodSeconds": 5},
                 "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
                 "securityContext": _container_security(),
-                "volumeMounts": [_TMP_MOUNT],
+                "volumeMounts": [
+                    {"name": "ca", "mountPath": "/etc/meshbox/ca", "readOnly": True},
+                    {"name": "mesh-config", "mountPath": "/etc/meshbox/mesh", "readOnly": True},
+                    _TMP_MOUNT,
+                ],
             }],
-            "volumes": [_TMP_VOLUME],
+            "volumes": [
+                # Optional: absent on first install, when discovery creates it (meshbox.discovery.ca_secret).
+                {"name": "ca", "secret": {"secretName": CA_SECRET, "optional": True}},
+                {"name": "mesh-config", "configMap": {"name": MESH_CONFIG_MAP}},
+                _TMP_VOLUME,
+            ],
         }),
         _service(DISCOVERY, ns, [
             {"name": "grpc-discovery", "port": discovery_port, "targetPort": discovery_port},
+            {"name": "grpc-ca", "port": ca_port, "targetPort": ca_port},
             {"name": "http-monitoring", "port": DISCOVERY_HTTP_PORT, "targetPort": DISCOVERY_HTTP_PORT},
         ]),
         _deployment(WEBHOOK, ns, options.webhook_replicas, {
@@ -419,6 +454,8 @@ def install(dry_run: bool, mesh_config: Path | None, hub: str | None, tag: str |
     if mesh.discovery_address == defaults.DISCOVERY_ADDRESS and namespace != MESH_NAMESPACE:
         # The default address names the default namespace; follow the control plane.
         mesh.discovery_address = f"{DISCOVERY}.{namespace}.svc:{defaults.DISCOVERY_PORT}"
+    if mesh.ca_address == defaults.CA_ADDRESS and namespace != MESH_NAMESPACE:
+        mesh.ca_address = f"{DISCOVERY}.{namespace}.svc:{defaults.CA_PORT}"
     options = InstallOptions(mesh=mesh, namespace=namespace)
     # cryptography is imported only here: it costs every other meshctl command ~0.4 s of start-up.
     from meshbox.api.kube.names import service_dns_names

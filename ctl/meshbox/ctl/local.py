@@ -81,7 +81,7 @@ def local(ctx: click.Context, state_dir: Path | None) -> None:
 @click.pass_context
 @_friendly_errors
 def up(ctx: click.Context, prefix: str, without_discovery: bool, without_prometheus: bool) -> None:
-    """Make the node namespace (bridge, Service NAT) and start the discovery server and Prometheus."""
+    """Make the node namespace (bridge, Service NAT), start the kubelet, the discovery server and Prometheus."""
     _need_root()
     for line in _cluster(ctx).up(prefix, discovery=not without_discovery, prometheus=not without_prometheus):
         click.echo(line)

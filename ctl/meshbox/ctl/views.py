@@ -11,7 +11,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-Obj = dict[str, Any]
+from meshbox.cluster.objects import Obj
+
 _JSONPATH_STEP = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\*|-?\d+)\]")
 _JSONPATH_EXPR = re.compile(r"\{([^}]*)\}")
 

@@ -92,41 +92,52 @@ def _read(path: Path) -> bytes:
         raise CaFilesError(f"{path}: cannot read: {exc.strerror}") from None
 
 
-def _load_certs(path: Path) -> list[x509.Certificate]:
+def _parse_certs(pem: bytes, where: str) -> list[x509.Certificate]:
     try:
-        certs = x509.load_pem_x509_certificates(_read(path))
+        certs = x509.load_pem_x509_certificates(pem)
     except ValueError as exc:
-        raise CaFilesError(f"{path}: not PEM certificates: {exc}") from None
+        raise CaFilesError(f"{where}: not PEM certificates: {exc}") from None
     for cert in certs:
         try:
             constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             constraints = None
         if constraints is None or not constraints.ca:
-            raise CaFilesError(f"{path}: {cert.subject.rfc4514_string()} is not a CA certificate")
+            raise CaFilesError(f"{where}: {cert.subject.rfc4514_string()} is not a CA certificate")
     return certs
+
+
+def material_from_pem(cert_pem: bytes, key_pem: bytes, roots_pem: bytes | None, *, where: str) -> CaMaterial:
+    """Signing root, key and optional bundle from PEM bytes; CaFilesError names ``where`` (a file or Secret)."""
+    certs = _parse_certs(cert_pem, f"{where}{CERT_FILE}")
+    if len(certs) != 1:
+        raise CaFilesError(f"{where}{CERT_FILE}: expected one certificate, found {len(certs)}")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise CaFilesError(f"{where}{KEY_FILE}: not an unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CaFilesError(f"{where}{KEY_FILE}: only ECDSA and RSA keys can sign, got {type(key).__name__}")
+    cert = certs[0]
+    if cert.public_key() != key.public_key():
+        raise CaFilesError(f"{where}{KEY_FILE} is not the key of {where}{CERT_FILE}")
+    roots = tuple(_parse_certs(roots_pem, f"{where}{ROOTS_FILE}")) if roots_pem is not None else (cert,)
+    if cert not in roots:
+        raise CaFilesError(f"{where}{ROOTS_FILE} does not contain the signing root {where}{CERT_FILE}: workloads "
+                           "would not trust the certificates it signs")
+    return CaMaterial(cert, key, roots)
 
 
 def load(directory: Path) -> CaMaterial:
     """Read the CA directory; raises CaFilesError naming the bad file."""
-    cert_path, key_path, roots_path = directory / CERT_FILE, directory / KEY_FILE, directory / ROOTS_FILE
-    certs = _load_certs(cert_path)
-    if len(certs) != 1:
-        raise CaFilesError(f"{cert_path}: expected one certificate, found {len(certs)}")
-    try:
-        key = serialization.load_pem_private_key(_read(key_path), password=None)
-    except (ValueError, TypeError) as exc:
-        raise CaFilesError(f"{key_path}: not an unencrypted PEM private key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise CaFilesError(f"{key_path}: only ECDSA and RSA keys can sign, got {type(key).__name__}")
-    cert = certs[0]
-    if cert.public_key() != key.public_key():
-        raise CaFilesError(f"{key_path} is not the key of {cert_path}")
-    roots = tuple(_load_certs(roots_path)) if roots_path.exists() else (cert,)
-    if cert not in roots:
-        raise CaFilesError(f"{roots_path} does not contain the signing root {cert_path}: workloads would not "
-                           "trust the certificates it signs")
-    return CaMaterial(cert, key, roots)
+    roots_path = directory / ROOTS_FILE
+    return material_from_pem(_read(directory / CERT_FILE), _read(directory / KEY_FILE),
+                             _read(roots_path) if roots_path.exists() else None, where=f"{directory}/")
+
+
+def has_material(directory: Path) -> bool:
+    """Whether the directory holds a signing root (or half of one)."""
+    return (directory / CERT_FILE).exists() or (directory / KEY_FILE).exists()
 
 
 def load_or_create(directory: Path, trust_domain: str) -> tuple[CaMaterial, bool]:

@@ -17,13 +17,14 @@ from pathlib import Path
 import grpc
 
 from meshbox.api.identity import WorkloadIdentity
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE
 from meshbox.api.v1 import certificate_pb2
 from meshbox.discovery import ca_files
 from meshbox.discovery.certificate_authority import CertificateAuthority, IssuedCertificate
 
 log = logging.getLogger("meshbox.discovery.ca")
 
-DISCOVERY_SERVICE_ACCOUNT = "meshbox-discovery"
+DISCOVERY_SERVICE_ACCOUNT = DISCOVERY_SERVICE  # the Deployment runs as a service account of the same name
 SERVER_CERT_TTL = datetime.timedelta(hours=24)
 
 
@@ -31,14 +32,16 @@ class CaKeeper:
     """The CA material, discovery's serving certificate and the trust bundle, kept current."""
 
     def __init__(self, directory: Path, trust_domain: str, server_names: list[str], *,
-                 namespace: str = "meshbox-system") -> None:
+                 namespace: str = MESH_NAMESPACE, material: ca_files.CaMaterial | None = None) -> None:
+        """``material``: the root to start with (from the Kubernetes Secret) while ``directory`` is still empty."""
         self.directory = directory
         self.trust_domain = trust_domain
         self.server_names = server_names
         self.identity = WorkloadIdentity(trust_domain, namespace, DISCOVERY_SERVICE_ACCOUNT)
-        material, created = ca_files.load_or_create(directory, trust_domain)
-        if created:
-            log.warning("generated a new mesh root CA in %s (kept there for the next start)", directory)
+        if material is None:
+            material, created = ca_files.load_or_create(directory, trust_domain)
+            if created:
+                log.warning("generated a new mesh root CA in %s (kept there for the next start)", directory)
         self.ca = CertificateAuthority(material)
         self._fingerprint = ca_files.fingerprint(directory)
         self._changed = asyncio.Event()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import grpc
 
@@ -36,9 +37,10 @@ class CertificateService(certificate_pb2_grpc.CertificateServiceServicer):
         self._keeper = keeper
         self._authenticator = authenticator
 
-    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
+    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str) -> NoReturn:
         log.warning("certificate refused to %s: %s", context.peer(), reason)
         await context.abort(code, reason)
+        raise AssertionError("context.abort returned")  # it raises, ending the call with that status
 
     async def CreateCertificate(
             self, request: certificate_pb2.CreateCertificateRequest,
@@ -47,28 +49,22 @@ class CertificateService(certificate_pb2_grpc.CertificateServiceServicer):
         if token is None:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
                                "no service-account token: send it as 'authorization: Bearer <token>'")
-            raise AssertionError("unreachable")  # context.abort raises
         try:
             caller = await self._authenticator.authenticate(token)
             identity = WorkloadIdentity(self._keeper.trust_domain, caller.namespace, caller.service_account)
         except AuthenticationError as exc:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            raise
         except AuthenticatorUnavailable as exc:
             await self._refuse(context, grpc.StatusCode.UNAVAILABLE, f"cannot check the token now: {exc}")
-            raise
         except IdentityError as exc:
             await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, f"the token names no valid identity: {exc}")
-            raise
         ttl = request.requested_ttl.ToTimedelta() if request.HasField("requested_ttl") else None
         try:
             issued = self._keeper.ca.sign_workload_csr(request.csr_pem, identity, requested_ttl=ttl)
         except CsrIdentityError as exc:
             await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
-            raise
         except CsrError as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, f"bad CSR from {identity}: {exc}")
-            raise
         log.info("issued a certificate for %s%s, valid until %s", identity,
                  f" (pod {caller.pod})" if caller.pod else "", issued.not_after.isoformat())
         return certificate_pb2.CreateCertificateResponse(cert_chain_pem=issued.chain_pem,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -14,20 +15,30 @@ from typing import Any
 
 import click
 
-from meshbox.api.defaults import CA_PORT, DISCOVERY_PORT
+from meshbox.api.defaults import CA_PORT, DISCOVERY_HTTP_PORT, DISCOVERY_PORT
 from meshbox.api.loader import ConfigError, load_mesh_config
 from meshbox.api.validation import ValidationError
+from meshbox.discovery.ca_files import has_material
 from meshbox.discovery.directory_source import DirectorySource, RegistryDirError
 from meshbox.discovery.hub import Hub
 from meshbox.discovery.server import PendingUpdate, Security, serve
-from meshbox.discovery.tls_options import TlsOptions, security_from_options
+from meshbox.discovery.tls_options import DISCOVERY_NAMESPACE, TlsOptions, security_from_options
 
-HTTP_PORT = 15014
+HTTP_PORT = DISCOVERY_HTTP_PORT
 
 
 async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, host: str, grpc_port: int,
                http_port: int, poll_interval: float, debounce: float, tls: TlsOptions | None) -> None:
-    security: Security | None = security_from_options(tls, kubernetes=kubernetes) if tls is not None else None
+    security: Security | None = None
+    if tls is not None:
+        material = None
+        if kubernetes and tls.ca_secret and not has_material(tls.ca_dir):
+            from meshbox.discovery.ca_secret import load_or_create_secret
+            from meshbox.discovery.kube_source import api_client_from_environment
+
+            async with await api_client_from_environment(kubeconfig) as api:
+                material = await load_or_create_secret(api, tls.namespace, tls.ca_secret, tls.trust_domain)
+        security = security_from_options(tls, kubernetes=kubernetes, material=material)
     hub = Hub(trust_domain=tls.trust_domain if tls is not None else None)
     pending = PendingUpdate(hub, quiet=debounce, max_wait=max(debounce * 10, 1.0))
     if registry_dir is not None:
@@ -40,7 +51,20 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
         # registry-directory mode (local clusters, tests) should not pay at every start.
         from meshbox.discovery.kube_source import KubernetesSource, api_client_from_environment
 
-        source = KubernetesSource(await api_client_from_environment(kubeconfig), pending.offer).run
+        kube = KubernetesSource(await api_client_from_environment(kubeconfig), pending.offer)
+        source = kube.run
+        if security is not None:
+            from kubernetes_asyncio import client
+
+            from meshbox.discovery.root_publisher import RootPublisher
+
+            # Injected pods trust the CA at first contact through this namespace ConfigMap.
+            publisher = RootPublisher(client.ApiClient(), security.keeper)
+
+            async def watch_and_publish() -> None:
+                await asyncio.gather(kube.run(), publisher.run())
+
+            source = watch_and_publish
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
@@ -73,8 +97,10 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
               help="Mesh config YAML (trust domain). Default: built-in defaults.")
 @click.option("--ca-dir", type=click.Path(file_okay=False, path_type=Path),
               help="The mesh CA's directory (ca.crt, ca.key, optional roots.pem; generated there if empty and "
-                   "writable). Turns on mutual TLS for discovery and the CA port. Without it gRPC is PLAINTEXT "
-                   "(tests and development only).")
+                   "writable): the CA port, and mutual TLS on the discovery port.")
+@click.option("--plaintext", is_flag=True,
+              help="Instead of --ca-dir: no CA, gRPC in PLAINTEXT, no node identity checks (tests and development "
+                   "only).")
 @click.option("--ca-port", type=click.IntRange(0, 65535), default=CA_PORT, show_default=True,
               help="CA gRPC port (TLS; CertificateService), with --ca-dir. 0 = any free port.")
 @click.option("--server-name", "server_names", multiple=True, metavar="NAME",
@@ -91,17 +117,24 @@ async def _run(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | No
 @click.option("--token-audience", "token_audiences", multiple=True, metavar="AUD",
               help="Audience CSR callers' tokens must be for (repeatable; TokenReview only). Default: the API "
                    "server's.")
+@click.option("--ca-secret", metavar="NAME",
+              help="With --kubernetes: the Secret (in $POD_NAMESPACE, else meshbox-system) mounted as --ca-dir; "
+                   "while the directory is empty it is read through the API, or created with a new root.")
 @click.option("--workload-cert-ttl", type=click.FloatRange(2, 7 * 86400), default=86400, show_default=True,
               metavar="SECONDS", help="Lifetime of workload certificates a CSR does not ask otherwise for.")
 def main(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, listen_address: str, grpc_port: int,
          http_port: int, poll_interval: float, debounce: float, log_level: str, mesh_config: Path | None,
-         ca_dir: Path | None, ca_port: int, server_names: tuple[str, ...], local_token_key: Path | None,
-         token_review_url: str | None, token_review_ca_file: Path | None, token_review_token_file: Path | None,
-         token_audiences: tuple[str, ...], workload_cert_ttl: float) -> None:
+         ca_dir: Path | None, plaintext: bool, ca_port: int, server_names: tuple[str, ...],
+         local_token_key: Path | None, token_review_url: str | None, token_review_ca_file: Path | None,
+         token_review_token_file: Path | None,
+         token_audiences: tuple[str, ...], ca_secret: str | None, workload_cert_ttl: float) -> None:
     """Serve proxy configuration (DiscoveryService/StreamResources) built from a service registry,
     and, with --ca-dir, the mesh CA (CertificateService) with discovery over mutual TLS."""
     if (registry_dir is None) == (not kubernetes):
         raise click.UsageError("give exactly one registry source: --registry-dir DIR or --kubernetes")
+    if (ca_dir is None) == (not plaintext):
+        raise click.UsageError("give --ca-dir DIR (the mesh CA, mutual TLS) or --plaintext (tests and development "
+                               "only)")
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -114,9 +147,12 @@ def main(registry_dir: Path | None, kubernetes: bool, kubeconfig: str | None, li
                          server_names=list(server_names), local_token_key=local_token_key,
                          token_review_url=token_review_url, token_review_ca_file=token_review_ca_file,
                          token_review_token_file=token_review_token_file, token_audiences=token_audiences,
-                         workload_cert_ttl=workload_cert_ttl)
-    elif local_token_key or token_review_url:
-        raise click.UsageError("token options need --ca-dir (the CA is what checks tokens)")
+                         workload_cert_ttl=workload_cert_ttl, ca_secret=ca_secret,
+                         namespace=os.environ.get("POD_NAMESPACE") or DISCOVERY_NAMESPACE)
+    elif local_token_key or token_review_url or ca_secret:
+        raise click.UsageError("CA options need --ca-dir (the CA is what checks tokens)")
+    if ca_secret and not kubernetes:
+        raise click.UsageError("--ca-secret needs --kubernetes")
     try:
         asyncio.run(_run(registry_dir, kubernetes, kubeconfig, listen_address, grpc_port, http_port,
                          poll_interval, debounce, tls))

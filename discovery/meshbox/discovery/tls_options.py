@@ -6,6 +6,8 @@ import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshbox.api.kube.names import DISCOVERY_SERVICE, MESH_NAMESPACE, service_dns_names
+from meshbox.discovery.ca_files import CaMaterial
 from meshbox.discovery.ca_keeper import CaKeeper
 from meshbox.discovery.server import Security
 from meshbox.discovery.token_auth import (
@@ -16,12 +18,12 @@ from meshbox.discovery.token_auth import (
     TokenReviewAuthenticator,
 )
 
-DISCOVERY_SERVICE = "meshbox-discovery"
-DISCOVERY_NAMESPACE = "meshbox-system"
+DISCOVERY_NAMESPACE = MESH_NAMESPACE
 
 
-def default_server_names(service: str = DISCOVERY_SERVICE, namespace: str = DISCOVERY_NAMESPACE) -> list[str]:
-    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
+def default_server_names(namespace: str = MESH_NAMESPACE) -> list[str]:
+    """The discovery Service's in-cluster names: what agents dial, what its certificate must name."""
+    return service_dns_names(DISCOVERY_SERVICE, namespace)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class TlsOptions:
     token_review_token_file: Path | None = None
     token_audiences: tuple[str, ...] = ()
     workload_cert_ttl: float = 86400.0
+    ca_secret: str | None = None  # Kubernetes: the Secret holding (or to hold) the root, in `namespace`
+    namespace: str = DISCOVERY_NAMESPACE
 
 
 def authenticator_from_options(options: TlsOptions, *, kubernetes: bool) -> Authenticator:
@@ -58,7 +62,11 @@ def authenticator_from_options(options: TlsOptions, *, kubernetes: bool) -> Auth
         raise ValueError(f"cannot check tokens with TokenReviews: {exc}; give --token-review-url") from None
 
 
-def security_from_options(options: TlsOptions, *, kubernetes: bool) -> Security:
-    keeper = CaKeeper(options.ca_dir, options.trust_domain, options.server_names or default_server_names())
+def security_from_options(options: TlsOptions, *, kubernetes: bool,
+                          material: CaMaterial | None = None) -> Security:
+    """The running pieces; ``material`` is the root from the Kubernetes Secret when the mount is still empty."""
+    keeper = CaKeeper(options.ca_dir, options.trust_domain,
+                      options.server_names or default_server_names(namespace=options.namespace),
+                      namespace=options.namespace, material=material)
     keeper.ca.default_ttl = datetime.timedelta(seconds=options.workload_cert_ttl)
     return Security(keeper, authenticator_from_options(options, kubernetes=kubernetes), options.ca_port)

@@ -2,6 +2,9 @@
 
 Defaults follow the tutorial and today's hardening: the init container gets NET_ADMIN and NET_RAW
 only; the proxy runs as the proxy UID, non-root, read-only, with a readiness probe on the agent.
+For its workload certificate the proxy container mounts the mesh CA's roots (the ConfigMap discovery
+publishes in every namespace), a projected service-account token for the CA's audience, and a
+memory volume where the agent writes the key and certificate (docs/security.md).
 """
 
 from __future__ import annotations
@@ -95,6 +98,23 @@ def default_init(settings: InjectSettings, overrides: Mapping[str, str]) -> dict
     }
 
 
+CA_ROOT_VOLUME = "meshbox-ca-root"
+TOKEN_VOLUME = "meshbox-token"
+CERTS_VOLUME = "meshbox-certs"
+TOKEN_LIFETIME_S = 43200
+
+
+def default_volumes() -> list[dict[str, Any]]:
+    """The pod volumes the proxy container's identity needs."""
+    return [
+        {"name": CA_ROOT_VOLUME, "configMap": {"name": defaults.CA_ROOT_CONFIG_MAP}},
+        {"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "path": defaults.WORKLOAD_TOKEN_NAME, "audience": defaults.CA_TOKEN_AUDIENCE,
+            "expirationSeconds": TOKEN_LIFETIME_S}}]}},
+        {"name": CERTS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+    ]
+
+
 def default_proxy(settings: InjectSettings) -> dict[str, Any]:
     """The proxy container: the agent, which runs the proxy as a child."""
     return {
@@ -107,6 +127,11 @@ def default_proxy(settings: InjectSettings) -> dict[str, Any]:
             _field_env("POD_NAMESPACE", "metadata.namespace"),
             _field_env("POD_IP", "status.podIP"),
             _field_env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        ],
+        "volumeMounts": [
+            {"name": CA_ROOT_VOLUME, "mountPath": defaults.CA_ROOT_DIR, "readOnly": True},
+            {"name": TOKEN_VOLUME, "mountPath": defaults.WORKLOAD_TOKEN_DIR, "readOnly": True},
+            {"name": CERTS_VOLUME, "mountPath": defaults.CERT_DIR},
         ],
         "readinessProbe": {
             "httpGet": {"path": READINESS_PATH, "port": settings.status_port},
@@ -187,5 +212,5 @@ def build_sidecar(settings: InjectSettings, overrides: Mapping[str, str]) -> Sid
         _merge(init, _substitute(template.init, variables))
     if template.proxy:
         _merge(proxy, _substitute(template.proxy, variables))
-    volumes = [_substitute(v, variables) for v in template.volumes]
+    volumes = default_volumes() + [_substitute(v, variables) for v in template.volumes]
     return Sidecar(init=quote_for_kubectl(init), proxy=quote_for_kubectl(proxy), volumes=quote_for_kubectl(volumes))

@@ -17,12 +17,23 @@ AGENT_STATUS_PORT = 15020
 PROXY_UID = 1337
 PROXY_GID = 1337
 DISCOVERY_PORT = 15010
+DISCOVERY_HTTP_PORT = 15014  # /ready, /metrics, /registry/errors
 DISCOVERY_ADDRESS = f"{DISCOVERY_SERVICE}.{MESH_NAMESPACE}.svc:{DISCOVERY_PORT}"
 CA_PORT = 15012
 CA_ADDRESS = f"{DISCOVERY_SERVICE}.{MESH_NAMESPACE}.svc:{CA_PORT}"
 TRUST_DOMAIN = "cluster.local"
 # Mesh-wide policies (PeerAuthentication, AuthorizationPolicy) live in the mesh's own namespace, as in Istio.
 ROOT_NAMESPACE = MESH_NAMESPACE
+# Workload identity in a pod (docs/security.md): discovery publishes its trust bundle to every namespace
+# as this ConfigMap; the injector mounts it, a projected service-account token for the CA's audience,
+# and a memory volume for the agent's certificate files, at these paths (the agent's defaults).
+CA_ROOT_CONFIG_MAP = "meshbox-ca-root"
+CA_ROOT_KEY = "root-cert.pem"
+CA_ROOT_DIR = "/var/run/meshbox/ca-root"
+CA_TOKEN_AUDIENCE = "meshbox-ca"
+WORKLOAD_TOKEN_DIR = "/var/run/secrets/tokens"
+WORKLOAD_TOKEN_NAME = "meshbox-token"
+CERT_DIR = "/var/run/meshbox/certs"
 HUB = "docker.io/meshbox"
 TAG = "0.1.0"
 

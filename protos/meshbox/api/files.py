@@ -14,18 +14,19 @@ def _umask() -> int:
     return current
 
 
-def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+def write_atomically(path: Path, data: bytes, mode: int | None = None, *, temp_dir: Path | None = None) -> None:
     """Replace ``path`` with ``data``; on any error ``path`` is untouched and no temp file is left.
 
     ``mode`` defaults to the replaced file's permissions, or 0644 less the umask for a new file.
-    Raises OSError.
+    ``temp_dir`` (same file system) keeps the temp file out of a directory whose every entry is
+    read by someone, e.g. /etc/netns/NAME, which ``ip netns exec`` bind-mounts whole. Raises OSError.
     """
     if mode is None:
         try:
             mode = path.stat().st_mode & 0o7777
         except FileNotFoundError:
             mode = 0o644 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=temp_dir or path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
