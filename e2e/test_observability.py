@@ -136,7 +136,7 @@ def test_dashboard_api_and_page_show_the_edge_with_its_numbers(dashboard: str, t
 def test_proxy_status_and_proxy_config_on_the_local_cluster(traffic: Any) -> None:
     status = traffic.sh("meshctl proxy-status")
     rows = [line.split() for line in status.splitlines()[1:]]
-    assert len(rows) == 2 and all(row[2:] == ["SYNCED"] * 4 for row in rows), status
+    assert len(rows) == 2 and all(row[2:6] == ["SYNCED"] * 4 and len(row) == 7 for row in rows), status
     endpoints = traffic.sh(*PODS, "meshctl proxy-config endpoints ${CLIENT}")
     rows = [line.split() for line in endpoints.splitlines()]
     assert ["outbound|80||service-two.default.svc.cluster.local", "default/service-two"] in [r[1:3] for r in rows]

@@ -264,3 +264,26 @@ def test_the_page_draws_the_edge_with_its_numbers_in_chromium(dashboard: str) ->
         assert not browser.find_element(By.ID, "error").is_displayed()
     finally:
         browser.quit()
+
+
+def test_a_taken_port_and_a_bad_prometheus_address_are_clear_errors() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        taken = subprocess.run([str(VENV_BIN / "meshctl"), "dashboard", "--port", str(port), "--prometheus",
+                                "http://127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 1 and f"cannot serve the dashboard on 127.0.0.1:{port}" in taken.stderr
+    bad = subprocess.run([str(VENV_BIN / "meshctl"), "dashboard", "--prometheus", "prometheus:9090"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "give http(s)://HOST:PORT or unix:PATH" in bad.stderr
+
+
+def test_without_prometheus_and_without_a_local_cluster_it_says_what_to_do(tmp_path: Path) -> None:
+    env = {**os.environ, "MESHBOX_LOCAL_STATE": str(tmp_path / "none")}
+    result = subprocess.run([str(VENV_BIN / "meshctl"), "dashboard"], capture_output=True, text=True, timeout=60,
+                            env=env)
+    assert result.returncode == 1 and f"no local cluster in {tmp_path / 'none'}" in result.stderr
+    assert not (tmp_path / "none").exists()

@@ -124,7 +124,9 @@ def meshctl(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _row(output: str) -> list[str]:
     (line,) = [ln for ln in output.splitlines() if ln.startswith("service-one-a.default")]
-    return line.split()[2:]
+    cells = line.split()
+    assert cells[-1] == "-"  # identity: a plaintext stream has none
+    return cells[2:-1]
 
 
 def _until(args: list[str], expected: list[str], timeout: float = 10) -> None:
@@ -150,7 +152,7 @@ def test_proxy_status_shows_stale_then_synced_after_a_config_change(discovery: t
             proxy.send(type_url)
         first = proxy.receive(3)
         header = meshctl(*args).stdout.splitlines()[0].split()
-        assert header == ["NAME", "POD", "IP", "CLUSTERS", "ENDPOINTS", "LISTENERS", "ROUTES"]
+        assert header == ["NAME", "POD", "IP", "CLUSTERS", "ENDPOINTS", "LISTENERS", "ROUTES", "IDENTITY"]
         _until(args, ["STALE", "STALE", "STALE", "NOT", "SENT"])
         proxy.ack(first)
         proxy.send(TYPES[3])

@@ -10,6 +10,7 @@ two-root bundle.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -127,8 +128,13 @@ def test_workload_gets_a_certificate_then_its_config_over_mutual_tls(kit: Any, s
             uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [DEFAULT_SA]
             async with mtls_channel(server.ports.grpc, bundle, key_pem, chain_pem) as channel:
-                responses = await first_config(kit, channel, "service-one-a", "10.1.0.11")
-                assert len(responses) == 4
+                agent = kit.AgentClient(channel, kit.node("service-one-a", "10.1.0.11"))
+                agent.subscribe_all()
+                assert len(await agent.receive_all()) == 4
+                # proxy-status names the stream's identity: its client certificate's SPIFFE ID.
+                (proxy,) = json.loads((await server.http_get("/debug/syncz"))[1])["proxies"]
+                assert (proxy["id"], proxy["identity"]) == ("service-one-a.default", DEFAULT_SA)
+                agent.close()
             # The bundle watch answers at once with the current roots.
             async with ca_channel(server.ports.ca, bundle) as channel:
                 stream = certificate_pb2_grpc.CertificateServiceStub(channel).WatchTrustBundle(

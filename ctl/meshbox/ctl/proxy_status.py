@@ -28,9 +28,10 @@ def fetch_proxies(access: MeshAccess) -> list[dict[str, Any]]:
 
 
 def status_table(proxies: list[dict[str, Any]]) -> str:
-    """NAME, POD IP, then SYNCED / STALE / NOT SENT / NACKED per type; NACK errors listed below."""
-    rows = [[p["id"], p.get("pod_ip") or "-", *(p["types"][t]["status"] for _, t in TYPES)] for p in proxies]
-    text = table(["NAME", "POD IP", *(c for c, _ in TYPES)], rows)
+    """NAME, POD IP, SYNCED / STALE / NOT SENT / NACKED per type, IDENTITY; NACK errors listed below."""
+    rows = [[p["id"], p.get("pod_ip") or "-", *(p["types"][t]["status"] for _, t in TYPES),
+             p.get("identity") or "-"] for p in proxies]
+    text = table(["NAME", "POD IP", *(c for c, _ in TYPES), "IDENTITY"], rows)
     for p in proxies:
         for column, t in TYPES:
             error = p["types"][t].get("error")

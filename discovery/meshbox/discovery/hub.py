@@ -148,7 +148,9 @@ class Hub:
                 types[short_type(type_url)] = {"status": sync.status, "current": sync.current, "sent": sync.sent,
                                                "acked": sync.acked, "error": sync.error}
             proxies.append({"id": node.id, "pod": node.pod_name, "namespace": node.pod_namespace,
-                            "pod_ip": node.pod_ip, "types": types})
+                            "pod_ip": node.pod_ip,
+                            "identity": session.identity.spiffe_id if session.identity is not None else "",
+                            "types": types})
         return sorted(proxies, key=lambda p: str(p["id"]))
 
     def update(self, registry: Registry) -> None:
