@@ -11,6 +11,8 @@ import importlib.machinery
 
 HOT_PATH = (
     "meshbox.proxy.http_proxy",
+    "meshbox.proxy.exchange",
+    "meshbox.proxy.exchange_core",
     "meshbox.proxy.header_policy",
     "meshbox.proxy.tcp_proxy",
     "meshbox.proxy.access_log",
