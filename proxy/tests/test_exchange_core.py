@@ -23,13 +23,13 @@ from meshbox.proxy.exchange import (
     CLOSE_DOWN,
     CLOSE_UP,
     DISARM,
-    EXPECT,
     LOG,
     OPEN,
     PAUSE,
     RELEASE,
     RESUME,
     ROUTE_TIMER,
+    START_UP,
     TRY_TIMER,
     WRITE_DOWN,
     WRITE_UP,
@@ -39,7 +39,7 @@ from meshbox.proxy.exchange_core import ExchangeCore
 from meshbox.proxy.header_policy import absolute_form, end_to_end, named_hop_by_hop
 from meshbox.proxy.snapshot import Workload
 
-NAMES = {WRITE_DOWN: "WRITE_DOWN", OPEN: "OPEN", WRITE_UP: "WRITE_UP", EXPECT: "EXPECT", RELEASE: "RELEASE",
+NAMES = {WRITE_DOWN: "WRITE_DOWN", OPEN: "OPEN", WRITE_UP: "WRITE_UP", START_UP: "START_UP", RELEASE: "RELEASE",
          CLOSE_UP: "CLOSE_UP", ARM: "ARM", DISARM: "DISARM", LOG: "LOG", PAUSE: "PAUSE", RESUME: "RESUME",
          CLOSE_DOWN: "CLOSE_DOWN"}
 MakeCore = Callable[..., ExchangeCore]
@@ -106,10 +106,10 @@ def test_a_request_goes_upstream_and_its_response_comes_back(ctx: ProxyContext, 
     assert isinstance(ex, Exchange) and (host.address, host.port) == ("127.0.0.1", 9090)
     core.attached(ex, UP, now=100.002)
     actions = _take(core)
-    assert _ops(actions) == ["EXPECT", "WRITE_UP", "ARM"]
-    sent = actions[1][2]
-    assert sent.startswith(b"GET /a HTTP/1.1\r\nhost: svc\r\nuser-agent: t\r\nx-request-id: ")
-    assert actions[2][1:] == (ROUTE_TIMER, ex, 15.0)
+    assert _ops(actions) == ["START_UP", "ARM"]
+    assert actions[0][1:3] == (UP, ex)
+    assert actions[0][3].startswith(b"GET /a HTTP/1.1\r\nhost: svc\r\nuser-agent: t\r\nx-request-id: ")
+    assert actions[1][1:] == (ROUTE_TIMER, ex, 15.0)
     assert host.active == 1
     actions = _response(core, UP, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", now=100.012)
     assert _ops(actions) == ["DISARM", "WRITE_DOWN", "RELEASE", "LOG", "ARM"]

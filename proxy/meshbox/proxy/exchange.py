@@ -7,9 +7,10 @@ the core only compares it and hands it back.
 =================  ==========================================================================
 (WRITE_DOWN, b)    write bytes ``b`` to the client
 (OPEN, ex, host)   get a connection to ``host`` for ``ex``: an idle pooled one (report it with
-                   ``core.attached(ex, up, True, now)``) or a new one (``attached`` / ``connect_failed``)
-(WRITE_UP, up, b)  write bytes ``b`` to upstream connection ``up``
-(EXPECT, up, ex)   ``up`` carries ``ex`` now: its response parser expects the answer to ``ex.head``
+                   ``core.attached(ex, up, now)``) or a new one (``attached`` / ``connect_failed``)
+(START_UP, up, ex, b)  ``up`` carries ``ex`` now (its response parser expects the answer to
+                   ``ex.head``): write the request bytes ``b`` to it
+(WRITE_UP, up, b)  write more bytes ``b`` (request body) to upstream connection ``up``
 (RELEASE, up)      ``up`` is done and reusable: back to its host's idle pool
 (CLOSE_UP, up)     close ``up``
 (TUNNEL, up, ex)   after a 101 both connections copy raw bytes; call ``core.tunnel_closed`` at the end
@@ -24,16 +25,33 @@ the core only compares it and hands it back.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.codec.events import RequestHead
 from meshbox.proxy.snapshot import ClusterRuntime, ListenerRuntime, RouteRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
-WRITE_DOWN, OPEN, WRITE_UP, EXPECT, RELEASE, CLOSE_UP, TUNNEL, ARM, DISARM, LOG, PAUSE, RESUME, CLOSE_DOWN = range(13)
+# Final ints: compiled code compares them as machine integers.
+WRITE_DOWN: Final = 0
+OPEN: Final = 1
+WRITE_UP: Final = 2
+START_UP: Final = 3
+RELEASE: Final = 4
+CLOSE_UP: Final = 5
+TUNNEL: Final = 6
+ARM: Final = 7
+DISARM: Final = 8
+LOG: Final = 9
+PAUSE: Final = 10
+RESUME: Final = 11
+CLOSE_DOWN: Final = 12
 # Timer kinds: the route timeout (key: the exchange), the per-try timeout (key: the upstream connection),
 # a fault-injection delay (key: the exchange) and the client connection's head/body/idle timer (key: None).
-ROUTE_TIMER, TRY_TIMER, DELAY_TIMER, CLIENT_TIMER = range(4)
+ROUTE_TIMER: Final = 0
+TRY_TIMER: Final = 1
+DELAY_TIMER: Final = 2
+CLIENT_TIMER: Final = 3
 
 
 class Exchange(LogRecord):

@@ -20,10 +20,10 @@ from meshbox.proxy.exchange import (
     CLOSE_UP,
     DELAY_TIMER,
     DISARM,
-    EXPECT,
     OPEN,
     RELEASE,
     ROUTE_TIMER,
+    START_UP,
     TRY_TIMER,
     WRITE_UP,
     Exchange,
@@ -159,8 +159,6 @@ class ExchangeCore(ExchangeState):
         ex.up = up
         assert ex.host is not None
         ex.host.active += 1
-        actions = self.actions
-        actions.append((EXPECT, up, ex))
         data = ex.request_bytes
         if ex.pending:
             data += b"".join(ex.pending)
@@ -168,7 +166,7 @@ class ExchangeCore(ExchangeState):
             ex.pending_size = 0
             self._resume()
         ex.sent_at = now
-        actions.append((WRITE_UP, up, data))
+        self.actions.append((START_UP, up, ex, data))
         if ex.request_done:
             self._arm_timer(ex)
 

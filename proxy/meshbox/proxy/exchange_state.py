@@ -4,7 +4,7 @@ sockets, no clock; inputs carry ``now``, effects are actions appended to ``actio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from meshbox.proxy.codec.events import END, Body, ProtocolError, ResponseHead, Tunnel
 from meshbox.proxy.codec.writer import LAST_CHUNK, chunk, local_reply
@@ -30,7 +30,10 @@ from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 # What the client connection's timer watches.
-NO_TIMER, IDLE, HEAD, BODY = range(4)
+NO_TIMER: Final = 0
+IDLE: Final = 1
+HEAD: Final = 2
+BODY: Final = 3
 
 
 class ExchangeState:

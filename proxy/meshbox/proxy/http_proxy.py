@@ -23,13 +23,13 @@ from meshbox.proxy.exchange import (
     CLOSE_UP,
     DELAY_TIMER,
     DISARM,
-    EXPECT,
     LOG,
     OPEN,
     PAUSE,
     RELEASE,
     RESUME,
     ROUTE_TIMER,
+    START_UP,
     TRY_TIMER,
     TUNNEL,
     WRITE_DOWN,
@@ -157,18 +157,20 @@ class DownstreamHttp(asyncio.Protocol):
         while i < len(actions):
             action = actions[i]
             i += 1
-            op = action[0]
+            op: int = action[0]
             if op == WRITE_DOWN:
                 if self.transport is not None and not self.closed:
                     self.transport.write(action[1])
+            elif op == START_UP:
+                up = cast(UpstreamHttp, action[1])
+                up.start(self, action[2])
+                up.write(action[3])
             elif op == WRITE_UP:
                 cast(UpstreamHttp, action[1]).write(action[2])
-            elif op == EXPECT:
-                cast(UpstreamHttp, action[1]).start(self, action[2])
             elif op == ARM:
                 self._arm(action[1], action[2], action[3])
             elif op == DISARM:
-                kind = action[1]
+                kind: int = action[1]
                 if kind == CLIENT_TIMER:
                     ctx.connection_deadlines.disarm(self, None)
                 else:
@@ -189,9 +191,9 @@ class DownstreamHttp(asyncio.Protocol):
             elif op == RESUME:
                 self.resume_reading()
             elif op == TUNNEL:
-                up = cast(UpstreamHttp, action[1])
-                self.tunnel = up
-                up.tunnel_to(self, action[2])
+                tunnel = cast(UpstreamHttp, action[1])
+                self.tunnel = tunnel
+                tunnel.tunnel_to(self, action[2])
         actions.clear()
 
     def _arm(self, kind: int, key: Any, seconds: float) -> None:

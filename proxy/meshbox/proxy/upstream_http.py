@@ -40,7 +40,7 @@ class UpstreamHttp(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def start(self, down: DownstreamHttp, ex: Exchange) -> None:
-        """Carry ``ex`` for ``down`` (the EXPECT action)."""
+        """Carry ``ex`` for ``down`` (the START_UP action, before its request bytes)."""
         head = ex.head
         assert head is not None
         self.down = down
