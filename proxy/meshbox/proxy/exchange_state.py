@@ -260,7 +260,14 @@ class ExchangeState:
         same function would be checked against that narrowed type by mypyc: a TypeError, issue #18 D5.)"""
         if self.closed or self.backlog is not None:
             return
-        self._resume()
+        if self.paused:
+            self._resume()
+        if self.exchange is None and not self.partial_head:
+            # watch() for the usual case, inlined (this runs for every request): idle from now on.
+            self.timer = IDLE
+            idle = self.ctx.idle_timeout
+            self.actions.append((ARM, CLIENT_TIMER, None, idle) if idle > 0 else (DISARM, CLIENT_TIMER, None))
+            return
         self.timer = NO_TIMER
         self.watch()
 

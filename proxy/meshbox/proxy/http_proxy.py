@@ -150,7 +150,8 @@ class DownstreamHttp(asyncio.Protocol):
     # -- carrying out the core's actions -----------------------------------------------------------
     def run(self, core: ExchangeCore) -> None:
         """Carry out what the core asked for, in order (an OPEN answered from the pool adds more)."""
-        core.flush()
+        if core.out:
+            core.flush()
         actions = core.actions
         ctx = self.ctx
         i = 0
@@ -158,6 +159,7 @@ class DownstreamHttp(asyncio.Protocol):
             action = actions[i]
             i += 1
             op: int = action[0]
+            kind: int
             if op == WRITE_DOWN:
                 if self.transport is not None and not self.closed:
                     self.transport.write(action[1])
@@ -168,9 +170,15 @@ class DownstreamHttp(asyncio.Protocol):
             elif op == WRITE_UP:
                 cast(UpstreamHttp, action[1]).write(action[2])
             elif op == ARM:
-                self._arm(action[1], action[2], action[3])
+                kind = action[1]
+                if kind == CLIENT_TIMER:
+                    ctx.connection_deadlines.arm(self, action[3], self._client_fired)
+                elif kind == ROUTE_TIMER:
+                    ctx.deadlines.arm(action[2], action[3], self._route_fired)
+                else:
+                    self._arm(kind, action[2], action[3])
             elif op == DISARM:
-                kind: int = action[1]
+                kind = action[1]
                 if kind == CLIENT_TIMER:
                     ctx.connection_deadlines.disarm(self, None)
                 else:
