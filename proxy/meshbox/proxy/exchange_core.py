@@ -13,7 +13,6 @@ import random
 from typing import Any
 
 from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead, Tunnel
-from meshbox.proxy.codec.writer import LAST_CHUNK, chunk
 from meshbox.proxy.exchange import (
     ARM,
     CLIENT_TIMER,
@@ -29,7 +28,7 @@ from meshbox.proxy.exchange import (
     Exchange,
 )
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
-from meshbox.proxy.header_policy import absolute_form, request_head_out, request_headers_out
+from meshbox.proxy.header_policy import absolute_form, request_headers_out
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -84,6 +83,9 @@ class ExchangeCore(ExchangeState):
                     self._request_body(ex, ev.data)
                 elif ev is END:
                     self._request_end(ex)
+                elif kind is ProtocolError:
+                    # The body went bad in a later read than its head.
+                    self._protocol_error(ev, now)
             elif ev is not END:
                 # A pipelined request (or a parse error after it): hold it until the current response is done.
                 self.backlog = list(events[i:])
@@ -130,9 +132,7 @@ class ExchangeCore(ExchangeState):
             return
         if host is None:
             headers.append((b"host", (cluster.service or cluster.name).encode()))
-        if head.chunked:
-            headers.append((b"transfer-encoding", b"chunked"))
-        ex.request_bytes = request_head_out(head.method, target, headers)
+        ex.request_bytes = self.up_framing.request_head(ex, target, headers)
         ex.retries_left = route.retries
         if route.delay_percent and random.random() * 100 < route.delay_percent:
             ex.response_flags = "DI"
@@ -184,10 +184,8 @@ class ExchangeCore(ExchangeState):
 
     def _request_body(self, ex: Exchange, data: bytes) -> None:
         ex.bytes_received += len(data)
-        head = ex.head
-        assert head is not None
-        if head.chunked and not ex.request_done:
-            data = chunk(data)
+        if not ex.request_done:
+            data = self.up_framing.request_body(ex, data)
         up = ex.up
         if up is not None:
             self.actions.append((WRITE_UP, up, data))
@@ -206,13 +204,12 @@ class ExchangeCore(ExchangeState):
 
     def _request_end(self, ex: Exchange) -> None:
         ex.request_done = True
-        head = ex.head
-        assert head is not None
-        if head.chunked:
+        end = self.up_framing.request_end(ex)
+        if end:
             if ex.up is not None:
-                self.actions.append((WRITE_UP, ex.up, LAST_CHUNK))
+                self.actions.append((WRITE_UP, ex.up, end))
             elif ex.route is not None:
-                self._hold(ex, LAST_CHUNK)
+                self._hold(ex, end)
         if ex.up is not None and not ex.response_started:
             self._arm_timer(ex)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any, Final
 
 from meshbox.proxy.codec.events import END, Body, ProtocolError, ResponseHead, Tunnel
-from meshbox.proxy.codec.writer import LAST_CHUNK, chunk, local_reply
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import (
     ARM,
@@ -25,7 +24,7 @@ from meshbox.proxy.exchange import (
     WRITE_DOWN,
     Exchange,
 )
-from meshbox.proxy.header_policy import interim_head_out, response_head_out
+from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
@@ -39,8 +38,13 @@ BODY: Final = 3
 class ExchangeState:
     """One client connection's exchanges, one at a time (pipelined requests wait in ``backlog``)."""
 
-    def __init__(self, ctx: ProxyContext, listener: ListenerRuntime, remote: str | None, local: str | None) -> None:
+    def __init__(self, ctx: ProxyContext, listener: ListenerRuntime, remote: str | None, local: str | None,
+                 down_framing: Http1Framing = HTTP1, up_framing: Http1Framing = HTTP1) -> None:
         self.ctx = ctx
+        # How messages become bytes towards the client and towards upstream (the only protocol-specific
+        # output of the core).
+        self.down_framing = down_framing
+        self.up_framing = up_framing
         self.listener = listener
         self.listener_snapshot = ctx.snapshot
         self.remote = remote
@@ -139,7 +143,7 @@ class ExchangeState:
                 # The response body goes out with the next flush (re-chunked when the length is unknown).
                 data = ev.data
                 ex.bytes_sent += len(data)
-                out.append(chunk(data) if ex.chunked_out else data)
+                out.append(self.down_framing.response_body(ex, data))
             elif ev is END:
                 if ex.response_started:
                     self._response_end(ex, up, self.up_keep_alive and not closing, now)
@@ -158,19 +162,19 @@ class ExchangeState:
         request = ex.head
         assert request is not None
         if status < 200 and status != 101:
-            self.out.append(interim_head_out(request, head))
+            self.out.append(self.down_framing.interim_head(ex, head))
             return
         ex.response_started = True
         ex.response_code = status
         ex.response_headers = head.headers
         ust = int((now - ex.sent_at) * 1000)
         ex.upstream_service_time = ust
-        data, ex.chunked_out, ex.close_after = response_head_out(request, head, ust, self.ctx.draining)
-        self.out.append(data)
+        self.out.append(self.down_framing.response_head(ex, head, ust, self.ctx.draining))
 
     def _response_end(self, ex: Exchange, up: object, reusable: bool, now: float) -> None:
-        if ex.chunked_out:
-            self.out.append(LAST_CHUNK)
+        end = self.down_framing.response_end(ex)
+        if end:
+            self.out.append(end)
         self._detach(ex)
         self._disarm_route(ex)
         actions = self.actions
@@ -230,12 +234,10 @@ class ExchangeState:
         ex.response_flags = flag
         ex.bytes_sent = len(body)
         request = ex.head
-        version = request.version if request is not None else b"1.1"
         close = not ex.request_done or request is None or not request.keep_alive or self.ctx.draining
         ex.close_after = close
-        head_only = request is not None and request.method == b"HEAD"
-        self.out.append(local_reply(status, body, close=close, version=version, head_only=head_only))
-        if head_only:
+        self.out.append(self.down_framing.local_reply(ex, status, body, close))
+        if request is not None and request.method == b"HEAD":
             ex.bytes_sent = 0
         if ex.request_done or close:
             self._finish(ex, now)

@@ -16,6 +16,7 @@ HOT_PATH = (
     "meshbox.proxy.exchange_state",
     "meshbox.proxy.upstream_http",
     "meshbox.proxy.header_policy",
+    "meshbox.proxy.framing",
     "meshbox.proxy.tcp_proxy",
     "meshbox.proxy.access_log",
     "meshbox.proxy.deadlines",
