@@ -348,3 +348,41 @@ def test_bad_body_framing_in_a_later_read_is_refused_and_closed(kit: Any, proxy_
         assert backend.requests == []
 
     kit.run(main())
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_half_closed_client_still_gets_every_answer(kit: Any, proxy_cli: Any, tmp_path: Path, codec: str) -> None:
+    """A client that sends its requests and then shuts down its sending side (TCP half-close) is owed
+    every answer: the proxy answers all complete requests, in order (a local reply among them does not
+    end the connection early), then closes (it used to drop them and log DC). A request left incomplete
+    by the half-close can never finish: the connection closes."""
+
+    async def main() -> None:
+        backend = await kit.Backend().start()
+        port = kit.free_port()
+        proc = await kit.standalone(proxy_cli, kit.http_config(port, {"svc": [backend.port]}), tmp_path,
+                                    "--codec", codec, port=port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /1 HTTP/1.1\r\nHost: svc\r\n\r\nPOST /2 HTTP/1.1\r\nHost: svc\r\nContent-Length: 2\r\n\r\nok"
+                     b"GET * HTTP/1.1\r\nHost: svc\r\n\r\nGET /4 HTTP/1.1\r\nHost: svc\r\n\r\n")
+        writer.write_eof()
+        received = b""
+        async with asyncio.timeout(3):
+            while chunk := await reader.read(65536):
+                received += chunk
+        writer.close()
+        statuses = [int(part[:3]) for part in received.split(b"HTTP/1.1 ")[1:]]
+        assert statuses == [200, 200, 404, 200], received
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /cut HTTP/1.1\r\nHost: svc\r\nContent-Length: 10\r\n\r\nabc")
+        writer.write_eof()
+        async with asyncio.timeout(3):
+            rest = await reader.read()
+        writer.close()
+        assert rest == b""
+        await asyncio.sleep(0.1)
+        lines = _log_lines(proc)
+        assert [kit.log_fields(line)[2:4] for line in lines] == [["200", "-"], ["200", "-"], ["404", "NR"],
+                                                                 ["200", "-"], ["0", "DC"]], lines
+
+    kit.run(main())

@@ -60,6 +60,19 @@ class ExchangeCore(ExchangeState):
             self._log(ex, now)
         self.actions.append((DISARM, CLIENT_TIMER, None))
 
+    def client_half_closed(self) -> bool:
+        """The client shut down its sending side. True: keep the connection open to answer the complete
+        requests still owed (it closes after the last one); False: close it now (nothing is owed, or
+        the request in progress can never be complete)."""
+        self.client_eof = True
+        ex = self.exchange
+        if ex is None:
+            if self.backlog is None:
+                self.close()
+                return False
+            return True
+        return ex.request_done
+
     def _dispatch(self, events: list[Any], now: float) -> None:
         for i, ev in enumerate(events):
             if self.closed:

@@ -57,6 +57,10 @@ class ExchangeState:
         self.closed = False
         self.paused = False
         self.tunnelled = False
+        # The client half-closed: it sends nothing more, but is owed the answers to its requests.
+        self.client_eof = False
+        # Pipelined requests held back are being dispatched now.
+        self.replaying = False
         self.timer = NO_TIMER
         # The last response head said its connection may carry another exchange.
         self.up_keep_alive = False
@@ -69,6 +73,7 @@ class ExchangeState:
             out.clear()
 
     def close(self) -> None:
+        """Close the client connection once what was written for it is out."""
         self.flush()
         if not self.closed:
             self.closed = True
@@ -84,7 +89,7 @@ class ExchangeState:
             self.paused = False
             self.actions.append((RESUME,))
 
-    # -- request side ------------------------------------------------------------------------------
+    # -- the client connection ---------------------------------------------------------------------
     def current_listener(self) -> ListenerRuntime:
         """The connection's listener in the current config (looked up again after a config swap)."""
         snap = self.ctx.snapshot
@@ -251,7 +256,9 @@ class ExchangeState:
         backlog = self.backlog
         if backlog is not None:
             self.backlog = None
+            self.replaying = True
             self._dispatch(backlog, now)
+            self.replaying = False
             # A local reply to a pipelined request goes out now, not with the next read.
             self.flush()
         self._await_next()
@@ -260,8 +267,15 @@ class ExchangeState:
         """After an exchange: resume reading once no pipelined request waits, and watch the client.
         (A method of its own: re-reading self.exchange / self.backlog right after assigning None in the
         same function would be checked against that narrowed type by mypyc: a TypeError, issue #18 D5.)"""
-        if self.closed or self.backlog is not None:
+        if self.closed or self.backlog is not None or self.replaying:
+            # (While the backlog is replayed, the exchange that replays it decides once it is done.)
             return
+        if self.client_eof:
+            ex = self.exchange
+            if ex is None or not ex.request_done:
+                # Nothing more can come: no request to wait for, or one that can never be complete.
+                self.close()
+                return
         if self.paused:
             self._resume()
         if self.exchange is None and not self.partial_head:

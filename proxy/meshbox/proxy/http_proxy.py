@@ -108,7 +108,14 @@ class DownstreamHttp(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         tunnel = self.tunnel
-        if tunnel is None or tunnel.transport is None:
+        if tunnel is None:
+            core = self.core
+            if core is None or core.tunnelled:
+                return None
+            keep = core.client_half_closed()
+            self.run(core)
+            return True if keep and not self.closed else None
+        if tunnel.transport is None:
             return None
         # A tunnel half-closes like TCP; once both sides are done, close.
         self.eof = True
