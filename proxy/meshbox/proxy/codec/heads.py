@@ -72,8 +72,6 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
             upgrade = True
     if hosts > 1 or (hosts == 0 and version != b"1.0"):
         raise ProtocolError(400, "exactly one Host header is required")
-    if version not in VERSIONS:
-        raise unsupported_version(version)
     if method == b"CONNECT":
         raise ProtocolError(405, "CONNECT is not supported")
     if not target.isascii() or not (target[:1] == b"/" or target == b"*" or target[:7].lower() == b"http://"):
@@ -85,12 +83,18 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
         if version != b"1.1" or te.strip().lower() != b"chunked":
             raise ProtocolError(400, f"unsupported Transfer-Encoding {te[:40]!r}")
         chunked = True
+    if version not in VERSIONS:
+        # After the header checks: h11 refuses bad framing of any version before we see the head.
+        raise unsupported_version(version)
     if connection:
         # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
         tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
             else connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
         upgrade = upgrade and b"upgrade" in tokens
+        if upgrade and (chunked or content_length):
+            # llhttp switches to raw bytes right after such a head, h11 after its body: no single meaning.
+            raise ProtocolError(400, "an upgrade request cannot have a body")
     else:
         keep_alive = version == b"1.1"
         upgrade = False
