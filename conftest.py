@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,6 +26,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parent
 PROXY_UID = 1337
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a listener a test starts a moment later.
+
+    Picked below the kernel's ephemeral range: a port from the ephemeral range can be taken in the
+    meantime by any outgoing connection on this busy machine; one below it only by another listener.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    pick = random.Random()
+    for _ in range(200):
+        port = pick.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port below {low} on 127.0.0.1")
 
 
 def need(condition: bool, why: str) -> None:
@@ -248,9 +268,7 @@ def start_prometheus(workdir: Path, config: str, timeout: float = 30.0) -> Prome
     assert binary is not None
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "prometheus.yml").write_text(config)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = workdir / "prometheus.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",

@@ -18,7 +18,6 @@ import itertools
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from conftest import free_port  # type: ignore[import-not-found]
 from meshbox.api.v1 import discovery_pb2, discovery_pb2_grpc
 from meshbox.api.v1 import proxy_config_pb2 as pc
 
@@ -43,13 +43,6 @@ CLUSTER, ENDPOINTS, LISTENER, ROUTES = (PREFIX + n for n in (
     "Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration"))
 TYPE_ORDER = (CLUSTER, ENDPOINTS, LISTENER, ROUTES)
 World = dict[str, list[Message]]
-
-
-def free_port() -> int:
-    """A loopback port free right now (the tiny race with other tests is accepted)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> None:

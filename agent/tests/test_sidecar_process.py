@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import free_port  # type: ignore[import-not-found]
 from meshbox.api.v1 import proxy_config_pb2 as pc
 
 VENV_BIN = Path(sys.executable).parent
@@ -265,12 +266,6 @@ def _refused(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [

@@ -24,17 +24,10 @@ from typing import Any
 
 import pytest
 
-from conftest import PrometheusRun, need, start_prometheus
+from conftest import PrometheusRun, free_port, need, start_prometheus
 
 EDGE = ("default/service-one", "default/service-two")
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Backend(BaseHTTPRequestHandler):
@@ -111,7 +104,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("dashboard")
     backend = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
-    listen, admin = _free_port(), _free_port()
+    listen, admin = free_port(), free_port()
     config = tmp / "proxy.yaml"
     config.write_text(_proxy_config(listen, backend.server_address[1]))
     proxy = subprocess.Popen(
@@ -213,7 +206,7 @@ def test_bad_parameters_are_400_naming_them(dashboard: str, query: str, needle: 
 
 
 def test_prometheus_down_is_a_502_saying_so(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(VENV_BIN / "meshctl"), "dashboard", "--prometheus", f"http://127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

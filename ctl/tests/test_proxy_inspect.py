@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,12 @@ import grpc
 import pytest
 from ruamel.yaml import YAML
 
+from conftest import free_port  # type: ignore[import-not-found]
 from meshbox.api.v1 import discovery_pb2, discovery_pb2_grpc
 
 VENV_BIN = Path(sys.executable).parent
 TYPES = [f"type.googleapis.com/meshbox.api.v1.{t}"
          for t in ("Cluster", "ClusterLoadAssignment", "Listener", "RouteConfiguration")]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _objects() -> list[dict[str, Any]]:
@@ -77,7 +71,7 @@ def discovery(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     registry = tmp_path / "registry"
     registry.mkdir()
     _write(registry / "mesh.yaml", _objects())
-    grpc_port, http_port = _free_port(), _free_port()
+    grpc_port, http_port = free_port(), free_port()
     # Plaintext: the test's fake agents speak gRPC without certificates (docs/security.md).
     proc = subprocess.Popen([str(VENV_BIN / "meshbox-discovery"), "--plaintext", "--registry-dir", str(registry),
                              "--listen-address", "127.0.0.1", "--grpc-port", str(grpc_port),
@@ -202,8 +196,8 @@ endpoints:
 
 def test_proxy_config_tables_and_json_from_a_live_proxy(tmp_path: Path) -> None:
     config = tmp_path / "proxy.yaml"
-    config.write_text(_proxy_config(_free_port()))
-    admin = _free_port()
+    config.write_text(_proxy_config(free_port()))
+    admin = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "meshbox.proxy", "--config", str(config), "--admin-port",
                              str(admin), "--outbound-port", "0"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "POD_NAME": "service-one-a"})
@@ -235,7 +229,7 @@ def test_proxy_config_tables_and_json_from_a_live_proxy(tmp_path: Path) -> None:
 
 
 def test_unreachable_addresses_and_kubernetes_without_an_api_server_are_clear_errors(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     down = meshctl("proxy-status", "--discovery", f"http://127.0.0.1:{port}")
     assert down.returncode == 1 and f"GET http://127.0.0.1:{port}/debug/syncz" in down.stderr
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "none")}

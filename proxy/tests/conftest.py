@@ -2,7 +2,7 @@
 
 Backends parse with h11 directly (not with the proxy's codec layer), so a proxy bug cannot hide
 behind the same bug in the test server. Everything listens on 127.0.0.1 with ports chosen by the
-kernel (bound listeners need a fixed port in the config, so ``free_port`` asks the kernel for one).
+kernel (bound listeners need a fixed port in the config, so ``free_port`` finds one below the ephemeral range).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import h11
 import pytest
 import uvloop
 
+from conftest import free_port  # type: ignore[import-not-found]
 from meshbox.api.loader import message_from_data
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.proxy.access_log import AccessLog
@@ -42,12 +42,6 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return uvloop.run(bounded())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
