@@ -37,10 +37,12 @@ from meshbox.proxy.exchange import (
     Exchange,
 )
 from meshbox.proxy.exchange_core import ExchangeCore
+from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_http import UpstreamHttp
+from meshbox.proxy.upstream_tls import failure_reason, open_upstream
 
 # What an HTTP/2 client with prior knowledge (e.g. gRPC without TLS) sends first.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -72,6 +74,8 @@ class DownstreamHttp(asyncio.Protocol):
         # The first bytes are checked for the HTTP/2 preface (kept here while too short to tell).
         self.sniffing = True
         self.sniffed = b""
+        # The verified client of a mutual TLS connection (set by the inbound TLS gate).
+        self.peer: PeerIdentity | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,6 +83,7 @@ class DownstreamHttp(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         core = self.core = ExchangeCore(self.ctx, self.listener, _peer(transport, "peername"),
                                         _peer(transport, "sockname"))
+        core.peer = self.peer
         self.ctx.connections.add(self)
         core.watch()
         self.run(core)
@@ -235,6 +240,8 @@ class DownstreamHttp(asyncio.Protocol):
 
     def _log(self, ex: Exchange, elapsed_ms: float) -> None:
         ctx = self.ctx
+        if ex.host is not None:
+            ex.upstream_peer_uri = ex.host.peer_uri
         ctx.access_log.log(ex)
         listener = ex.listener
         direction = listener.direction if listener is not None else INBOUND
@@ -259,8 +266,9 @@ class DownstreamHttp(asyncio.Protocol):
         ctx = self.ctx
         try:
             async with asyncio.timeout(timeout):
-                _, up = await ctx.loop.create_connection(lambda: UpstreamHttp(ctx, host), host.address, host.port)
-        except (OSError, TimeoutError):
+                _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host), ex.cluster, host)
+        except (OSError, TimeoutError) as exc:
+            ex.upstream_failure_reason = failure_reason(exc)
             core.connect_failed(ex, _monotonic())
             self.run(core)
             return
