@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import struct
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,6 +231,8 @@ def test_flag_dc_downstream_went_away(kit: Any, tmp_path: Path) -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             await asyncio.sleep(0.2)
+            # Gone for good (a reset): a FIN alone is a half-close, which is still owed its answer.
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.close()
             lines = await p.wait_log(1)
         assert _flag_of(kit, lines[0]) == (0, "DC")

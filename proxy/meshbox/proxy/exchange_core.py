@@ -61,6 +61,19 @@ class ExchangeCore(ExchangeState):
             self._log(ex, now)
         self.actions.append((DISARM, CLIENT_TIMER, None))
 
+    def client_half_closed(self) -> bool:
+        """The client shut down its sending side. True: keep the connection open to answer the complete
+        requests still owed (it closes after the last one); False: close it now (nothing is owed, or
+        the request in progress can never be complete)."""
+        self.client_eof = True
+        ex = self.exchange
+        if ex is None:
+            if self.backlog is None:
+                self.close()
+                return False
+            return True
+        return ex.request_done
+
     def _dispatch(self, events: list[Any], now: float) -> None:
         for i, ev in enumerate(events):
             if self.closed:
@@ -72,8 +85,7 @@ class ExchangeCore(ExchangeState):
             kind = type(ev)
             if kind is Tunnel:
                 if ex is not None:
-                    # Sent before the upgrade was answered; refused upgrades close the connection.
-                    self._request_body(ex, ev.data)
+                    self._hold_early(ex, ev.data)
             elif ex is None:
                 if kind is RequestHead:
                     self._start(ev, now)
@@ -146,7 +158,21 @@ class ExchangeCore(ExchangeState):
             return
         self._connect(ex, now)
 
-    def _connect(self, ex: Exchange, now: float) -> None:
+    def _hold_early(self, ex: Exchange, data: bytes) -> None:
+        """Bytes after an upgrade request, before its answer: they go upstream only if the upstream
+        accepts the upgrade (101). Forwarded blindly, the bytes after a refused upgrade would reach the
+        upstream as requests the proxy never saw (smuggling)."""
+        ex.bytes_received += len(data)
+        early = self.early
+        if early is None:
+            self.early = [data]
+        else:
+            early.append(data)
+        ex.pending_size += len(data)
+        if ex.pending_size > PENDING_BODY_LIMIT:
+            self._pause()
+
+    def _connect(self, ex: Exchange, now: float, fresh: bool = False) -> None:
         cluster = ex.cluster
         assert cluster is not None
         host = cluster.pick()
@@ -155,7 +181,7 @@ class ExchangeCore(ExchangeState):
             return
         ex.host = host
         ex.upstream_host = host.host
-        self.actions.append((OPEN, ex, host))
+        self.actions.append((OPEN, ex, host, fresh))
 
     def attached(self, ex: Exchange, up: object, now: float) -> None:
         """An upstream connection (pooled or new) is ready for ``ex``."""

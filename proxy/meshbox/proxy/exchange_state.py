@@ -22,6 +22,7 @@ from meshbox.proxy.exchange import (
     TRY_TIMER,
     TUNNEL,
     WRITE_DOWN,
+    WRITE_UP,
     Exchange,
 )
 from meshbox.proxy.framing import HTTP1, Http1Framing
@@ -60,6 +61,12 @@ class ExchangeState:
         self.closed = False
         self.paused = False
         self.tunnelled = False
+        # The client half-closed: it sends nothing more, but is owed the answers to its requests.
+        self.client_eof = False
+        # Pipelined requests held back are being dispatched now.
+        self.replaying = False
+        # Bytes that followed an upgrade request, held until its answer (see ExchangeCore._hold_early).
+        self.early: list[bytes] | None = None
         self.timer = NO_TIMER
         # The last response head said its connection may carry another exchange.
         self.up_keep_alive = False
@@ -72,6 +79,7 @@ class ExchangeState:
             out.clear()
 
     def close(self) -> None:
+        """Close the client connection once what was written for it is out."""
         self.flush()
         if not self.closed:
             self.closed = True
@@ -87,7 +95,7 @@ class ExchangeState:
             self.paused = False
             self.actions.append((RESUME,))
 
-    # -- request side ------------------------------------------------------------------------------
+    # -- the client connection ---------------------------------------------------------------------
     def current_listener(self) -> ListenerRuntime:
         """The connection's listener in the current config (looked up again after a config swap)."""
         snap = self.ctx.snapshot
@@ -128,7 +136,7 @@ class ExchangeState:
     def _dispatch(self, events: list[Any], now: float) -> None:
         raise NotImplementedError
 
-    def _connect(self, ex: Exchange, now: float) -> None:
+    def _connect(self, ex: Exchange, now: float, fresh: bool = False) -> None:
         raise NotImplementedError
 
     # -- response side -----------------------------------------------------------------------------
@@ -186,6 +194,10 @@ class ExchangeState:
             self.tunnelled = True
             self.exchange = None
             self.flush()
+            early = self.early
+            if early is not None:
+                self.early = None
+                actions.append((WRITE_UP, up, b"".join(early)))
             actions.append((TUNNEL, up, ex))
             return
         self.flush()
@@ -212,17 +224,21 @@ class ExchangeState:
 
     def upstream_closed(self, up: object, silent_reuse: bool, now: float) -> None:
         """Upstream connection ``up`` closed before the response was complete. ``silent_reuse``: it was a
-        pooled connection that sent nothing (the upstream had timed it out): a request without a body
-        is sent again once, on a new connection; otherwise 503 UC (or a reset once the response began)."""
+        pooled connection that sent nothing (the upstream may have timed it out just then): when the
+        route allows retries, a request without a body is sent again on a new connection (never a
+        pooled one), as one of its retries; otherwise 503 UC (or a reset once the response began). No
+        replay without a retry policy: the upstream may have acted on the request (as in Envoy)."""
         ex = self.exchange
         if ex is None or ex.up is not up:
             return
         head = ex.head
-        if (silent_reuse and head is not None and head.content_length is None and not head.chunked
-                and not ex.response_started):
+        if (silent_reuse and ex.retries_left > 0 and head is not None and head.content_length is None
+                and not head.chunked and not ex.response_started):
+            ex.retries_left -= 1
+            self.ctx.stats.incr("upstream_rq_retry")
             self._detach(ex)
             self._disarm_route(ex)
-            self._connect(ex, now)
+            self._connect(ex, now, fresh=True)
             return
         self.upstream_failed(up, "UC", 503, TERMINATION, now)
 
@@ -237,7 +253,9 @@ class ExchangeState:
         ex.response_flags = flag
         ex.bytes_sent = len(body)
         request = ex.head
-        close = not ex.request_done or request is None or not request.keep_alive or self.ctx.draining
+        # After an upgrade request the parser only sees raw bytes: the connection cannot carry more requests.
+        close = (not ex.request_done or request is None or not request.keep_alive or request.upgrade
+                 or self.ctx.draining)
         ex.close_after = close
         self.out.append(self.down_framing.local_reply(ex, status, body, close))
         if request is not None and request.method == b"HEAD":
@@ -247,6 +265,8 @@ class ExchangeState:
 
     def _finish(self, ex: Exchange, now: float) -> None:
         self.exchange = None
+        # Bytes after a refused upgrade are never forwarded (the connection closes).
+        self.early = None
         self._log(ex, now)
         if ex.close_after or not ex.request_done or self.ctx.draining:
             self.close()
@@ -254,7 +274,9 @@ class ExchangeState:
         backlog = self.backlog
         if backlog is not None:
             self.backlog = None
+            self.replaying = True
             self._dispatch(backlog, now)
+            self.replaying = False
             # A local reply to a pipelined request goes out now, not with the next read.
             self.flush()
         self._await_next()
@@ -263,8 +285,15 @@ class ExchangeState:
         """After an exchange: resume reading once no pipelined request waits, and watch the client.
         (A method of its own: re-reading self.exchange / self.backlog right after assigning None in the
         same function would be checked against that narrowed type by mypyc: a TypeError, issue #18 D5.)"""
-        if self.closed or self.backlog is not None:
+        if self.closed or self.backlog is not None or self.replaying:
+            # (While the backlog is replayed, the exchange that replays it decides once it is done.)
             return
+        if self.client_eof:
+            ex = self.exchange
+            if ex is None or not ex.request_done:
+                # Nothing more can come: no request to wait for, or one that can never be complete.
+                self.close()
+                return
         if self.paused:
             self._resume()
         if self.exchange is None and not self.partial_head:

@@ -113,7 +113,14 @@ class DownstreamHttp(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         tunnel = self.tunnel
-        if tunnel is None or tunnel.transport is None:
+        if tunnel is None:
+            core = self.core
+            if core is None or core.tunnelled:
+                return None
+            keep = core.client_half_closed()
+            self.run(core)
+            return True if keep and not self.closed else None
+        if tunnel.transport is None:
             return None
         # A tunnel half-closes like TCP; once both sides are done, close.
         self.eof = True
@@ -191,7 +198,7 @@ class DownstreamHttp(asyncio.Protocol):
             elif op == LOG:
                 self._log(action[1], action[2])
             elif op == OPEN:
-                self._open(core, action[1], action[2])
+                self._open(core, action[1], action[2], action[3])
             elif op == RELEASE:
                 cast(UpstreamHttp, action[1]).release()
             elif op == CLOSE_UP:
@@ -249,10 +256,10 @@ class DownstreamHttp(asyncio.Protocol):
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
-    def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
-        """An idle pooled connection to ``host`` (most recently used first), else a new one."""
+    def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:
+        """An idle pooled connection to ``host`` (most recently used first) unless ``fresh``, else a new one."""
         idle = host.idle
-        while idle:
+        while idle and not fresh:
             up = cast(UpstreamHttp, idle.pop())
             if not up.closed:
                 up.reused = True

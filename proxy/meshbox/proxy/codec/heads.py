@@ -92,6 +92,9 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
             else connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
         upgrade = upgrade and b"upgrade" in tokens
+        if upgrade and (chunked or content_length):
+            # llhttp switches to raw bytes right after such a head, h11 after its body: no single meaning.
+            raise ProtocolError(400, "an upgrade request cannot have a body")
     else:
         keep_alive = version == b"1.1"
         upgrade = False
