@@ -69,6 +69,16 @@ def test_server_proxy_logged_the_inbound_request(mesh: Any) -> None:
         rid, "200", "service-two", "127.0.0.1:8080")
 
 
+def test_each_proxy_names_the_other_s_identity(mesh: Any) -> None:
+    client_line = mesh.sh(*PODS, "meshctl local logs ${CLIENT} proxy | grep -m1 'mutual TLS'")
+    server_line = mesh.sh(*PODS, "meshctl local logs ${SERVER} proxy | grep -m1 'mutual TLS'")
+    two = _pod_ip(mesh, "service-two")
+    assert client_line == (f"meshbox-proxy: mutual TLS: TLSv1.3 to spiffe://cluster.local/ns/default/sa/default "
+                           f"({two}:8080)\n"), client_line
+    assert re.fullmatch(rf"meshbox-proxy: mutual TLS: TLSv1\.3 from spiffe://cluster\.local/ns/default/sa/default "
+                        rf"\({_pod_ip(mesh, 'service-one')}:\d+ to port 8080\)\n", server_line), server_line
+
+
 def test_pod_to_pod_traffic_is_mutual_tls_on_the_wire(mesh: Any, tmp_path: Path) -> None:
     """Packets captured in the node namespace (the bridge and its pod ports: bridged frames between two
     pods do not show on the bridge device itself) while the tutorial's curl runs: TLS records, and neither the
@@ -81,8 +91,9 @@ def test_pod_to_pod_traffic_is_mutual_tls_on_the_wire(mesh: Any, tmp_path: Path)
         assert tcpdump.stderr is not None
         while "listening on" not in (line := tcpdump.stderr.readline()):
             assert line, "tcpdump exited before it listened"
+        time.sleep(0.5)  # "listening" comes a moment before the capture sees packets
         out = mesh.sh(*PODS, "meshctl local exec -it ${CLIENT} -c app -- curl -s service-two:80")
-        time.sleep(0.5)  # the last packets reach the file (-U: written per packet)
+        time.sleep(1)  # the last packets reach the file (-U: written per packet)
     finally:
         tcpdump.terminate()
         tcpdump.wait(timeout=10)

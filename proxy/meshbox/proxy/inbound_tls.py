@@ -27,7 +27,7 @@ import uvloop
 
 from meshbox.proxy.authorization import Request
 from meshbox.proxy.context import ProxyContext
-from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.peer_identity import PeerIdentity, announce_peer
 from meshbox.proxy.snapshot import PERMISSIVE, STRICT, ListenerRuntime
 
 TLS_HANDSHAKE_RECORD = 0x16
@@ -169,7 +169,10 @@ class InboundGate(asyncio.Protocol):
 
     def tls_established(self, tls_transport: asyncio.Transport) -> None:
         self.ctx.stats.incr("ssl_handshake")
-        self._hand_over(self.make_protocol(), tls_transport, peer_of(tls_transport))
+        peer = peer_of(tls_transport)
+        if peer is not None:
+            announce_peer("from", peer, f"{self.peer} to port {self.listener.port}")
+        self._hand_over(self.make_protocol(), tls_transport, peer)
 
     def _hand_over(self, proto: asyncio.Protocol, transport: asyncio.Transport, peer: PeerIdentity | None) -> None:
         listener = self.listener

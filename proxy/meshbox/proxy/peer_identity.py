@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 SPIFFE = "spiffe://"
 
 
@@ -20,3 +22,21 @@ class PeerIdentity:
 
     def __repr__(self) -> str:
         return f"PeerIdentity({self.uri!r}, {self.tls_version!r})"
+
+
+# Peers already announced (bounded: forgotten wholesale when full, so a peer may be announced again).
+_ANNOUNCED: set[tuple[str, str]] = set()
+_ANNOUNCED_MAX = 4096
+
+
+def announce_peer(direction: str, peer: PeerIdentity, where: str) -> None:
+    """One stderr line the first time this proxy speaks mutual TLS with a peer identity at ``where``,
+    e.g. ``mutual TLS: TLSv1.3 from spiffe://cluster.local/ns/default/sa/sleep (10.244.0.5:41234)``."""
+    key = (direction, f"{peer.uri} {where.rsplit(':', 1)[0]}")
+    if key in _ANNOUNCED:
+        return
+    if len(_ANNOUNCED) >= _ANNOUNCED_MAX:
+        _ANNOUNCED.clear()
+    _ANNOUNCED.add(key)
+    print(f"meshbox-proxy: mutual TLS: {peer.tls_version} {direction} {peer.uri or '(no SPIFFE ID)'} ({where})",
+          file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.inbound_tls import peer_of, tls_failure_reason
+from meshbox.proxy.peer_identity import announce_peer
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
@@ -57,4 +58,6 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
         raise UpstreamTlsFailure(f"TLS error: server identity {uri or '(none)'} of {host.host} is not one of "
                                  f"{', '.join(sorted(cluster.sans))}")
     host.peer_uri = uri
+    if peer is not None:
+        announce_peer("to", peer, host.host)
     return transport, proto
