@@ -126,12 +126,18 @@ class Pair:
     async def start(self, backend: int, mode: int, sans: list[str], protocol: int = pc.HTTP,
                     policies: list[pc.NamedAuthorizationPolicy] | None = None) -> None:
         kit = self.kit
+        self.server_admin, self.client_admin = kit.free_port(), kit.free_port()
         self.server = await kit.standalone(
             self.proxy_cli, server_config(self.in_port, backend, mode, protocol, policies), self.tmp_path,
-            "--cert-dir", str(self.server_dir), "--access-log-format", FMT, port=self.in_port)
+            "--cert-dir", str(self.server_dir), "--access-log-format", FMT, "--admin-port", str(self.server_admin),
+            port=self.in_port)
         self.client = await kit.standalone(
             self.proxy_cli, client_config(self.out_port, self.in_port, sans, protocol), self.tmp_path,
-            "--cert-dir", str(self.client_dir), "--access-log-format", FMT, port=self.out_port)
+            "--cert-dir", str(self.client_dir), "--access-log-format", FMT, "--admin-port", str(self.client_admin),
+            port=self.out_port)
+
+    async def metrics(self, admin: int) -> str:
+        return (await self.kit.get(admin, "/stats/prometheus")).body.decode()
 
 
 def tls_client_context(pki: Any, tmp_path: Path, root: Any, cert: Any, key: Any) -> ssl.SSLContext:
@@ -171,10 +177,18 @@ def test_http_over_mutual_tls_between_two_proxies(kit: Any, proxy_cli: Any, tmp_
         first = await kit.get(pair.out_port, "/hello")
         second = await kit.get(pair.out_port, "/again")
         plain, _ = await kit.raw_exchange(pair.in_port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        metrics.extend([await pair.metrics(pair.server_admin), await pair.metrics(pair.client_admin)])
         backend.close()
         return first, second, plain
 
+    metrics: list[str] = []
     first, second, plain = kit.run(main())
+    server_line = next(m for m in metrics[0].splitlines() if m.startswith("istio_requests_total{"))
+    client_line = next(m for m in metrics[1].splitlines() if m.startswith("istio_requests_total{"))
+    assert (f'connection_security_policy="mutual_tls",source_principal="{CLIENT_ID}",'
+            f'destination_principal="{SERVER_ID}"') in server_line, server_line
+    assert (f'connection_security_policy="unknown",source_principal="{CLIENT_ID}",'
+            f'destination_principal="{SERVER_ID}"') in client_line, client_line
     server_log, server_err = stop(pair.server)
     client_log, client_err = stop(pair.client)
     assert first.status == 200 and second.status == 200, (client_log, client_err, server_log, server_err)

@@ -38,6 +38,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.exchange_core import ExchangeCore
 from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.security_labels import with_security
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
@@ -254,6 +255,8 @@ class DownstreamHttp(asyncio.Protocol):
         direction = listener.direction if listener is not None else INBOUND
         cluster = ex.cluster
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
+        labels = with_security(labels, ctx.tls.identity if ctx.tls is not None else None,
+                               ex.downstream_peer_uri, ex.upstream_peer_uri)
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
     def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:

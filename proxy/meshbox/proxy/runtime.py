@@ -65,6 +65,10 @@ def _context(options: Options) -> ProxyContext:
         from meshbox.proxy.workload_tls import WorkloadTls  # the real ssl module: only with a certificate
 
         tls = WorkloadTls(options.cert_dir)
+        try:
+            tls.refresh()  # now, when the files are there: the metric labels know this workload's identity
+        except OSError as exc:  # not written yet: the first TLS connection loads them
+            print(f"meshbox-proxy: no workload certificate yet: {exc}", file=sys.stderr, flush=True)
     return ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
                         pod_ip=options.pod_ip, registry_only=options.registry_only,
                         head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,

@@ -10,6 +10,7 @@ from typing import cast
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.security_labels import with_security
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
@@ -60,6 +61,11 @@ class DownstreamTcp(asyncio.Protocol):
         if self.peer is not None:
             s.downstream_peer_uri = self.peer.uri
             s.downstream_tls_version = self.peer.tls_version
+        tls = self.ctx.tls
+        # The server's identity is not known yet when the connection opens: an outbound TCP connection
+        # reports destination_principal "unknown".
+        s.labels = with_security(s.labels, tls.identity if tls is not None else None,
+                                 s.downstream_peer_uri, None)
         self.ctx.stats.tcp_opened(s.labels)
         host = self.target
         if self.cluster is not None:

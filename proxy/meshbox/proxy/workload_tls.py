@@ -46,6 +46,20 @@ def _context(side: ssl._SSLMethod, directory: str) -> ssl.SSLContext:
     return ctx
 
 
+def _own_identity(chain: str) -> str | None:
+    """The first URI SAN of the chain's first certificate. The ssl module has no public way to read a
+    certificate file (only a peer's); its decoder for them is CPython's own, used by its test suite.
+    Without it the identity stays unknown (metric labels say "unknown")."""
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None:
+        return None
+    try:
+        cert = decode(chain)
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    return next((v for k, v in cert.get("subjectAltName", ()) if k == "URI"), None)
+
+
 class WorkloadTls:
     """Server and client contexts of the workload certificate in ``cert_dir``, reloaded on rotation."""
 
@@ -56,6 +70,8 @@ class WorkloadTls:
         self._client: ssl.SSLContext | None = None
         self._checked = 0.0
         self.reloads = 0
+        # This workload's SPIFFE ID, from its certificate (None until one is loaded).
+        self.identity: str | None = None
 
     def _generation(self) -> str:
         current = os.path.join(self.cert_dir, CURRENT)
@@ -81,6 +97,7 @@ class WorkloadTls:
             print(f"meshbox-proxy: keeping the previous workload certificate: {exc}", file=sys.stderr, flush=True)
             return
         self._server, self._client, self.generation = server, client, generation
+        self.identity = _own_identity(os.path.join(generation, CHAIN))
         self.reloads += 1
         print(f"meshbox-proxy: workload certificate loaded from {generation}", file=sys.stderr, flush=True)
 
