@@ -47,14 +47,15 @@ FMT = ("%RESPONSE_CODE% %RESPONSE_FLAGS% peer=%DOWNSTREAM_PEER_URI_SAN% tls=%DOW
 
 
 def write_identity(pki: Any, directory: Path, root: Any, root_key: Any, uri: str, generation: int = 1,
-                   **leaf_args: Any) -> Path:
-    """The agent's layout: <dir>/.gen-N/{key.pem,cert-chain.pem,root-cert.pem} and current -> .gen-N."""
+                   bundle: tuple[Any, ...] = (), **leaf_args: Any) -> Path:
+    """The agent's layout: <dir>/.gen-N/{key.pem,cert-chain.pem,root-cert.pem} and current -> .gen-N;
+    the trust bundle is ``bundle`` (default: the signing root alone)."""
     gen = directory / f".gen-{generation}"
     gen.mkdir(parents=True)
     cert, key = pki.leaf(root, root_key, uris=(uri,), **leaf_args)
     (gen / "key.pem").write_bytes(pki.key_pem(key))
     (gen / "cert-chain.pem").write_bytes(pki.pem(cert))
-    (gen / "root-cert.pem").write_bytes(pki.pem(root))
+    (gen / "root-cert.pem").write_bytes(b"".join(pki.pem(r) for r in bundle or (root,)))
     tmp = directory / "current.tmp"
     tmp.symlink_to(gen.name)
     os.replace(tmp, directory / "current")
@@ -166,6 +167,47 @@ async def tls_attempt(port: int, ctx: ssl.SSLContext) -> bytes:
 @pytest.fixture
 def pki() -> Any:
     return Pki()
+
+
+def test_root_rotation_through_a_two_root_bundle_without_a_failed_request(
+        kit: Any, proxy_cli: Any, tmp_path: Path, pki: Any) -> None:
+    """docs/security.md's three steps, as the agent writes them: both roots trusted, then leaves of the
+    new root (the two sides switch at different moments), then the new root alone."""
+    pair = Pair(kit, proxy_cli, tmp_path, pki)
+    old, old_key = pair.root, pair.root_key
+    new, new_key = pki.root("new mesh root")
+    steps = [
+        [(pair.server_dir, SERVER_ID, old, old_key, (old, new)), (pair.client_dir, CLIENT_ID, old, old_key, (old, new))],
+        [(pair.server_dir, SERVER_ID, new, new_key, (old, new))],
+        [(pair.client_dir, CLIENT_ID, new, new_key, (old, new))],
+        [(pair.server_dir, SERVER_ID, new, new_key, (new,)), (pair.client_dir, CLIENT_ID, new, new_key, (new,))],
+    ]
+
+    async def main() -> list[int]:
+        backend = await kit.Backend("app").start()
+        await pair.start(backend.port, MODE.STRICT, [SERVER_ID])
+        statuses = []
+        generation = {pair.server_dir: 1, pair.client_dir: 1}
+        for i in range(80):  # bounded: 80 new connections over ~5 s, a rotation step every 16
+            if i % 16 == 15 and i // 16 < len(steps):
+                for directory, uri, root, key, bundle in steps[i // 16]:
+                    generation[directory] += 1
+                    write_identity(pki, directory, root, key, uri, generation[directory], bundle)
+                await asyncio.sleep(1.1)  # the proxies look at the files at most once a second
+            statuses.append((await kit.get(pair.out_port, f"/{i}", headers=[("connection", "close")])).status)
+        # New handshakes at the server: a client certificate of the old root is refused now.
+        for root, key in ((old, old_key), (new, new_key)):
+            cert, cert_key = pki.leaf(root, key, uris=(CLIENT_ID,))
+            answer = await tls_attempt(pair.in_port, tls_client_context(pki, tmp_path, new, cert, cert_key))
+            statuses.append(int(answer[9:12] or b"0"))
+        backend.close()
+        return statuses
+
+    statuses = kit.run(main())
+    _, server_err = stop(pair.server)
+    _, client_err = stop(pair.client)
+    assert statuses == [200] * 80 + [0, 200], (server_err, client_err)
+    assert f"{pair.server_dir}/.gen-4" in server_err and f"{pair.client_dir}/.gen-4" in client_err
 
 
 def test_http_over_mutual_tls_between_two_proxies(kit: Any, proxy_cli: Any, tmp_path: Path, pki: Any) -> None:
