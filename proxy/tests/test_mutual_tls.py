@@ -177,7 +177,8 @@ def test_root_rotation_through_a_two_root_bundle_without_a_failed_request(
     old, old_key = pair.root, pair.root_key
     new, new_key = pki.root("new mesh root")
     steps = [
-        [(pair.server_dir, SERVER_ID, old, old_key, (old, new)), (pair.client_dir, CLIENT_ID, old, old_key, (old, new))],
+        [(pair.server_dir, SERVER_ID, old, old_key, (old, new)),
+         (pair.client_dir, CLIENT_ID, old, old_key, (old, new))],
         [(pair.server_dir, SERVER_ID, new, new_key, (old, new))],
         [(pair.client_dir, CLIENT_ID, new, new_key, (old, new))],
         [(pair.server_dir, SERVER_ID, new, new_key, (new,)), (pair.client_dir, CLIENT_ID, new, new_key, (new,))],
