@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -328,12 +329,19 @@ def test_tcp_listeners_and_clusters_over_mutual_tls(kit: Any, proxy_cli: Any, tm
         backend = await kit.Backend("app").start()
         await pair.start(backend.port, MODE.STRICT, [SERVER_ID], protocol=pc.TCP)
         response = await kit.get(pair.out_port, "/over-tcp")
+        for i in range(3):
+            assert (await kit.get(pair.out_port, f"/again/{i}")).status == 200
         plain, _ = await kit.raw_exchange(pair.in_port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        resumed.append(await pair.metrics(pair.client_admin))
         backend.close()
         return response, plain
 
+    resumed: list[str] = []
+
     response, plain = kit.run(main())
     assert response.status == 200 and plain == b""
+    # Each TCP connection opened its own TLS connection upstream: the later ones resumed a session.
+    assert re.search(r"meshbox_proxy_upstream_ssl_session_reused_total [1-9]", resumed[0]), resumed[0]
     wait_for_log(pair.server, "TLSv1.3")
     wait_for_log(pair.client, "up=spiffe")
     server_log, server_err = stop(pair.server)

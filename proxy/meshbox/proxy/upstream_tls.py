@@ -12,6 +12,7 @@ from meshbox.proxy.inbound_tls import peer_of, tls_failure_reason
 from meshbox.proxy.peer_identity import announce_peer
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
+from meshbox.proxy.workload_tls import RESUME
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -40,8 +41,13 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
     if tls is None:
         raise UpstreamTlsFailure(f"cluster {cluster.name} requires mutual TLS to {host.host} and this proxy "
                                  "has no workload certificate (--cert-dir)")
+    token = None
     try:
         context = tls.client_context()
+        last = host.tls_last
+        # A session resumes only with the context that made it (not across a certificate rotation).
+        if last is not None and last[0] is context:
+            token = RESUME.set(getattr(last[1], "session", None))
         transport, proto = await loop.create_connection(factory, host.address, host.port, ssl=context,
                                                         server_hostname="")
     except TimeoutError:
@@ -50,6 +56,14 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
         reason = tls_failure_reason(exc)
         ctx.stats.incr("upstream_ssl_handshake_error")
         raise UpstreamTlsFailure(f"TLS error: {reason}") from None
+    finally:
+        if token is not None:
+            RESUME.reset(token)
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is not None:
+        host.tls_last = (context, ssl_object)
+        if ssl_object.session_reused:
+            ctx.stats.incr("upstream_ssl_session_reused")
     peer = peer_of(transport)
     uri = peer.uri if peer is not None else ""
     if cluster.sans and uri not in cluster.sans:
