@@ -55,6 +55,19 @@ def test_auto_mtls_to_sidecar_endpoints_with_their_identities(kit: Any) -> None:
     assert {e.address: e.sidecar for e in endpoints} == {"10.1.0.21": True, "10.1.0.22": False}
 
 
+def test_no_tls_to_a_port_whose_peer_authentication_is_disable(kit: Any) -> None:
+    docs = objects(kit)
+    docs.append({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                 "metadata": {"name": "plain-two", "namespace": "default"},
+                 "spec": {"selector": {"matchLabels": {"app": "service-two"}}, "mtls": {"mode": "STRICT"},
+                          "portLevelMtls": {"8080": {"mode": "DISABLE"}}}})
+    docs = [d for d in docs if d["metadata"]["name"] != "two"]
+    reg = build_registry(SourcedDocument("test.yaml", d) for d in docs)
+    config = ConfigBuilder(reg, trust_domain="cluster.local").build(kit.node("service-one-a", "10.1.0.11"))
+    endpoints = next(e for e in config.endpoints if e.cluster_name == TWO).endpoints
+    assert not any(e.sidecar for e in endpoints)
+
+
 def test_inbound_listener_carries_its_port_mode_and_policies(kit: Any) -> None:
     builder = ConfigBuilder(registry(kit), trust_domain="cluster.local")
     two = builder.build(kit.node("service-two-v1", "10.1.0.21"))

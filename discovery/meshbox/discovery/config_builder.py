@@ -21,6 +21,8 @@ from meshbox.discovery.registry import Registry
 from meshbox.discovery.route_rules import build_port_routes, cluster_for, cluster_name, ordered_rules, targets
 from meshbox.discovery.security_policies import authorization_policies, effective_mtls
 
+DISABLE = security_pb2.PeerAuthentication.MutualTLS.DISABLE
+
 LOCALHOST = "127.0.0.1"
 
 
@@ -43,6 +45,18 @@ def pod_workload(pod: Pod) -> pc.WorkloadMetadata:
     return pc.WorkloadMetadata(name=name, namespace=pod.namespace, app=app_name(pod.labels, name))
 
 
+def accepts_mtls(registry: Registry, pod: Pod, port: int) -> bool:
+    """The pod runs a meshbox sidecar and its peer authentication for ``port`` is not DISABLE: auto mTLS
+    to it (with DISABLE its proxy takes plaintext only, so clients must not send TLS)."""
+    if not pod.sidecar:
+        return False
+    if not registry.security_policies:
+        return True
+    modes = effective_mtls(registry.security_policies, root_namespace=ROOT_NAMESPACE, namespace=pod.namespace,
+                           labels=pod.labels)
+    return modes.for_port(port) != DISABLE
+
+
 def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> list[pc.Endpoint]:
     """Endpoints of one service port: from Endpoints/EndpointSlices when there are any, else from pods."""
     result = []
@@ -60,13 +74,14 @@ def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> li
                 pod = registry.pod(service.namespace, addr.pod_name) if addr.pod_name else None
                 result.append(pc.Endpoint(address=addr.ip, port=number, labels=pod.labels if pod else {},
                                           workload=pod_workload(pod) if pod else None,
-                                          sidecar=pod.sidecar if pod else False))
+                                          sidecar=accepts_mtls(registry, pod, number) if pod else False))
     else:
         for endpoint in port_endpoints(service, port, registry.pods):
             pod = registry.pod(service.namespace, endpoint.pod_name)
             if endpoint.ready and pod is not None:
                 result.append(pc.Endpoint(address=endpoint.ip, port=endpoint.port, labels=pod.labels,
-                                          workload=pod_workload(pod), sidecar=pod.sidecar))
+                                          workload=pod_workload(pod),
+                                          sidecar=accepts_mtls(registry, pod, endpoint.port)))
     result.sort(key=lambda e: (e.address, e.port))
     return result
 
