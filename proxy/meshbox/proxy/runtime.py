@@ -64,6 +64,7 @@ def _context(options: Options) -> ProxyContext:
     if options.cert_dir is not None:
         from meshbox.proxy.workload_tls import WorkloadTls  # the real ssl module: only with a certificate
 
+        startup_memory.keep_tls_buffers_on_the_heap()
         tls = WorkloadTls(options.cert_dir)
         try:
             tls.refresh()  # now, when the files are there: the metric labels know this workload's identity
