@@ -101,8 +101,9 @@ def wait_until_serving(server: ServerProcess, path: str = "/", port: int | None 
     raise ServerStartError(f"{server.name} not serving after {START_TIMEOUT_S:g}s ({last_error}):\n{server.log_tail()}")
 
 
-def _spawn(name: str, argv: list[str], cpus: set[int], workdir: Path, port: int,
-           error_logs: list[Path]) -> ServerProcess:
+def spawn(name: str, argv: list[str], cpus: set[int], workdir: Path, port: int,
+          error_logs: tuple[Path, ...] = ()) -> ServerProcess:
+    """Run ``argv`` pinned to ``cpus`` with its stdout and stderr in files of ``workdir``."""
     stdout_path, stderr_path = workdir / f"{name}.stdout", workdir / f"{name}.stderr"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = subprocess.Popen(
@@ -128,7 +129,7 @@ def start_nginx(name: str, template: str, workdir: Path, cpus: set[int], **value
     conf.write_text(text)
     startup_log = workdir / f"{name}-startup-error.log"
     argv = ["nginx", "-p", str(workdir), "-e", str(startup_log), "-c", str(conf)]
-    return _spawn(name, argv, cpus, workdir, port, [startup_log, workdir / f"{name}-error.log"])
+    return spawn(name, argv, cpus, workdir, port, (startup_log, workdir / f"{name}-error.log"))
 
 
 def meshbox_proxy_config(listen_port: int, backend_port: int) -> str:
@@ -170,7 +171,7 @@ def start_meshbox_proxy(
     # --outbound-port 0: the capture listener (unused here, no iptables) takes any free port, not 15001.
     argv = [proxy_bin, "--config", str(config), "--concurrency", "1", "--admin-port", str(admin_port),
             "--outbound-port", "0", *extra_args]
-    return _spawn(name, argv, cpus, workdir, port, [])
+    return spawn(name, argv, cpus, workdir, port)
 
 
 def count_lines(path: Path) -> int:

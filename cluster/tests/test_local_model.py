@@ -59,7 +59,8 @@ def test_manifest_objects_and_namespace_default() -> None:
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "'ConfigMap' is not supported by the local cluster "
                                                               "(supported: Service, Deployment, Pod, RouteRule, "
                                                               "VirtualService, DestinationRule, ServiceEntry, "
-                                                              "DestinationPolicy)"),
+                                                              "DestinationPolicy, PeerAuthentication, "
+                                                              "AuthorizationPolicy)"),
     ("kind: Service\nmetadata: {name: x}\nspec: {ports: [{port: 70000}]}\n", "spec.ports[0].port: expected a port"),
     ("kind: Service\nmetadata: {name: Bad_Name}\nspec: {ports: [{port: 80}]}\n",
      "Service default/Bad_Name: metadata.name: Invalid value: 'Bad_Name'"),

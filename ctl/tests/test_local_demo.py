@@ -29,6 +29,8 @@ def test_demo_replays_the_tutorial_and_cleans_up(root: None) -> None:
     assert rid, out
     assert re.search(rf'"{rid.group(1)}" "service-two" "10\.244\.\d+\.\d+:8080"', out)  # client proxy line
     assert f'"{rid.group(1)}" "service-two" "127.0.0.1:8080"' in out  # server proxy line
+    assert re.search(r"mutual TLS: TLSv1\.3 to spiffe://cluster\.local/ns/default/sa/default \(10\.244\.", out)
+    assert re.search(r"mutual TLS: TLSv1\.3 from spiffe://cluster\.local/ns/default/sa/default \(10\.244\.", out)
     assert 'init args: ["-p", "15001", "-u", "1337"]' in out and "proxy runAsUser: 1337" in out
     tail = out[out.index("The request, traced through both proxies:"):].splitlines()
     assert tail[1].startswith(f"request {rid.group(1)}: 2 hop(s)")

@@ -255,8 +255,9 @@ def test_flag_fi_fault_abort_and_metrics_labels(kit: Any, tmp_path: Path) -> Non
         line = next(m for m in metrics.splitlines() if m.startswith("istio_requests_total{"))
         for label in ('reporter="source"', 'source_workload="sleep"', 'source_workload_namespace="default"',
                       'destination_service="svc.default.svc.cluster.local"', 'destination_service_name="svc"',
-                      'destination_service_namespace="default"', 'request_protocol="http"', 'response_code="418"',
-                      'response_flags="FI"'):
+                      'destination_service_namespace="default"', 'connection_security_policy="unknown"',
+                      'source_principal="unknown"', 'destination_principal="unknown"', 'request_protocol="http"',
+                      'response_code="418"', 'response_flags="FI"'):
             assert label in line
         assert "istio_request_duration_milliseconds_bucket{" in metrics
 

@@ -10,7 +10,8 @@ from meshbox.proxy.metrics_exposition import render
 
 ODD = 'we"ird\\name\nx'
 LABELS = ("source", "sleep", "default", "sleep", ODD, "shop", "reviews",
-          "reviews.shop.svc.cluster.local", "reviews", "shop")
+          "reviews.shop.svc.cluster.local", "reviews", "shop", "unknown", "spiffe://cluster.local/ns/default/sa/sleep",
+          "unknown")
 
 
 def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:

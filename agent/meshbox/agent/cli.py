@@ -147,6 +147,8 @@ def sidecar(
     argv += ["--admin-port", str(admin)]
     if mesh_config:
         argv += ["--mesh-config", mesh_config]
+    if identity is not None:
+        argv += ["--cert-dir", str(cert_dir)]  # the proxy's mutual TLS uses the files the agent writes there
     argv += proxy_args
     options = SidecarOptions(
         discovery_address=address,

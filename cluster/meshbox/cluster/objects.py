@@ -1,9 +1,10 @@
 """Kubernetes-shaped objects the local cluster accepts, checked before anything is made (pure).
 
 Supported kinds: Service, Deployment (apps/v1 or extensions/v1beta1), Pod, RouteRule and Istio's
-VirtualService, DestinationRule and ServiceEntry (networking.istio.io) and RouteRule and
-DestinationPolicy (config.istio.io/v1alpha2); fields meshbox does not implement are refused here,
-as discovery refuses them. Every
+VirtualService, DestinationRule and ServiceEntry (networking.istio.io), RouteRule and
+DestinationPolicy (config.istio.io/v1alpha2), PeerAuthentication and AuthorizationPolicy
+(security.istio.io); fields meshbox does not implement are refused here, as discovery refuses
+them. Every
 check runs on the whole input first, so a bad document leaves the cluster exactly as it was.
 Services and pod labels/ports are read by meshbox.api.kube, the parser discovery uses, so an
 object the cluster takes is one discovery reads the same way; errors name the document, the
@@ -34,11 +35,14 @@ from meshbox.api.kube.endpoints import matches
 from meshbox.api.kube.names import POD_TEMPLATE_HASH_LABEL, is_dns_label
 from meshbox.api.kube.objects import FieldReader, ObjectError, object_label, parse_pod, parse_service
 from meshbox.api.loader import ConfigError, iter_yaml_documents, parse_route_rule, plain_data
+from meshbox.api.security_policy import KINDS as SECURITY_KINDS
+from meshbox.api.security_policy import parse_security_policy
 
 ISTIO_TRANSLATORS: dict[str, Callable[..., tuple[Any, list[Finding]]]] = {
     "VirtualService": translate_virtual_service, "DestinationRule": translate_destination_rule,
     "ServiceEntry": translate_service_entry}
-SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule", *ISTIO_TRANSLATORS, "DestinationPolicy")
+SUPPORTED_KINDS = ("Service", "Deployment", "Pod", "RouteRule", *ISTIO_TRANSLATORS, "DestinationPolicy",
+                   *SECURITY_KINDS)
 MAX_REPLICAS = 20  # the local cluster's limit: each pod is a namespace and several processes
 Obj = dict[str, Any]  # a Kubernetes object as plain data (the one definition)
 
@@ -176,6 +180,11 @@ def resource_from(doc: Any, source: str) -> Resource:
             _pod_facts(r, meta, body.get("spec"), source, "")
         elif kind in ISTIO_TRANSLATORS or kind == "DestinationPolicy" or is_istio_legacy(body):
             _check_istio(body, source)
+        elif kind in SECURITY_KINDS:
+            try:
+                parse_security_policy(body, source=source)
+            except ValueError as exc:  # ConfigError, ValidationError: the object and field named
+                raise ManifestError(str(exc)) from None
         else:
             try:
                 parse_route_rule(doc, source=source)

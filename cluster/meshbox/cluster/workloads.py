@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any
 
+from meshbox.api.security_policy import KINDS as SECURITY_KINDS
 from meshbox.cluster.addressing import AddressError, check_cluster_ip, next_cluster_ip
 from meshbox.cluster.cluster import ClusterError, LocalCluster, now_text, registry_name, yaml_text
 from meshbox.cluster.containers import container_ready
@@ -31,7 +32,7 @@ from meshbox.cluster.objects import (
 DEPLOYMENT_NAME_MAX = 46  # leaves room for -<10 hex>-<5 chars> within 63
 ROLLOUT_READY_TIMEOUT = 60.0  # seconds new pods get to become ready before a rollout stops
 ORDER = {"Service": 0, "ServiceEntry": 1, "DestinationRule": 1, "VirtualService": 1, "RouteRule": 1,
-         "DestinationPolicy": 1, "Deployment": 2, "Pod": 3}
+         "DestinationPolicy": 1, "PeerAuthentication": 1, "AuthorizationPolicy": 1, "Deployment": 2, "Pod": 3}
 
 
 def _same(a: Obj, b: Obj, *ignored: str) -> bool:
@@ -224,7 +225,7 @@ def apply(cluster: LocalCluster, resources: list[Resource]) -> tuple[list[str], 
                 lines.append(f"service/{res.name} {_place_service(cluster, state, res)}")
                 cluster.dir.save(state)
                 cluster.sync(state)
-            elif res.kind in ("RouteRule", "DestinationPolicy", *ISTIO_TRANSLATORS):
+            elif res.kind in ("RouteRule", "DestinationPolicy", *ISTIO_TRANSLATORS, *SECURITY_KINDS):
                 group = str(res.body.get("apiVersion", "")).split("/")[0]
                 lines.append(f"{res.kind.lower()}.{group}/{res.name} {_apply_rule(cluster, state, res)}")
             elif res.kind == "Deployment":

@@ -31,6 +31,10 @@ INJECTED = ("meshctl local get deployment service-one -o jsonpath="
             "env: {.spec.template.spec.containers[1].env[*].name}{\"\\n\"}'")
 
 
+MTLS_PEERS = ("meshctl local logs ${CLIENT} proxy | grep -m1 'mutual TLS'\n"
+              "meshctl local logs ${SERVER} proxy | grep -m1 'mutual TLS'")
+
+
 class DemoFailed(click.ClickException):
     """A tutorial step did not do what the tutorial says."""
 
@@ -56,6 +60,7 @@ def tutorial_steps(request_id: str | None = None) -> list[Step]:
              "meshctl local exec -it ${CLIENT} -c app -- curl service-two:80 | grep x-request-id"),
         Step("The client's proxy logged the outbound request", f"meshctl local logs ${{CLIENT}} proxy | grep {rid}"),
         Step("The server's proxy logged the inbound request", f"meshctl local logs ${{SERVER}} proxy | grep {rid}"),
+        Step("Between the pods, mutual TLS: each proxy names the other's identity", MTLS_PEERS),
         Step("Localhost traffic is not intercepted (no request id, no proxy log line)",
              "meshctl local exec -it ${SERVER} -c app -- curl localhost:8080 | grep x-request-id", may_fail=True),
         Step("What injection added to the deployment", INJECTED),
@@ -123,11 +128,13 @@ def run_local(keep: bool) -> str:
             raise DemoFailed("the answer of service-two has no x-request-id: the request did not go through a proxy")
         rid = found.group(1)
         steps = tutorial_steps(rid)
-        for number in range(6, 11 if keep else 13):
+        for number in range(6, 12 if keep else 14):
             out = runner.step(number, steps[number - 1])
-            if number == 8 and out.strip():
+            if number == 8 and out.count("mutual TLS") != 2:
+                raise DemoFailed("the proxies did not log a mutual TLS connection between the pods")
+            if number == 9 and out.strip():
                 raise DemoFailed("localhost traffic went through the proxy (the answer carries a request id)")
-            if number == 10:
+            if number == 11:
                 traced = out
     finally:
         if not keep:

@@ -8,10 +8,12 @@ so their union is valid too.
 
 from __future__ import annotations
 
+from meshbox.api.defaults import ROOT_NAMESPACE
+from meshbox.api.identity import WorkloadIdentity
 from meshbox.api.kube.endpoints import matches, port_endpoints, resolve_target, selects
 from meshbox.api.kube.objects import Pod, Service, ServicePort
 from meshbox.api.protocols import is_http_port
-from meshbox.api.v1 import discovery_pb2
+from meshbox.api.v1 import discovery_pb2, security_pb2
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import validate_proxy_config
 from meshbox.api.workload import app_name, workload_name
@@ -26,6 +28,9 @@ from meshbox.discovery.route_rules import (
     subset_policy,
     targets,
 )
+from meshbox.discovery.security_policies import authorization_policies, effective_mtls
+
+DISABLE = security_pb2.PeerAuthentication.MutualTLS.DISABLE
 
 LOCALHOST = "127.0.0.1"
 
@@ -49,6 +54,18 @@ def pod_workload(pod: Pod) -> pc.WorkloadMetadata:
     return pc.WorkloadMetadata(name=name, namespace=pod.namespace, app=app_name(pod.labels, name))
 
 
+def accepts_mtls(registry: Registry, pod: Pod, port: int) -> bool:
+    """The pod runs a meshbox sidecar and its peer authentication for ``port`` is not DISABLE: auto mTLS
+    to it (with DISABLE its proxy takes plaintext only, so clients must not send TLS)."""
+    if not pod.sidecar:
+        return False
+    if not registry.security_policies:
+        return True
+    modes = effective_mtls(registry.security_policies, root_namespace=ROOT_NAMESPACE, namespace=pod.namespace,
+                           labels=pod.labels)
+    return modes.for_port(port) != DISABLE
+
+
 def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> list[pc.Endpoint]:
     """Endpoints of one service port: from Endpoints/EndpointSlices when there are any, else from pods."""
     result = []
@@ -65,22 +82,42 @@ def endpoints_for(registry: Registry, service: Service, port: ServicePort) -> li
             for addr in es.addresses:
                 pod = registry.pod(service.namespace, addr.pod_name) if addr.pod_name else None
                 result.append(pc.Endpoint(address=addr.ip, port=number, labels=pod.labels if pod else {},
-                                          workload=pod_workload(pod) if pod else None))
+                                          workload=pod_workload(pod) if pod else None,
+                                          sidecar=accepts_mtls(registry, pod, number) if pod else False))
     else:
         for endpoint in port_endpoints(service, port, registry.pods):
             pod = registry.pod(service.namespace, endpoint.pod_name)
             if endpoint.ready and pod is not None:
                 result.append(pc.Endpoint(address=endpoint.ip, port=endpoint.port, labels=pod.labels,
-                                          workload=pod_workload(pod)))
+                                          workload=pod_workload(pod),
+                                          sidecar=accepts_mtls(registry, pod, endpoint.port)))
     result.sort(key=lambda e: (e.address, e.port))
     return result
 
 
-class ConfigBuilder:
-    """Builds proxy configs from one registry snapshot; caches the shared outbound half."""
+def upstream_tls(registry: Registry, endpoints: list[pc.Endpoint], trust_domain: str) -> pc.UpstreamTls:
+    """Auto mTLS to a service's sidecar endpoints; the server may be any service account of its pods."""
+    accounts = set()
+    for endpoint in endpoints:
+        pod = registry.pod_by_ip(endpoint.address) if endpoint.sidecar else None
+        if pod is not None:
+            accounts.add(WorkloadIdentity(trust_domain, pod.namespace, pod.service_account).spiffe_id)
+    return pc.UpstreamTls(mode=pc.UpstreamTls.AUTO, subject_alt_names=sorted(accounts))
 
-    def __init__(self, registry: Registry) -> None:
+
+class ConfigBuilder:
+    """Builds proxy configs from one registry snapshot; caches the shared outbound half.
+
+    With ``trust_domain`` (discovery runs the mesh CA), clusters get auto mutual TLS and inbound
+    listeners their peer authentication mode and authorization policies; without it (``--plaintext``)
+    proxies get neither.
+    """
+
+    def __init__(self, registry: Registry, *, trust_domain: str | None = None,
+                 root_namespace: str = ROOT_NAMESPACE) -> None:
         self.registry = registry
+        self.trust_domain = trust_domain
+        self.root_namespace = root_namespace
         self.warnings: list[str] = []
         self._outbound: dict[str, pc.ProxyConfig] = {}
         self._by_fqdn = {s.fqdn: s for s in registry.services}
@@ -154,7 +191,12 @@ class ConfigBuilder:
                 name = cluster_name("outbound", port.port, "", service.fqdn)
                 endpoints = endpoints_for(self.registry, service, port)
                 policy = self.registry.destination_policies.get(service.fqdn)
-                config.clusters.append(cluster_for(name, service.fqdn, policy.policy if policy else None))
+                cluster = cluster_for(name, service.fqdn, policy.policy if policy else None)
+                tls = None
+                if self.trust_domain is not None:
+                    tls = upstream_tls(self.registry, endpoints, self.trust_domain)
+                    cluster.tls.CopyFrom(tls)
+                config.clusters.append(cluster)
                 config.endpoints.append(pc.ClusterLoadAssignment(cluster_name=name, endpoints=endpoints))
                 listener = pc.Listener(name=f"{service.cluster_ip}_{port.port}", direction=pc.OUTBOUND,
                                        address=service.cluster_ip, port=port.port)
@@ -162,6 +204,9 @@ class ConfigBuilder:
                     listener.protocol = pc.HTTP
                     listener.route_config = str(port.port)
                     routes = build_port_routes(service, port.port, rules, endpoints, policy)
+                    if tls is not None:
+                        for subset in routes.subset_clusters:
+                            subset.tls.CopyFrom(tls)
                     config.clusters.extend(routes.subset_clusters)
                     config.endpoints.extend(routes.subset_endpoints)
                     others.extend(routes.other_targets)
@@ -190,6 +235,13 @@ class ConfigBuilder:
             return config
         labels = dict(pod.labels) if pod else dict(node.labels)
         seen: set[int] = set()
+        secure = self.trust_domain is not None
+        policies = self.registry.security_policies
+        modes = effective_mtls(policies, root_namespace=self.root_namespace, namespace=namespace, labels=labels)
+        authz = [pc.NamedAuthorizationPolicy(name=p.name, namespace=p.namespace, spec=p.spec)
+                 for p in authorization_policies(policies, root_namespace=self.root_namespace, namespace=namespace,
+                                                 labels=labels)
+                 if isinstance(p.spec, security_pb2.AuthorizationPolicy)]
         for service in sorted(self.registry.services, key=lambda s: s.name):
             if not _selects(service, namespace, labels):
                 continue
@@ -203,6 +255,9 @@ class ConfigBuilder:
                 config.endpoints.append(pc.ClusterLoadAssignment(
                     cluster_name=name, endpoints=[pc.Endpoint(address=LOCALHOST, port=target)]))
                 listener = pc.Listener(name=f"{pod_ip}_{target}", direction=pc.INBOUND, address=pod_ip, port=target)
+                if secure:
+                    listener.mtls_mode = modes.for_port(target)
+                    listener.authorization_policies.extend(authz)
                 if is_http_port(port.name):
                     listener.protocol = pc.HTTP
                     listener.route_config = name

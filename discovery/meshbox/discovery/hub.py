@@ -155,7 +155,7 @@ class Hub:
 
     def update(self, registry: Registry) -> None:
         """Serve ``registry`` from now on and push what changed to every stream."""
-        snapshot = Snapshot(registry, previous=self.snapshot)
+        snapshot = Snapshot(registry, previous=self.snapshot, trust_domain=self.trust_domain)
         self.metrics.rebuilds.inc()
         self.metrics.registry_errors.set(len(registry.errors))
         for problem in snapshot.problems:

@@ -60,9 +60,15 @@ class Registry:
     # Istio's security.istio.io policies, validated (enforced by the data plane: docs/security.md).
     security_policies: tuple[SecurityPolicy, ...] = ()
     _pods_by_key: dict[tuple[str, str], Pod] = field(default_factory=dict, compare=False, repr=False)
+    _pods_by_ip: dict[str, Pod] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._pods_by_key.update({(p.namespace, p.name): p for p in self.pods})
+        self._pods_by_ip.update({p.ip: p for p in self.pods if p.ip and p.serving})
+
+    def pod_by_ip(self, ip: str) -> Pod | None:
+        """The serving pod with this IP, if any."""
+        return self._pods_by_ip.get(ip)
 
     def pod(self, namespace: str, name: str) -> Pod | None:
         return self._pods_by_key.get((namespace, name))

@@ -20,9 +20,13 @@ from meshbox.discovery.registry import Registry
 class Snapshot:
     """Immutable registry + the config builder and encoding caches that go with it."""
 
-    def __init__(self, registry: Registry, previous: Snapshot | None = None) -> None:
+    def __init__(self, registry: Registry, previous: Snapshot | None = None, *,
+                 trust_domain: str | None = None) -> None:
         self.registry = registry
-        self.builder = ConfigBuilder(registry)
+        self.builder = ConfigBuilder(registry, trust_domain=trust_domain)
+        # The policies by value (SecurityPolicy compares without its spec): an edited spec changes the key.
+        self._policies_key = tuple((p.kind, p.namespace, p.name, p.spec.SerializeToString(deterministic=True))
+                                   for p in registry.security_policies)
         self._shared: dict[str, dict[str, SharedPart]] = {}
         self._services: dict[str, tuple[Service, ...]] = {}
         # Only the previous tuples are kept (not the snapshot), so snapshots never chain in memory.
@@ -42,7 +46,7 @@ class Snapshot:
         """Everything the node's inbound half is built from; equal keys mean equal inbound halves."""
         namespace = node.pod_namespace or "default"
         return (self._services_in(namespace), self.registry.pod(namespace, node.pod_name), namespace,
-                node.pod_name, node.pod_ip, tuple(sorted(node.labels.items())))
+                node.pod_name, node.pod_ip, tuple(sorted(node.labels.items())), self._policies_key)
 
     def own(self, node: discovery_pb2.Node) -> dict[str, bytes]:
         """The node's inbound half, encoded per type; raises ValidationError if it would be invalid."""

@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-STATUS = "sidecar.meshbox.io/status"
+from meshbox.api.kube.objects import SIDECAR_STATUS_ANNOTATION
+
+STATUS = SIDECAR_STATUS_ANNOTATION
 INJECT = "sidecar.meshbox.io/inject"
 ISTIO_INJECT = "sidecar.istio.io/inject"
 LINKERD_INJECT = "linkerd.io/inject"

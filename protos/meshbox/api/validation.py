@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from meshbox.api.identity import IdentityError, check_namespace, check_trust_domain
+from meshbox.api.identity import IdentityError, check_namespace, check_trust_domain, parse_spiffe_id
 from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2, security_pb2
 
 
@@ -113,6 +113,7 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
         if cluster.name in clusters:
             raise ValidationError(f"duplicate cluster {cluster.name!r}", source=source, path=f"clusters[{i}].name")
         clusters[cluster.name] = cluster
+        _check_upstream_tls(cluster.tls, source=source, path=f"clusters[{i}].tls")
     for i, cla in enumerate(config.endpoints):
         if cla.cluster_name not in clusters:
             raise ValidationError(f"endpoints for unknown cluster {cla.cluster_name!r}", source=source,
@@ -173,6 +174,28 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
                 raise ValidationError(f"unknown cluster {listener.cluster!r}", source=source, path=f"{path}.cluster")
         else:
             raise ValidationError("protocol must be HTTP or TCP", source=source, path=f"{path}.protocol")
+        _check_listener_security(listener, source=source, path=path)
+
+
+def _check_upstream_tls(tls: proxy_config_pb2.UpstreamTls, *, source: str, path: str) -> None:
+    for i, san in enumerate(tls.subject_alt_names):
+        try:
+            parse_spiffe_id(san)
+        except IdentityError as exc:
+            raise ValidationError(str(exc), source=source, path=f"{path}.subject_alt_names[{i}]") from None
+
+
+def _check_listener_security(listener: proxy_config_pb2.Listener, *, source: str, path: str) -> None:
+    """Peer authentication and authorization are the inbound side's: refused on an outbound listener."""
+    if listener.direction != proxy_config_pb2.INBOUND:
+        if listener.mtls_mode:
+            raise ValidationError("mtls_mode applies to INBOUND listeners only", source=source,
+                                  path=f"{path}.mtls_mode")
+        if listener.authorization_policies:
+            raise ValidationError("authorization_policies apply to INBOUND listeners only", source=source,
+                                  path=f"{path}.authorization_policies")
+    for i, named in enumerate(listener.authorization_policies):
+        validate_authorization_policy(named.spec, source=source, path=f"{path}.authorization_policies[{i}].spec")
 
 
 def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<route rule>", path: str = "spec") -> None:

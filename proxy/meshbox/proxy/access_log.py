@@ -2,7 +2,8 @@
 
 Supported operators: START_TIME, PROTOCOL, RESPONSE_CODE, RESPONSE_FLAGS, BYTES_RECEIVED, BYTES_SENT,
 DURATION, UPSTREAM_SERVICE_TIME, UPSTREAM_HOST, UPSTREAM_CLUSTER, DOWNSTREAM_REMOTE_ADDRESS,
-DOWNSTREAM_LOCAL_ADDRESS, REQ(name) / RESP(name) (``REQ(A?B)`` tries A then B; ``:METHOD``, ``:PATH``,
+DOWNSTREAM_LOCAL_ADDRESS, DOWNSTREAM_PEER_URI_SAN, DOWNSTREAM_TLS_VERSION, UPSTREAM_PEER_URI_SAN,
+UPSTREAM_TRANSPORT_FAILURE_REASON, REQ(name) / RESP(name) (``REQ(A?B)`` tries A then B; ``:METHOD``, ``:PATH``,
 ``:AUTHORITY`` are the pseudo headers; ``%REQ(X):N%`` truncates to N characters) and the short forms the
 tutorial writes: METHOD, PATH, AUTHORITY, USER-AGENT, X-FORWARDED-FOR, X-REQUEST-ID.
 """
@@ -31,10 +32,11 @@ class LogRecord:
     The base class of both (not a Protocol) so that the compiled formatter reads these fields directly
     instead of looking each one up by name."""
 
-    __slots__ = ("authority", "bytes_received", "bytes_sent", "downstream_local", "downstream_remote",
-                 "duration_ms", "forwarded_for", "method", "path", "protocol", "request_headers", "request_id",
-                 "response_code", "response_flags", "response_headers", "start_time", "upstream_cluster",
-                 "upstream_host", "upstream_service_time", "user_agent")
+    __slots__ = ("authority", "bytes_received", "bytes_sent", "downstream_local", "downstream_peer_uri",
+                 "downstream_remote", "downstream_tls_version", "duration_ms", "forwarded_for", "method", "path",
+                 "protocol", "request_headers", "request_id", "response_code", "response_flags", "response_headers",
+                 "start_time", "upstream_cluster", "upstream_failure_reason", "upstream_host", "upstream_peer_uri",
+                 "upstream_service_time", "user_agent")
 
     def __init__(self, remote: str | None, local: str | None) -> None:
         self.start_time: float = time.time()
@@ -59,6 +61,12 @@ class LogRecord:
         # No headers at L4: an empty tuple shared by every TCP session and never modified.
         self.request_headers: Sequence[tuple[bytes, bytes]] = ()
         self.response_headers: Sequence[tuple[bytes, bytes]] = ()
+        # Mutual TLS: the client's SPIFFE ID and TLS version, the upstream server's SPIFFE ID, and why a
+        # TLS connection upstream failed.
+        self.downstream_peer_uri: str | None = None
+        self.downstream_tls_version: str | None = None
+        self.upstream_peer_uri: str | None = None
+        self.upstream_failure_reason: str | None = None
 
 
 _second: list[int] = [-1]
@@ -118,6 +126,10 @@ _SIMPLE: dict[str, Getter] = {
     "DURATION": lambda r: str(r.duration_ms),
     "UPSTREAM_SERVICE_TIME": lambda r: "-" if r.upstream_service_time is None else str(r.upstream_service_time),
     "UPSTREAM_HOST": lambda r: r.upstream_host or "-",
+    "DOWNSTREAM_PEER_URI_SAN": lambda r: r.downstream_peer_uri or "-",
+    "DOWNSTREAM_TLS_VERSION": lambda r: r.downstream_tls_version or "-",
+    "UPSTREAM_PEER_URI_SAN": lambda r: r.upstream_peer_uri or "-",
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda r: r.upstream_failure_reason or "-",
     "UPSTREAM_CLUSTER": lambda r: r.upstream_cluster or "-",
     "DOWNSTREAM_REMOTE_ADDRESS": lambda r: r.downstream_remote or "-",
     "DOWNSTREAM_LOCAL_ADDRESS": lambda r: r.downstream_local or "-",

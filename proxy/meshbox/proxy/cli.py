@@ -59,11 +59,15 @@ def _port(value: int | None, default: int, flag: str) -> int:
 @click.option("--idle-timeout", type=click.FloatRange(min=0), default=IDLE_TIMEOUT, show_default=True,
               help="Seconds a kept-alive client connection may wait for its next request before it is closed "
                    "(0 = off).")
+@click.option("--cert-dir", type=click.Path(file_okay=False),
+              help="The agent's workload certificate directory (current/key.pem, cert-chain.pem, root-cert.pem): "
+                   "enables mutual TLS (inbound per the listeners' mtls_mode, outbound per the clusters' tls). "
+                   "Without it the proxy never loads OpenSSL and speaks plaintext only.")
 @click.pass_obj
 def main(handoff: Callable[[Options], None] | None, config_path: str | None, mesh_path: str | None,
          admin_port: int | None, outbound_port: int | None, inbound_port: int | None, pod_ip: str | None,
          codec: str, concurrency: int, access_log_format: str | None, request_head_timeout: float,
-         request_idle_timeout: float, idle_timeout: float) -> None:
+         request_idle_timeout: float, idle_timeout: float, cert_dir: str | None) -> None:
     """Run the meshbox sidecar proxy: L7 HTTP/1.1 and L4 TCP, Envoy-format access log on stdout."""
     try:
         mesh, config = load_config_files(mesh_path, config_path)
@@ -100,6 +104,7 @@ def main(handoff: Callable[[Options], None] | None, config_path: str | None, mes
         head_timeout=request_head_timeout,
         body_idle_timeout=request_idle_timeout,
         idle_timeout=idle_timeout,
+        cert_dir=cert_dir,
     )
     if concurrency > 1 and 0 in (options.admin_port, options.outbound_port):
         raise click.UsageError("--concurrency > 1 needs fixed ports: every worker must bind the same port")

@@ -16,10 +16,15 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 
 from meshbox.api.v1 import proxy_config_pb2 as pc
+from meshbox.api.v1 import security_pb2
 from meshbox.api.validation import ValidationError, validate_proxy_config
+from meshbox.proxy.authorization_compiler import compile_authorization
 from meshbox.proxy.snapshot import (
+    DISABLE,
     INBOUND,
     OUTBOUND,
+    PERMISSIVE,
+    STRICT,
     ClusterRuntime,
     ConfigRejected,
     HeaderMatcher,
@@ -33,6 +38,8 @@ from meshbox.proxy.upstream_hosts import HostRegistry
 
 DEFAULT_ROUTE_TIMEOUT = 15.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
+_MODE = security_pb2.PeerAuthentication.MutualTLS
+MTLS_MODE = {_MODE.DISABLE: DISABLE, _MODE.PERMISSIVE: PERMISSIVE, _MODE.STRICT: STRICT}
 
 
 def compile_serialized(body: bytes, workload: Workload) -> Snapshot:
@@ -73,7 +80,8 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
         clusters[c.name] = ClusterRuntime(
             c.name, c.service, _seconds(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
             pc.LbPolicy.Name(c.lb_policy or pc.ROUND_ROBIN), [hosts.get(ep.address, ep.port) for ep in eps],
-            [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps])
+            [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps],
+            tls_endpoints=_tls_endpoints(c.tls, eps), sans=frozenset(c.tls.subject_alt_names))
     route_tables = {
         rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters) for r in vh.routes])
                                       for vh in rc.virtual_hosts])
@@ -85,6 +93,13 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
     dump = json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True),
                       separators=(",", ":")).encode()
     return Snapshot(listeners, route_tables, clusters, dump)
+
+
+def _tls_endpoints(tls: pc.UpstreamTls, endpoints: list[pc.Endpoint]) -> frozenset[tuple[str, int]]:
+    """The endpoints the cluster reaches over mutual TLS (AUTO: those running a sidecar)."""
+    if tls.mode == pc.UpstreamTls.DISABLE:
+        return frozenset()
+    return frozenset((ep.address, ep.port) for ep in endpoints if tls.mode == pc.UpstreamTls.MUTUAL or ep.sidecar)
 
 
 def _endpoint_workload(endpoint: pc.Endpoint) -> Workload | None:
@@ -130,4 +145,6 @@ def _listener(listener: pc.Listener, route_tables: dict[str, RouteTable],
         bind=listener.bind,
         routes=route_tables.get(listener.route_config) if listener.protocol == pc.HTTP else None,
         cluster=clusters.get(listener.cluster) if listener.protocol == pc.TCP else None,
+        mtls=MTLS_MODE.get(listener.mtls_mode, DISABLE),
+        authz=compile_authorization(listener.authorization_policies),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshbox.proxy.access_log import AccessLog
 from meshbox.proxy.codec import Codec
@@ -12,6 +13,9 @@ from meshbox.proxy.metrics import Stats
 from meshbox.proxy.request_id import RequestIds
 from meshbox.proxy.snapshot import INBOUND, OUTBOUND, Snapshot, Workload, metric_labels
 from meshbox.proxy.upstream_hosts import HostRegistry
+
+if TYPE_CHECKING:
+    from meshbox.proxy.workload_tls import WorkloadTls
 
 # Downstream timeouts (seconds; 0 turns one off): a request head must arrive within HEAD_TIMEOUT of its
 # first byte, a request body must make progress every BODY_IDLE_TIMEOUT, and a kept-alive client
@@ -38,6 +42,8 @@ class ProxyContext:
     head_timeout: float = HEAD_TIMEOUT
     body_idle_timeout: float = BODY_IDLE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    # The workload certificate (--cert-dir), None when this proxy cannot do mutual TLS.
+    tls: WorkloadTls | None = None
     stats: Stats = field(default_factory=Stats)
     hosts: HostRegistry = field(default_factory=HostRegistry)
     request_ids: RequestIds = field(default_factory=RequestIds)

@@ -1,6 +1,7 @@
 """The meshbox-proxy command, arranged so the long-running process stays small.
 
-The proxy process never loads OpenSSL (see tls_stand_in) and never imports click or protobuf: a forked
+The proxy process never loads OpenSSL (see tls_stand_in) unless it is given a workload certificate
+(``--cert-dir``) and never imports click or protobuf: a forked
 child parses the command line (printing help or errors itself), loads and compiles the config files,
 and sends the resolved Options, the config as a compiled Snapshot, back through a pipe; only then does
 this process import the data plane and run it. Memory a Python process has touched is not given back,
@@ -16,6 +17,9 @@ import sys
 
 from meshbox.proxy import tls_stand_in
 
+TLS = b"T"
+PLAINTEXT = b"P"
+
 
 def _parse_in_child() -> bytes:
     """Pickled Options from a child running the click command; exits with the child's status if it
@@ -30,6 +34,8 @@ def _parse_in_child() -> bytes:
 
             def handoff(options: object) -> None:
                 with os.fdopen(write_end, "wb") as out:
+                    # The first byte says whether the proxy needs the real ssl module (read before unpickling).
+                    out.write(TLS if getattr(options, "cert_dir", None) else PLAINTEXT)
                     out.write(pickle.dumps(options))
 
             cli_main(obj=handoff)
@@ -51,8 +57,10 @@ def _parse_in_child() -> bytes:
 
 
 def main() -> None:
-    tls_stand_in.install()
     data = _parse_in_child()
+    if data[:1] != TLS:
+        tls_stand_in.install()
+    data = data[1:]
     from meshbox.proxy import startup_memory
 
     # The largest imports one at a time: the peak is then the largest stage, not their garbage added up.

@@ -29,6 +29,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
+from meshbox.proxy.inbound_policy import inbound_request_check
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -112,6 +113,11 @@ class ExchangeCore(ExchangeState):
         if self.ctx.snapshot is not self.listener_snapshot:
             listener = self.current_listener()
         ex.listener = listener
+        if self.peer is not None or listener.authz is not None:
+            denied = inbound_request_check(self.peer, listener, ex, head)
+            if denied:
+                self._local_reply(ex, 403, b"RBAC: access denied", "RBAC", now)
+                return
         headers, host, request_id = request_headers_out(head, ex)
         if not request_id:
             if request_id is not None:

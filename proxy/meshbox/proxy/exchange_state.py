@@ -26,6 +26,7 @@ from meshbox.proxy.exchange import (
     Exchange,
 )
 from meshbox.proxy.framing import HTTP1, Http1Framing
+from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
@@ -50,6 +51,8 @@ class ExchangeState:
         self.listener_snapshot = ctx.snapshot
         self.remote = remote
         self.local = local
+        # The verified client of a mutual TLS connection (None: plaintext).
+        self.peer: PeerIdentity | None = None
         self.actions: list[tuple[Any, ...]] = []
         self.out: list[bytes] = []
         self.exchange: Exchange | None = None

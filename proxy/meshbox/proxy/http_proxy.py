@@ -37,10 +37,13 @@ from meshbox.proxy.exchange import (
     Exchange,
 )
 from meshbox.proxy.exchange_core import ExchangeCore
+from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.security_labels import with_security
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_http import UpstreamHttp
+from meshbox.proxy.upstream_tls import failure_reason, open_upstream
 
 # What an HTTP/2 client with prior knowledge (e.g. gRPC without TLS) sends first.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -72,6 +75,8 @@ class DownstreamHttp(asyncio.Protocol):
         # The first bytes are checked for the HTTP/2 preface (kept here while too short to tell).
         self.sniffing = True
         self.sniffed = b""
+        # The verified client of a mutual TLS connection (set by the inbound TLS gate).
+        self.peer: PeerIdentity | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -79,6 +84,7 @@ class DownstreamHttp(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         core = self.core = ExchangeCore(self.ctx, self.listener, _peer(transport, "peername"),
                                         _peer(transport, "sockname"))
+        core.peer = self.peer
         self.ctx.connections.add(self)
         core.watch()
         self.run(core)
@@ -242,11 +248,15 @@ class DownstreamHttp(asyncio.Protocol):
 
     def _log(self, ex: Exchange, elapsed_ms: float) -> None:
         ctx = self.ctx
+        if ex.host is not None:
+            ex.upstream_peer_uri = ex.host.peer_uri
         ctx.access_log.log(ex)
         listener = ex.listener
         direction = listener.direction if listener is not None else INBOUND
         cluster = ex.cluster
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
+        labels = with_security(labels, ctx.tls.identity if ctx.tls is not None else None,
+                               ex.downstream_peer_uri, ex.upstream_peer_uri)
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
     def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:
@@ -266,8 +276,9 @@ class DownstreamHttp(asyncio.Protocol):
         ctx = self.ctx
         try:
             async with asyncio.timeout(timeout):
-                _, up = await ctx.loop.create_connection(lambda: UpstreamHttp(ctx, host), host.address, host.port)
-        except (OSError, TimeoutError):
+                _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host), ex.cluster, host)
+        except (OSError, TimeoutError) as exc:
+            ex.upstream_failure_reason = failure_reason(exc)
             core.connect_failed(ex, _monotonic())
             self.run(core)
             return

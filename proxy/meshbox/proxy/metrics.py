@@ -13,9 +13,10 @@ REQUEST_LABELS = (
     "reporter", "source_workload", "source_workload_namespace", "source_app",
     "destination_workload", "destination_workload_namespace", "destination_app",
     "destination_service", "destination_service_name", "destination_service_namespace",
+    "connection_security_policy", "source_principal", "destination_principal",
     "request_protocol", "response_code", "response_flags",
 )
-TCP_LABELS = (*REQUEST_LABELS[:10], "request_protocol", "response_flags")
+TCP_LABELS = (*REQUEST_LABELS[:13], "request_protocol", "response_flags")
 # Istio's default duration buckets, in milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                     1800000, 3600000)
@@ -25,7 +26,7 @@ TcpKey = tuple[tuple[str, ...], str]
 
 
 class Stats:
-    """Counters of one process. Keys: (labels up to destination_service_namespace, code, flags)."""
+    """Counters of one process. Keys: (labels up to destination_principal, code, flags)."""
 
     def __init__(self) -> None:
         self.requests: dict[RequestKey, list[float]] = {}  # [count, sum_ms, bucket counts...]

@@ -52,16 +52,28 @@ class Options:
     head_timeout: float = HEAD_TIMEOUT
     body_idle_timeout: float = BODY_IDLE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    # The agent's workload certificate directory: mutual TLS is possible only with it (docs/security.md).
+    cert_dir: str | None = None
 
 
 def _context(options: Options) -> ProxyContext:
     loop = asyncio.get_running_loop()
     log = AccessLog(options.access_log_format)
     log.attach(loop)
+    tls = None
+    if options.cert_dir is not None:
+        from meshbox.proxy.workload_tls import WorkloadTls  # the real ssl module: only with a certificate
+
+        startup_memory.keep_tls_buffers_on_the_heap()
+        tls = WorkloadTls(options.cert_dir)
+        try:
+            tls.refresh()  # now, when the files are there: the metric labels know this workload's identity
+        except OSError as exc:  # not written yet: the first TLS connection loads them
+            print(f"meshbox-proxy: no workload certificate yet: {exc}", file=sys.stderr, flush=True)
     return ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
                         pod_ip=options.pod_ip, registry_only=options.registry_only,
                         head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
-                        idle_timeout=options.idle_timeout)
+                        idle_timeout=options.idle_timeout, tls=tls)
 
 
 async def _start_server(options: Options) -> ProxyServer:

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING
 
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.http_proxy import DownstreamHttp
+from meshbox.proxy.inbound_tls import InboundGate
 from meshbox.proxy.listen_socket import listening_socket
 from meshbox.proxy.original_dst import original_dst
-from meshbox.proxy.snapshot import INBOUND, OUTBOUND, ConfigRejected, ListenerRuntime, Snapshot
+from meshbox.proxy.snapshot import DISABLE, INBOUND, OUTBOUND, ConfigRejected, ListenerRuntime, Snapshot
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
@@ -21,7 +22,20 @@ if TYPE_CHECKING:
     from meshbox.api.v1 import proxy_config_pb2 as pc
 
 def protocol_for(ctx: ProxyContext, listener: ListenerRuntime) -> asyncio.Protocol:
-    """The connection handler a listener calls for."""
+    """The connection handler a listener calls for: through the inbound TLS gate when the listener's
+    peer authentication mode admits mutual TLS, or when its TCP connections need authorizing."""
+    if listener.mtls != DISABLE or (listener.authz is not None and not listener.http):
+        return InboundGate(ctx, listener, functools.partial(connection_protocol, ctx, listener),
+                           functools.partial(_refused, ctx, listener))
+    return connection_protocol(ctx, listener)
+
+
+def _refused(ctx: ProxyContext, listener: ListenerRuntime, flag: str) -> asyncio.Protocol:
+    return DownstreamTcp(ctx, ctx.unknown_labels[listener.direction], refuse_flag=flag)
+
+
+def connection_protocol(ctx: ProxyContext, listener: ListenerRuntime) -> asyncio.Protocol:
+    """The L7 or L4 handler of a listener's connection (plaintext, or the inside of its TLS)."""
     if listener.http:
         return DownstreamHttp(ctx, listener)
     cluster = listener.cluster

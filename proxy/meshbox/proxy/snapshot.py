@@ -16,6 +16,7 @@ import random
 import re
 from dataclasses import dataclass
 
+from meshbox.proxy.authorization import Authorizer
 from meshbox.proxy.load_balancer import Picker, least_request, round_robin
 from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 
@@ -23,6 +24,11 @@ from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 # sets them from the message); they key the per-direction metric labels.
 INBOUND = "INBOUND"
 OUTBOUND = "OUTBOUND"
+# An inbound listener's peer authentication mode: the names of PeerAuthentication.MutualTLS.Mode values
+# (UNSET compiles to DISABLE).
+DISABLE = "DISABLE"
+PERMISSIVE = "PERMISSIVE"
+STRICT = "STRICT"
 # Endpoints adopted between two yields to the event loop while a config is applied (a few ms of work).
 ADOPT_BATCH = 2000
 
@@ -64,7 +70,7 @@ def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> P
 
 
 ClusterState = tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]],
-                     list[Workload | None]]
+                     list[Workload | None], frozenset[tuple[str, int]], frozenset[str]]
 
 
 def _unadopted() -> UpstreamHost | None:
@@ -76,11 +82,12 @@ class ClusterRuntime:
     says serve each endpoint: outbound requests to such a host report it as destination_workload/_namespace/
     _app (:meth:`request_labels`)."""
 
-    __slots__ = ("by_host", "connect_timeout", "endpoints", "hosts", "labels", "name", "pick", "policy", "service",
-                 "weights", "workloads")
+    __slots__ = ("by_host", "connect_timeout", "endpoints", "hosts", "labels", "name", "pick", "policy", "sans",
+                 "service", "tls_endpoints", "weights", "workloads")
 
     def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
-                 weights: list[int], workload: Workload, workloads: list[Workload | None] | None = None) -> None:
+                 weights: list[int], workload: Workload, workloads: list[Workload | None] | None = None,
+                 tls_endpoints: frozenset[tuple[str, int]] = frozenset(), sans: frozenset[str] = frozenset()) -> None:
         self.name = name
         self.service = service
         self.connect_timeout = connect_timeout
@@ -90,6 +97,9 @@ class ClusterRuntime:
         self.weights = weights
         self.labels = {d: metric_labels(d, workload, service) for d in (INBOUND, OUTBOUND)}
         self.workloads: list[Workload | None] = workloads if workloads is not None else [None] * len(hosts)
+        # Endpoints reached over mutual TLS, and the SPIFFE IDs their servers may present (empty: any).
+        self.tls_endpoints = tls_endpoints
+        self.sans = sans
         self._index()
 
     def _index(self) -> None:
@@ -114,11 +124,11 @@ class ClusterRuntime:
     # them twice would double the work of applying a huge config).
     def __getstate__(self) -> ClusterState:
         return (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-                self.workloads)
+                self.workloads, self.tls_endpoints, self.sans)
 
     def __setstate__(self, state: ClusterState) -> None:
         (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-         self.workloads) = state
+         self.workloads, self.tls_endpoints, self.sans) = state
         self.hosts = []
         self.pick = _unadopted
         self.by_host = {}
@@ -278,10 +288,11 @@ class RouteTable:
 class ListenerRuntime:
     """A listener: HTTP ones route with ``routes``, TCP ones forward to ``cluster``."""
 
-    __slots__ = ("address", "bind", "cluster", "direction", "http", "key", "name", "port", "routes")
+    __slots__ = ("address", "authz", "bind", "cluster", "direction", "http", "key", "mtls", "name", "port", "routes")
 
     def __init__(self, *, name: str, direction: str, address: str, port: int, http: bool, bind: bool,
-                 routes: RouteTable | None, cluster: ClusterRuntime | None) -> None:
+                 routes: RouteTable | None, cluster: ClusterRuntime | None, mtls: str = DISABLE,
+                 authz: Authorizer | None = None) -> None:
         self.name = name
         self.direction = direction
         self.address = address
@@ -290,6 +301,9 @@ class ListenerRuntime:
         self.bind = bind
         self.routes = routes
         self.cluster = cluster
+        # Inbound: peer authentication mode, and the authorization policies (None: no policy, allow all).
+        self.mtls = mtls
+        self.authz = authz
         self.key = (direction, address, port)
 
 

@@ -9,8 +9,11 @@ from typing import cast
 
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.security_labels import with_security
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
+from meshbox.proxy.upstream_tls import failure_reason, open_upstream
 
 _PENDING_LIMIT = 1 << 20
 
@@ -44,6 +47,8 @@ class DownstreamTcp(asyncio.Protocol):
         self.eof = False
         self.upstream_eof = False
         self.logged = False
+        # The verified client of a mutual TLS connection (set by the inbound TLS gate).
+        self.peer: PeerIdentity | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -53,6 +58,14 @@ class DownstreamTcp(asyncio.Protocol):
             addr = transport.get_extra_info(key)
             if addr:
                 setattr(s, attr, f"{addr[0]}:{addr[1]}")
+        if self.peer is not None:
+            s.downstream_peer_uri = self.peer.uri
+            s.downstream_tls_version = self.peer.tls_version
+        tls = self.ctx.tls
+        # The server's identity is not known yet when the connection opens: an outbound TCP connection
+        # reports destination_principal "unknown".
+        s.labels = with_security(s.labels, tls.identity if tls is not None else None,
+                                 s.downstream_peer_uri, None)
         self.ctx.stats.tcp_opened(s.labels)
         host = self.target
         if self.cluster is not None:
@@ -71,10 +84,12 @@ class DownstreamTcp(asyncio.Protocol):
     async def _open(self, host: UpstreamHost, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                _, up = await self.ctx.loop.create_connection(lambda: UpstreamTcp(self), host.address, host.port)
-        except (OSError, TimeoutError):
+                _, up = await open_upstream(self.ctx, lambda: UpstreamTcp(self), self.cluster, host)
+        except (OSError, TimeoutError) as exc:
+            self.session.upstream_failure_reason = failure_reason(exc)
             self._refuse("UF")
             return
+        self.session.upstream_peer_uri = host.peer_uri
         if self.transport is None or self.transport.is_closing():
             up.close()
             return
@@ -120,9 +135,10 @@ class DownstreamTcp(asyncio.Protocol):
         self.upstream_eof = True
         if self.transport is None:
             return
-        if self.eof:
+        if self.eof or not self.transport.can_write_eof():
+            # TLS has no half-close: closing (after what is buffered) is its end of stream.
             self.transport.close()
-        elif self.transport.can_write_eof():
+        else:
             self.transport.write_eof()
 
     def pause_writing(self) -> None:
@@ -173,8 +189,12 @@ class UpstreamTcp(asyncio.Protocol):
             self.transport.write(data)
 
     def write_eof(self) -> None:
-        if self.transport is not None and self.transport.can_write_eof():
+        if self.transport is None:
+            return
+        if self.transport.can_write_eof():
             self.transport.write_eof()
+        else:
+            self.transport.close()  # TLS: no half-close (as in Envoy)
 
     def pause_writing(self) -> None:
         if self.down.transport is not None:

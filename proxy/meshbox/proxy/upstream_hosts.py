@@ -17,7 +17,7 @@ class UpstreamHost:
     """One endpoint address. ``idle`` holds kept-alive connections (last in, first out);
     ``active`` counts requests in flight (least-request balancing reads it)."""
 
-    __slots__ = ("active", "address", "host", "idle", "port", "retired")
+    __slots__ = ("active", "address", "host", "idle", "peer_uri", "port", "retired", "tls_last")
 
     def __init__(self, address: str, port: int) -> None:
         self.address = address
@@ -27,6 +27,10 @@ class UpstreamHost:
         self.active = 0
         # No config refers to this host any more: connections finishing on it are closed, not pooled.
         self.retired = False
+        # The SPIFFE ID its server presented over mutual TLS (None: never reached over TLS).
+        self.peer_uri: str | None = None
+        # (client TLS context, SSL object) of the last TLS connection to it: its session is resumed next.
+        self.tls_last: tuple[object, object] | None = None
 
     def __repr__(self) -> str:
         return f"UpstreamHost({self.host}, active={self.active}, idle={len(self.idle)})"

@@ -50,6 +50,10 @@ class Service:
         return self.hosts[0] if self.hosts else service_fqdn(self.name, self.namespace)
 
 
+# Set by meshbox injection on every pod it gives a sidecar.
+SIDECAR_STATUS_ANNOTATION = "sidecar.meshbox.io/status"
+
+
 @dataclass(frozen=True)
 class Pod:
     name: str
@@ -59,6 +63,7 @@ class Pod:
     ports: Mapping[str, int]  # container port name → number (unnamed ports are keyed by their number)
     serving: bool  # running and not reported unready
     service_account: str = "default"  # spec.serviceAccountName: the pod's workload identity
+    sidecar: bool = False  # injected with a meshbox sidecar (it terminates mutual TLS)
 
 
 @dataclass(frozen=True)
@@ -202,8 +207,9 @@ def parse_pod(doc: Mapping[str, Any], *, source: str) -> Pod:
     finished = status.get("phase") in ("Succeeded", "Failed") or bool(meta.get("deletionTimestamp"))
     service_account = (r.string(spec.get("serviceAccountName"), "spec.serviceAccountName")
                        or r.string(spec.get("serviceAccount"), "spec.serviceAccount") or "default")
+    annotations = r.mapping(meta.get("annotations"), "metadata.annotations")
     return Pod(name, namespace, ip, labels, ports, serving=bool(ip) and not unready and not finished,
-               service_account=service_account)
+               service_account=service_account, sidecar=SIDECAR_STATUS_ANNOTATION in annotations)
 
 
 def _target_pod(r: FieldReader, item: Mapping[str, Any], path: str) -> str:

@@ -12,6 +12,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from meshbox.api.v1 import security_pb2 as _security_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -94,6 +95,8 @@ class Listener(_message.Message):
     ROUTE_CONFIG_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
     BIND_FIELD_NUMBER: _builtins.int
+    MTLS_MODE_FIELD_NUMBER: _builtins.int
+    AUTHORIZATION_POLICIES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     direction: Global___TrafficDirection.ValueType
     address: _builtins.str
@@ -108,6 +111,16 @@ class Listener(_message.Message):
     """Also accept connections on address:port directly (like Envoy's bind_to_port),
     for use without iptables capture: gateways, tests and benchmarks.
     """
+    mtls_mode: _security_pb2.PeerAuthentication.MutualTLS.Mode.ValueType
+    """INBOUND: the peer authentication mode of this port (discovery resolves the workload's
+    PeerAuthentication, port level included). UNSET: plaintext only, as DISABLE.
+    """
+    @_builtins.property
+    def authorization_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedAuthorizationPolicy]:
+        """INBOUND: the AuthorizationPolicies that apply to the workload, in order (see
+        docs/security.md: DENY wins, no ALLOW policy allows all).
+        """
+
     def __init__(
         self,
         *,
@@ -119,14 +132,44 @@ class Listener(_message.Message):
         route_config: _builtins.str = ...,
         cluster: _builtins.str = ...,
         bind: _builtins.bool = ...,
+        mtls_mode: _security_pb2.PeerAuthentication.MutualTLS.Mode.ValueType = ...,
+        authorization_policies: _abc.Iterable[Global___NamedAuthorizationPolicy] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bind", b"bind", "cluster", b"cluster", "direction", b"direction", "name", b"name", "port", b"port", "protocol", b"protocol", "route_config", b"route_config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "authorization_policies", b"authorization_policies", "bind", b"bind", "cluster", b"cluster", "direction", b"direction", "mtls_mode", b"mtls_mode", "name", b"name", "port", b"port", "protocol", b"protocol", "route_config", b"route_config"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Listener: _TypeAlias = Listener  # noqa: Y015
+
+@_typing.final
+class NamedAuthorizationPolicy(_message.Message):
+    """An AuthorizationPolicy with the object it came from (named in the proxy's log lines)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    namespace: _builtins.str
+    @_builtins.property
+    def spec(self) -> _security_pb2.AuthorizationPolicy: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        spec: _security_pb2.AuthorizationPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedAuthorizationPolicy: _TypeAlias = NamedAuthorizationPolicy  # noqa: Y015
 
 @_typing.final
 class HeaderMatch(_message.Message):
@@ -397,6 +440,7 @@ class Cluster(_message.Message):
     LB_POLICY_FIELD_NUMBER: _builtins.int
     CONNECT_TIMEOUT_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
+    TLS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     lb_policy: Global___LbPolicy.ValueType
     service: _builtins.str
@@ -407,6 +451,8 @@ class Cluster(_message.Message):
     def connect_timeout(self) -> _duration_pb2.Duration:
         """Unset means 1s."""
 
+    @_builtins.property
+    def tls(self) -> Global___UpstreamTls: ...
     def __init__(
         self,
         *,
@@ -414,14 +460,67 @@ class Cluster(_message.Message):
         lb_policy: Global___LbPolicy.ValueType = ...,
         connect_timeout: _duration_pb2.Duration | None = ...,
         service: _builtins.str = ...,
+        tls: Global___UpstreamTls | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout", "lb_policy", b"lb_policy", "name", b"name", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout", "lb_policy", b"lb_policy", "name", b"name", "service", b"service", "tls", b"tls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class UpstreamTls(_message.Message):
+    """How the proxy talks to a cluster's endpoints: plaintext, or mutual TLS 1.3 with the
+    workload certificate (the files the agent writes, see docs/security.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Mode:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[UpstreamTls._Mode.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        DISABLE: UpstreamTls._Mode.ValueType  # 0
+        """Plaintext to every endpoint."""
+        MUTUAL: UpstreamTls._Mode.ValueType  # 1
+        """Mutual TLS to every endpoint."""
+        AUTO: UpstreamTls._Mode.ValueType  # 2
+        """Mutual TLS to the endpoints marked `sidecar`, plaintext to the others (auto mTLS)."""
+
+    class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+    DISABLE: UpstreamTls.Mode.ValueType  # 0
+    """Plaintext to every endpoint."""
+    MUTUAL: UpstreamTls.Mode.ValueType  # 1
+    """Mutual TLS to every endpoint."""
+    AUTO: UpstreamTls.Mode.ValueType  # 2
+    """Mutual TLS to the endpoints marked `sidecar`, plaintext to the others (auto mTLS)."""
+
+    MODE_FIELD_NUMBER: _builtins.int
+    SUBJECT_ALT_NAMES_FIELD_NUMBER: _builtins.int
+    mode: Global___UpstreamTls.Mode.ValueType
+    @_builtins.property
+    def subject_alt_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SPIFFE IDs the server's certificate may carry (its URI SAN must be one of them); empty:
+        any workload certificate of the trust bundle. Host names are not checked.
+        """
+
+    def __init__(
+        self,
+        *,
+        mode: Global___UpstreamTls.Mode.ValueType = ...,
+        subject_alt_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "subject_alt_names", b"subject_alt_names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpstreamTls: _TypeAlias = UpstreamTls  # noqa: Y015
 
 @_typing.final
 class WorkloadMetadata(_message.Message):
@@ -482,10 +581,13 @@ class Endpoint(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     WORKLOAD_FIELD_NUMBER: _builtins.int
+    SIDECAR_FIELD_NUMBER: _builtins.int
     address: _builtins.str
     port: _builtins.int
     weight: _builtins.int
     """Relative weight; 0 means 1."""
+    sidecar: _builtins.bool
+    """The endpoint runs a meshbox sidecar (it terminates mutual TLS): UpstreamTls AUTO uses TLS to it."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -500,10 +602,11 @@ class Endpoint(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         weight: _builtins.int = ...,
         workload: Global___WorkloadMetadata | None = ...,
+        sidecar: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["workload", b"workload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "labels", b"labels", "port", b"port", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "labels", b"labels", "port", b"port", "sidecar", b"sidecar", "weight", b"weight", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

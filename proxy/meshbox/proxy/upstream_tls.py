@@ -1,0 +1,77 @@
+"""Opening an upstream connection: plaintext, or mutual TLS 1.3 with the workload certificate when the
+cluster says so for that endpoint, the server identified by its SPIFFE ID (never by host name)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.inbound_tls import peer_of, tls_failure_reason
+from meshbox.proxy.peer_identity import announce_peer
+from meshbox.proxy.snapshot import ClusterRuntime
+from meshbox.proxy.upstream_hosts import UpstreamHost
+from meshbox.proxy.workload_tls import RESUME
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+class UpstreamTlsFailure(OSError):
+    """The TLS connection to an endpoint failed or its server is not who the cluster allows; ``reason``
+    is what %UPSTREAM_TRANSPORT_FAILURE_REASON% logs."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """The transport failure reason of a failed connect (None when it is not a TLS failure)."""
+    return exc.reason if isinstance(exc, UpstreamTlsFailure) else None
+
+
+async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: ClusterRuntime | None,
+                        host: UpstreamHost) -> tuple[asyncio.BaseTransport, P]:
+    """Connect to ``host`` for ``cluster``; raises OSError (UpstreamTlsFailure for TLS) on failure."""
+    loop = ctx.loop
+    if cluster is None or (host.address, host.port) not in cluster.tls_endpoints:
+        return await loop.create_connection(factory, host.address, host.port)
+    tls = ctx.tls
+    if tls is None:
+        raise UpstreamTlsFailure(f"cluster {cluster.name} requires mutual TLS to {host.host} and this proxy "
+                                 "has no workload certificate (--cert-dir)")
+    token = None
+    try:
+        context = tls.client_context()
+        last = host.tls_last
+        # A session resumes only with the context that made it (not across a certificate rotation).
+        if last is not None and last[0] is context:
+            token = RESUME.set(getattr(last[1], "session", None))
+        transport, proto = await loop.create_connection(factory, host.address, host.port, ssl=context,
+                                                        server_hostname="")
+    except TimeoutError:
+        raise
+    except OSError as exc:
+        reason = tls_failure_reason(exc)
+        ctx.stats.incr("upstream_ssl_handshake_error")
+        raise UpstreamTlsFailure(f"TLS error: {reason}") from None
+    finally:
+        if token is not None:
+            RESUME.reset(token)
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is not None:
+        host.tls_last = (context, ssl_object)
+        if ssl_object.session_reused:
+            ctx.stats.incr("upstream_ssl_session_reused")
+    peer = peer_of(transport)
+    uri = peer.uri if peer is not None else ""
+    if cluster.sans and uri not in cluster.sans:
+        transport.abort()
+        ctx.stats.incr("upstream_ssl_identity_mismatch")
+        raise UpstreamTlsFailure(f"TLS error: server identity {uri or '(none)'} of {host.host} is not one of "
+                                 f"{', '.join(sorted(cluster.sans))}")
+    host.peer_uri = uri
+    if peer is not None:
+        announce_peer("to", peer, host.host)
+    return transport, proto

@@ -1,0 +1,127 @@
+"""The workload certificate as TLS contexts: mutual TLS 1.3 for inbound and outbound connections.
+
+The agent writes the key, chain and trust bundle in ``<cert dir>/current/`` (a symlink to one
+generation, swapped by a rename: docs/security.md). Contexts are built from one generation and rebuilt
+when ``current`` points at another one (checked at most once a second, by the connections that need a
+context): connections already open keep the context they were made with, new ones get the new one.
+
+Only imported in a proxy started with ``--cert-dir``: importing it loads the real ``ssl`` module.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+import time
+from contextvars import ContextVar
+
+KEY = "key.pem"
+CHAIN = "cert-chain.pem"
+ROOTS = "root-cert.pem"
+CURRENT = "current"
+# How often new connections look at the cert directory for a new generation.
+CHECK_INTERVAL = 1.0
+
+
+class CertificateUnavailable(OSError):
+    """No usable workload certificate (yet): the message names the file and the cause."""
+
+
+# The TLS session to resume on the client connection being made (set around create_connection by
+# upstream_tls; a context variable, so concurrent connects to different hosts do not mix them up).
+RESUME: ContextVar[ssl.SSLSession | None] = ContextVar("meshbox_tls_resume", default=None)
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client context whose new connections resume the session in RESUME: asyncio and uvloop make the
+    SSL object themselves (wrap_bio) and take no session."""
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session=session or RESUME.get())
+
+
+def _context(side: ssl._SSLMethod, directory: str) -> ssl.SSLContext:
+    ctx = ResumingContext(side) if side == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext(side)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if side == ssl.PROTOCOL_TLS_CLIENT:
+        # Servers are identified by their SPIFFE ID (checked after the handshake), never by host name.
+        ctx.check_hostname = False
+    for name in (ROOTS, CHAIN, KEY):
+        if not os.path.exists(os.path.join(directory, name)):
+            raise CertificateUnavailable(f"{os.path.join(directory, name)}: no such file")
+    try:
+        ctx.load_verify_locations(cafile=os.path.join(directory, ROOTS))
+        ctx.load_cert_chain(os.path.join(directory, CHAIN), os.path.join(directory, KEY))
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateUnavailable(f"{directory}: cannot load the workload certificate: {exc}") from None
+    return ctx
+
+
+def _own_identity(chain: str) -> str | None:
+    """The first URI SAN of the chain's first certificate. The ssl module has no public way to read a
+    certificate file (only a peer's); its decoder for them is CPython's own, used by its test suite.
+    Without it the identity stays unknown (metric labels say "unknown")."""
+    decode = getattr(ssl._ssl, "_test_decode_cert", None)  # type: ignore[attr-defined]
+    if decode is None:
+        return None
+    try:
+        cert = decode(chain)
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+    return next((v for k, v in cert.get("subjectAltName", ()) if k == "URI"), None)
+
+
+class WorkloadTls:
+    """Server and client contexts of the workload certificate in ``cert_dir``, reloaded on rotation."""
+
+    def __init__(self, cert_dir: str) -> None:
+        self.cert_dir = cert_dir
+        self.generation: str | None = None
+        self._server: ssl.SSLContext | None = None
+        self._client: ssl.SSLContext | None = None
+        self._checked = 0.0
+        self.reloads = 0
+        # This workload's SPIFFE ID, from its certificate (None until one is loaded).
+        self.identity: str | None = None
+
+    def _generation(self) -> str:
+        current = os.path.join(self.cert_dir, CURRENT)
+        if os.path.islink(current):
+            return os.path.join(self.cert_dir, os.readlink(current))
+        return self.cert_dir  # files directly in the directory (static setups, tests)
+
+    def refresh(self, now: float | None = None) -> None:
+        """Rebuild the contexts if the current generation changed (at most every CHECK_INTERVAL)."""
+        now = time.monotonic() if now is None else now
+        if self._server is not None and now - self._checked < CHECK_INTERVAL:
+            return
+        self._checked = now
+        generation = self._generation()
+        if generation == self.generation and self._server is not None:
+            return
+        try:
+            server = _context(ssl.PROTOCOL_TLS_SERVER, generation)
+            client = _context(ssl.PROTOCOL_TLS_CLIENT, generation)
+        except CertificateUnavailable as exc:
+            if self._server is None:
+                raise
+            print(f"meshbox-proxy: keeping the previous workload certificate: {exc}", file=sys.stderr, flush=True)
+            return
+        self._server, self._client, self.generation = server, client, generation
+        self.identity = _own_identity(os.path.join(generation, CHAIN))
+        self.reloads += 1
+        print(f"meshbox-proxy: workload certificate loaded from {generation}", file=sys.stderr, flush=True)
+
+    def server_context(self) -> ssl.SSLContext:
+        self.refresh()
+        assert self._server is not None
+        return self._server
+
+    def client_context(self) -> ssl.SSLContext:
+        self.refresh()
+        assert self._client is not None
+        return self._client
