@@ -8,6 +8,7 @@ import os
 import random
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ from meshbox.agent.backoff import Backoff
 from meshbox.agent.discovery_address import AddressError, check_address
 from meshbox.agent.pod_identity import PodIdentityError, node_from_env, service_account_from_env
 from meshbox.agent.sidecar import Sidecar, SidecarOptions, StartupError
+from meshbox.agent.span_export import SpanExporter
 from meshbox.agent.wait import wait_ready
 from meshbox.agent.workload_identity import WorkloadIdentityManager
 from meshbox.api import defaults
@@ -23,6 +25,7 @@ from meshbox.api.identity import IdentityError, WorkloadIdentity
 from meshbox.api.loader import ConfigError, load_mesh_config
 from meshbox.api.v1 import mesh_config_pb2
 from meshbox.api.validation import ValidationError
+from meshbox.api.workload import workload_name
 
 DEFAULT_CA_ROOT_FILE = f"{defaults.CA_ROOT_DIR}/{defaults.CA_ROOT_KEY}"
 DEFAULT_TOKEN_FILE = f"{defaults.WORKLOAD_TOKEN_DIR}/{defaults.WORKLOAD_TOKEN_NAME}"
@@ -147,6 +150,10 @@ def sidecar(
     argv += ["--admin-port", str(admin)]
     if mesh_config:
         argv += ["--mesh-config", mesh_config]
+    exporter = _span_exporter(mesh, node.pod_name, node.pod_namespace)
+    if exporter is not None:
+        argv += ["--trace-socket", exporter.socket_path,
+                 "--trace-sampling", repr(mesh.tracing.sampling_percentage)]
     argv += proxy_args
     options = SidecarOptions(
         discovery_address=address,
@@ -156,12 +163,23 @@ def sidecar(
         status_port=mesh.ports.agent_status if status_port is None else status_port,
         drain_seconds=drain_seconds,
         identity=identity,
+        span_exporter=exporter,
     )
     try:
         status = asyncio.run(Sidecar(options).run())
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(status)
+
+
+def _span_exporter(mesh: mesh_config_pb2.MeshConfig, pod_name: str, namespace: str) -> SpanExporter | None:
+    """The OTLP exporter of the proxy's spans when the mesh config names a collector (its socket in the
+    temporary directory the agent and the proxy share)."""
+    collector = mesh.tracing.collector_address
+    if not collector:
+        return None
+    path = os.path.join(tempfile.gettempdir(), f"meshbox-spans-{os.getpid()}.sock")
+    return SpanExporter(path, collector, f"{workload_name(pod_name)}.{namespace}", namespace)
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})

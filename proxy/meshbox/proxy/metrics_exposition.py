@@ -11,10 +11,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
 
-from meshbox.proxy.metrics import DURATION_BUCKETS, REQUEST_LABELS, TCP_LABELS, Stats
+from meshbox.proxy.metrics import (
+    DURATION_BUCKETS,
+    REQUEST_LABELS,
+    REQUEST_SIZE_AT,
+    RESPONSE_SIZE_AT,
+    SIZE_BUCKETS,
+    TCP_LABELS,
+    Stats,
+)
 
 # Bucket bounds as Prometheus clients print them (floats), +Inf last.
 _BOUNDS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
+_SIZE_BOUNDS = (*(repr(float(b)) for b in SIZE_BUCKETS), "+Inf")
+# (family, help, offset of its sum in a request entry); its buckets follow the sum.
+_SIZE_FAMILIES = (
+    ("istio_request_bytes", "Request body sizes in bytes (the access log's BYTES_RECEIVED).", REQUEST_SIZE_AT),
+    ("istio_response_bytes", "Response body sizes in bytes (the access log's BYTES_SENT).", RESPONSE_SIZE_AT),
+)
 _TCP_FAMILIES = (
     ("istio_tcp_connections_opened_total", "TCP connections opened."),
     ("istio_tcp_connections_closed_total", "TCP connections closed."),
@@ -50,12 +64,22 @@ def _requests(total: Stats, out: list[str]) -> None:
                for text, (_, entry) in zip(texts, items, strict=True))
     name = "istio_request_duration_milliseconds"
     _head(out, name, "histogram", "Request duration in milliseconds.")
+    buckets = len(_BOUNDS)
     for text, (_, entry) in zip(texts, items, strict=True):
-        prefix = f"{name}_bucket{{{text},le="
-        counts = list(accumulate(entry[2:]))
-        out.extend(f'{prefix}"{bound}"}} {count!r}' for bound, count in zip(_BOUNDS, counts, strict=True))
-        out.append(f"{name}_count{{{text}}} {counts[-1]!r}")
-        out.append(f"{name}_sum{{{text}}} {entry[1]!r}")
+        _histogram(out, name, text, _BOUNDS, entry[2:2 + buckets], entry[1])
+    for name, help_text, at in _SIZE_FAMILIES:
+        _head(out, name, "histogram", help_text)
+        for text, (_, entry) in zip(texts, items, strict=True):
+            _histogram(out, name, text, _SIZE_BOUNDS, entry[at + 1:at + 1 + len(_SIZE_BOUNDS)], entry[at])
+
+
+def _histogram(out: list[str], name: str, text: str, bounds: Sequence[str], buckets: Sequence[float],
+               total: float) -> None:
+    prefix = f"{name}_bucket{{{text},le="
+    counts = list(accumulate(buckets))
+    out.extend(f'{prefix}"{bound}"}} {count!r}' for bound, count in zip(bounds, counts, strict=True))
+    out.append(f"{name}_count{{{text}}} {counts[-1]!r}")
+    out.append(f"{name}_sum{{{text}}} {total!r}")
 
 
 def _tcp(total: Stats, out: list[str]) -> None:

@@ -30,6 +30,7 @@ from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT,
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.server import ProxyServer, announce
 from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
+from meshbox.proxy.tracing import Tracer
 
 _LENGTH = struct.Struct("!I")
 
@@ -52,16 +53,22 @@ class Options:
     head_timeout: float = HEAD_TIMEOUT
     body_idle_timeout: float = BODY_IDLE_TIMEOUT
     idle_timeout: float = IDLE_TIMEOUT
+    # Unix datagram socket of the agent's span exporter; None: no tracing (trace headers pass through).
+    trace_socket: str | None = None
+    trace_sampling: float = 1.0
 
 
 def _context(options: Options) -> ProxyContext:
     loop = asyncio.get_running_loop()
     log = AccessLog(options.access_log_format)
     log.attach(loop)
-    return ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
-                        pod_ip=options.pod_ip, registry_only=options.registry_only,
-                        head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
-                        idle_timeout=options.idle_timeout)
+    ctx = ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
+                       pod_ip=options.pod_ip, registry_only=options.registry_only,
+                       head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
+                       idle_timeout=options.idle_timeout)
+    if options.trace_socket is not None:
+        ctx.tracer = Tracer(loop, ctx.stats, options.trace_sampling, options.trace_socket, options.workload)
+    return ctx
 
 
 async def _start_server(options: Options) -> ProxyServer:
