@@ -32,6 +32,12 @@ from meshbox.api.v1 import proxy_config_pb2 as pc
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
+TRACED_LOG_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
+    '%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% '
+    '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%" '
+    '"%TRACE_ID%"\n'
+)
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -101,12 +107,12 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 async def start_proxy(procs: list[subprocess.Popen[str]], config: Path, port: int, pod: str, trace_socket: str,
-                      tmp_path: Path) -> int:
+                      tmp_path: Path, *args: str) -> int:
     """A meshbox-proxy process tracing every new trace; returns its admin port once ``port`` accepts."""
     out = (tmp_path / f"{pod}.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "meshbox.proxy", "--config", str(config), "--admin-port", "0", "--outbound-port", "0",
-         "--trace-socket", trace_socket, "--trace-sampling", "100"],
+         "--trace-socket", trace_socket, "--trace-sampling", "100", *args],
         stdout=out, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "POD_NAME": pod, "POD_NAMESPACE": "default", "APP": pod})
     procs.append(proc)
@@ -206,7 +212,7 @@ def test_client_and_server_spans_of_one_request_reach_the_collector(
             await start_proxy(processes, proxy_config(
                 client_port, "OUTBOUND", "outbound|80||service-two.default.svc.cluster.local",
                 "service-two.default.svc.cluster.local", server_port), client_port, "sleep",
-                client_exp.socket_path, tmp_path)
+                client_exp.socket_path, tmp_path, "--access-log-format", TRACED_LOG_FORMAT)
 
             # A request with no trace context: the client proxy starts a trace (100 % sampling).
             assert await request(client_port) == (200, b"hello")
@@ -236,6 +242,10 @@ def test_client_and_server_spans_of_one_request_reach_the_collector(
             assert ca["response_size"] == 5
             assert client.end_time_unix_nano >= client.start_time_unix_nano > 0
             assert server.start_time_unix_nano >= client.start_time_unix_nano - 50_000_000
+            # %TRACE_ID% appended to the default format: the client proxy's line names the trace.
+            line = (tmp_path / "sleep.log").read_text().splitlines()[0]
+            assert line.endswith(f'"{ca["guid:x-request-id"]}" "service-two" "127.0.0.1:{server_port}" '
+                                 f'"{client.trace_id.hex()}"')
 
             # An incoming sampled traceparent: the client span is its child, in the same trace.
             receiver.spans.clear()
