@@ -39,14 +39,15 @@ def otlp_span(span: span_wire.WireSpan) -> trace_pb2.Span:
     attributes = []
     error = False
     for key, value in span.attributes:
-        if key == "span.kind":
-            continue
-        if key == "error":
-            error = value == "true"
+        if key == "http.status_code":
+            # No response (0) or a 5xx: the span failed (Envoy tags it error=true).
+            error = value == "0" or value.startswith("5")
         if key in _INT_ATTRIBUTES and value.isdigit():
             attributes.append(common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(int_value=int(value))))
         else:
             attributes.append(common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value)))
+    if error:
+        attributes.append(common_pb2.KeyValue(key="error", value=common_pb2.AnyValue(string_value="true")))
     status = trace_pb2.Status(code=trace_pb2.Status.STATUS_CODE_ERROR if error else trace_pb2.Status.STATUS_CODE_UNSET)
     return trace_pb2.Span(trace_id=span.trace_id, span_id=span.span_id, parent_span_id=span.parent_id,
                           name=span.name, kind=_KINDS[span.kind], start_time_unix_nano=span.start_ns,

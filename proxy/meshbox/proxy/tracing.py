@@ -17,11 +17,13 @@ import random
 import socket
 
 from meshbox.api import span_wire
+from meshbox.api.span_wire import clean, line_template
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.snapshot import INBOUND, Workload
 from meshbox.proxy.trace_context import Headers, incoming, outgoing
 
+_PROTOCOLS: dict[str | None, bytes] = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0"}
 BATCH = 64
 BUFFER_LIMIT = 4096
 FLUSH_SECONDS = 0.2
@@ -50,9 +52,15 @@ class Tracer:
         self.stats = stats
         self.sampling = sampling_percentage
         self.sink_path = sink_path
-        self.node_id = f"{workload.name}.{workload.namespace}".encode()
-        self.canonical_service = workload.app.encode()
-        self.namespace = workload.namespace.encode()
+        # Istio's span attributes: the proxy's own first (written into the template once), then the
+        # request's, in the order finish() fills them.
+        self.template = line_template(
+            ((b"component", b"proxy"), (b"node_id", f"{workload.name}.{workload.namespace}".encode()),
+             (b"istio.canonical_service", workload.app.encode()), (b"istio.namespace", workload.namespace.encode()),
+             (b"downstream_cluster", b"-")),
+            (b"guid:x-request-id", b"http.url", b"http.method", b"http.protocol", b"http.status_code",
+             b"response_flags", b"request_size", b"response_size", b"upstream_cluster", b"upstream_cluster.name",
+             b"user_agent", b"upstream_host"))
         self.buffer: list[bytes] = []
         self.flush_armed = False
         self.sock: socket.socket | None = None
@@ -85,34 +93,20 @@ class Tracer:
             self.stats.incr("tracing_spans_dropped")
             return
         start_ns = int(record.start_time * 1e9)
-        end_ns = start_ns + int(elapsed_ms * 1e6)
         authority = record.authority or b"-"
-        code = record.response_code
-        attributes = [
-            (b"component", b"proxy"),
-            (b"node_id", self.node_id),
-            (b"guid:x-request-id", record.request_id or b""),
-            (b"http.url", b"http://%s%s" % (authority, record.path or b"")),
-            (b"http.method", record.method or b""),
-            (b"http.protocol", (record.protocol or "").encode()),
-            (b"http.status_code", b"%d" % code),
-            (b"response_flags", record.response_flags.encode()),
-            (b"request_size", b"%d" % record.bytes_received),
-            (b"response_size", b"%d" % record.bytes_sent),
-            (b"upstream_cluster", cluster.encode()),
-            (b"upstream_cluster.name", cluster.encode()),
-            (b"user_agent", record.user_agent or b"-"),
-            (b"downstream_cluster", b"-"),
-            (b"istio.canonical_service", self.canonical_service),
-            (b"istio.namespace", self.namespace),
-            (b"span.kind", span.kind),
-        ]
-        if code == 0 or code >= 500:
-            attributes.append((b"error", b"true"))
-        if record.upstream_host:
-            attributes.append((b"upstream_host", record.upstream_host.encode()))
-        self.buffer.append(span_wire.encode(span.kind, span.trace_id, span.span_id, span.parent_id, start_ns,
-                                            end_ns, authority + b"/*", attributes))
+        path = record.path or b""
+        agent = record.user_agent or b"-"
+        request_id = record.request_id or b""
+        if b"\t" in authority or b"\t" in path or b"\t" in agent or b"\t" in request_id:
+            # Header values may hold tabs (HTAB is legal in field values); the wire format separates with them.
+            authority, path, agent, request_id = (clean(authority), clean(path), clean(agent), clean(request_id))
+        name = cluster.encode()
+        self.buffer.append(self.template % (
+            span.kind, span.trace_id, span.span_id, span.parent_id, start_ns, start_ns + int(elapsed_ms * 1e6),
+            authority + b"/*", request_id, b"http://" + authority + path, record.method or b"",
+            _PROTOCOLS.get(record.protocol, b"-"), b"%d" % record.response_code, record.response_flags.encode(),
+            b"%d" % record.bytes_received, b"%d" % record.bytes_sent, name, name, agent,
+            (record.upstream_host or "-").encode()))
         if len(self.buffer) >= BATCH:
             self.flush()
         elif not self.flush_armed:
