@@ -43,14 +43,15 @@ def clean(value: bytes) -> bytes:
     return value
 
 
-def line_template(constants: Sequence[tuple[bytes, bytes]], keys: Sequence[bytes]) -> bytes:
+def line_template(constants: Sequence[tuple[bytes, bytes]], values: Sequence[tuple[bytes, bytes]]) -> bytes:
     """A ``%``-template of a span line for a writer that sends the same attributes every time: the
-    ``constants`` written in, then ``keys`` whose values are filled per span. Its placeholders, in
-    order: kind, trace id, span id, parent id, start, end (``%d``), name, then one value per key; the
-    values must be free of tabs and newlines (see ``clean``). Same result as ``encode``."""
+    ``constants`` (key, value) written in, then ``values`` (key, its ``%`` pattern, e.g. ``%s``, ``%d``,
+    ``http://%s%s``) filled per span. Its placeholders, in order: kind, trace id, span id, parent id,
+    start, end (``%d``), name, then those of ``values``; what fills them must be free of tabs and
+    newlines (see ``clean``). Same result as ``encode``."""
     head = b"\t".join([VERSION, b"%s", b"%s", b"%s", b"%s", b"%d", b"%d", b"%s"])
     fixed = b"".join(b"\t%s\t%s" % (k, clean(v).replace(b"%", b"%%")) for k, v in constants)
-    return head + fixed + b"".join(b"\t%s\t%%s" % k for k in keys) + b"\n"
+    return head + fixed + b"".join(b"\t%s\t%s" % (k, pattern) for k, pattern in values) + b"\n"
 
 
 def encode(kind: bytes, trace_id: bytes, span_id: bytes, parent_id: bytes, start_ns: int, end_ns: int,

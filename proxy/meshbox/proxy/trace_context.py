@@ -94,8 +94,9 @@ def parse_b3_single(value: bytes) -> TraceContext | None:
 
 
 def incoming(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext | None:
-    """The trace context of a request's headers, or None (none, or only invalid ones). A context with
-    empty ids carries only a sampling decision (``b3: 0`` or ``x-b3-sampled`` alone)."""
+    """The trace context of a request's headers; None when it has no trace header at all. A context
+    with empty ids carries at most a sampling decision (``b3: 0`` or ``x-b3-sampled`` alone, or only
+    invalid trace headers: their sampling decision is None)."""
     traceparent: bytes | None = None
     tracestate: list[bytes] = []
     single: bytes | None = None
@@ -103,9 +104,11 @@ def incoming(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext | None:
     b3_span: bytes | None = None
     b3_sampled: bytes | None = None
     b3_flags: bytes | None = None
+    seen = False
     for name, value in headers:
         if name not in TRACE_HEADERS:
             continue
+        seen = True
         if name == b"traceparent":
             traceparent = value if traceparent is None else b""  # two traceparents: invalid
         elif name == b"tracestate":
@@ -136,17 +139,16 @@ def incoming(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext | None:
         span_id = b3_span.lower()
         if trace_id is not None and _is_hex(span_id, 16) and span_id != _ZERO_SPAN:
             return TraceContext(trace_id, span_id, sampled)
-    if sampled is not None:
-        return TraceContext(b"", b"", sampled)
-    return None
+    return TraceContext(b"", b"", sampled) if seen else None
 
 
 def outgoing(headers: Headers, trace_id: bytes, span_id: bytes, parent_id: bytes, sampled: bool,
-             tracestate: bytes | None, single_b3: bool) -> Headers:
-    """``headers`` without their trace headers, plus the context of span ``span_id`` (child of
-    ``parent_id``, empty for a root span) in W3C and B3 form."""
+             tracestate: bytes | None, single_b3: bool, strip: bool = True) -> Headers:
+    """``headers`` without their trace headers (kept as they are, and extended, when ``strip`` is False:
+    the caller knows there are none), plus the context of span ``span_id`` (child of ``parent_id``,
+    empty for a root span) in W3C and B3 form."""
     flag = b"1" if sampled else b"0"
-    kept = [h for h in headers if h[0] not in TRACE_HEADERS]
+    kept = [h for h in headers if h[0] not in TRACE_HEADERS] if strip else headers
     kept.append((b"traceparent", b"00-%s-%s-%s" % (trace_id, span_id, b"01" if sampled else b"00")))
     if tracestate:
         kept.append((b"tracestate", tracestate))

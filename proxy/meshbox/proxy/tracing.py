@@ -58,9 +58,10 @@ class Tracer:
             ((b"component", b"proxy"), (b"node_id", f"{workload.name}.{workload.namespace}".encode()),
              (b"istio.canonical_service", workload.app.encode()), (b"istio.namespace", workload.namespace.encode()),
              (b"downstream_cluster", b"-")),
-            (b"guid:x-request-id", b"http.url", b"http.method", b"http.protocol", b"http.status_code",
-             b"response_flags", b"request_size", b"response_size", b"upstream_cluster", b"upstream_cluster.name",
-             b"user_agent", b"upstream_host"))
+            ((b"guid:x-request-id", b"%s"), (b"http.url", b"http://%s%s"), (b"http.method", b"%s"),
+             (b"http.protocol", b"%s"), (b"http.status_code", b"%d"), (b"response_flags", b"%s"),
+             (b"request_size", b"%d"), (b"response_size", b"%d"), (b"upstream_cluster", b"%s"),
+             (b"upstream_cluster.name", b"%s"), (b"user_agent", b"%s"), (b"upstream_host", b"%s")))
         self.buffer: list[bytes] = []
         self.flush_armed = False
         self.sock: socket.socket | None = None
@@ -83,7 +84,8 @@ class Tracer:
         sampled = context.sampled if context is not None and context.sampled is not None \
             else _rand.random() * 100 < self.sampling
         span = Span(kind, trace_id, span_id, parent_id, sampled)
-        return outgoing(headers, trace_id, span_id, parent_id, sampled, tracestate, single_b3), span
+        return outgoing(headers, trace_id, span_id, parent_id, sampled, tracestate, single_b3,
+                        context is not None), span
 
     def finish(self, record: LogRecord, span: Span, cluster: str, elapsed_ms: float) -> None:
         """Buffer ``span`` (when sampled) with the attributes of the finished exchange ``record``."""
@@ -103,9 +105,9 @@ class Tracer:
         name = cluster.encode()
         self.buffer.append(self.template % (
             span.kind, span.trace_id, span.span_id, span.parent_id, start_ns, start_ns + int(elapsed_ms * 1e6),
-            authority + b"/*", request_id, b"http://" + authority + path, record.method or b"",
-            _PROTOCOLS.get(record.protocol, b"-"), b"%d" % record.response_code, record.response_flags.encode(),
-            b"%d" % record.bytes_received, b"%d" % record.bytes_sent, name, name, agent,
+            authority + b"/*", request_id, authority, path, record.method or b"",
+            _PROTOCOLS.get(record.protocol, b"-"), record.response_code, record.response_flags.encode(),
+            record.bytes_received, record.bytes_sent, name, name, agent,
             (record.upstream_host or "-").encode()))
         if len(self.buffer) >= BATCH:
             self.flush()
