@@ -94,6 +94,11 @@ def main() -> None:
 @click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=defaults.CERT_DIR,
               show_default=True, help="Where the workload key, certificate chain and trust bundle are written for "
                                       "the proxy (docs/security.md).")
+@click.option("--trace-collector", metavar="HOST:PORT",
+              help="OTLP/gRPC collector the proxy's spans are exported to; tracing is on when there is one. "
+                   "Default: the mesh config's tracing.collector_address (empty: off).")
+@click.option("--trace-sampling", type=click.FloatRange(0, 100), metavar="PCT",
+              help="Percentage of new traces sampled. Default: the mesh config's tracing.sampling_percentage (1).")
 @click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PROXY ARGS...]")
 def sidecar(
     discovery_address: str | None,
@@ -107,6 +112,8 @@ def sidecar(
     ca_address: str | None,
     token_file: Path,
     cert_dir: Path,
+    trace_collector: str | None,
+    trace_sampling: float | None,
     proxy_args: tuple[str, ...],
 ) -> None:
     """Run the proxy, keep it configured from discovery, and report its readiness.
@@ -121,6 +128,12 @@ def sidecar(
         node = node_from_env(os.environ)
         address = discovery_address or mesh.discovery_address
         check_address(address)
+        collector = mesh.tracing.collector_address if trace_collector is None else trace_collector
+        if collector:
+            try:
+                check_address(collector)
+            except AddressError as exc:
+                raise click.ClickException(f"--trace-collector / tracing.collector_address: {exc}") from None
         identity = None
         if plaintext and ca_root_file is not None:
             raise click.UsageError("--plaintext and --ca-root-file exclude each other")
@@ -150,10 +163,10 @@ def sidecar(
     argv += ["--admin-port", str(admin)]
     if mesh_config:
         argv += ["--mesh-config", mesh_config]
-    exporter = _span_exporter(mesh, node.pod_name, node.pod_namespace)
+    exporter = _span_exporter(collector, node.pod_name, node.pod_namespace)
     if exporter is not None:
-        argv += ["--trace-socket", exporter.socket_path,
-                 "--trace-sampling", repr(mesh.tracing.sampling_percentage)]
+        sampling = mesh.tracing.sampling_percentage if trace_sampling is None else trace_sampling
+        argv += ["--trace-socket", exporter.socket_path, "--trace-sampling", repr(sampling)]
     argv += proxy_args
     options = SidecarOptions(
         discovery_address=address,
@@ -172,10 +185,9 @@ def sidecar(
     sys.exit(status)
 
 
-def _span_exporter(mesh: mesh_config_pb2.MeshConfig, pod_name: str, namespace: str) -> SpanExporter | None:
-    """The OTLP exporter of the proxy's spans when the mesh config names a collector (its socket in the
-    temporary directory the agent and the proxy share)."""
-    collector = mesh.tracing.collector_address
+def _span_exporter(collector: str, pod_name: str, namespace: str) -> SpanExporter | None:
+    """The OTLP exporter of the proxy's spans when there is a collector (its socket in the temporary
+    directory the agent and the proxy share)."""
     if not collector:
         return None
     path = os.path.join(tempfile.gettempdir(), f"meshbox-spans-{os.getpid()}.sock")
