@@ -284,6 +284,9 @@ def _refused(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
     (["--tls", "--discovery-address", "127.0.0.1:1"], {"SERVICE_ACCOUNT": ""}, "SERVICE_ACCOUNT is not set"),
     (["--discovery-address", "127.0.0.1:1", "--plaintext", "--ca-root-file", "/etc/hostname"], {},
      "--plaintext and --ca-root-file exclude each other"),
+    (["--discovery-address", "127.0.0.1:1", "--trace-collector", "otel"], {},
+     "--trace-collector / tracing.collector_address: discovery address 'otel' must be HOST:PORT"),
+    (["--discovery-address", "127.0.0.1:1", "--trace-sampling", "150"], {}, "--trace-sampling"),
 ])
 def test_bad_input_is_refused_with_a_message_naming_it(args: list[str], env: dict[str, str], message: str) -> None:
     done = _refused(args, env)

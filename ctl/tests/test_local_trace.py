@@ -43,6 +43,22 @@ def test_hops_are_ordered_and_reported() -> None:
     assert report("nope", []) == "request nope: no proxy logged it\n"
 
 
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def test_a_trace_id_appended_to_the_default_format_is_shown_and_searchable() -> None:
+    # %TRACE_ID% on the client's proxy, %REQ(TRACEPARENT)% on the server's: both name the trace.
+    out = OUT + f' "{TRACE}"'
+    inbound = IN + f' "00-{TRACE}-00f067aa0ba902b7-01"'
+    assert parse_line(out, "c")[1].trace_id == TRACE  # type: ignore[index]
+    assert parse_line(inbound, "s")[1].trace_id == TRACE  # type: ignore[index]
+    assert parse_line(OUT + ' "-"', "c")[1].trace_id is None  # type: ignore[index]
+    assert parse_line(OUT, "c")[1].trace_id is None  # type: ignore[index]
+    logs = [("default/server", inbound), ("default/client", out)]
+    assert hops(TRACE, logs) == hops(RID, logs) and len(hops(RID, logs)) == 2
+    assert report(RID, hops(RID, logs)).splitlines()[0] == f"request {RID}: 2 hop(s), 3 ms end to end, trace {TRACE}"
+
+
 def _pod(name: str, tmp: Path, log: str) -> dict[str, object]:
     (tmp / "logs" / f"default_{name}").mkdir(parents=True)
     (tmp / "logs" / f"default_{name}" / "proxy.log").write_text(log)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from meshbox.api.loader import parse_mesh_config
 from meshbox.injector.annotations import STATUS
 from meshbox.injector.inject import InjectionError, InjectSettings, inject, uninject
 from meshbox.injector.settings import SidecarTemplate
@@ -288,3 +289,12 @@ def test_a_pod_that_declares_its_own_scrape_keeps_it_and_uninject_restores_exact
     assert uninject(injected).obj == original
     plain = inject(pod(), SETTINGS).obj
     assert uninject(plain).obj == pod()
+
+
+def test_the_mesh_configs_tracing_reaches_the_agent_as_flags() -> None:
+    mesh = parse_mesh_config("tracing:\n  collector_address: otel.obs.svc:4317\n  sampling_percentage: 12.5\n")
+    proxy = inject(pod(), InjectSettings.from_mesh_config(mesh)).obj["spec"]["containers"][1]
+    assert proxy["args"][:7] == ["sidecar", "--discovery-address", "meshbox-discovery.meshbox-system.svc:15010",
+                                 "--trace-collector", "otel.obs.svc:4317", "--trace-sampling", "12.5"]
+    untraced = inject(pod(), InjectSettings.from_mesh_config(parse_mesh_config(""))).obj["spec"]["containers"][1]
+    assert "--trace-collector" not in untraced["args"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshbox.proxy.metrics import DURATION_BUCKETS, Stats
+from meshbox.proxy.metrics import DURATION_BUCKETS, SIZE_BUCKETS, Stats
 from meshbox.proxy.metrics_exposition import render
 
 ODD = 'we"ird\\name\nx'
@@ -24,10 +24,10 @@ def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_exposition_parses_with_escaped_labels_and_cumulative_buckets() -> None:
     one, two = Stats(), Stats()
-    one.request(LABELS, 200, "-", 3.0)
-    one.request(LABELS, 200, "-", 700.0)
-    two.request(LABELS, 200, "-", 0.2)
-    two.request(LABELS, 503, "UF", 12.0)
+    one.request(LABELS, 200, "-", 3.0, 0, 5)
+    one.request(LABELS, 200, "-", 700.0, 1234, 20000)
+    two.request(LABELS, 200, "-", 0.2, 10, 10)
+    two.request(LABELS, 503, "UF", 12.0, 0, 91)
     one.tcp_opened(LABELS)
     one.tcp_closed(LABELS, "-", 10, 20)
     two.incr("upstream_rq_retry", 2)
@@ -44,6 +44,16 @@ def test_exposition_parses_with_escaped_labels_and_cumulative_buckets() -> None:
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)
     sums = {labels["response_code"]: value for labels, value in samples["istio_request_duration_milliseconds_sum"]}
     assert sums == {"200": 703.2, "503": 12.0}
+    request_sizes = [(labels["le"], value) for labels, value in samples["istio_request_bytes_bucket"]
+                     if labels["response_code"] == "200"]
+    assert len(request_sizes) == len(SIZE_BUCKETS) + 1
+    # 0 and 10 bytes fall in le=1 and le=10 (bounds are inclusive), 1234 in le=10000.
+    assert dict(request_sizes) == {"1.0": 1.0, "10.0": 2.0, "100.0": 2.0, "1000.0": 2.0, "10000.0": 3.0,
+                                   "100000.0": 3.0, "1000000.0": 3.0, "10000000.0": 3.0, "+Inf": 3.0}
+    response_sums = {labels["response_code"]: value for labels, value in samples["istio_response_bytes_sum"]}
+    assert response_sums == {"200": 20015.0, "503": 91.0}
+    response_counts = {labels["response_code"]: value for labels, value in samples["istio_response_bytes_count"]}
+    assert response_counts == {"200": 3.0, "503": 1.0}
     assert samples["istio_tcp_sent_bytes_total"][0][1] == 10.0
     assert samples["istio_tcp_connections_opened_total"][0][0]["request_protocol"] == "tcp"
     assert samples["meshbox_proxy_upstream_rq_retry_total"] == [({}, 2.0)]

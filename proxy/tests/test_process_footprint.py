@@ -3,6 +3,8 @@ children), one thread, options parsed in a child, TLS refused with a clear error
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +54,8 @@ def test_running_proxy_maps_no_openssl_and_still_scrapes(kit: Any, proxy_cli: An
 def test_config_file_and_posted_config_never_load_protobuf_in_the_proxy(kit: Any, proxy_cli: Any,
                                                                        tmp_path: Path) -> None:
     """--config and POST /config are both compiled in forked children: the proxy serves both configs
-    and dumps them, yet never maps protobuf's upb extension (nor the libstdc++ it links)."""
+    and dumps them, yet never maps protobuf's upb extension (nor the libstdc++ it links), also while it
+    traces (its spans go out as text datagrams, received here)."""
     first, second = kit.free_port(), kit.free_port()
     config_file = tmp_path / "proxy.yaml"
     config_file.write_text(
@@ -66,10 +69,15 @@ def test_config_file_and_posted_config_never_load_protobuf_in_the_proxy(kit: Any
     async def main() -> tuple[str, list[int]]:
         backend = await kit.Backend("a").start()
         config_file.write_text(config_file.read_text().replace("BACKEND", str(backend.port)))
-        proc = proxy_cli("--config", str(config_file), "--admin-port", "0", "--outbound-port", "0")
+        spans = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        spans.bind(str(tmp_path / "spans.sock"))
+        spans.settimeout(5)
+        proc = proxy_cli("--config", str(config_file), "--admin-port", "0", "--outbound-port", "0",
+                         "--trace-socket", str(tmp_path / "spans.sock"), "--trace-sampling", "100")
         port = kit.admin_port(proc)
         try:
             assert (await kit.get(first)).header(b"x-backend") == b"a"
+            assert (await asyncio.to_thread(spans.recv, 65536)).startswith(b"1\tclient\t")
             client = await kit.Client.connect(port)
             try:
                 body = kit.http_config(second, {"a": [backend.port]}).SerializeToString()
@@ -85,6 +93,7 @@ def test_config_file_and_posted_config_never_load_protobuf_in_the_proxy(kit: Any
             return _mapped(proc.pid), _children(proc.pid)
         finally:
             backend.close()
+            spans.close()
 
     maps, children = kit.run(main())
     assert "uvloop" in maps  # the maps of the proxy itself, not of its command-line child

@@ -8,6 +8,7 @@ import os
 import random
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ from meshbox.agent.backoff import Backoff
 from meshbox.agent.discovery_address import AddressError, check_address
 from meshbox.agent.pod_identity import PodIdentityError, node_from_env, service_account_from_env
 from meshbox.agent.sidecar import Sidecar, SidecarOptions, StartupError
+from meshbox.agent.span_export import SpanExporter
 from meshbox.agent.wait import wait_ready
 from meshbox.agent.workload_identity import WorkloadIdentityManager
 from meshbox.api import defaults
@@ -23,6 +25,7 @@ from meshbox.api.identity import IdentityError, WorkloadIdentity
 from meshbox.api.loader import ConfigError, load_mesh_config
 from meshbox.api.v1 import mesh_config_pb2
 from meshbox.api.validation import ValidationError
+from meshbox.api.workload import workload_name
 
 DEFAULT_CA_ROOT_FILE = f"{defaults.CA_ROOT_DIR}/{defaults.CA_ROOT_KEY}"
 DEFAULT_TOKEN_FILE = f"{defaults.WORKLOAD_TOKEN_DIR}/{defaults.WORKLOAD_TOKEN_NAME}"
@@ -91,6 +94,11 @@ def main() -> None:
 @click.option("--cert-dir", type=click.Path(file_okay=False, path_type=Path), default=defaults.CERT_DIR,
               show_default=True, help="Where the workload key, certificate chain and trust bundle are written for "
                                       "the proxy (docs/security.md).")
+@click.option("--trace-collector", metavar="HOST:PORT",
+              help="OTLP/gRPC collector the proxy's spans are exported to; tracing is on when there is one. "
+                   "Default: the mesh config's tracing.collector_address (empty: off).")
+@click.option("--trace-sampling", type=click.FloatRange(0, 100), metavar="PCT",
+              help="Percentage of new traces sampled. Default: the mesh config's tracing.sampling_percentage (1).")
 @click.argument("proxy_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- PROXY ARGS...]")
 def sidecar(
     discovery_address: str | None,
@@ -104,6 +112,8 @@ def sidecar(
     ca_address: str | None,
     token_file: Path,
     cert_dir: Path,
+    trace_collector: str | None,
+    trace_sampling: float | None,
     proxy_args: tuple[str, ...],
 ) -> None:
     """Run the proxy, keep it configured from discovery, and report its readiness.
@@ -118,6 +128,12 @@ def sidecar(
         node = node_from_env(os.environ)
         address = discovery_address or mesh.discovery_address
         check_address(address)
+        collector = mesh.tracing.collector_address if trace_collector is None else trace_collector
+        if collector:
+            try:
+                check_address(collector)
+            except AddressError as exc:
+                raise click.ClickException(f"--trace-collector / tracing.collector_address: {exc}") from None
         identity = None
         if plaintext and ca_root_file is not None:
             raise click.UsageError("--plaintext and --ca-root-file exclude each other")
@@ -149,6 +165,10 @@ def sidecar(
         argv += ["--mesh-config", mesh_config]
     if identity is not None:
         argv += ["--cert-dir", str(cert_dir)]  # the proxy's mutual TLS uses the files the agent writes there
+    exporter = _span_exporter(collector, node.pod_name, node.pod_namespace)
+    if exporter is not None:
+        sampling = mesh.tracing.sampling_percentage if trace_sampling is None else trace_sampling
+        argv += ["--trace-socket", exporter.socket_path, "--trace-sampling", repr(sampling)]
     argv += proxy_args
     options = SidecarOptions(
         discovery_address=address,
@@ -158,12 +178,22 @@ def sidecar(
         status_port=mesh.ports.agent_status if status_port is None else status_port,
         drain_seconds=drain_seconds,
         identity=identity,
+        span_exporter=exporter,
     )
     try:
         status = asyncio.run(Sidecar(options).run())
     except StartupError as exc:
         raise click.ClickException(str(exc)) from exc
     sys.exit(status)
+
+
+def _span_exporter(collector: str, pod_name: str, namespace: str) -> SpanExporter | None:
+    """The OTLP exporter of the proxy's spans when there is a collector (its socket in the temporary
+    directory the agent and the proxy share)."""
+    if not collector:
+        return None
+    path = os.path.join(tempfile.gettempdir(), f"meshbox-spans-{os.getpid()}.sock")
+    return SpanExporter(path, collector, f"{workload_name(pod_name)}.{namespace}", namespace)
 
 
 @main.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -23,6 +23,7 @@ from meshbox.agent.config_applier import ConfigApplier
 from meshbox.agent.discovery_client import DiscoveryClient
 from meshbox.agent.http_client import HttpUnreachable
 from meshbox.agent.proxy_admin import ProxyAdmin
+from meshbox.agent.span_export import SpanExporter
 from meshbox.agent.status_server import StatusServer
 from meshbox.agent.supervisor import ProxySupervisor
 from meshbox.agent.workload_identity import WorkloadIdentityManager
@@ -52,6 +53,8 @@ class SidecarOptions:
     restart_backoff: Backoff = RESTART_BACKOFF
     # The workload certificate (mutual TLS to discovery); None: plaintext discovery, no certificate.
     identity: WorkloadIdentityManager | None = None
+    # Receives the proxy's spans and exports them over OTLP; None: tracing is off.
+    span_exporter: SpanExporter | None = None
 
 
 class Sidecar:
@@ -98,7 +101,9 @@ class Sidecar:
             configs_rejected=self.applier.rejected, discovery_connected=self.discovery.connected,
             config_applied=self.applier.last_good is not None,
         )
-        return await merged_metrics(self.admin, counts)
+        exporter = self.options.span_exporter
+        traced = exporter.render() if exporter is not None else ""
+        return traced + await merged_metrics(self.admin, counts)
 
     def request_stop(self, how: str) -> None:
         """Begin shutting down: ``"drain"`` (SIGTERM) or ``"quit"`` (POST /quitquitquit)."""
@@ -115,6 +120,14 @@ class Sidecar:
                                         self.metrics).start(host, port)
         except OSError as exc:
             raise StartupError(f"cannot serve the status port on {host}:{port}: {exc.strerror or exc}") from exc
+        exporter = self.options.span_exporter
+        if exporter is not None:
+            try:
+                await exporter.start()
+            except OSError as exc:
+                server.close()
+                raise StartupError(f"cannot bind the span socket {exporter.socket_path}: "
+                                   f"{exc.strerror or exc}") from exc
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop, "drain")
         log.info(
@@ -126,6 +139,7 @@ class Sidecar:
         discovery_task = asyncio.create_task(self.discovery.run(), name="discovery client")
         identity_task = (asyncio.create_task(self.identity.run(), name="workload certificate")
                          if self.identity is not None else None)
+        export_task = (asyncio.create_task(exporter.run(), name="span exporter") if exporter is not None else None)
         status = 0
         try:
             waiting: set[asyncio.Future[Any]] = {self._stop, proxy_task, discovery_task}
@@ -145,10 +159,12 @@ class Sidecar:
                 status = 1
                 await self.supervisor.terminate(STOP_GRACE_S)
         finally:
-            for task in (t for t in (identity_task, discovery_task, proxy_task) if t is not None):
+            for task in (t for t in (export_task, identity_task, discovery_task, proxy_task) if t is not None):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if exporter is not None:
+                exporter.close()
             server.close()
             await server.wait_closed()
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -26,8 +26,12 @@ from meshbox.cluster.state import StateError
 _LINE = re.compile(
     r'^\[(?P<start>[^\]]+)\] "(?P<method>\S+) (?P<path>\S+) (?P<protocol>\S+)" (?P<code>\d+) (?P<flags>\S+) '
     r'(?P<received>\d+) (?P<sent>\d+) (?P<duration>\d+|-) (?P<upstream_time>\d+|-) "(?P<xff>[^"]*)" '
-    r'"(?P<user_agent>[^"]*)" "(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream_host>[^"]*)"\s*$'
+    r'"(?P<user_agent>[^"]*)" "(?P<request_id>[^"]*)" "(?P<authority>[^"]*)" "(?P<upstream_host>[^"]*)"'
+    r'(?P<extra>(?: "[^"]*")*)\s*$'
 )
+# A trace id in a field appended to the default format: %TRACE_ID% (32 hex digits) or %REQ(TRACEPARENT)%.
+_TRACE_ID = re.compile(r'"(?:[0-9a-f]{2}-)?(?P<trace>[0-9a-f]{32})(?:-[0-9a-f]{16}-[0-9a-f]{2})?"')
+_ZERO_TRACE = "0" * 32
 LOOPBACK = ("127.", "[::1]", "::1")
 
 
@@ -45,6 +49,7 @@ class Hop:
     upstream_ms: int | None
     authority: str
     upstream_host: str
+    trace_id: str | None = None
 
     @property
     def direction(self) -> str:
@@ -65,17 +70,20 @@ def parse_line(line: str, source: str) -> tuple[str, Hop] | None:
         start = datetime.strptime(m["start"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     except ValueError:
         return None
+    trace = next((t["trace"] for t in _TRACE_ID.finditer(m["extra"]) if t["trace"] != _ZERO_TRACE), None)
     return m["request_id"], Hop(source, start, m["method"], m["path"], m["code"], m["flags"],
-                                _ms(m["duration"]), _ms(m["upstream_time"]), m["authority"], m["upstream_host"])
+                                _ms(m["duration"]), _ms(m["upstream_time"]), m["authority"], m["upstream_host"],
+                                trace)
 
 
 def hops(request_id: str, logs: Iterable[tuple[str, str]]) -> list[Hop]:
-    """Every hop of ``request_id`` in (source, log text) pairs, in path order (start time, outbound first)."""
+    """Every hop of ``request_id`` (an x-request-id, or a trace id when the lines carry one) in (source,
+    log text) pairs, in path order (start time, outbound first)."""
     found = []
     for source, text in logs:
         for line in text.splitlines():
             parsed = parse_line(line, source)
-            if parsed and parsed[0] == request_id:
+            if parsed and request_id in (parsed[0], parsed[1].trace_id):
                 found.append(parsed[1])
     return sorted(found, key=lambda h: (h.start, h.direction != "outbound"))
 
@@ -86,7 +94,9 @@ def report(request_id: str, path: list[Hop]) -> str:
         return f"request {request_id}: no proxy logged it\n"
     first = path[0].start
     total = max((h.start - first).total_seconds() * 1000 + (h.duration_ms or 0) for h in path)
-    lines = [f"request {request_id}: {len(path)} hop(s), {total:.0f} ms end to end"]
+    traces = sorted({h.trace_id for h in path if h.trace_id})
+    traced = f", trace {', '.join(traces)}" if traces else ""
+    lines = [f"request {request_id}: {len(path)} hop(s), {total:.0f} ms end to end{traced}"]
     for i, h in enumerate(path, 1):
         offset = (h.start - first).total_seconds() * 1000
         upstream = "-" if h.upstream_ms is None else f"{h.upstream_ms} ms"
@@ -141,7 +151,9 @@ def kubectl_proxy_logs(kubectl: str, context: str | None) -> list[tuple[str, str
 @click.option("--kubectl", default="kubectl", show_default=True, help="kubectl binary (with --kubernetes).")
 @click.option("--context", help="kubeconfig context (with --kubernetes).")
 def trace(request_id: str, kubernetes: bool, state_dir: Path | None, kubectl: str, context: str | None) -> None:
-    """Print the path of one request (its x-request-id) through every proxy, hop by hop, with timings."""
+    """Print the path of one request (its x-request-id, or its trace id) through every proxy, hop by hop,
+    with timings. The trace id shows when the access log format appends %TRACE_ID% or
+    %REQ(TRACEPARENT)% to the default format."""
     if kubernetes:
         logs = kubectl_proxy_logs(kubectl, context)
     else:

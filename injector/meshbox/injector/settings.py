@@ -155,6 +155,9 @@ class InjectSettings:
     exclude_ip_ranges: tuple[str, ...] = ()
     exclude_inbound_ports: tuple[int, ...] = ()
     exclude_outbound_ports: tuple[int, ...] = ()
+    # The mesh config's tracing, passed to the agent as flags ("" = tracing off).
+    trace_collector: str = ""
+    trace_sampling: float = defaults.TRACE_SAMPLING_PERCENTAGE
     template: SidecarTemplate = field(default_factory=SidecarTemplate)
 
     def __post_init__(self) -> None:
@@ -191,6 +194,9 @@ class InjectSettings:
             exclude_ip_ranges=tuple(mesh.exclude_outbound_cidrs),
             exclude_inbound_ports=tuple(mesh.exclude_inbound_ports),
             exclude_outbound_ports=tuple(mesh.exclude_outbound_ports),
+            trace_collector=mesh.tracing.collector_address,
+            trace_sampling=mesh.tracing.sampling_percentage if mesh.tracing.HasField("sampling_percentage")
+            else defaults.TRACE_SAMPLING_PERCENTAGE,
         )
         return replace(base, **overrides) if overrides else base
 

@@ -63,6 +63,8 @@ def _proxy_args(settings: InjectSettings) -> list[str]:
     args = ["sidecar", "--discovery-address", settings.discovery_address]
     if settings.status_port != defaults.AGENT_STATUS_PORT:
         args += ["--status-port", str(settings.status_port)]
+    if settings.trace_collector:
+        args += ["--trace-collector", settings.trace_collector, "--trace-sampling", f"{settings.trace_sampling:g}"]
     extra: list[str] = []
     if settings.outbound_port != defaults.OUTBOUND_CAPTURE_PORT:
         extra += ["--outbound-port", str(settings.outbound_port)]

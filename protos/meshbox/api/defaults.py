@@ -36,6 +36,8 @@ WORKLOAD_TOKEN_NAME = "meshbox-token"
 CERT_DIR = "/var/run/meshbox/certs"
 HUB = "docker.io/meshbox"
 TAG = "0.1.0"
+# Share of new traces sampled, as Istio's default.
+TRACE_SAMPLING_PERCENTAGE = 1.0
 
 
 def default_mesh_config() -> mesh_config_pb2.MeshConfig:
@@ -57,6 +59,7 @@ def default_mesh_config() -> mesh_config_pb2.MeshConfig:
         trust_domain=TRUST_DOMAIN,
         ca_address=CA_ADDRESS,
         root_namespace=ROOT_NAMESPACE,
+        tracing=mesh_config_pb2.TracingConfig(sampling_percentage=TRACE_SAMPLING_PERCENTAGE),
     )
 
 

@@ -95,6 +95,18 @@ def validate_mesh_config(config: mesh_config_pb2.MeshConfig, *, source: str = "<
             raise ValidationError(str(exc), source=source, path=name) from None
     if not config.ca_address:
         raise ValidationError("the CA address is required (host:port)", source=source, path="ca_address")
+    _check_tracing(config.tracing, source=source)
+
+
+def _check_tracing(tracing: mesh_config_pb2.TracingConfig, *, source: str) -> None:
+    if not 0 <= tracing.sampling_percentage <= 100:
+        raise ValidationError(f"must be 0..100, got {tracing.sampling_percentage}", source=source,
+                              path="tracing.sampling_percentage")
+    address = tracing.collector_address
+    if address:
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValidationError(f"not host:port: {address!r}", source=source, path="tracing.collector_address")
 
 
 def _check_weights(weights: list[int], *, source: str, path: str) -> None:

@@ -3,7 +3,8 @@
 Supported operators: START_TIME, PROTOCOL, RESPONSE_CODE, RESPONSE_FLAGS, BYTES_RECEIVED, BYTES_SENT,
 DURATION, UPSTREAM_SERVICE_TIME, UPSTREAM_HOST, UPSTREAM_CLUSTER, DOWNSTREAM_REMOTE_ADDRESS,
 DOWNSTREAM_LOCAL_ADDRESS, DOWNSTREAM_PEER_URI_SAN, DOWNSTREAM_TLS_VERSION, UPSTREAM_PEER_URI_SAN,
-UPSTREAM_TRANSPORT_FAILURE_REASON, REQ(name) / RESP(name) (``REQ(A?B)`` tries A then B; ``:METHOD``, ``:PATH``,
+UPSTREAM_TRANSPORT_FAILURE_REASON, TRACE_ID (the trace of the request's span, when the proxy traces),
+REQ(name) / RESP(name) (``REQ(A?B)`` tries A then B; ``:METHOD``, ``:PATH``,
 ``:AUTHORITY`` are the pseudo headers; ``%REQ(X):N%`` truncates to N characters) and the short forms the
 tutorial writes: METHOD, PATH, AUTHORITY, USER-AGENT, X-FORWARDED-FOR, X-REQUEST-ID.
 """
@@ -116,6 +117,14 @@ def default_line(r: LogRecord) -> bytes:
 
 Getter = Callable[[LogRecord], str]
 
+
+def _trace_id(r: LogRecord) -> str:
+    """The trace id of the proxy's span for this exchange (an Exchange's ``span``, set when the proxy
+    traces: meshbox.proxy.tracing), else "-". Read by name: this module cannot import the exchange."""
+    span = getattr(r, "span", None)
+    return "-" if span is None else bytes(span.trace_id).decode()
+
+
 _SIMPLE: dict[str, Getter] = {
     "START_TIME": lambda r: format_start_time(r.start_time),
     "PROTOCOL": lambda r: r.protocol or "-",
@@ -133,6 +142,7 @@ _SIMPLE: dict[str, Getter] = {
     "UPSTREAM_CLUSTER": lambda r: r.upstream_cluster or "-",
     "DOWNSTREAM_REMOTE_ADDRESS": lambda r: r.downstream_remote or "-",
     "DOWNSTREAM_LOCAL_ADDRESS": lambda r: r.downstream_local or "-",
+    "TRACE_ID": _trace_id,
 }
 _SHORT = {
     "METHOD": "REQ(:METHOD)", "PATH": "REQ(:PATH)", "AUTHORITY": "REQ(:AUTHORITY)",

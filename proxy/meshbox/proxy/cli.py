@@ -63,11 +63,17 @@ def _port(value: int | None, default: int, flag: str) -> int:
               help="The agent's workload certificate directory (current/key.pem, cert-chain.pem, root-cert.pem): "
                    "enables mutual TLS (inbound per the listeners' mtls_mode, outbound per the clusters' tls). "
                    "Without it the proxy never loads OpenSSL and speaks plaintext only.")
+@click.option("--trace-socket", type=click.Path(dir_okay=False),
+              help="Unix datagram socket of the span exporter (meshbox-agent's). Given: the proxy continues or "
+                   "starts traces and sends its spans there; else trace headers pass through untouched.")
+@click.option("--trace-sampling", type=click.FloatRange(0, 100), default=None,
+              help="Percentage of new traces sampled (default: mesh config tracing.sampling_percentage, 1).")
 @click.pass_obj
 def main(handoff: Callable[[Options], None] | None, config_path: str | None, mesh_path: str | None,
          admin_port: int | None, outbound_port: int | None, inbound_port: int | None, pod_ip: str | None,
          codec: str, concurrency: int, access_log_format: str | None, request_head_timeout: float,
-         request_idle_timeout: float, idle_timeout: float, cert_dir: str | None) -> None:
+         request_idle_timeout: float, idle_timeout: float, cert_dir: str | None, trace_socket: str | None,
+         trace_sampling: float | None) -> None:
     """Run the meshbox sidecar proxy: L7 HTTP/1.1 and L4 TCP, Envoy-format access log on stdout."""
     try:
         mesh, config = load_config_files(mesh_path, config_path)
@@ -105,6 +111,8 @@ def main(handoff: Callable[[Options], None] | None, config_path: str | None, mes
         body_idle_timeout=request_idle_timeout,
         idle_timeout=idle_timeout,
         cert_dir=cert_dir,
+        trace_socket=trace_socket or None,
+        trace_sampling=trace_sampling if trace_sampling is not None else mesh.tracing.sampling_percentage,
     )
     if concurrency > 1 and 0 in (options.admin_port, options.outbound_port):
         raise click.UsageError("--concurrency > 1 needs fixed ports: every worker must bind the same port")

@@ -12,6 +12,7 @@ from meshbox.proxy.deadlines import Deadlines
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.request_id import RequestIds
 from meshbox.proxy.snapshot import INBOUND, OUTBOUND, Snapshot, Workload, metric_labels
+from meshbox.proxy.tracing import Tracer
 from meshbox.proxy.upstream_hosts import HostRegistry
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class ProxyContext:
     stats: Stats = field(default_factory=Stats)
     hosts: HostRegistry = field(default_factory=HostRegistry)
     request_ids: RequestIds = field(default_factory=RequestIds)
+    # Trace propagation and spans (None: trace headers pass through untouched).
+    tracer: Tracer | None = None
     # Connections that finish their current exchange and then close (set by /drain_listeners).
     draining: bool = False
     # Open downstream connections, so a drain can close the idle ones.

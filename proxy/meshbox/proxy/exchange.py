@@ -31,6 +31,7 @@ from typing import Final
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.codec.events import RequestHead
 from meshbox.proxy.snapshot import ClusterRuntime, ListenerRuntime, RouteRuntime
+from meshbox.proxy.tracing import Span
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
 # Final ints: compiled code compares them as machine integers.
@@ -62,7 +63,7 @@ class Exchange(LogRecord):
     __slots__ = (
         "chunked_out", "close_after", "cluster", "head", "host", "listener", "pending", "pending_size",
         "request_bytes", "request_done", "response_started", "retries_left", "route", "sent_at",
-        "start", "timed", "up",
+        "span", "start", "timed", "up",
     )
 
     def __init__(self, head: RequestHead | None, remote: str | None, local: str | None, now: float) -> None:
@@ -92,3 +93,5 @@ class Exchange(LogRecord):
         self.retries_left: int = 0
         # The route timeout is armed (it spans every attempt).
         self.timed: bool = False
+        # This exchange's trace span when the proxy traces (meshbox.proxy.tracing).
+        self.span: Span | None = None

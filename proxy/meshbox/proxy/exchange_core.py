@@ -128,6 +128,9 @@ class ExchangeCore(ExchangeState):
             headers.append(rid)
             ex.request_headers = [*(h for h in head.headers if h[0] != b"x-request-id"), rid]
         ex.request_id = request_id
+        tracer = self.ctx.tracer
+        if tracer is not None:
+            headers, ex.span = tracer.start(ex, headers, listener.direction)
         target = head.target
         if target[:1] != b"/" and target != b"*":
             # Absolute form (RFC 9112 3.2.2): route by the target's authority, forward in origin form.

@@ -29,6 +29,8 @@ HOT_PATH = (
     "meshbox.proxy.codec.writer",
     "meshbox.proxy.codec.httptools_codec",
     "meshbox.proxy.context",
+    "meshbox.proxy.tracing",
+    "meshbox.proxy.trace_context",
 )
 
 

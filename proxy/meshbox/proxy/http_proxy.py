@@ -257,7 +257,11 @@ class DownstreamHttp(asyncio.Protocol):
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
         labels = with_security(labels, ctx.tls.identity if ctx.tls is not None else None,
                                ex.downstream_peer_uri, ex.upstream_peer_uri)
-        ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
+        ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms, ex.bytes_received, ex.bytes_sent)
+        span = ex.span
+        tracer = ctx.tracer
+        if span is not None and tracer is not None:
+            tracer.finish(ex, span, ex.upstream_cluster or "", elapsed_ms)
 
     def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:
         """An idle pooled connection to ``host`` (most recently used first) unless ``fresh``, else a new one."""

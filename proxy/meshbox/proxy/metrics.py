@@ -20,6 +20,13 @@ TCP_LABELS = (*REQUEST_LABELS[:13], "request_protocol", "response_flags")
 # Istio's default duration buckets, in milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                     1800000, 3600000)
+# Istio's request/response size buckets, in bytes: powers of ten from 1 to 10^7.
+SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
+# Offsets in a request entry: count, duration sum and buckets, then request size sum and buckets, then
+# response size sum and buckets.
+REQUEST_SIZE_AT = 2 + len(DURATION_BUCKETS) + 1
+RESPONSE_SIZE_AT = REQUEST_SIZE_AT + 1 + len(SIZE_BUCKETS) + 1
+REQUEST_ENTRY_SIZE = RESPONSE_SIZE_AT + 1 + len(SIZE_BUCKETS) + 1
 
 RequestKey = tuple[tuple[str, ...], int, str]
 TcpKey = tuple[tuple[str, ...], str]
@@ -29,18 +36,24 @@ class Stats:
     """Counters of one process. Keys: (labels up to destination_principal, code, flags)."""
 
     def __init__(self) -> None:
-        self.requests: dict[RequestKey, list[float]] = {}  # [count, sum_ms, bucket counts...]
+        # [count, sum_ms, duration buckets..., request bytes sum, buckets..., response bytes sum, buckets...]
+        self.requests: dict[RequestKey, list[float]] = {}
         self.tcp: dict[TcpKey, list[int]] = {}  # [opened, closed, sent bytes, received bytes]
         self.counters: dict[str, int] = {}
 
-    def request(self, labels: tuple[str, ...], code: int, flags: str, duration_ms: float) -> None:
+    def request(self, labels: tuple[str, ...], code: int, flags: str, duration_ms: float,
+                request_bytes: int, response_bytes: int) -> None:
         key = (labels, code, flags)
         entry = self.requests.get(key)
         if entry is None:
-            entry = self.requests[key] = [0.0] * (2 + len(DURATION_BUCKETS) + 1)
+            entry = self.requests[key] = [0.0] * REQUEST_ENTRY_SIZE
         entry[0] += 1
         entry[1] += duration_ms
         entry[2 + bisect.bisect_left(DURATION_BUCKETS, duration_ms)] += 1
+        entry[REQUEST_SIZE_AT] += request_bytes
+        entry[REQUEST_SIZE_AT + 1 + bisect.bisect_left(SIZE_BUCKETS, request_bytes)] += 1
+        entry[RESPONSE_SIZE_AT] += response_bytes
+        entry[RESPONSE_SIZE_AT + 1 + bisect.bisect_left(SIZE_BUCKETS, response_bytes)] += 1
 
     def tcp_opened(self, labels: tuple[str, ...]) -> None:
         self._tcp(labels, "-")[0] += 1

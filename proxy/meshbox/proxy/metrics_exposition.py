@@ -11,10 +11,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from itertools import accumulate
 
-from meshbox.proxy.metrics import DURATION_BUCKETS, REQUEST_LABELS, TCP_LABELS, Stats
+from meshbox.proxy.metrics import (
+    DURATION_BUCKETS,
+    REQUEST_LABELS,
+    REQUEST_SIZE_AT,
+    RESPONSE_SIZE_AT,
+    SIZE_BUCKETS,
+    TCP_LABELS,
+    Stats,
+)
 
 # Bucket bounds as Prometheus clients print them (floats), +Inf last.
 _BOUNDS = (*(repr(float(b)) for b in DURATION_BUCKETS), "+Inf")
+_SIZE_BOUNDS = (*(repr(float(b)) for b in SIZE_BUCKETS), "+Inf")
+# (family, help, offset of its sum in a request entry); its buckets follow the sum.
+_SIZE_FAMILIES = (
+    ("istio_request_bytes", "Request body sizes in bytes (the access log's BYTES_RECEIVED).", REQUEST_SIZE_AT),
+    ("istio_response_bytes", "Response body sizes in bytes (the access log's BYTES_SENT).", RESPONSE_SIZE_AT),
+)
 _TCP_FAMILIES = (
     ("istio_tcp_connections_opened_total", "TCP connections opened."),
     ("istio_tcp_connections_closed_total", "TCP connections closed."),
@@ -33,37 +47,59 @@ def _labels(names: Sequence[str], values: Sequence[str]) -> str:
     return ",".join([f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)])
 
 
-def _head(out: list[str], name: str, kind: str, help_text: str) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
+def _head(out: list[bytes], name: str, kind: str, help_text: str) -> None:
+    out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}".encode())
 
 
 def _number(value: float) -> str:
     return repr(float(value))
 
 
-def _requests(total: Stats, out: list[str]) -> None:
+def _requests(total: Stats, out: list[bytes]) -> None:
     items = sorted(total.requests.items())
     texts = [_labels(REQUEST_LABELS, (*labels, "http", str(code), flags)) for (labels, code, flags), _ in items]
     _head(out, "istio_requests_total", "counter", "Requests handled by the proxy.")
-    out.extend(f"istio_requests_total{{{text}}} {_number(entry[0])}"
+    out.extend(f"istio_requests_total{{{text}}} {_number(entry[0])}".encode()
                for text, (_, entry) in zip(texts, items, strict=True))
+    encoded = [text.encode() for text in texts]
     name = "istio_request_duration_milliseconds"
     _head(out, name, "histogram", "Request duration in milliseconds.")
-    for text, (_, entry) in zip(texts, items, strict=True):
-        prefix = f"{name}_bucket{{{text},le="
-        counts = list(accumulate(entry[2:]))
-        out.extend(f'{prefix}"{bound}"}} {count!r}' for bound, count in zip(_BOUNDS, counts, strict=True))
-        out.append(f"{name}_count{{{text}}} {counts[-1]!r}")
-        out.append(f"{name}_sum{{{text}}} {entry[1]!r}")
+    template = _histogram_template(name, _BOUNDS)
+    buckets = len(_BOUNDS)
+    for text, (_, entry) in zip(encoded, items, strict=True):
+        out.append(_histogram(template, text, entry[2:2 + buckets], entry[1]))
+    for name, help_text, at in _SIZE_FAMILIES:
+        _head(out, name, "histogram", help_text)
+        template = _histogram_template(name, _SIZE_BOUNDS)
+        for text, (_, entry) in zip(encoded, items, strict=True):
+            out.append(_histogram(template, text, entry[at + 1:at + 1 + len(_SIZE_BOUNDS)], entry[at]))
 
 
-def _tcp(total: Stats, out: list[str]) -> None:
+def _histogram_template(name: str, bounds: Sequence[str]) -> bytes:
+    """A ``%`` template of one histogram series: label text and cumulative count per bucket, then label
+    text and count, label text and sum (one ``%`` per series instead of one per line: a scrape of 1,000
+    clusters formats 3,000 of them)."""
+    lines = [f'{name}_bucket{{%s,le="{bound}"}} %r' for bound in bounds]
+    lines += [f"{name}_count{{%s}} %r", f"{name}_sum{{%s}} %r"]
+    return "\n".join(lines).encode()
+
+
+def _histogram(template: bytes, text: bytes, buckets: Sequence[float], total: float) -> bytes:
+    counts = list(accumulate(buckets))
+    args: list[object] = []
+    for count in counts:
+        args += (text, count)
+    args += (text, counts[-1], text, total)
+    return template % tuple(args)
+
+
+def _tcp(total: Stats, out: list[bytes]) -> None:
     items = sorted(total.tcp.items())
     texts = [_labels(TCP_LABELS, (*labels, "tcp", flags)) for (labels, flags), _ in items]
     for column, (name, help_text) in enumerate(_TCP_FAMILIES):
         _head(out, name, "counter", help_text)
-        out.extend(f"{name}{{{text}}} {_number(entry[column])}" for text, (_, entry) in zip(texts, items, strict=True))
+        out.extend(f"{name}{{{text}}} {_number(entry[column])}".encode()
+                   for text, (_, entry) in zip(texts, items, strict=True))
 
 
 def render(stats: Iterable[Stats]) -> bytes:
@@ -75,11 +111,11 @@ def render(stats: Iterable[Stats]) -> bytes:
         total = Stats()
         for s in parts:
             total.merge(s.export())
-    out: list[str] = []
+    out: list[bytes] = []
     _requests(total, out)
     _tcp(total, out)
     for name, value in sorted(total.counters.items()):
         _head(out, f"meshbox_proxy_{name}_total", "counter", f"meshbox proxy counter {name}.")
-        out.append(f"meshbox_proxy_{name}_total {_number(value)}")
-    out.append("")
-    return "\n".join(out).encode()
+        out.append(f"meshbox_proxy_{name}_total {_number(value)}".encode())
+    out.append(b"")
+    return b"\n".join(out)

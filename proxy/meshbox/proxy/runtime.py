@@ -30,6 +30,7 @@ from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT,
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.server import ProxyServer, announce
 from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
+from meshbox.proxy.tracing import Tracer
 
 _LENGTH = struct.Struct("!I")
 
@@ -54,6 +55,9 @@ class Options:
     idle_timeout: float = IDLE_TIMEOUT
     # The agent's workload certificate directory: mutual TLS is possible only with it (docs/security.md).
     cert_dir: str | None = None
+    # Unix datagram socket of the agent's span exporter; None: no tracing (trace headers pass through).
+    trace_socket: str | None = None
+    trace_sampling: float = 1.0
 
 
 def _context(options: Options) -> ProxyContext:
@@ -70,10 +74,13 @@ def _context(options: Options) -> ProxyContext:
             tls.refresh()  # now, when the files are there: the metric labels know this workload's identity
         except OSError as exc:  # not written yet: the first TLS connection loads them
             print(f"meshbox-proxy: no workload certificate yet: {exc}", file=sys.stderr, flush=True)
-    return ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
-                        pod_ip=options.pod_ip, registry_only=options.registry_only,
-                        head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
-                        idle_timeout=options.idle_timeout, tls=tls)
+    ctx = ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
+                       pod_ip=options.pod_ip, registry_only=options.registry_only,
+                       head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
+                       idle_timeout=options.idle_timeout, tls=tls)
+    if options.trace_socket is not None:
+        ctx.tracer = Tracer(loop, ctx.stats, options.trace_sampling, options.trace_socket, options.workload)
+    return ctx
 
 
 async def _start_server(options: Options) -> ProxyServer:

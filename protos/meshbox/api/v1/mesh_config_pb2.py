@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meshbox/api/v1/mesh_config.proto\x12\x0emeshbox.api.v1\"d\n\nProxyPorts\x12\x18\n\x10outbound_capture\x18\x01 \x01(\r\x12\x17\n\x0finbound_capture\x18\x02 \x01(\r\x12\r\n\x05\x61\x64min\x18\x03 \x01(\r\x12\x14\n\x0c\x61gent_status\x18\x04 \x01(\r\"\xe3\x03\n\nMeshConfig\x12)\n\x05ports\x18\x01 \x01(\x0b\x32\x1a.meshbox.api.v1.ProxyPorts\x12\x11\n\tproxy_uid\x18\x02 \x01(\r\x12\x11\n\tproxy_gid\x18\x03 \x01(\r\x12\x19\n\x11\x64iscovery_address\x18\x04 \x01(\t\x12\x0b\n\x03hub\x18\x05 \x01(\t\x12\x0b\n\x03tag\x18\x06 \x01(\t\x12\x1e\n\x16include_outbound_cidrs\x18\x07 \x03(\t\x12\x1e\n\x16\x65xclude_outbound_cidrs\x18\x08 \x03(\t\x12\x1d\n\x15\x65xclude_inbound_ports\x18\t \x03(\r\x12\x1e\n\x16\x65xclude_outbound_ports\x18\n \x03(\r\x12+\n\tlog_level\x18\x0b \x01(\x0e\x32\x18.meshbox.api.v1.LogLevel\x12\x46\n\x17outbound_traffic_policy\x18\x0c \x01(\x0e\x32%.meshbox.api.v1.OutboundTrafficPolicy\x12\x19\n\x11\x61\x63\x63\x65ss_log_format\x18\r \x01(\t\x12\x14\n\x0ctrust_domain\x18\x0e \x01(\t\x12\x12\n\nca_address\x18\x0f \x01(\t\x12\x16\n\x0eroot_namespace\x18\x10 \x01(\t*R\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\t\n\x05\x44\x45\x42UG\x10\x01\x12\x08\n\x04INFO\x10\x02\x12\x0b\n\x07WARNING\x10\x03\x12\t\n\x05\x45RROR\x10\x04*b\n\x15OutboundTrafficPolicy\x12\'\n#OUTBOUND_TRAFFIC_POLICY_UNSPECIFIED\x10\x00\x12\r\n\tALLOW_ANY\x10\x01\x12\x11\n\rREGISTRY_ONLY\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meshbox/api/v1/mesh_config.proto\x12\x0emeshbox.api.v1\"d\n\nProxyPorts\x12\x18\n\x10outbound_capture\x18\x01 \x01(\r\x12\x17\n\x0finbound_capture\x18\x02 \x01(\r\x12\r\n\x05\x61\x64min\x18\x03 \x01(\r\x12\x14\n\x0c\x61gent_status\x18\x04 \x01(\r\"d\n\rTracingConfig\x12 \n\x13sampling_percentage\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11\x63ollector_address\x18\x02 \x01(\tB\x16\n\x14_sampling_percentage\"\x93\x04\n\nMeshConfig\x12)\n\x05ports\x18\x01 \x01(\x0b\x32\x1a.meshbox.api.v1.ProxyPorts\x12\x11\n\tproxy_uid\x18\x02 \x01(\r\x12\x11\n\tproxy_gid\x18\x03 \x01(\r\x12\x19\n\x11\x64iscovery_address\x18\x04 \x01(\t\x12\x0b\n\x03hub\x18\x05 \x01(\t\x12\x0b\n\x03tag\x18\x06 \x01(\t\x12\x1e\n\x16include_outbound_cidrs\x18\x07 \x03(\t\x12\x1e\n\x16\x65xclude_outbound_cidrs\x18\x08 \x03(\t\x12\x1d\n\x15\x65xclude_inbound_ports\x18\t \x03(\r\x12\x1e\n\x16\x65xclude_outbound_ports\x18\n \x03(\r\x12+\n\tlog_level\x18\x0b \x01(\x0e\x32\x18.meshbox.api.v1.LogLevel\x12\x46\n\x17outbound_traffic_policy\x18\x0c \x01(\x0e\x32%.meshbox.api.v1.OutboundTrafficPolicy\x12\x19\n\x11\x61\x63\x63\x65ss_log_format\x18\r \x01(\t\x12\x14\n\x0ctrust_domain\x18\x0e \x01(\t\x12\x12\n\nca_address\x18\x0f \x01(\t\x12\x16\n\x0eroot_namespace\x18\x10 \x01(\t\x12.\n\x07tracing\x18\x18 \x01(\x0b\x32\x1d.meshbox.api.v1.TracingConfig*R\n\x08LogLevel\x12\x19\n\x15LOG_LEVEL_UNSPECIFIED\x10\x00\x12\t\n\x05\x44\x45\x42UG\x10\x01\x12\x08\n\x04INFO\x10\x02\x12\x0b\n\x07WARNING\x10\x03\x12\t\n\x05\x45RROR\x10\x04*b\n\x15OutboundTrafficPolicy\x12\'\n#OUTBOUND_TRAFFIC_POLICY_UNSPECIFIED\x10\x00\x12\r\n\tALLOW_ANY\x10\x01\x12\x11\n\rREGISTRY_ONLY\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshbox.api.v1.mesh_config_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGLEVEL']._serialized_start=640
-  _globals['_LOGLEVEL']._serialized_end=722
-  _globals['_OUTBOUNDTRAFFICPOLICY']._serialized_start=724
-  _globals['_OUTBOUNDTRAFFICPOLICY']._serialized_end=822
+  _globals['_LOGLEVEL']._serialized_start=790
+  _globals['_LOGLEVEL']._serialized_end=872
+  _globals['_OUTBOUNDTRAFFICPOLICY']._serialized_start=874
+  _globals['_OUTBOUNDTRAFFICPOLICY']._serialized_end=972
   _globals['_PROXYPORTS']._serialized_start=52
   _globals['_PROXYPORTS']._serialized_end=152
-  _globals['_MESHCONFIG']._serialized_start=155
-  _globals['_MESHCONFIG']._serialized_end=638
+  _globals['_TRACINGCONFIG']._serialized_start=154
+  _globals['_TRACINGCONFIG']._serialized_end=254
+  _globals['_MESHCONFIG']._serialized_start=257
+  _globals['_MESHCONFIG']._serialized_end=788
 # @@protoc_insertion_point(module_scope)

@@ -102,6 +102,36 @@ class ProxyPorts(_message.Message):
 Global___ProxyPorts: _TypeAlias = ProxyPorts  # noqa: Y015
 
 @_typing.final
+class TracingConfig(_message.Message):
+    """Distributed tracing: which requests the proxies record spans for, and where the agent sends them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLING_PERCENTAGE_FIELD_NUMBER: _builtins.int
+    COLLECTOR_ADDRESS_FIELD_NUMBER: _builtins.int
+    sampling_percentage: _builtins.float
+    """Share of requests that start a trace at a proxy (no trace context came in) that are sampled,
+    0 to 100 (unset: 1, as Istio). An incoming trace context's sampled flag is always honoured.
+    """
+    collector_address: _builtins.str
+    """host:port of an OTLP/gRPC collector (port 4317 by convention). Empty: spans are not recorded."""
+    def __init__(
+        self,
+        *,
+        sampling_percentage: _builtins.float | None = ...,
+        collector_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_sampling_percentage", b"_sampling_percentage", "sampling_percentage", b"sampling_percentage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_percentage", b"_sampling_percentage", "collector_address", b"collector_address", "sampling_percentage", b"sampling_percentage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__sampling_percentage: _TypeAlias = _typing.Literal["sampling_percentage"]  # noqa: Y015
+    _WhichOneofArgType__sampling_percentage: _TypeAlias = _typing.Literal["_sampling_percentage", b"_sampling_percentage"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sampling_percentage) -> _WhichOneofReturnType__sampling_percentage | None: ...
+
+Global___TracingConfig: _TypeAlias = TracingConfig  # noqa: Y015
+
+@_typing.final
 class MeshConfig(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -121,6 +151,7 @@ class MeshConfig(_message.Message):
     TRUST_DOMAIN_FIELD_NUMBER: _builtins.int
     CA_ADDRESS_FIELD_NUMBER: _builtins.int
     ROOT_NAMESPACE_FIELD_NUMBER: _builtins.int
+    TRACING_FIELD_NUMBER: _builtins.int
     proxy_uid: _builtins.int
     """UID the proxy runs as; its traffic is never redirected. Default 1337."""
     proxy_gid: _builtins.int
@@ -160,6 +191,10 @@ class MeshConfig(_message.Message):
     def exclude_outbound_ports(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Outbound ports never captured."""
 
+    @_builtins.property
+    def tracing(self) -> Global___TracingConfig:
+        """Distributed tracing (spans over OTLP/gRPC); unset: no spans, trace context still forwarded."""
+
     def __init__(
         self,
         *,
@@ -179,10 +214,11 @@ class MeshConfig(_message.Message):
         trust_domain: _builtins.str = ...,
         ca_address: _builtins.str = ...,
         root_namespace: _builtins.str = ...,
+        tracing: Global___TracingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ports", b"ports", "tracing", b"tracing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_format", b"access_log_format", "ca_address", b"ca_address", "discovery_address", b"discovery_address", "exclude_inbound_ports", b"exclude_inbound_ports", "exclude_outbound_cidrs", b"exclude_outbound_cidrs", "exclude_outbound_ports", b"exclude_outbound_ports", "hub", b"hub", "include_outbound_cidrs", b"include_outbound_cidrs", "log_level", b"log_level", "outbound_traffic_policy", b"outbound_traffic_policy", "ports", b"ports", "proxy_gid", b"proxy_gid", "proxy_uid", b"proxy_uid", "root_namespace", b"root_namespace", "tag", b"tag", "trust_domain", b"trust_domain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log_format", b"access_log_format", "ca_address", b"ca_address", "discovery_address", b"discovery_address", "exclude_inbound_ports", b"exclude_inbound_ports", "exclude_outbound_cidrs", b"exclude_outbound_cidrs", "exclude_outbound_ports", b"exclude_outbound_ports", "hub", b"hub", "include_outbound_cidrs", b"include_outbound_cidrs", "log_level", b"log_level", "outbound_traffic_policy", b"outbound_traffic_policy", "ports", b"ports", "proxy_gid", b"proxy_gid", "proxy_uid", b"proxy_uid", "root_namespace", b"root_namespace", "tag", b"tag", "tracing", b"tracing", "trust_domain", b"trust_domain"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

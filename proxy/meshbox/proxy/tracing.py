@@ -1,0 +1,163 @@
+"""Spans: one per request and direction (client span outbound, server span inbound), with Istio's
+attributes, handed to the agent without ever blocking the request path.
+
+:meth:`Tracer.start` is called where the upstream request headers are built: it continues the incoming
+trace (our span is a child of the sender's) or starts one (sampled at the configured rate), and returns
+the headers with our span's context. :meth:`Tracer.finish` is called with the access log record: a
+sampled span is encoded (``meshbox.api.span_wire``) into a bounded buffer, sent in batches over a Unix
+datagram socket to the agent (a non-blocking ``send`` at most every ``FLUSH_SECONDS``, or at once when
+``BATCH`` spans wait). A full buffer, or an agent that is not there or not reading, drops spans and
+counts them (``meshbox_proxy_tracing_spans_dropped_total``); requests never wait for any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+from meshbox.api import span_wire
+from meshbox.api.span_wire import clean, line_template
+from meshbox.proxy.access_log import LogRecord
+from meshbox.proxy.metrics import Stats
+from meshbox.proxy.snapshot import INBOUND, Workload
+from meshbox.proxy.trace_context import Headers, incoming, outgoing
+
+_PROTOCOLS: dict[str | None, bytes] = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0"}
+BATCH = 64
+BUFFER_LIMIT = 4096
+FLUSH_SECONDS = 0.2
+_rand = random.Random()
+
+
+class Span:
+    """The trace context of one exchange's span (recorded only when ``sampled``)."""
+
+    __slots__ = ("kind", "parent_id", "sampled", "span_id", "trace_id")
+
+    def __init__(self, kind: bytes, trace_id: bytes, span_id: bytes, parent_id: bytes, sampled: bool) -> None:
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.sampled = sampled
+
+
+class Tracer:
+    """Propagation, sampling and the span buffer of one proxy process."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stats: Stats, sampling_percentage: float,
+                 sink_path: str, workload: Workload) -> None:
+        self.loop = loop
+        self.stats = stats
+        self.sampling = sampling_percentage
+        self.sink_path = sink_path
+        # Istio's span attributes: the proxy's own first (written into the template once), then the
+        # request's, in the order finish() fills them.
+        self.template = line_template(
+            ((b"component", b"proxy"), (b"node_id", f"{workload.name}.{workload.namespace}".encode()),
+             (b"istio.canonical_service", workload.app.encode()), (b"istio.namespace", workload.namespace.encode()),
+             (b"downstream_cluster", b"-")),
+            ((b"guid:x-request-id", b"%s"), (b"http.url", b"http://%s%s"), (b"http.method", b"%s"),
+             (b"http.protocol", b"%s"), (b"http.status_code", b"%d"), (b"response_flags", b"%s"),
+             (b"request_size", b"%d"), (b"response_size", b"%d"), (b"upstream_cluster", b"%s"),
+             (b"upstream_cluster.name", b"%s"), (b"user_agent", b"%s"), (b"upstream_host", b"%s")))
+        self.buffer: list[bytes] = []
+        self.flush_armed = False
+        self.sock: socket.socket | None = None
+        _rand.seed()
+
+    def start(self, record: LogRecord, headers: Headers, direction: str) -> tuple[Headers, Span]:
+        """``headers`` carrying our new span's context, and that span."""
+        context = incoming(record.request_headers)
+        kind = b"server" if direction == INBOUND else b"client"
+        span_id = b"%016x" % _rand.getrandbits(64)
+        tracestate: bytes | None = None
+        single_b3 = False
+        if context is not None and context.trace_id:
+            trace_id, parent_id = context.trace_id, context.span_id
+            tracestate, single_b3 = context.tracestate, context.single_b3
+        else:
+            trace_id, parent_id = b"%032x" % _rand.getrandbits(128), b""
+            if context is not None:
+                single_b3 = context.single_b3
+        sampled = context.sampled if context is not None and context.sampled is not None \
+            else _rand.random() * 100 < self.sampling
+        span = Span(kind, trace_id, span_id, parent_id, sampled)
+        return outgoing(headers, trace_id, span_id, parent_id, sampled, tracestate, single_b3,
+                        context is not None), span
+
+    def finish(self, record: LogRecord, span: Span, cluster: str, elapsed_ms: float) -> None:
+        """Buffer ``span`` (when sampled) with the attributes of the finished exchange ``record``."""
+        if not span.sampled:
+            return
+        if len(self.buffer) >= BUFFER_LIMIT:
+            self.stats.incr("tracing_spans_dropped")
+            return
+        start_ns = int(record.start_time * 1e9)
+        authority = record.authority or b"-"
+        path = record.path or b""
+        agent = record.user_agent or b"-"
+        request_id = record.request_id or b""
+        if b"\t" in authority or b"\t" in path or b"\t" in agent or b"\t" in request_id:
+            # Header values may hold tabs (HTAB is legal in field values); the wire format separates with them.
+            authority, path, agent, request_id = (clean(authority), clean(path), clean(agent), clean(request_id))
+        name = cluster.encode()
+        self.buffer.append(self.template % (
+            span.kind, span.trace_id, span.span_id, span.parent_id, start_ns, start_ns + int(elapsed_ms * 1e6),
+            authority + b"/*", request_id, authority, path, record.method or b"",
+            _PROTOCOLS.get(record.protocol, b"-"), record.response_code, record.response_flags.encode(),
+            record.bytes_received, record.bytes_sent, name, name, agent,
+            (record.upstream_host or "-").encode()))
+        if len(self.buffer) >= BATCH:
+            self.flush()
+        elif not self.flush_armed:
+            self.flush_armed = True
+            self.loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Send what is buffered, in datagrams of whole spans; what the socket does not take is dropped."""
+        self.flush_armed = False
+        spans, self.buffer = self.buffer, []
+        if not spans:
+            return
+        sock = self._socket()
+        sent = 0
+        start = 0
+        while start < len(spans):
+            end, size = start, 0
+            while end < len(spans) and (end == start or size + len(spans[end]) <= span_wire.MAX_DATAGRAM):
+                size += len(spans[end])
+                end += 1
+            if sock is None or not self._send(sock, b"".join(spans[start:end])):
+                break
+            sent += end - start
+            start = end
+        if sent:
+            self.stats.incr("tracing_spans_sent", sent)
+        if sent < len(spans):
+            self.stats.incr("tracing_spans_dropped", len(spans) - sent)
+
+    def _send(self, sock: socket.socket, datagram: bytes) -> bool:
+        try:
+            sock.send(datagram)
+        except BlockingIOError:
+            return False
+        except OSError:
+            # The agent went away (or was never there): reconnect on the next flush.
+            self.sock = None
+            sock.close()
+            return False
+        return True
+
+    def _socket(self) -> socket.socket | None:
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(self.sink_path)
+            except OSError:
+                sock.close()
+                return None
+            self.sock = sock
+        return self.sock
