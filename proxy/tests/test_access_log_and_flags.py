@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import struct
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,6 +231,8 @@ def test_flag_dc_downstream_went_away(kit: Any, tmp_path: Path) -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             await asyncio.sleep(0.2)
+            # Gone for good (a reset): a FIN alone is a half-close, which is still owed its answer.
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.close()
             lines = await p.wait_log(1)
         assert _flag_of(kit, lines[0]) == (0, "DC")
@@ -306,3 +309,63 @@ def test_flag_uf_connect_timeout(kit: Any, tmp_path: Path) -> None:
         assert _flag_of(kit, lines[0]) == (503, "UF")
 
     kit.run(main())
+
+
+def test_a_stuck_stdout_never_stalls_requests_and_drops_are_counted(kit: Any, tmp_path: Path) -> None:
+    """The access log goes to a pipe nobody reads: every request is still answered (the writer never
+    waits on the event loop), what does not fit is dropped and counted in metrics, and once the pipe is
+    read again the lines that were kept come out."""
+    import subprocess
+    import sys
+
+    config_file = tmp_path / "proxy.json"
+
+    async def blast(port: int, connections: int, batches: int, per_batch: int) -> int:
+        async def one() -> int:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answered = 0
+            for _ in range(batches):
+                writer.write(b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n" * per_batch)
+                data = b""
+                while data.count(b"HTTP/1.1 200 ") < per_batch:
+                    chunk = await reader.read(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+                answered += data.count(b"HTTP/1.1 200 ")
+            writer.close()
+            return answered
+
+        return sum(await asyncio.gather(*(one() for _ in range(connections))))
+
+    async def main() -> None:
+        backend = await kit.Backend().start()
+        port = kit.free_port()
+        from google.protobuf import json_format
+
+        config_file.write_text(json_format.MessageToJson(kit.http_config(port, {"svc": [backend.port]}),
+                                                         preserving_proto_field_name=True))
+        proc = subprocess.Popen([sys.executable, "-m", "meshbox.proxy", "--config", str(config_file),
+                                 "--admin-port", "0", "--outbound-port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=False)
+        try:
+            assert proc.stderr is not None and proc.stdout is not None
+            admin = 0
+            while not admin:
+                line = (await asyncio.to_thread(proc.stderr.readline)).decode()
+                assert line, "proxy exited before announcing its admin port"
+                if "admin listening on" in line:
+                    admin = int(line.rsplit(":", 1)[1])
+            # 12,800 lines of ~130 bytes: more than the pipe (64 KiB) and the writer's 1 MiB together.
+            answered = await asyncio.wait_for(blast(port, 8, 16, 100), 60)
+            assert answered == 12_800
+            metrics = (await kit.get(admin, "/stats/prometheus", host="localhost")).body.decode()
+            dropped = re.search(r"^meshbox_proxy_access_log_dropped_lines_total (\S+)$", metrics, re.M)
+            assert dropped and 0 < float(dropped.group(1)) < 12_800, metrics[-1000:]
+            kept = await asyncio.to_thread(proc.stdout.read, 1 << 16)
+            assert kept.count(b'"GET / HTTP/1.1" 200 ') > 0
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+
+    kit.run(main(), timeout=90)

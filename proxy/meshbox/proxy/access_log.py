@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Sequence
+
+from meshbox.proxy.metrics import Stats
 
 DEFAULT_FORMAT = (
     '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE% '
@@ -207,9 +210,15 @@ def compile_format(fmt: str) -> Callable[[LogRecord], bytes]:
 
 class AccessLog:
     """Buffers lines and writes them to a file descriptor in batches: at most ``delay`` seconds after the
-    first buffered line, or at once when ``batch`` lines are waiting (one syscall per batch, not per line)."""
+    first buffered line, or at once when ``batch`` lines are waiting (one syscall per batch, not per line).
+
+    Writing never blocks the event loop: a pipe or socket is switched to non-blocking mode, what it does
+    not take waits (up to ``max_waiting`` bytes) until the loop says it is writable again, and lines that
+    come while that much is waiting are dropped and counted (``dropped``, and the
+    ``access_log_dropped_lines`` counter of the Stats given to :meth:`count_drops_in`)."""
 
     batch = 256
+    max_waiting = 1 << 20
 
     def __init__(self, fmt: str, fd: int = 1) -> None:
         self.format = compile_format(fmt)
@@ -217,19 +226,44 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._delay = 0.0
+        # Bytes the descriptor has not taken yet, from offset _sent on.
+        self._waiting = b""
+        self._sent = 0
+        self._watching = False
+        self._was_blocking = False
+        self._stats: Stats | None = None
+        self.dropped = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop, delay: float = 0.01) -> None:
         """Flush from ``loop``, ``delay`` seconds after the first line of a batch."""
         self._loop = loop
         self._delay = delay
+        mode = os.fstat(self._fd).st_mode
+        # Regular files never make a write wait; pipes, sockets and terminals can.
+        if (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)) and os.get_blocking(self._fd):
+            self._was_blocking = True
+            os.set_blocking(self._fd, False)
+
+    def count_drops_in(self, stats: Stats) -> None:
+        """Count dropped lines in ``stats`` (shown in metrics as meshbox_proxy_access_log_dropped_lines)."""
+        self._stats = stats
 
     def close(self) -> None:
-        """Write what is buffered and stop writing (the file descriptor is the caller's to close)."""
-        self.flush()
+        """Write what is buffered, waiting as long as it takes, and stop writing (the file descriptor is
+        the caller's to close; its blocking mode is restored)."""
+        self.flush(final=True)
+        if self._was_blocking and self._fd >= 0:
+            os.set_blocking(self._fd, True)
         self._fd = -1
 
     def log(self, record: LogRecord) -> None:
         if self._fd < 0:
+            return
+        if len(self._waiting) - self._sent >= self.max_waiting:
+            # The reader of our output is stuck: serving traffic matters more than this line.
+            self.dropped += 1
+            if self._stats is not None:
+                self._stats.incr("access_log_dropped_lines")
             return
         lines = self._lines
         lines.append(self.format(record))
@@ -241,19 +275,47 @@ class AccessLog:
         elif len(lines) >= self.batch:
             self.flush()
 
-    def flush(self) -> None:
-        if not self._lines or self._fd < 0:
+    def flush(self, final: bool = False) -> None:
+        """Write buffered lines as far as the descriptor takes them now (``final``: all of them, waiting
+        if needed: on exit)."""
+        if self._fd < 0:
             return
-        data = b"".join(self._lines)
-        self._lines.clear()
-        view = memoryview(data)
-        while view:
+        if self._lines:
+            data = b"".join(self._lines)
+            self._lines.clear()
+            self._waiting = self._waiting[self._sent:] + data if self._waiting else data
+            self._sent = 0
+        if final and self._waiting and self._was_blocking:
+            self._stop_watching()
+            os.set_blocking(self._fd, True)
+            self._write()
+            os.set_blocking(self._fd, False)
+        else:
+            self._write()
+
+    def _write(self) -> None:
+        waiting = self._waiting
+        view = memoryview(waiting)
+        sent = self._sent
+        while sent < len(waiting):
             try:
-                written = os.write(self._fd, view)
+                sent += os.write(self._fd, view[sent:])
             except InterruptedError:
                 continue
             except BlockingIOError:
-                # A non-blocking stdout that is full: drop nothing, wait for room.
-                time.sleep(0.001)
-                continue
-            view = view[written:]
+                break
+        view.release()
+        if sent < len(waiting):
+            self._sent = sent
+            if not self._watching and self._loop is not None:
+                self._watching = True
+                self._loop.add_writer(self._fd, self._write)
+        else:
+            self._waiting = b""
+            self._sent = 0
+            self._stop_watching()
+
+    def _stop_watching(self) -> None:
+        if self._watching and self._loop is not None:
+            self._watching = False
+            self._loop.remove_writer(self._fd)

@@ -56,3 +56,4 @@ class ProxyContext:
         self.deadlines = Deadlines(self.loop)
         self.connection_deadlines = Deadlines(self.loop, resolution=0.1)
         self.unknown_labels = {d: metric_labels(d, self.workload, "") for d in (INBOUND, OUTBOUND)}
+        self.access_log.count_drops_in(self.stats)

@@ -214,7 +214,7 @@ async def _serve_worker(options: Options, sock: socket.socket) -> None:
         # However the loop ends (SIGTERM, the first process gone, an interrupt): no log line is lost.
         task.cancel()
         server.drain()
-        server.ctx.access_log.flush()
+        server.ctx.access_log.flush(final=True)
 
 
 async def _serve_main(options: Options, workers: list[WorkerLink]) -> None:
@@ -235,7 +235,7 @@ async def _serve_main(options: Options, workers: list[WorkerLink]) -> None:
         await stop.wait()
     finally:
         admin.close()
-        server.ctx.access_log.flush()
+        server.ctx.access_log.flush(final=True)
 
 
 def run_or_explain(options: Options) -> int:

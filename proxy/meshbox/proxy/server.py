@@ -161,7 +161,7 @@ class ProxyServer:
         for server in [*self.capture, *self.bound.values()]:
             server.close()
         for conn in list(self.ctx.connections):
-            if isinstance(conn, DownstreamHttp) and conn.exchange is None:
+            if isinstance(conn, DownstreamHttp) and not conn.busy():
                 conn.close()
         for host in self.ctx.hosts.all():
             for up in host.idle:

@@ -15,8 +15,8 @@ class _Stop(Exception):
 class HttptoolsRequestParser:
     """Request bytes → events; keeps state across keep-alive and pipelined requests."""
 
-    __slots__ = ("_completed", "_events", "_head_size", "_headers", "_in_head", "_max_head", "_parser", "_tunnel",
-                 "_url", "partial_head")
+    __slots__ = ("_completed", "_events", "_failed", "_head_size", "_headers", "_in_head", "_max_head", "_parser",
+                 "_tunnel", "_url", "partial_head")
 
     def __init__(self, max_head: int = MAX_HEAD_BYTES) -> None:
         self._parser = httptools.HttpRequestParser(self)
@@ -29,6 +29,8 @@ class HttptoolsRequestParser:
         self._tunnel = False
         # A message completed during the current feed() (its bytes are not the next head's).
         self._completed = False
+        # The error a callback raised: every later feed() raises it again.
+        self._failed: ProtocolError | None = None
         # Some bytes of a request head arrived, but not all of it (what the head timeout watches). A plain
         # attribute, not a property: it is read once per request.
         self.partial_head = False
@@ -75,6 +77,9 @@ class HttptoolsRequestParser:
         """Parse more bytes; raises ProtocolError (status to answer with) on bad input."""
         if self._tunnel:
             return [Tunnel(data)]
+        if self._failed is not None:
+            # llhttp stays in its error state (and would report it as a callback error without cause).
+            raise ProtocolError(self._failed.status, self._failed.reason)
         events = self._events = []
         self._completed = False
         try:
@@ -87,6 +92,7 @@ class HttptoolsRequestParser:
         except httptools.HttpParserCallbackError as exc:
             context = exc.__context__
             if isinstance(context, ProtocolError):
+                self._failed = context
                 raise context.after(events) from None
             raise
         except httptools.HttpParserError as exc:
