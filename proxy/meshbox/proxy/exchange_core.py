@@ -84,8 +84,7 @@ class ExchangeCore(ExchangeState):
             kind = type(ev)
             if kind is Tunnel:
                 if ex is not None:
-                    # Sent before the upgrade was answered; refused upgrades close the connection.
-                    self._request_body(ex, ev.data)
+                    self._hold_tunnel(ev.data)
             elif ex is None:
                 if kind is RequestHead:
                     self._start(ev, now)
@@ -207,6 +206,17 @@ class ExchangeCore(ExchangeState):
             ex.pending_size += len(data)
             if ex.pending_size > PENDING_BODY_LIMIT:
                 self._pause()
+
+    def _hold_tunnel(self, data: bytes) -> None:
+        """Bytes after an Upgrade request are the new protocol's only if the upstream agrees (101): held,
+        with reading paused, until the response head. Forwarded earlier, a refused upgrade would smuggle
+        them upstream as requests of their own (issue #18)."""
+        held = self.held_tunnel
+        if held is None:
+            self.held_tunnel = [data]
+        else:
+            held.append(data)
+        self._pause()
 
     @staticmethod
     def _hold(ex: Exchange, data: bytes) -> None:

@@ -22,12 +22,15 @@ from meshbox.proxy.exchange import (
     TRY_TIMER,
     TUNNEL,
     WRITE_DOWN,
+    WRITE_UP,
     Exchange,
 )
 from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+# Idempotent methods (RFC 9110 9.2.2): the only ones sent again after a connection closed unanswered.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # What the client connection's timer watches.
 NO_TIMER: Final = 0
 IDLE: Final = 1
@@ -57,6 +60,8 @@ class ExchangeState:
         self.closed = False
         self.paused = False
         self.tunnelled = False
+        # Client bytes after an Upgrade request, held until its answer: to the tunnel after a 101, else dropped.
+        self.held_tunnel: list[bytes] | None = None
         # The client half-closed: it sends nothing more, but is owed the answers to its requests.
         self.client_eof = False
         # Pipelined requests held back are being dispatched now.
@@ -188,7 +193,14 @@ class ExchangeState:
             self.tunnelled = True
             self.exchange = None
             self.flush()
+            held = self.held_tunnel
+            if held is not None:
+                self.held_tunnel = None
+                data = b"".join(held)
+                ex.bytes_received += len(data)
+                actions.append((WRITE_UP, up, data))
             actions.append((TUNNEL, up, ex))
+            self._resume()
             return
         self.flush()
         # Released before the next exchange starts, so a pipelined request can reuse it at once.
@@ -214,14 +226,16 @@ class ExchangeState:
 
     def upstream_closed(self, up: object, silent_reuse: bool, now: float) -> None:
         """Upstream connection ``up`` closed before the response was complete. ``silent_reuse``: it was a
-        pooled connection that sent nothing (the upstream had timed it out): a request without a body
-        is sent again once, on a new connection; otherwise 503 UC (or a reset once the response began)."""
+        pooled connection that sent nothing (the upstream may have timed it out before the request came):
+        an idempotent request without a body is sent again, once, on a new connection (RFC 9112 9.3.1);
+        otherwise 503 UC (or a reset once the response began)."""
         ex = self.exchange
         if ex is None or ex.up is not up:
             return
         head = ex.head
-        if (silent_reuse and head is not None and head.content_length is None and not head.chunked
-                and not ex.response_started):
+        if (silent_reuse and not ex.resent and head is not None and head.method in IDEMPOTENT
+                and not head.content_length and not head.chunked and not ex.response_started):
+            ex.resent = True
             self._detach(ex)
             self._disarm_route(ex)
             self._connect(ex, now)
@@ -239,7 +253,9 @@ class ExchangeState:
         ex.response_flags = flag
         ex.bytes_sent = len(body)
         request = ex.head
-        close = not ex.request_done or request is None or not request.keep_alive or self.ctx.draining
+        # After an Upgrade request the client's further bytes are not HTTP (see _hold_tunnel): close.
+        close = not ex.request_done or request is None or not request.keep_alive or request.upgrade \
+            or self.ctx.draining
         ex.close_after = close
         self.out.append(self.down_framing.local_reply(ex, status, body, close))
         if request is not None and request.method == b"HEAD":

@@ -250,9 +250,10 @@ class DownstreamHttp(asyncio.Protocol):
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
     def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
-        """An idle pooled connection to ``host`` (most recently used first), else a new one."""
+        """An idle pooled connection to ``host`` (most recently used first), else a new one (always for a
+        request sent again after a pooled connection closed on it: the next pooled one may be as stale)."""
         idle = host.idle
-        while idle:
+        while idle and not ex.resent:
             up = cast(UpstreamHttp, idle.pop())
             if not up.closed:
                 up.reused = True

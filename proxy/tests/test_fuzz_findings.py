@@ -1,0 +1,210 @@
+"""Regression tests for what the bounded fuzz found (issue #18, fuzz/): a standalone ``meshbox-proxy``
+process (the build as installed, compiled by default), raw client sockets and a backend that records
+what it receives.
+
+- N1: bytes after an Upgrade request are held until its answer (a refused upgrade must not smuggle
+  them upstream); an Upgrade request with a body is refused.
+- N2: a request is sent again at most once after a pooled connection closed without answering, on a
+  new connection, and only when it is idempotent and has no body.
+- N3: a request the codec rejects mid-pipeline still lets the valid request before it be answered,
+  however the bytes after it arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CODECS = ["httptools", "h11"]
+_STATUS_LINE = re.compile(rb"(?:^|\r\n)HTTP/1\.[01] (\d{3}) ")
+
+
+def _statuses(data: bytes) -> list[int]:
+    return [int(s) for s in _STATUS_LINE.findall(data)]
+
+
+def _stderr(proc: Any) -> str:
+    """Stop the proxy and return everything it wrote on stderr."""
+    proc.terminate()
+    proc.wait(timeout=5)
+    return str(proc.stderr.read())
+
+
+async def _start(kit: Any, proxy_cli: Any, tmp_path: Path, backend: Any, *args: str) -> tuple[int, Any]:
+    port = kit.free_port()
+    proc = await kit.standalone(proxy_cli, kit.http_config(port, {"svc": [backend.port]}), tmp_path, *args, port=port)
+    return port, proc
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_n1_refused_upgrade_never_forwards_the_bytes_after_it(kit: Any, proxy_cli: Any, tmp_path: Path,
+                                                              codec: str) -> None:
+    """N1: a request pipelined behind an Upgrade request that the backend refuses (200, not 101) never
+    reaches the backend: the proxy answers the 200 with `connection: close` and closes."""
+    attack = (b"GET /v/a HTTP/1.1\r\nhost: svc\r\nx-request-id: up1\r\nconnection: upgrade\r\nupgrade: fz-proto\r\n"
+              b"\r\nGET /v/b HTTP/1.1\r\nhost: other.example\r\nx-request-id: up2\r\n\r\n")
+
+    async def main() -> None:
+        backend = await kit.Backend().start()
+        port, proc = await _start(kit, proxy_cli, tmp_path, backend, "--codec", codec)
+        received, closed = await kit.raw_exchange(port, attack, timeout=3)
+        await asyncio.sleep(0.2)  # a smuggled request would reach the backend by now
+        assert _statuses(received) == [200] and closed, received[:300]
+        assert b"\r\nconnection: close\r\n" in received.lower()
+        assert [r.target for r in backend.requests] == [b"/v/a"]
+        assert b"/v/b" not in b"".join(backend.raw)
+        assert "Traceback" not in _stderr(proc)
+
+    kit.run(main())
+
+
+async def _upgrading_backend(seen: bytearray) -> asyncio.Server:
+    """A raw server that switches protocols on the first request and then echoes every byte back."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.extend(head)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: fz-proto\r\n\r\n")
+        while data := await reader.read(65536):
+            seen.extend(data)
+            writer.write(data)
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+def test_n1_accepted_upgrade_gets_the_held_bytes_then_the_rest(kit: Any, proxy_cli: Any, tmp_path: Path) -> None:
+    """N1, the other side: after a 101 the bytes held since the Upgrade request go into the tunnel first,
+    and reading resumes, so later bytes follow in order."""
+
+    async def main() -> None:
+        seen = bytearray()
+        server = await _upgrading_backend(seen)
+        port = kit.free_port()
+        await kit.standalone(proxy_cli, kit.http_config(port, {"svc": [server.sockets[0].getsockname()[1]]}),
+                             tmp_path, port=port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ws HTTP/1.1\r\nhost: svc\r\nconnection: upgrade\r\nupgrade: fz-proto\r\n\r\nearly-bytes;")
+        got = b""
+        async with asyncio.timeout(3):
+            while b"early-bytes;" not in got:
+                got += await reader.read(65536)
+            writer.write(b"later-bytes")
+            while not got.endswith(b"later-bytes"):
+                got += await reader.read(65536)
+        writer.close()
+        server.close()
+        assert got.startswith(b"HTTP/1.1 101 ") and got.endswith(b"\r\n\r\nearly-bytes;later-bytes"), got
+        assert bytes(seen).endswith(b"\r\n\r\nearly-bytes;later-bytes")
+
+    kit.run(main())
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("framing", [
+    b"content-length: 38\r\n\r\nGET /v/b HTTP/1.1\r\nhost: svc\r\n\r\n\r\n\r\n",
+    b"transfer-encoding: chunked\r\n\r\n3\r\nabc0\r\n\r\n",
+    b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+])
+def test_n1_upgrade_request_with_a_body_is_refused(kit: Any, proxy_cli: Any, tmp_path: Path, codec: str,
+                                                   framing: bytes) -> None:
+    """N1: an Upgrade request with a body gets a 400 and a close, and nothing of it goes upstream (llhttp
+    would hand the body to the new protocol, other parsers read it first: an ambiguity)."""
+    request = b"POST /v/c HTTP/1.1\r\nhost: svc\r\nx-request-id: up3\r\nconnection: upgrade\r\nupgrade: fz-proto\r\n"
+
+    async def main() -> None:
+        backend = await kit.Backend().start()
+        port, proc = await _start(kit, proxy_cli, tmp_path, backend, "--codec", codec)
+        received, closed = await kit.raw_exchange(port, request + framing, timeout=3)
+        await asyncio.sleep(0.1)
+        assert _statuses(received) == [400] and closed, received[:300]
+        assert b"Upgrade request with a body" in received
+        assert backend.connections == 0 and not backend.requests
+        # Content-Length 0 is no body: that upgrade request is forwarded (and refused by this backend).
+        received, closed = await kit.raw_exchange(port, request + b"content-length: 0\r\n\r\n", timeout=3)
+        assert _statuses(received) == [200] and closed, received[:300]
+        assert [r.target for r in backend.requests] == [b"/v/c"]
+        assert "Traceback" not in _stderr(proc)
+
+    kit.run(main())
+
+
+def test_n2_request_resent_once_on_a_new_connection_only_if_idempotent(kit: Any, proxy_cli: Any,
+                                                                        tmp_path: Path) -> None:
+    """N2: with five pooled connections, a GET whose connection the backend closes without answering is
+    sent again once, on a new connection (not on the next pooled one), then answered 503 UC; a POST is
+    never sent again."""
+
+    async def handler(backend: Any, req: Any, writer: asyncio.StreamWriter) -> bool:
+        if req.target.startswith(b"/h/no_answer/"):
+            return False  # close without a byte
+        await asyncio.sleep(0.2)  # the warm-up requests overlap: one upstream connection each
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async def main() -> None:
+        backend = await kit.Backend(handler=handler).start()
+        port, _ = await _start(kit, proxy_cli, tmp_path, backend)
+        warm = await asyncio.gather(*(kit.get(port, f"/warm/{i}") for i in range(5)))
+        assert [r.status for r in warm] == [200] * 5 and backend.connections == 5
+        pooled = {r.peer for r in backend.requests}
+
+        answer = await kit.get(port, "/h/no_answer/get", headers=[("x-request-id", "n2-get")])
+        assert answer.status == 503
+        tries = [r.peer for r in backend.requests if r.target == b"/h/no_answer/get"]
+        assert len(tries) == 2, tries
+        assert tries[0] in pooled and tries[1] not in pooled
+        assert backend.connections == 6
+
+        answer = await kit.get(port, "/h/no_answer/post", method="POST", body=b"x")
+        assert answer.status == 503
+        tries = [r.peer for r in backend.requests if r.target == b"/h/no_answer/post"]
+        assert len(tries) == 1 and tries[0] in pooled
+
+    kit.run(main())
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("bad", [
+    b'POST /v/bad HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: "chunked"\r\n\r\n0\r\n\r\n',
+    b"POST /v/bad HTTP/1.0\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+])
+def test_n3_rejected_request_mid_pipeline_then_more_bytes(kit: Any, proxy_cli: Any, tmp_path: Path, codec: str,
+                                                          bad: bytes) -> None:
+    """N3: a valid request, then one the codec rejects, then more bytes in a later read while the first
+    answer is still on its way: the first gets its 200, then the 400 and a close, and nothing escapes
+    as a traceback."""
+
+    async def slow(backend: Any, req: Any, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.3)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async def main() -> None:
+        backend = await kit.Backend(handler=slow).start()
+        port, proc = await _start(kit, proxy_cli, tmp_path, backend, "--codec", codec)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v/ok HTTP/1.1\r\nhost: svc\r\n\r\n" + bad)
+        await asyncio.sleep(0.1)
+        writer.write(b"GET /v/more HTTP/1.1\r\nhost: svc\r\n\r\n")
+        received = b""
+        reset = False
+        try:
+            async with asyncio.timeout(3):
+                while chunk := await reader.read(65536):
+                    received += chunk
+        except ConnectionResetError:
+            # The proxy closed with the later bytes unread: the kernel resets, which may drop the 400.
+            reset = True
+        writer.close()
+        stderr = _stderr(proc)
+        assert "Traceback" not in stderr and "Fatal error" not in stderr, stderr[-2000:]
+        assert _statuses(received)[:1] == [200] and _statuses(received) in ([200], [200, 400]), received[:400]
+        assert reset or _statuses(received) == [200, 400]
+        assert [r.target for r in backend.requests] == [b"/v/ok"]
+
+    kit.run(main())
