@@ -188,12 +188,14 @@ def test_head_timeout_and_body_timeout_on_the_client(ctx: ProxyContext, make_cor
 
 
 def test_a_pooled_connection_that_closed_silently_is_retried_once(ctx: ProxyContext, make_core: MakeCore) -> None:
-    core = make_core()
+    """Only as one of the route's retries, and never on another pooled connection."""
+    core = make_core(retries=1)
     ex = _feed(core, HttptoolsRequestParser(), b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n", 0.0)[0][1]
     core.attached(ex, UP, 0.0)
     _take(core)
     core.upstream_closed(UP, True, 0.01)
-    assert _ops(_take(core)) == ["DISARM", "OPEN"]
+    actions = _take(core)
+    assert _ops(actions) == ["DISARM", "OPEN"] and actions[1][3] is True  # fresh: not from the pool
     core.attached(ex, UP2, 0.02)
     _take(core)
     core.upstream_closed(UP2, False, 0.03)
@@ -233,3 +235,15 @@ def test_header_policy_never_lets_connection_remove_framing_or_mesh_headers() ->
     for bad in (b"http:///x", b"http://user@svc/"):
         with pytest.raises(ProtocolError):
             absolute_form(bad)
+
+
+def test_without_retries_a_silently_closed_pooled_connection_is_503_uc(ctx: ProxyContext,
+                                                                      make_core: MakeCore) -> None:
+    """No replay without a retry policy: the upstream may have acted on the request."""
+    core = make_core()
+    ex = _feed(core, HttptoolsRequestParser(), b"GET / HTTP/1.1\r\nHost: svc\r\n\r\n", 0.0)[0][1]
+    core.attached(ex, UP, 0.0)
+    _take(core)
+    core.upstream_closed(UP, True, 0.01)
+    actions = _take(core)
+    assert "OPEN" not in _ops(actions) and b" 503 " in _written(actions) and ex.response_flags == "UC"

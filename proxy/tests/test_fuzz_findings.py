@@ -122,7 +122,7 @@ def test_n1_upgrade_request_with_a_body_is_refused(kit: Any, proxy_cli: Any, tmp
         received, closed = await kit.raw_exchange(port, request + framing, timeout=3)
         await asyncio.sleep(0.1)
         assert _statuses(received) == [400] and closed, received[:300]
-        assert b"Upgrade request with a body" in received
+        assert b"an upgrade request cannot have a body" in received
         assert backend.connections == 0 and not backend.requests
         # Content-Length 0 is no body: that upgrade request is forwarded (and refused by this backend).
         received, closed = await kit.raw_exchange(port, request + b"content-length: 0\r\n\r\n", timeout=3)
@@ -136,8 +136,8 @@ def test_n1_upgrade_request_with_a_body_is_refused(kit: Any, proxy_cli: Any, tmp
 def test_n2_request_resent_once_on_a_new_connection_only_if_idempotent(kit: Any, proxy_cli: Any,
                                                                         tmp_path: Path) -> None:
     """N2: with five pooled connections, a GET whose connection the backend closes without answering is
-    sent again once, on a new connection (not on the next pooled one), then answered 503 UC; a POST is
-    never sent again."""
+    not sent again without a retry policy; with one (two retries) it is sent again once, on a new
+    connection (not on the next pooled one), then answered 503 UC. A POST is never sent again."""
 
     async def handler(backend: Any, req: Any, writer: asyncio.StreamWriter) -> bool:
         if req.target.startswith(b"/h/no_answer/"):
@@ -146,24 +146,33 @@ def test_n2_request_resent_once_on_a_new_connection_only_if_idempotent(kit: Any,
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         return True
 
+    def tries(backend: Any, target: bytes) -> list[Any]:
+        return [r.peer for r in backend.requests if r.target == target]
+
     async def main() -> None:
         backend = await kit.Backend(handler=handler).start()
-        port, _ = await _start(kit, proxy_cli, tmp_path, backend)
-        warm = await asyncio.gather(*(kit.get(port, f"/warm/{i}") for i in range(5)))
-        assert [r.status for r in warm] == [200] * 5 and backend.connections == 5
+        plain, retrying = kit.free_port(), kit.free_port()
+        await kit.standalone(proxy_cli, kit.http_config(plain, {"svc": [backend.port]}), tmp_path, port=plain)
+        await kit.standalone(proxy_cli, kit.http_config(retrying, {"svc": [backend.port]}, retries=2), tmp_path,
+                             port=retrying)
+        for port in (plain, retrying):
+            warm = await asyncio.gather(*(kit.get(port, f"/warm/{i}") for i in range(5)))
+            assert [r.status for r in warm] == [200] * 5
+        assert backend.connections == 10
         pooled = {r.peer for r in backend.requests}
 
-        answer = await kit.get(port, "/h/no_answer/get", headers=[("x-request-id", "n2-get")])
-        assert answer.status == 503
-        tries = [r.peer for r in backend.requests if r.target == b"/h/no_answer/get"]
-        assert len(tries) == 2, tries
-        assert tries[0] in pooled and tries[1] not in pooled
-        assert backend.connections == 6
+        assert (await kit.get(plain, "/h/no_answer/plain")).status == 503
+        assert len(tries(backend, b"/h/no_answer/plain")) == 1
 
-        answer = await kit.get(port, "/h/no_answer/post", method="POST", body=b"x")
-        assert answer.status == 503
-        tries = [r.peer for r in backend.requests if r.target == b"/h/no_answer/post"]
-        assert len(tries) == 1 and tries[0] in pooled
+        assert (await kit.get(retrying, "/h/no_answer/get")).status == 503
+        resent = tries(backend, b"/h/no_answer/get")
+        assert len(resent) == 2 and resent[0] in pooled and resent[1] not in pooled, resent
+        assert backend.connections == 11
+
+        assert (await kit.get(retrying, "/h/no_answer/post", method="POST", body=b"x")).status == 503
+        assert (await kit.get(retrying, "/h/no_answer/patch", method="PATCH")).status == 503
+        for target in (b"/h/no_answer/post", b"/h/no_answer/patch"):
+            assert len(tries(backend, target)) == 1 and tries(backend, target)[0] in pooled
 
     kit.run(main())
 

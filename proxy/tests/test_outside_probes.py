@@ -386,3 +386,63 @@ def test_half_closed_client_still_gets_every_answer(kit: Any, proxy_cli: Any, tm
                                                                  ["200", "-"], ["0", "DC"]], lines
 
     kit.run(main())
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_bytes_after_a_refused_upgrade_never_reach_the_backend(kit: Any, proxy_cli: Any, tmp_path: Path,
+                                                               codec: str) -> None:
+    """Found by the issue #18 fuzz: after an Upgrade request the parser only sees raw bytes; they used to
+    be forwarded at once, so when the backend refused the upgrade it read them as requests the proxy never
+    handled (smuggling). They are held until the answer: sent on a 101, dropped (and the connection
+    closed) otherwise."""
+
+    async def main() -> None:
+        backend = await kit.Backend().start()
+        port = kit.free_port()
+        proc = await kit.standalone(proxy_cli, kit.http_config(port, {"svc": [backend.port]}), tmp_path,
+                                    "--codec", codec, port=port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /up HTTP/1.1\r\nHost: svc\r\nConnection: upgrade\r\nUpgrade: fz-proto\r\n\r\n"
+                     b"GET /SMUGGLED HTTP/1.1\r\nHost: svc\r\n\r\n")
+        received = b""
+        async with asyncio.timeout(3):
+            while chunk := await reader.read(65536):
+                received += chunk
+        writer.close()
+        await asyncio.sleep(0.2)
+        assert received.startswith(b"HTTP/1.1 200 ") and received.count(b"HTTP/1.1 ") == 1, received
+        assert b"connection: close" in received.lower()
+        assert [r.target for r in backend.requests] == [b"/up"]
+        assert b"SMUGGLED" not in b"".join(backend.raw)
+        assert len(_log_lines(proc)) == 1
+
+    kit.run(main())
+
+
+def test_a_silently_closed_pooled_connection_is_not_replayed_without_retries(kit: Any, proxy_cli: Any,
+                                                                            tmp_path: Path) -> None:
+    """Found by the issue #18 fuzz: a request whose pooled upstream connection closed without a byte was
+    sent again on the next pooled connection, and again: the backend got it up to three times. Without a
+    retry policy it is not sent again at all (503 UC); with one it goes on a new connection, as a retry."""
+
+    async def drop_or_answer(backend: Any, req: Any, writer: asyncio.StreamWriter) -> bool:
+        if req.target.startswith(b"/drop"):
+            return False
+        await asyncio.sleep(0.1)  # keeps three upstream connections busy at once, then pooled
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        return True
+
+    async def main() -> None:
+        backend = await kit.Backend(handler=drop_or_answer).start()
+        port, retrying = kit.free_port(), kit.free_port()
+        await kit.standalone(proxy_cli, kit.http_config(port, {"svc": [backend.port]}), tmp_path, port=port)
+        await kit.standalone(proxy_cli, kit.http_config(retrying, {"svc": [backend.port]}, retries=2), tmp_path,
+                             port=retrying)
+        # With retries: once more, on a new connection (whose silent close is then a plain UC).
+        for proxy_port, target, expected in ((port, "/drop-1", 1), (retrying, "/drop-2", 2)):
+            await asyncio.gather(*(kit.get(proxy_port, "/warm") for _ in range(3)))
+            response = await kit.get(proxy_port, target)
+            assert response.status == 503, response
+            assert sum(r.target == target.encode() for r in backend.requests) == expected
+
+    kit.run(main())

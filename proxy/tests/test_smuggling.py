@@ -46,6 +46,10 @@ SHAPES: dict[str, tuple[bytes, int]] = {
     "no_version": (b"GET //1.1\r\n" + H + b"\r\n", 400),
     "http09_request_line": (b"GET /\r\n" + H + b"\r\n", 400),
     "version_bad_name": (b"GET / HTTPS/1.1\r\n" + H + b"\r\n", 400),
+    "upgrade_with_body": (b"POST / HTTP/1.1\r\n" + H + b"connection: upgrade\r\nupgrade: x\r\ncontent-length: 9\r\n\r\n"
+                          b"hello", 400),
+    "upgrade_with_chunked_body": (b"POST / HTTP/1.1\r\n" + H + b"connection: upgrade\r\nupgrade: x\r\n"
+                                  b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400),
     "absolute_form_no_authority": (b"GET http:///x HTTP/1.1\r\n" + H + b"\r\n", 400),
     "absolute_form_userinfo": (b"GET http://u@svc/x HTTP/1.1\r\n" + H + b"\r\n", 400),
     "unknown_method": (b"FROB / HTTP/1.1\r\n" + H + b"\r\n", 400),

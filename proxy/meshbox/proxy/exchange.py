@@ -6,9 +6,9 @@ the core only compares it and hands it back.
 
 =================  ==========================================================================
 (WRITE_DOWN, b)    write bytes ``b`` to the client
-(OPEN, ex, host)   get a connection to ``host`` for ``ex``: an idle pooled one (report it with
-                   ``core.attached(ex, up, now)``) or a new one (``attached`` / ``connect_failed``);
-                   always a new one when ``ex.resent``
+(OPEN, ex, host, fresh)  get a connection to ``host`` for ``ex``: an idle pooled one unless ``fresh``
+                   (report it with ``core.attached(ex, up, now)``), else a new one (``attached`` /
+                   ``connect_failed``)
 (START_UP, up, ex, b)  ``up`` carries ``ex`` now (its response parser expects the answer to
                    ``ex.head``): write the request bytes ``b`` to it
 (WRITE_UP, up, b)  write more bytes ``b`` (request body) to upstream connection ``up``
@@ -61,8 +61,8 @@ class Exchange(LogRecord):
 
     __slots__ = (
         "chunked_out", "close_after", "cluster", "head", "host", "listener", "pending", "pending_size",
-        "request_bytes", "request_done", "resent", "response_started", "retries_left", "route", "sent_at", "start",
-        "timed", "up",
+        "request_bytes", "request_done", "response_started", "retries_left", "route", "sent_at",
+        "start", "timed", "up",
     )
 
     def __init__(self, head: RequestHead | None, remote: str | None, local: str | None, now: float) -> None:
@@ -92,5 +92,3 @@ class Exchange(LogRecord):
         self.retries_left: int = 0
         # The route timeout is armed (it spans every attempt).
         self.timed: bool = False
-        # Sent again after a pooled connection closed without a byte: on a new connection, and only once.
-        self.resent: bool = False

@@ -84,7 +84,7 @@ class ExchangeCore(ExchangeState):
             kind = type(ev)
             if kind is Tunnel:
                 if ex is not None:
-                    self._hold_tunnel(ev.data)
+                    self._hold_early(ex, ev.data)
             elif ex is None:
                 if kind is RequestHead:
                     self._start(ev, now)
@@ -152,7 +152,21 @@ class ExchangeCore(ExchangeState):
             return
         self._connect(ex, now)
 
-    def _connect(self, ex: Exchange, now: float) -> None:
+    def _hold_early(self, ex: Exchange, data: bytes) -> None:
+        """Bytes after an upgrade request, before its answer: they go upstream only if the upstream
+        accepts the upgrade (101). Forwarded blindly, the bytes after a refused upgrade would reach the
+        upstream as requests the proxy never saw (smuggling)."""
+        ex.bytes_received += len(data)
+        early = self.early
+        if early is None:
+            self.early = [data]
+        else:
+            early.append(data)
+        ex.pending_size += len(data)
+        if ex.pending_size > PENDING_BODY_LIMIT:
+            self._pause()
+
+    def _connect(self, ex: Exchange, now: float, fresh: bool = False) -> None:
         cluster = ex.cluster
         assert cluster is not None
         host = cluster.pick()
@@ -161,7 +175,7 @@ class ExchangeCore(ExchangeState):
             return
         ex.host = host
         ex.upstream_host = host.host
-        self.actions.append((OPEN, ex, host))
+        self.actions.append((OPEN, ex, host, fresh))
 
     def attached(self, ex: Exchange, up: object, now: float) -> None:
         """An upstream connection (pooled or new) is ready for ``ex``."""
@@ -206,17 +220,6 @@ class ExchangeCore(ExchangeState):
             ex.pending_size += len(data)
             if ex.pending_size > PENDING_BODY_LIMIT:
                 self._pause()
-
-    def _hold_tunnel(self, data: bytes) -> None:
-        """Bytes after an Upgrade request are the new protocol's only if the upstream agrees (101): held,
-        with reading paused, until the response head. Forwarded earlier, a refused upgrade would smuggle
-        them upstream as requests of their own (issue #18)."""
-        held = self.held_tunnel
-        if held is None:
-            self.held_tunnel = [data]
-        else:
-            held.append(data)
-        self._pause()
 
     @staticmethod
     def _hold(ex: Exchange, data: bytes) -> None:

@@ -60,12 +60,12 @@ class ExchangeState:
         self.closed = False
         self.paused = False
         self.tunnelled = False
-        # Client bytes after an Upgrade request, held until its answer: to the tunnel after a 101, else dropped.
-        self.held_tunnel: list[bytes] | None = None
         # The client half-closed: it sends nothing more, but is owed the answers to its requests.
         self.client_eof = False
         # Pipelined requests held back are being dispatched now.
         self.replaying = False
+        # Bytes that followed an upgrade request, held until its answer (see ExchangeCore._hold_early).
+        self.early: list[bytes] | None = None
         self.timer = NO_TIMER
         # The last response head said its connection may carry another exchange.
         self.up_keep_alive = False
@@ -135,7 +135,7 @@ class ExchangeState:
     def _dispatch(self, events: list[Any], now: float) -> None:
         raise NotImplementedError
 
-    def _connect(self, ex: Exchange, now: float) -> None:
+    def _connect(self, ex: Exchange, now: float, fresh: bool = False) -> None:
         raise NotImplementedError
 
     # -- response side -----------------------------------------------------------------------------
@@ -193,13 +193,12 @@ class ExchangeState:
             self.tunnelled = True
             self.exchange = None
             self.flush()
-            held = self.held_tunnel
-            if held is not None:
-                self.held_tunnel = None
-                data = b"".join(held)
-                ex.bytes_received += len(data)
-                actions.append((WRITE_UP, up, data))
+            early = self.early
+            if early is not None:
+                self.early = None
+                actions.append((WRITE_UP, up, b"".join(early)))
             actions.append((TUNNEL, up, ex))
+            # (Reading pauses while more than PENDING_BODY_LIMIT waits: the tunnel takes it from here.)
             self._resume()
             return
         self.flush()
@@ -226,19 +225,23 @@ class ExchangeState:
 
     def upstream_closed(self, up: object, silent_reuse: bool, now: float) -> None:
         """Upstream connection ``up`` closed before the response was complete. ``silent_reuse``: it was a
-        pooled connection that sent nothing (the upstream may have timed it out before the request came):
-        an idempotent request without a body is sent again, once, on a new connection (RFC 9112 9.3.1);
-        otherwise 503 UC (or a reset once the response began)."""
+        pooled connection that sent nothing (the upstream may have timed it out just then): when the
+        route allows retries, an idempotent request (RFC 9112 9.3.1) without a body is sent again on a new
+        connection (never a pooled one, which may be as stale), as one of its retries; a new connection
+        is never "silent reuse", so that happens once at most. Otherwise 503 UC (or a reset once the
+        response began). No replay without a retry policy: the upstream may have acted on the request
+        (as in Envoy)."""
         ex = self.exchange
         if ex is None or ex.up is not up:
             return
         head = ex.head
-        if (silent_reuse and not ex.resent and head is not None and head.method in IDEMPOTENT
+        if (silent_reuse and ex.retries_left > 0 and head is not None and head.method in IDEMPOTENT
                 and not head.content_length and not head.chunked and not ex.response_started):
-            ex.resent = True
+            ex.retries_left -= 1
+            self.ctx.stats.incr("upstream_rq_retry")
             self._detach(ex)
             self._disarm_route(ex)
-            self._connect(ex, now)
+            self._connect(ex, now, fresh=True)
             return
         self.upstream_failed(up, "UC", 503, TERMINATION, now)
 
@@ -253,9 +256,9 @@ class ExchangeState:
         ex.response_flags = flag
         ex.bytes_sent = len(body)
         request = ex.head
-        # After an Upgrade request the client's further bytes are not HTTP (see _hold_tunnel): close.
-        close = not ex.request_done or request is None or not request.keep_alive or request.upgrade \
-            or self.ctx.draining
+        # After an upgrade request the parser only sees raw bytes: the connection cannot carry more requests.
+        close = (not ex.request_done or request is None or not request.keep_alive or request.upgrade
+                 or self.ctx.draining)
         ex.close_after = close
         self.out.append(self.down_framing.local_reply(ex, status, body, close))
         if request is not None and request.method == b"HEAD":
@@ -265,6 +268,8 @@ class ExchangeState:
 
     def _finish(self, ex: Exchange, now: float) -> None:
         self.exchange = None
+        # Bytes after a refused upgrade are never forwarded (the connection closes).
+        self.early = None
         self._log(ex, now)
         if ex.close_after or not ex.request_done or self.ctx.draining:
             self.close()

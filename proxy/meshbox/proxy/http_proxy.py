@@ -193,7 +193,7 @@ class DownstreamHttp(asyncio.Protocol):
             elif op == LOG:
                 self._log(action[1], action[2])
             elif op == OPEN:
-                self._open(core, action[1], action[2])
+                self._open(core, action[1], action[2], action[3])
             elif op == RELEASE:
                 cast(UpstreamHttp, action[1]).release()
             elif op == CLOSE_UP:
@@ -249,11 +249,10 @@ class DownstreamHttp(asyncio.Protocol):
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms)
 
-    def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
-        """An idle pooled connection to ``host`` (most recently used first), else a new one (always for a
-        request sent again after a pooled connection closed on it: the next pooled one may be as stale)."""
+    def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:
+        """An idle pooled connection to ``host`` (most recently used first) unless ``fresh``, else a new one."""
         idle = host.idle
-        while idle and not ex.resent:
+        while idle and not fresh:
             up = cast(UpstreamHttp, idle.pop())
             if not up.closed:
                 up.reused = True

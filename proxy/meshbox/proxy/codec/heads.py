@@ -93,10 +93,8 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
         upgrade = upgrade and b"upgrade" in tokens
         if upgrade and (chunked or content_length):
-            # Parsers disagree on where such a body ends (llhttp hands it to the new protocol, others read
-            # it first): a framing ambiguity, refused as Kestrel does (RFC 9110 7.8 lets a server ignore
-            # Upgrade, but the body's bytes could not be read the same way by everyone). Length 0 is fine.
-            raise ProtocolError(400, "Upgrade request with a body")
+            # llhttp switches to raw bytes right after such a head, h11 after its body: no single meaning.
+            raise ProtocolError(400, "an upgrade request cannot have a body")
     else:
         keep_alive = version == b"1.1"
         upgrade = False
