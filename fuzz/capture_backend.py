@@ -25,8 +25,6 @@ class Received:
     conn: int  # which upstream connection carried it
     index: int  # its position on that connection
     ids: tuple[str, ...] = ()  # every x-request-id it carried
-    body_bytes: int = 0
-    silent_close: bool = False  # the backend closed the connection on it without sending a byte
 
 
 @dataclass
@@ -67,7 +65,6 @@ class _Upstream(asyncio.Protocol):
         backend.raw[self.conn] = bytearray()
         self.h11 = h11.Connection(h11.SERVER)
         self.request: h11.Request | None = None
-        self.body_bytes = 0
         self.index = 0
         self.busy = False  # a request is being answered (later or never): hold further bytes
         self.held = b""
@@ -99,9 +96,6 @@ class _Upstream(asyncio.Protocol):
                     return
                 if isinstance(event, h11.Request):
                     self.request = event
-                    self.body_bytes = 0
-                elif isinstance(event, h11.Data):
-                    self.body_bytes += len(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     self._answer()
         except h11.RemoteProtocolError as exc:
@@ -113,11 +107,9 @@ class _Upstream(asyncio.Protocol):
         assert request is not None and self.transport is not None
         ids = tuple(v.decode("latin-1") for n, v in request.headers if n == b"x-request-id")
         rid = ids[0] if ids else None
-        answer = answer_for(request.target, (rid or "-").encode("latin-1"), request.method == b"HEAD")
-        silent = answer.close and not answer.data and not answer.delay
-        self.backend.received.append(Received(rid, request.method, request.target, self.conn, self.index, ids,
-                                              self.body_bytes, silent))
+        self.backend.received.append(Received(rid, request.method, request.target, self.conn, self.index, ids))
         self.index += 1
+        answer = answer_for(request.target, (rid or "-").encode("latin-1"), request.method == b"HEAD")
         if answer.hang:
             self.busy = True
             return

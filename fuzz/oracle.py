@@ -11,8 +11,6 @@ from .dialects import Finding
 from .proxy_process import ProxyProcess
 
 _QUOTED = re.compile(rb'"([^"\n]*)"')
-# RFC 9110 9.2.2: the methods a client (or the proxy for it) may send again without asking anyone.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _SCRIPT_ID = re.compile(r"fz\d+-(\d+)-\d+s?$")
 
 
@@ -46,26 +44,11 @@ def script_of(received: Received, backend: CaptureBackend) -> int | None:
     return None
 
 
-def resent_once(copies: list[Received]) -> bool:
-    """The one repeat allowed (RFC 9112 9.3.1): an idempotent request without a body, sent on a pooled
-    connection (not its first request) that the backend closed without a byte, sent again once as the
-    first request of a new connection. The proxy cannot tell that close from a keep-alive timeout that
-    crossed the request, so it may send it again once; any other repeat is a duplicate."""
-    if len(copies) != 2:
-        return False
-    first, again = copies
-    return (first.method in IDEMPOTENT and first.body_bytes == 0 and first.silent_close and first.index > 0
-            and again.index == 0 and again.conn != first.conn)
-
-
 def judge_backend(backend: CaptureBackend, access_log: bytes) -> list[Finding]:
     """No request reached the backend that the proxy did not handle as a request of its own."""
     logged = logged_ids(access_log)
     found = []
     seen = Counter(r.rid for r in backend.received if r.rid is not None)
-    for rid in [rid for rid, n in seen.items() if n == 2]:
-        if resent_once([r for r in backend.received if r.rid == rid]):
-            seen[rid] = 1
     for r in backend.received:
         where = f"upstream connection {r.conn}, request {r.index}: {r.method.decode('latin-1')} " \
                 f"{r.target[:80].decode('latin-1')}"
