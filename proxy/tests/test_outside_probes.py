@@ -116,8 +116,8 @@ def test_d3_connection_cannot_strip_host_request_id_or_tracing(kit: Any, proxy_c
         port = kit.free_port()
         proc = await kit.standalone(proxy_cli, kit.http_config(port, {"svc": [backend.port]}), tmp_path,
                                     "--codec", codec, port=port)
-        # Without an x-request-id of its own, the one the proxy adds survives too.
-        bare = b"GET /bare HTTP/1.1\r\nHost: svc\r\nConnection: host, x-request-id\r\n\r\n"
+        # Without an x-request-id of its own (an empty one is none), the one the proxy adds survives too.
+        bare = b"GET /bare HTTP/1.1\r\nHost: svc\r\nx-request-id:\r\nConnection: host, x-request-id\r\n\r\n"
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(request + bare)
         received = await _read_until(reader, 2, 3)
@@ -132,6 +132,7 @@ def test_d3_connection_cannot_strip_host_request_id_or_tracing(kit: Any, proxy_c
         assert bare_seen.header(b"host") == b"svc"
         rid = bare_seen.header(b"x-request-id")
         assert rid is not None and len(rid) == 36
+        assert [n for n, _ in bare_seen.headers].count(b"x-request-id") == 1
         # Two well-formed heads (on one upstream connection or two): no stray CRLF after either.
         raw = b"".join(backend.raw)
         assert raw.count(b"\r\n\r\n") == 2 and raw.endswith(b"\r\n\r\n") and b"\r\n\r\n\r\n" not in raw, raw

@@ -113,11 +113,14 @@ class ExchangeCore(ExchangeState):
             listener = self.current_listener()
         ex.listener = listener
         headers, host, request_id = request_headers_out(head, ex)
-        if request_id is None:
+        if not request_id:
+            if request_id is not None:
+                # An empty x-request-id is no id: replaced, so every request the upstream sees has one.
+                headers = [h for h in headers if h[0] != b"x-request-id"]
             request_id = self.ctx.request_ids.new()
             rid = (b"x-request-id", request_id)
             headers.append(rid)
-            ex.request_headers = [*head.headers, rid]
+            ex.request_headers = [*(h for h in head.headers if h[0] != b"x-request-id"), rid]
         ex.request_id = request_id
         target = head.target
         if target[:1] != b"/" and target != b"*":
