@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -215,5 +216,67 @@ def test_n3_rejected_request_mid_pipeline_then_more_bytes(kit: Any, proxy_cli: A
         assert _statuses(received)[:1] == [200] and _statuses(received) in ([200], [200, 400]), received[:400]
         assert reset or _statuses(received) == [200, 400]
         assert [r.target for r in backend.requests] == [b"/v/ok"]
+
+    kit.run(main())
+
+
+async def _slow_reading_backend(requests: list[int]) -> asyncio.Server:
+    """A raw server with a small receive window that reads request bodies slowly (so the proxy's writes
+    to it back up, pausing the client side, again and again), then answers 200; ``requests`` gets each
+    body's size."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                match = re.search(rb"content-length: *(\d+)", head.lower())
+                size = left = int(match.group(1)) if match else 0
+                await asyncio.sleep(0.3)
+                while left:
+                    left -= len(await reader.readexactly(min(16 << 10, left)))
+                    await asyncio.sleep(0.001)
+                requests.append(size)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+    sock.bind(("127.0.0.1", 0))
+    return await asyncio.start_server(serve, sock=sock, limit=16 << 10)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_n3_upstream_flow_control_never_feeds_a_rejected_pipeline(kit: Any, proxy_cli: Any, tmp_path: Path,
+                                                                  codec: str) -> None:
+    """N3, the timing the fuzz hit: an upload whose upstream writes back up (the proxy stops reading the
+    client, and starts again when they drain), a request the codec rejects right behind it, and more
+    bytes after that. The upload gets its 200, then the 400, and nothing escapes as a traceback."""
+    body = b"u" * (16 << 20)
+    tail = 200 << 10
+
+    async def main() -> None:
+        sizes: list[int] = []
+        server = await _slow_reading_backend(sizes)
+        port = kit.free_port()
+        proc = await kit.standalone(proxy_cli, kit.http_config(port, {"svc": [server.sockets[0].getsockname()[1]]}),
+                                    tmp_path, "--codec", codec, port=port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /up HTTP/1.1\r\nhost: svc\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body[:-tail]))
+        await asyncio.sleep(0.2)  # the proxy's writes upstream are backed up now
+        writer.write(body[-tail:] + b'POST /bad HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: "chunked"\r\n\r\n'
+                     + b"x" * (512 << 10))
+        received = b""
+        try:
+            async with asyncio.timeout(10):
+                while chunk := await reader.read(65536):
+                    received += chunk
+        except ConnectionResetError:
+            pass  # closed with bytes of ours unread: the reset may drop the 400, not the 200 before it
+        writer.close()
+        server.close()
+        stderr = _stderr(proc)
+        assert "Traceback" not in stderr and "Fatal error" not in stderr, stderr[-2000:]
+        assert _statuses(received)[:1] == [200] and sizes == [len(body)], received[:400]
 
     kit.run(main())
