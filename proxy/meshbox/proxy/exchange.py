@@ -17,7 +17,7 @@ the core only compares it and hands it back.
 (TUNNEL, up, ex)   after a 101 both connections copy raw bytes; call ``core.tunnel_closed`` at the end
 (ARM, kind, key, s)  call ``core.timer_fired(kind, key, now)`` ``s`` seconds from now (re-arming replaces)
 (DISARM, kind, key)  forget that timer
-(LOG, ex)          ``ex`` is finished: write its access log line and metrics
+(LOG, ex, ms)      ``ex`` is finished (after ``ms`` milliseconds): write its access log line and metrics
 (PAUSE, ) / (RESUME, )  stop / restart reading from the client
 (CLOSE_DOWN, )     close the client connection (after writing what was asked before)
 =================  ==========================================================================
