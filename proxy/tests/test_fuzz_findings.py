@@ -159,8 +159,10 @@ def test_n2_request_resent_once_on_a_new_connection_only_if_idempotent(kit: Any,
         for port in (plain, retrying):
             warm = await asyncio.gather(*(kit.get(port, f"/warm/{i}") for i in range(5)))
             assert [r.status for r in warm] == [200] * 5
-        assert backend.connections == 10
+        # (Several pooled connections per proxy: the next pooled one is there to be wrongly chosen.)
+        assert len({r.peer for r in backend.requests}) >= 8
         pooled = {r.peer for r in backend.requests}
+        opened = backend.connections
 
         assert (await kit.get(plain, "/h/no_answer/plain")).status == 503
         assert len(tries(backend, b"/h/no_answer/plain")) == 1
@@ -168,7 +170,7 @@ def test_n2_request_resent_once_on_a_new_connection_only_if_idempotent(kit: Any,
         assert (await kit.get(retrying, "/h/no_answer/get")).status == 503
         resent = tries(backend, b"/h/no_answer/get")
         assert len(resent) == 2 and resent[0] in pooled and resent[1] not in pooled, resent
-        assert backend.connections == 11
+        assert backend.connections == opened + 1
 
         assert (await kit.get(retrying, "/h/no_answer/post", method="POST", body=b"x")).status == 503
         assert (await kit.get(retrying, "/h/no_answer/patch", method="PATCH")).status == 503
