@@ -30,6 +30,8 @@ from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+# Idempotent methods (RFC 9110 9.2.2): the only ones sent again after a connection closed unanswered.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # What the client connection's timer watches.
 NO_TIMER: Final = 0
 IDLE: Final = 1
@@ -199,6 +201,8 @@ class ExchangeState:
                 self.early = None
                 actions.append((WRITE_UP, up, b"".join(early)))
             actions.append((TUNNEL, up, ex))
+            # (Reading pauses while more than PENDING_BODY_LIMIT waits: the tunnel takes it from here.)
+            self._resume()
             return
         self.flush()
         # Released before the next exchange starts, so a pipelined request can reuse it at once.
@@ -225,15 +229,17 @@ class ExchangeState:
     def upstream_closed(self, up: object, silent_reuse: bool, now: float) -> None:
         """Upstream connection ``up`` closed before the response was complete. ``silent_reuse``: it was a
         pooled connection that sent nothing (the upstream may have timed it out just then): when the
-        route allows retries, a request without a body is sent again on a new connection (never a
-        pooled one), as one of its retries; otherwise 503 UC (or a reset once the response began). No
-        replay without a retry policy: the upstream may have acted on the request (as in Envoy)."""
+        route allows retries, an idempotent request (RFC 9112 9.3.1) without a body is sent again on a new
+        connection (never a pooled one, which may be as stale), as one of its retries; a new connection
+        is never "silent reuse", so that happens once at most. Otherwise 503 UC (or a reset once the
+        response began). No replay without a retry policy: the upstream may have acted on the request
+        (as in Envoy)."""
         ex = self.exchange
         if ex is None or ex.up is not up:
             return
         head = ex.head
-        if (silent_reuse and ex.retries_left > 0 and head is not None and head.content_length is None
-                and not head.chunked and not ex.response_started):
+        if (silent_reuse and ex.retries_left > 0 and head is not None and head.method in IDEMPOTENT
+                and not head.content_length and not head.chunked and not ex.response_started):
             ex.retries_left -= 1
             self.ctx.stats.incr("upstream_rq_retry")
             self._detach(ex)

@@ -124,7 +124,7 @@ def response_head_out(request: RequestHead, head: ResponseHead, upstream_ms: int
     status = head.status
     added = b"x-envoy-upstream-service-time: %d\r\n" % upstream_ms
     chunked = False
-    # A refused upgrade may already have sent tunnel bytes: the connection cannot be reused.
+    # After a refused upgrade the client's further bytes (held, never forwarded) are not HTTP: close.
     keep_alive = request.keep_alive and head.keep_alive and not draining and not request.upgrade
     if status == 101:
         added += b"connection: upgrade\r\n" + b"".join(b"%s: %s\r\n" % h for h in head.headers if h[0] == b"upgrade")

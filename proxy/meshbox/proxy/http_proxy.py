@@ -300,6 +300,12 @@ class DownstreamHttp(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        """Read from the client again, unless the core stopped reading (pipelined requests held back, a
+        request it rejected, held bytes over their limit): an upstream's drained writes (resume_writing)
+        must not undo that, or the rejected request's parser is fed again (issue #18 fuzz, N3)."""
+        core = self.core
+        if core is not None and core.paused:
+            return
         if self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = False
             self.transport.resume_reading()

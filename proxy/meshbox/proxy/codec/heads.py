@@ -3,7 +3,7 @@
 The parsers tokenize; these functions decide framing (Content-Length / chunked / until close),
 keep-alive and upgrade, and refuse the shapes used for request smuggling: Content-Length together
 with Transfer-Encoding, duplicate or non-numeric Content-Length, any transfer coding but ``chunked``,
-a missing or repeated Host, too many headers.
+a missing or repeated Host, too many headers, an Upgrade request with a body.
 """
 
 from __future__ import annotations
