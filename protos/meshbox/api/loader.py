@@ -87,7 +87,8 @@ def _position(node: Any, key: Any = None) -> tuple[int | None, int | None]:
     return line + 1, col + 1
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """How an error message names the YAML type of ``value`` ('a string', 'an integer', ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -119,12 +120,12 @@ class _Checker:
     def message(self, data: Any, desc: Any, path: str, parent: Any, key: Any) -> None:
         if desc.full_name in _SCALAR_MESSAGES:
             if not isinstance(data, str):
-                raise self.fail(f"expected a duration string such as '1.5s', got {_type_name(data)}", path, parent, key)
+                raise self.fail(f"expected a duration string such as '1.5s', got {type_name(data)}", path, parent, key)
             return
         if desc.full_name == "google.protobuf.Any":
             return
         if not isinstance(data, Mapping):
-            raise self.fail(f"expected a mapping ({desc.name}), got {_type_name(data)}", path, parent, key)
+            raise self.fail(f"expected a mapping ({desc.name}), got {type_name(data)}", path, parent, key)
         by_name: dict[str, FieldDescriptor] = {}
         for f in desc.fields:
             by_name[f.name] = f
@@ -142,14 +143,14 @@ class _Checker:
             return
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             if not isinstance(value, Mapping):
-                raise self.fail(f"expected a mapping, got {_type_name(value)}", path, parent, key)
+                raise self.fail(f"expected a mapping, got {type_name(value)}", path, parent, key)
             value_field = field.message_type.fields_by_name["value"]
             for k, v in value.items():
                 self.single(v, value_field, f"{path}.{k}", value, k)
             return
         if field.is_repeated:
             if not isinstance(value, list):
-                raise self.fail(f"expected a list, got {_type_name(value)}", path, parent, key)
+                raise self.fail(f"expected a list, got {type_name(value)}", path, parent, key)
             for i, item in enumerate(value):
                 self.single(item, field, f"{path}[{i}]", value, i)
             return
@@ -166,20 +167,20 @@ class _Checker:
                 raise self.fail(f"expected one of {', '.join(names)}, got {value!r}", path, parent, key)
         elif field.type in _INT_TYPES:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise self.fail(f"expected an integer, got {_type_name(value)} {value!r}", path, parent, key)
+                raise self.fail(f"expected an integer, got {type_name(value)} {value!r}", path, parent, key)
             unsigned = field.type in {FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64,
                                       FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64}
             if unsigned and value < 0:
                 raise self.fail(f"must not be negative, got {value}", path, parent, key)
         elif field.type in _FLOAT_TYPES:
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise self.fail(f"expected a number, got {_type_name(value)} {value!r}", path, parent, key)
+                raise self.fail(f"expected a number, got {type_name(value)} {value!r}", path, parent, key)
         elif field.type == FieldDescriptor.TYPE_BOOL:
             if not isinstance(value, bool):
-                raise self.fail(f"expected true or false, got {_type_name(value)} {value!r}", path, parent, key)
+                raise self.fail(f"expected true or false, got {type_name(value)} {value!r}", path, parent, key)
         elif field.type == FieldDescriptor.TYPE_STRING and not isinstance(value, str):
             raise self.fail(
-                f"expected a string, got {_type_name(value)} {value!r} (quote it in YAML)", path, parent, key
+                f"expected a string, got {type_name(value)} {value!r} (quote it in YAML)", path, parent, key
             )
 
 
@@ -277,7 +278,7 @@ def load_proxy_config(path: str | Path) -> proxy_config_pb2.ProxyConfig:
 def parse_route_rule(doc: Any, *, source: str = "<input>") -> tuple[str, str, routing_pb2.RouteRuleSpec]:
     """A RouteRule object (apiVersion/kind/metadata/spec) → (name, namespace, validated spec)."""
     if not isinstance(doc, Mapping):
-        raise ConfigError(f"expected a RouteRule mapping, got {_type_name(doc)}", source=source)
+        raise ConfigError(f"expected a RouteRule mapping, got {type_name(doc)}", source=source)
     if doc.get("kind") != ROUTE_RULE_KIND or doc.get("apiVersion") != ROUTE_RULE_API_VERSION:
         raise ConfigError(
             f"expected apiVersion {ROUTE_RULE_API_VERSION} kind {ROUTE_RULE_KIND}, "

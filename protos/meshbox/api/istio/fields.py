@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 
 from meshbox.api.istio.findings import Code, Finding
+from meshbox.api.loader import type_name
 
 PROXY_TODO = "not implemented by meshbox's proxy yet"
 MESH_TODO = "not implemented by meshbox yet"
@@ -42,19 +43,6 @@ def parse_duration(text: str) -> Duration | None:
     return Duration(seconds=nanos // 10**9, nanos=nanos % 10**9)
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return "null" if value is None else type(value).__name__
-
 
 class Reader:
     """Collects findings about one object while its translator walks it."""
@@ -81,7 +69,7 @@ class Reader:
         if data is None:
             return {}
         if not isinstance(data, Mapping):
-            self.invalid(path, f"expected a mapping ({message}), got {_kind(data)}")
+            self.invalid(path, f"expected a mapping ({message}), got {type_name(data)}")
             return {}
         implemented = set(implemented)
         result = {}
@@ -102,7 +90,7 @@ class Reader:
         if value is None:
             return {}
         if not isinstance(value, Mapping):
-            self.invalid(path, f"expected a mapping, got {_kind(value)}")
+            self.invalid(path, f"expected a mapping, got {type_name(value)}")
             return {}
         return value
 
@@ -110,7 +98,7 @@ class Reader:
         if value is None:
             return []
         if not isinstance(value, list):
-            self.invalid(path, f"expected a list, got {_kind(value)}")
+            self.invalid(path, f"expected a list, got {type_name(value)}")
             return []
         return value
 
@@ -120,7 +108,7 @@ class Reader:
                 self.invalid(path, "is required")
             return ""
         if not isinstance(value, str):
-            self.invalid(path, f"expected a string, got {_kind(value)} {value!r}")
+            self.invalid(path, f"expected a string, got {type_name(value)} {value!r}")
             return ""
         return value
 
