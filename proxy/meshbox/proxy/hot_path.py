@@ -31,6 +31,7 @@ HOT_PATH = (
     "meshbox.proxy.context",
     "meshbox.proxy.tracing",
     "meshbox.proxy.trace_context",
+    "meshbox.proxy.security_labels",
 )
 
 
