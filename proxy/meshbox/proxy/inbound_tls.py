@@ -63,7 +63,9 @@ class _Handshaken(asyncio.Protocol):
 def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
     """The loop's own TLS protocol (uvloop's compiled one under uvloop)."""
     if isinstance(loop, uvloop.Loop):
-        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+        # Looked up by name: uvloop ships no stubs for it, and the proxy's compiled build may type-check
+        # this module before uvloop is installed.
+        return vars(uvloop.loop)["SSLProtocol"]
     return sslproto.SSLProtocol
 
 
