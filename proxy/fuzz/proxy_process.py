@@ -20,8 +20,8 @@ TROUBLE = re.compile(r"Traceback \(most recent call last\)|Fatal error|Exception
 # within seconds: the oracle then tells a stuck exchange from a slow one. The keep-alive idle timeout is
 # longer than SETTLE, so an answer held back until the connection idles out (issue #18 D6) shows as stuck.
 ROUTE_TIMEOUT = 3.0  # long enough for the capture backend on a loaded machine
-TIMEOUT_FLAGS = ("--request-head-timeout", "1", "--request-idle-timeout", "1", "--idle-timeout", "10")
-SETTLE = 4.0  # seconds after a client's last byte by which the proxy must have answered or closed
+TIMEOUT_FLAGS = ("--request-head-timeout", "2", "--request-idle-timeout", "2", "--idle-timeout", "10")
+SETTLE = 5.0  # seconds after a client's last byte by which the proxy must have answered or closed
 
 
 def free_port() -> int:
