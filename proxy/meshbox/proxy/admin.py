@@ -31,7 +31,7 @@ class Controller(Protocol):
 
     async def apply(self, snapshot: Snapshot) -> int: ...
 
-    def config_dump(self) -> dict[str, object]: ...
+    def config_dump(self) -> bytes: ...
 
     def clusters_text(self) -> str: ...
 
@@ -65,8 +65,9 @@ class AdminServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = get_codec("httptools").request_parser()
         head: RequestHead | None = None
-        body: list[bytes] = []
-        size = 0
+        # One growing buffer, each read's chunk freed at once: a list of chunks held until the end would
+        # fragment the heap so that a big refused config kept its memory (issue #18).
+        body = bytearray()
         try:
             while True:
                 data = await reader.read(65536)
@@ -79,15 +80,18 @@ class AdminServer:
                     return
                 for ev in events:
                     if isinstance(ev, RequestHead):
-                        head, body, size = ev, [], 0
-                    elif isinstance(ev, Body):
-                        size += len(ev.data)
-                        if size > MAX_CONFIG_BYTES:
+                        head, body = ev, bytearray()
+                        if (ev.content_length or 0) > MAX_CONFIG_BYTES:
                             writer.write(_reply(413, b"request body too large\n"))
                             return
-                        body.append(ev.data)
+                    elif isinstance(ev, Body):
+                        if len(body) + len(ev.data) > MAX_CONFIG_BYTES:
+                            writer.write(_reply(413, b"request body too large\n"))
+                            return
+                        body += ev.data
                     elif ev is END and head is not None:
-                        writer.write(await self.route(head.method, head.target, b"".join(body)))
+                        writer.write(await self.route(head.method, head.target, body))
+                        body = bytearray()
                         await writer.drain()
                         if not head.keep_alive:
                             return
@@ -97,7 +101,7 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def route(self, method: bytes, target: bytes, body: bytes) -> bytes:
+    async def route(self, method: bytes, target: bytes, body: bytes | bytearray) -> bytes:
         """One admin request → complete response bytes."""
         path = target.split(b"?", 1)[0]
         c = self.controller
@@ -110,7 +114,7 @@ class AdminServer:
         if path == b"/config":
             return await self._apply(body)
         if path == b"/config_dump":
-            return _reply(200, json.dumps(c.config_dump(), indent=2).encode() + b"\n", b"application/json")
+            return _reply(200, c.config_dump(), b"application/json")
         if path == b"/clusters":
             return _reply(200, c.clusters_text().encode())
         if path == b"/stats/prometheus":
@@ -127,7 +131,7 @@ class AdminServer:
             return _reply(200, b"".join(p + b"\n" for p in sorted(GET_ONLY | POST_ONLY)))
         return _reply(404, b"no such admin endpoint " + path + b"\n")
 
-    async def _apply(self, body: bytes) -> bytes:
+    async def _apply(self, body: bytes | bytearray) -> bytes:
         try:
             snapshot = await compile_in_child(body, self.workload)
             version = await self.controller.apply(snapshot)
@@ -136,6 +140,8 @@ class AdminServer:
         return _reply(200, f"applied version {version}\n".encode())
 
 
-def config_dump(config: dict[str, object] | None, version: int) -> dict[str, object]:
-    """The JSON shape of GET /config_dump; ``config`` is the ProxyConfig as JSON (Snapshot.dump)."""
-    return {"version": version, "config": config}
+def config_dump(config: bytes | None, version: int, ports: dict[str, int]) -> bytes:
+    """The body of GET /config_dump: ``version``, the actual ``ports`` and the applied ``config`` (the
+    ProxyConfig as JSON, pre-serialized in the compiling child: Snapshot.dump)."""
+    head = json.dumps({"version": version, "ports": ports}, indent=2)[:-2]
+    return b'%s,\n  "config": %s\n}\n' % (head.encode(), b"null" if config is None else config)

@@ -18,7 +18,7 @@ from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
 _REAP_POLL = 0.005
 
 
-def _compile_and_exit(body: bytes, workload: Workload, write_end: int) -> NoReturn:
+def _compile_and_exit(body: bytes | bytearray, workload: Workload, write_end: int) -> NoReturn:
     """The child's whole life: nothing here may run the parent's loop or flush its buffers."""
     status = 1
     try:
@@ -26,7 +26,7 @@ def _compile_and_exit(body: bytes, workload: Workload, write_end: int) -> NoRetu
 
         result: tuple[str, object]
         try:
-            result = ("ok", compile_serialized(body, workload))
+            result = ("ok", compile_serialized(bytes(body), workload))
         except ConfigRejected as exc:
             result = ("rejected", str(exc))
         with os.fdopen(write_end, "wb") as out:
@@ -73,7 +73,7 @@ async def _reap(pid: int) -> int:
         await asyncio.sleep(_REAP_POLL)
 
 
-async def compile_in_child(body: bytes, workload: Workload) -> Snapshot:
+async def compile_in_child(body: bytes | bytearray, workload: Workload) -> Snapshot:
     """A serialized meshbox.api.v1.ProxyConfig → Snapshot (not yet adopted). ConfigRejected says why a
     config cannot be used: undecodable, invalid, or the compiling child failed."""
     read_end, write_end = os.pipe()

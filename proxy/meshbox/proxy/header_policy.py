@@ -1,4 +1,4 @@
-"""Which headers cross the proxy, as pure functions used by both the request and the response path.
+"""Which headers cross the proxy and the heads it sends, as pure functions for both directions.
 
 Hop-by-hop headers (RFC 9110 7.6.1) are the fixed set below plus whatever a ``Connection`` header names,
 except the headers the proxy frames itself or the mesh relies on end to end: Content-Length and
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from meshbox.proxy.codec.events import Headers, ProtocolError
+from meshbox.proxy.access_log import LogRecord
+from meshbox.proxy.codec.events import Headers, ProtocolError, RequestHead, ResponseHead
 
 # Always dropped when forwarding (Transfer-Encoding is re-added by the proxy when it chunks).
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
@@ -69,3 +70,75 @@ def absolute_form(target: bytes) -> tuple[bytes, bytes]:
     if not path.startswith(b"/"):
         path = b"/" + path
     return authority.lower(), path
+
+
+def request_headers_out(head: RequestHead, record: LogRecord) -> tuple[Headers, bytes | None, bytes | None]:
+    """The headers to forward for a request (hop-by-hop ones dropped), its Host and x-request-id values
+    (None when absent); records its user-agent and x-forwarded-for in ``record`` on the way (one pass)."""
+    host: bytes | None = None
+    request_id: bytes | None = None
+    headers: Headers = []
+    dropped: frozenset[bytes] | None = None
+    for h in head.headers:
+        name = h[0]
+        if name in HOP_BY_HOP:
+            if name == b"connection" and h[1].lower() not in CONNECTION_OPTIONS:
+                tokens = named_hop_by_hop(h[1])
+                if tokens:
+                    dropped = tokens if dropped is None else dropped | tokens
+            continue
+        if name == b"host":
+            host = h[1]
+        elif name == b"user-agent":
+            record.user_agent = h[1]
+        elif name == b"x-request-id":
+            request_id = h[1]
+        elif name == b"x-forwarded-for":
+            record.forwarded_for = h[1]
+        headers.append(h)
+    if dropped:
+        headers = [h for h in headers if h[0] not in dropped]
+    if head.upgrade:
+        headers += [(b"connection", b"upgrade")] + [h for h in head.headers if h[0] == b"upgrade"]
+    return headers, host, request_id
+
+
+def request_head_out(method: bytes, target: bytes, headers: Headers) -> bytes:
+    """The HTTP/1.1 request head sent upstream (``headers`` is never empty: Host is always there)."""
+    return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (method, target, b"\r\n".join(map(b": ".join, headers)))
+
+
+def interim_head_out(request: RequestHead, head: ResponseHead) -> bytes:
+    """A 1xx response relayed to the client (nothing for an HTTP/1.0 client, which knows no 1xx)."""
+    if request.version != b"1.1":
+        return b""
+    kept = end_to_end(head.headers)
+    block = b"".join(b"%s: %s\r\n" % h for h in kept)
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (head.status, head.reason, block)
+
+
+def response_head_out(request: RequestHead, head: ResponseHead, upstream_ms: int,
+                      draining: bool) -> tuple[bytes, bool, bool]:
+    """(the response head sent to the client, whether the body must be re-chunked, whether the client
+    connection closes after it): the upstream's end-to-end headers, then the ones the proxy adds."""
+    status = head.status
+    added = b"x-envoy-upstream-service-time: %d\r\n" % upstream_ms
+    chunked = False
+    # A refused upgrade may already have sent tunnel bytes: the connection cannot be reused.
+    keep_alive = request.keep_alive and head.keep_alive and not draining and not request.upgrade
+    if status == 101:
+        added += b"connection: upgrade\r\n" + b"".join(b"%s: %s\r\n" % h for h in head.headers if h[0] == b"upgrade")
+    else:
+        if head.has_body and head.content_length is None:
+            if request.version == b"1.1":
+                chunked = True
+                added += b"transfer-encoding: chunked\r\n"
+            else:
+                keep_alive = False
+        if not keep_alive:
+            added += b"connection: close\r\n"
+        elif request.version == b"1.0":
+            added += b"connection: keep-alive\r\n"
+    headers = end_to_end(head.headers)
+    kept = b"\r\n".join(map(b": ".join, headers)) + b"\r\n" if headers else b""
+    return b"HTTP/%s %d %s\r\n%s%s\r\n" % (request.version, status, head.reason, kept, added), chunked, not keep_alive

@@ -11,6 +11,10 @@ import importlib.machinery
 
 HOT_PATH = (
     "meshbox.proxy.http_proxy",
+    "meshbox.proxy.exchange",
+    "meshbox.proxy.exchange_core",
+    "meshbox.proxy.exchange_state",
+    "meshbox.proxy.upstream_http",
     "meshbox.proxy.header_policy",
     "meshbox.proxy.tcp_proxy",
     "meshbox.proxy.access_log",

@@ -97,11 +97,9 @@ class LocalController:
     async def apply(self, snapshot: Snapshot) -> int:
         return await self.server.apply_snapshot(snapshot)
 
-    def config_dump(self) -> dict[str, object]:
+    def config_dump(self) -> bytes:
         snap = self.server.ctx.snapshot
-        dump = config_dump(snap.dump if snap is not None else None, self.server.version)
-        dump["ports"] = self.server.ports()
-        return dump
+        return config_dump(snap.dump if snap is not None else None, self.server.version, self.server.ports())
 
     def clusters_text(self) -> str:
         snap = self.server.ctx.snapshot

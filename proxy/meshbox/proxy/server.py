@@ -131,7 +131,7 @@ class ProxyServer:
     async def apply_snapshot(self, snap: Snapshot) -> int:
         """Apply a compiled config atomically: adopt it, bind new listeners first, swap, then close the
         removed ones. On any failure nothing changes and ConfigRejected says why. Returns the new version."""
-        snap.adopt(self.ctx.hosts, self.version + 1)
+        await snap.adopt_gradually(self.ctx.hosts, self.version + 1)
         wanted = {(lis.address, lis.port) for lis in snap.bound_listeners()}
         added: dict[tuple[str, int], asyncio.Server] = {}
         try:
@@ -161,7 +161,7 @@ class ProxyServer:
         for server in [*self.capture, *self.bound.values()]:
             server.close()
         for conn in list(self.ctx.connections):
-            if isinstance(conn, DownstreamHttp) and conn.exchange is None:
+            if isinstance(conn, DownstreamHttp) and not conn.busy():
                 conn.close()
         for host in self.ctx.hosts.all():
             for up in host.idle:

@@ -9,6 +9,7 @@ and nothing changes a snapshot once it serves.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
 import random
@@ -22,6 +23,8 @@ from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 # sets them from the message); they key the per-direction metric labels.
 INBOUND = "INBOUND"
 OUTBOUND = "OUTBOUND"
+# Endpoints adopted between two yields to the event loop while a config is applied (a few ms of work).
+ADOPT_BATCH = 2000
 
 
 class ConfigRejected(ValueError):
@@ -60,10 +63,14 @@ def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> P
     return make(hosts, weights)
 
 
+def _unadopted() -> UpstreamHost | None:
+    raise RuntimeError("a cluster of a snapshot that was not adopted cannot pick hosts")
+
+
 class ClusterRuntime:
     """A cluster with its hosts and picker."""
 
-    __slots__ = ("connect_timeout", "hosts", "labels", "name", "pick", "policy", "service", "weights")
+    __slots__ = ("connect_timeout", "endpoints", "hosts", "labels", "name", "pick", "policy", "service", "weights")
 
     def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
                  weights: list[int], workload: Workload) -> None:
@@ -72,27 +79,33 @@ class ClusterRuntime:
         self.connect_timeout = connect_timeout
         self.policy = policy
         self.hosts = hosts
+        self.endpoints = [(host.address, host.port) for host in hosts]
         self.weights = weights
         self.labels = {d: metric_labels(d, workload, service) for d in (INBOUND, OUTBOUND)}
         self.pick: Picker = make_picker(policy, hosts, weights)
 
     # Pickled with endpoint addresses, not hosts (UpstreamHost is a compiled class pickle cannot rebuild),
-    # and without the picker (a closure); unpickled, the cluster has private hosts until adopted.
+    # and without the picker (a closure); unpickled, the cluster has no hosts until adopted (building
+    # them twice would double the work of applying a huge config).
     def __getstate__(self) -> tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]]]:
-        endpoints = [(host.address, host.port) for host in self.hosts]
-        return (self.name, self.service, self.connect_timeout, self.policy, endpoints, self.weights, self.labels)
+        return (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels)
 
     def __setstate__(
         self, state: tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]]]
     ) -> None:
-        self.name, self.service, self.connect_timeout, self.policy, endpoints, self.weights, self.labels = state
-        self.hosts = [UpstreamHost(address, port) for address, port in endpoints]
-        self.pick = make_picker(self.policy, self.hosts, self.weights)
+        self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels = state
+        self.hosts = []
+        self.pick = _unadopted
 
     def adopt(self, registry: HostRegistry) -> None:
         """Use the registry's hosts (their pools and in-flight counts survive config swaps)."""
-        self.hosts = [registry.get(host.address, host.port) for host in self.hosts]
-        self.pick = make_picker(self.policy, self.hosts, self.weights)
+        get = registry.get
+        self.adopted([get(address, port) for address, port in self.endpoints])
+
+    def adopted(self, hosts: list[UpstreamHost]) -> None:
+        """Serve ``hosts`` (the registry's, in the order of ``endpoints``)."""
+        self.hosts = hosts
+        self.pick = make_picker(self.policy, hosts, self.weights)
 
 
 class HeaderMatcher:
@@ -258,11 +271,11 @@ class Snapshot:
     """Everything the data plane needs from one ProxyConfig, plus its /config_dump form."""
 
     def __init__(self, listeners: list[ListenerRuntime], route_tables: dict[str, RouteTable],
-                 clusters: dict[str, ClusterRuntime], dump: dict[str, object]) -> None:
+                 clusters: dict[str, ClusterRuntime], dump: bytes) -> None:
         self.listeners = listeners
         self.route_tables = route_tables
         self.clusters = clusters
-        # The ProxyConfig as JSON (proto field names), made where the message was at hand.
+        # The ProxyConfig as JSON text (proto field names), made where the message was at hand.
         self.dump = dump
         self.version = 0
         self.host_keys: set[tuple[str, int]] = set()
@@ -281,6 +294,23 @@ class Snapshot:
         for cluster in self.clusters.values():
             cluster.adopt(registry)
         self.host_keys = {(h.address, h.port) for c in self.clusters.values() for h in c.hosts}
+        self.version = version
+
+    async def adopt_gradually(self, registry: HostRegistry, version: int, batch: int = ADOPT_BATCH) -> None:
+        """:meth:`adopt`, yielding to the event loop every ``batch`` endpoints, so that applying a config
+        with a huge number of endpoints does not stall the connections being served meanwhile."""
+        get = registry.get
+        for cluster in self.clusters.values():
+            hosts: list[UpstreamHost] = []
+            endpoints = cluster.endpoints
+            for start in range(0, len(endpoints), batch):
+                hosts += [get(address, port) for address, port in endpoints[start:start + batch]]
+                await asyncio.sleep(0)
+            cluster.adopted(hosts)
+        keys: set[tuple[str, int]] = set()
+        for cluster in self.clusters.values():
+            keys.update(cluster.endpoints)
+        self.host_keys = keys
         self.version = version
 
     def match(self, ip: str, port: int, inbound: bool) -> ListenerRuntime | None:

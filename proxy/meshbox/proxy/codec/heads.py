@@ -72,8 +72,6 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
             upgrade = True
     if hosts > 1 or (hosts == 0 and version != b"1.0"):
         raise ProtocolError(400, "exactly one Host header is required")
-    if version not in VERSIONS:
-        raise unsupported_version(version)
     if method == b"CONNECT":
         raise ProtocolError(405, "CONNECT is not supported")
     if not target.isascii() or not (target[:1] == b"/" or target == b"*" or target[:7].lower() == b"http://"):
@@ -85,6 +83,9 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
         if version != b"1.1" or te.strip().lower() != b"chunked":
             raise ProtocolError(400, f"unsupported Transfer-Encoding {te[:40]!r}")
         chunked = True
+    if version not in VERSIONS:
+        # After the header checks: h11 refuses bad framing of any version before we see the head.
+        raise unsupported_version(version)
     if connection:
         # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
         tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
