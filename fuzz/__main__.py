@@ -10,8 +10,9 @@ from pathlib import Path
 
 import uvloop
 
-from .driver import run_fuzz
-from .minimize import explain
+from .dialects import dialect
+from .driver import run_fuzz, run_scripts
+from .minimize import explain, show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds before the run stops early")
     parser.add_argument("--workdir", type=Path, help="where the proxy's config and logs go (default: a temp dir)")
     parser.add_argument("--examples", type=int, default=2, help="findings of each kind to minimise and show")
+    parser.add_argument("--replay", type=int, nargs="+", metavar="SCRIPT",
+                        help="replay these scripts of --seed one by one on a fresh proxy instead of fuzzing")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1:
         parser.error("--requests and --concurrency must be positive")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="meshbox-fuzz-"))
+    if args.replay:
+        return replay(args.seed, args.replay, args.protocol, args.codec, workdir)
     try:
         report = uvloop.run(run_fuzz(args.requests, args.seed, workdir / "run", codec=args.codec,
                                      protocol=args.protocol, concurrency=args.concurrency,
@@ -40,6 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         print(uvloop.run(explain(report, workdir, examples=args.examples)))
     print(f"proxy logs: {workdir}")
     return 1 if report.findings or report.timed_out else 0
+
+
+def replay(seed: int, indexes: list[int], protocol: str, codec: str, workdir: Path) -> int:
+    """Run the given scripts alone and print them with what the oracle says."""
+    speaker = dialect(protocol)
+    scripts = [speaker.script(seed, i) for i in indexes]
+    for script in scripts:
+        print(show(script))
+    found = uvloop.run(run_scripts(scripts, speaker, workdir / "replay", codec))
+    for f in found:
+        print(f"{f.kind} (script {f.conn}): {f.detail}")
+    print(f"{len(found)} findings; proxy logs: {workdir}")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

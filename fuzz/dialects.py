@@ -49,6 +49,7 @@ class Outcome:
     malformed: str | None = None  # the reader's complaint about what the proxy sent
     stuck: bool = False  # neither answered nor closed when the settle time ran out
     sent: int = 0  # bytes the client managed to write
+    sending: float = 0.0  # seconds from the first write to the last
     waited: float = 0.0  # seconds from the last byte sent to the end
 
 

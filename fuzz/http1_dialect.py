@@ -23,6 +23,7 @@ _SCRIPT_ID = re.compile(rb"fz(\d+)-(\d+)-\d+s?$")
 PIPELINE_LENGTHS = (0, 0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 8, 10, 16, 24)
 MALFORMED_SHARE = 0.7  # scripts that end with a broken request
 HALF_CLOSE_SHARE = 0.12
+SLOW_CLIENT = 1.0  # seconds of writing after which a 408 is the client's own doing (head timeout: 2 s)
 SEQUENTIAL_SHARE = 0.12
 
 
@@ -40,6 +41,8 @@ class Http1:
             requests.append(mutated_request(rng, f"fz{seed}-{index}-{len(requests)}"))
             if rng.random() < 0.25:  # well-formed bytes after a broken request: never answered as themselves
                 tail = valid_request(rng, f"fz{seed}-{index}-{len(requests)}")[1]
+                while tail.head_only:  # its answer would have no body: the reader could not know
+                    tail = valid_request(rng, f"fz{seed}-{index}-{len(requests)}")[1]
                 tail.expect, tail.may_close = Expect.ANY, True
                 requests.append(tail)
         sequential = len(requests) > 1 and rng.random() < SEQUENTIAL_SHARE
@@ -50,11 +53,13 @@ class Http1:
     async def run(self, script: Script, port: int) -> Outcome:
         requests = script.requests
         first_bad = _first_malformed(requests)
-        reader = ResponseReader(lambda i: i < first_bad and requests[i].head_only)
+        # After a broken request the proxy's count of requests may differ from ours: only that one's own
+        # method is still a fair guess for the answer that follows.
+        reader = ResponseReader(lambda i: i <= first_bad and i < len(requests) and requests[i].head_only)
         out = Outcome(script)
         sock_reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        last_sent = time.monotonic()
+        first_sent = last_sent = time.monotonic()
         try:
             for n, piece in enumerate(script.pieces):
                 if script.sequential and n > 0:  # one piece per request: wait for the previous answer
@@ -76,6 +81,7 @@ class Http1:
             await _read_until(sock_reader, reader, out, lambda: _all_answered(reader, requests),
                               last_sent + SETTLE + ROUTE_TIMEOUT * (1 + hangs))
         out.waited = time.monotonic() - last_sent
+        out.sending = last_sent - first_sent
         out.responses = reader.responses
         out.partial = bytes(reader.buf)
         writer.close()
@@ -135,7 +141,7 @@ def _split(rng: random.Random, requests: list[Request], sequential: bool) -> lis
         edges = [0, *cuts, len(data)]
         return [data[a:b] for a, b in itertools.pairwise(edges)]
     if mode == "bytewise":
-        head = min(len(data), 48)
+        head = min(len(data), 16)
         return [data[i:i + 1] for i in range(head)] + ([data[head:]] if len(data) > head else [])
     return [data]
 
@@ -186,6 +192,8 @@ def judge_http1(out: Outcome) -> list[Finding]:
             finding("unsolicited-answer", f"answer {i} (status {resp.status}) to {len(requests)} requests")
             continue
         r = requests[i]
+        if resp.status == 408 and out.sending > SLOW_CLIENT:
+            continue  # on a loaded machine a split-up head can take longer than the head timeout
         if r.expect is Expect.BACKEND and (resp.status != 200 or echo != r.rid.encode()):
             finding("wrong-answer", f"request {i} ({r.mutation}) got status {resp.status} echoing {echo!r}, "
                                     f"expected 200 echoing {r.rid!r}")
@@ -197,7 +205,8 @@ def judge_http1(out: Outcome) -> list[Finding]:
         elif echo is not None and echo != r.rid.encode():
             finding("desync", f"request {i} ({r.mutation}) got the answer echoing {echo!r}")
     answered = len(out.responses)
-    if out.stuck:
+    if out.stuck and (answered < first_bad or first_bad == len(requests) or out.partial):
+        # (After a broken request the proxy may rightly have seen fewer requests and wait for the next.)
         inside = " (inside a response)" if out.partial else ""
         finding("stuck", f"{answered} answers to {len(requests)} requests and no close "
                          f"{out.waited:.1f}s after the last byte sent{inside}")

@@ -73,6 +73,8 @@ async def stderr_culprits(report: Report, speaker: Dialect, workdir: Path, budge
 def show(script: Script) -> str:
     lines = [f"  script {script.index} ({'sequential' if script.sequential else 'pipelined'}"
              f"{', half-closed' if script.half_close else ''}, {len(script.pieces)} writes):"]
+    if len(script.pieces) > 1:
+        lines.append(f"    written in pieces of {', '.join(str(len(p)) for p in script.pieces)} bytes")
     for r in script.requests:
         data = r.data if len(r.data) <= 600 else r.data[:500] + b"...<%d bytes>..." % len(r.data) + r.data[-60:]
         lines.append(f"    [{r.mutation}, expects {r.expect.value}] {data!r}")

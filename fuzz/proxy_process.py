@@ -16,11 +16,12 @@ from pathlib import Path
 # What a healthy proxy never prints on stderr.
 TROUBLE = re.compile(r"Traceback \(most recent call last\)|Fatal error|Exception in callback|"
                      r"exception was never retrieved|Unhandled exception|Segmentation fault")
-# Short client and route timeouts, so every connection the proxy is not stuck on ends within seconds:
-# the oracle then tells a stuck connection from a slow one.
-ROUTE_TIMEOUT = 1.0
-TIMEOUT_FLAGS = ("--request-head-timeout", "1", "--request-idle-timeout", "1", "--idle-timeout", "2")
-SETTLE = 4.0  # seconds after a client's last byte by which the proxy must have answered or closed
+# Short request timeouts, so a request the proxy is not stuck on is answered (or its connection closed)
+# within seconds: the oracle then tells a stuck exchange from a slow one. The keep-alive idle timeout is
+# longer than SETTLE, so an answer held back until the connection idles out (issue #18 D6) shows as stuck.
+ROUTE_TIMEOUT = 3.0  # long enough for the capture backend on a loaded machine
+TIMEOUT_FLAGS = ("--request-head-timeout", "2", "--request-idle-timeout", "2", "--idle-timeout", "10")
+SETTLE = 5.0  # seconds after a client's last byte by which the proxy must have answered or closed
 
 
 def free_port() -> int:

@@ -343,4 +343,5 @@ def mutated_request(rng: random.Random, rid: str) -> Request:
         name += "+" + second
         data = RAW_MUTATIONS[second](rng, data) or data
     embedded = (rid + "s",) if name.split("+")[0] in BAITED or b"x-request-id: %ss" % rid.encode() in data else ()
-    return Request(rid, data, Expect.ANY, name, may_close=True, embedded=embedded)
+    return Request(rid, data, Expect.ANY, name, head_only=data.startswith(b"HEAD "), may_close=True,
+                   embedded=embedded)
