@@ -17,6 +17,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from meshbox.proxy.metrics import Stats
 
@@ -94,12 +95,33 @@ def _find(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
     return "-"
 
 
-_DEFAULT = b'[%s] "%s %s %s" %d %s %d %d %d %s "%s" "%s" "%s" "%s" "%s"\n'
 _PROTOCOLS = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", None: b"-"}
+# Made once rather than per line: the milliseconds and what follows them up to the method, small numbers,
+# and (bounded) the bytes of the flags and upstream host strings seen.
+_MILLIS: Final = tuple(b'.%03dZ] "' % ms for ms in range(1000))
+_SMALL: Final = tuple(b"%d" % n for n in range(1024))
+_ENCODED: dict[str, bytes] = {}
+_ENCODED_MAX = 4096
+
+
+def _number(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 1024 else b"%d" % n
+
+
+def _encoded(text: str) -> bytes:
+    data = _ENCODED.get(text)
+    if data is None:
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        data = _ENCODED[text] = text.encode()
+    return data
 
 
 def default_line(r: LogRecord) -> bytes:
-    """Envoy's default format, written out by hand (as bytes: no decoding) because it runs per request."""
+    """Envoy's default format, written out by hand (as bytes: no decoding) because it runs per request:
+    ``[START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS RECEIVED SENT DURATION UPSTREAM_SERVICE_TIME
+    "X-FORWARDED-FOR" "USER-AGENT" "X-REQUEST-ID" "AUTHORITY" "UPSTREAM_HOST"``. One join of
+    ready-made pieces (a ``%`` with 15 conversions cost about half as much again)."""
     ust = r.upstream_service_time
     host = r.upstream_host
     # _start_time, inlined (one call fewer per request); it still refreshes the cached seconds text.
@@ -107,12 +129,13 @@ def default_line(r: LogRecord) -> bytes:
     sec = int(t)
     if _second[0] != sec:
         _start_time(t)
-    return _DEFAULT % (
-        b"%s.%03dZ" % (_second_text[0], int((t - sec) * 1000)), r.method or b"-", r.path or b"-",
-        _PROTOCOLS.get(r.protocol, b"-"),
-        r.response_code, r.response_flags.encode(), r.bytes_received, r.bytes_sent, r.duration_ms,
-        b"-" if ust is None else b"%d" % ust, r.forwarded_for or b"-", r.user_agent or b"-", r.request_id or b"-",
-        r.authority or b"-", host.encode() if host else b"-")
+    return b"".join((
+        b"[", _second_text[0], _MILLIS[int((t - sec) * 1000)], r.method or b"-", b" ", r.path or b"-", b" ",
+        _PROTOCOLS.get(r.protocol, b"-"), b'" ', _number(r.response_code), b" ", _encoded(r.response_flags), b" ",
+        _number(r.bytes_received), b" ", _number(r.bytes_sent), b" ", _number(r.duration_ms), b" ",
+        b"-" if ust is None else _number(ust), b' "', r.forwarded_for or b"-", b'" "', r.user_agent or b"-",
+        b'" "', r.request_id or b"-", b'" "', r.authority or b"-", b'" "', _encoded(host) if host else b"-",
+        b'"\n'))
 
 
 Getter = Callable[[LogRecord], str]

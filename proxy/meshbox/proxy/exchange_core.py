@@ -30,6 +30,7 @@ from meshbox.proxy.exchange import (
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
+from meshbox.proxy.route_match import match_route
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -144,7 +145,7 @@ class ExchangeCore(ExchangeState):
             ex.path = target
         ex.authority = host
         routes = listener.routes
-        route = routes.match(host or b"", target, head.headers) if routes is not None else None
+        route = match_route(routes, host or b"", target, head.headers) if routes is not None else None
         if route is None:
             self._local_reply(ex, 404, b"", "NR", now)
             return
