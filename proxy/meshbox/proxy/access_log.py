@@ -104,7 +104,8 @@ _ENCODED: dict[str, bytes] = {}
 _ENCODED_MAX = 4096
 
 
-def _number(n: int) -> bytes:
+def decimal(n: int) -> bytes:
+    """``b"%d" % n``, from a table for the small numbers most fields hold (status codes, milliseconds)."""
     return _SMALL[n] if 0 <= n < 1024 else b"%d" % n
 
 
@@ -131,9 +132,9 @@ def default_line(r: LogRecord) -> bytes:
         _start_time(t)
     return b"".join((
         b"[", _second_text[0], _MILLIS[int((t - sec) * 1000)], r.method or b"-", b" ", r.path or b"-", b" ",
-        _PROTOCOLS.get(r.protocol, b"-"), b'" ', _number(r.response_code), b" ", _encoded(r.response_flags), b" ",
-        _number(r.bytes_received), b" ", _number(r.bytes_sent), b" ", _number(r.duration_ms), b" ",
-        b"-" if ust is None else _number(ust), b' "', r.forwarded_for or b"-", b'" "', r.user_agent or b"-",
+        _PROTOCOLS.get(r.protocol, b"-"), b'" ', decimal(r.response_code), b" ", _encoded(r.response_flags), b" ",
+        decimal(r.bytes_received), b" ", decimal(r.bytes_sent), b" ", decimal(r.duration_ms), b" ",
+        b"-" if ust is None else decimal(ust), b' "', r.forwarded_for or b"-", b'" "', r.user_agent or b"-",
         b'" "', r.request_id or b"-", b'" "', r.authority or b"-", b'" "', _encoded(host) if host else b"-",
         b'"\n'))
 
