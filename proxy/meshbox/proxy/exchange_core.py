@@ -127,7 +127,9 @@ class ExchangeCore(ExchangeState):
             request_id = self.ctx.request_ids.new()
             rid = (b"x-request-id", request_id)
             headers.append(rid)
-            ex.request_headers = [*(h for h in head.headers if h[0] != b"x-request-id"), rid]
+            kept = [h for h in head.headers if h[0] != b"x-request-id"]
+            kept.append(rid)
+            ex.request_headers = kept
         ex.request_id = request_id
         tracer = self.ctx.tracer
         if tracer is not None:
