@@ -27,6 +27,8 @@ DEFAULT_FORMAT = (
     '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
 )
 
+_wall_clock: Final = time.time
+
 
 class LogRecord:
     """What a finished HTTP exchange or TCP session exposes to the log (bytes values are latin-1).
@@ -41,7 +43,7 @@ class LogRecord:
                  "upstream_service_time", "user_agent")
 
     def __init__(self, remote: str | None, local: str | None) -> None:
-        self.start_time: float = time.time()
+        self.start_time: float = _wall_clock()
         self.method: bytes | None = None
         self.path: bytes | None = None
         self.authority: bytes | None = None
@@ -71,8 +73,8 @@ class LogRecord:
         self.upstream_failure_reason: str | None = None
 
 
-_second: list[int] = [-1]
-_second_text: list[bytes] = [b""]
+_second: Final[list[int]] = [-1]
+_second_text: Final[list[bytes]] = [b""]
 
 
 def _start_time(t: float) -> bytes:
@@ -95,13 +97,13 @@ def _find(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
     return "-"
 
 
-_PROTOCOLS = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", None: b"-"}
+_PROTOCOLS: Final = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", None: b"-"}
 # Made once rather than per line: the milliseconds and what follows them up to the method, small numbers,
 # and (bounded) the bytes of the flags and upstream host strings seen.
 _MILLIS: Final = tuple(b'.%03dZ] "' % ms for ms in range(1000))
 _SMALL: Final = tuple(b"%d" % n for n in range(1024))
-_ENCODED: dict[str, bytes] = {}
-_ENCODED_MAX = 4096
+_ENCODED: Final[dict[str, bytes]] = {}
+_ENCODED_MAX: Final = 4096
 
 
 def decimal(n: int) -> bytes:
@@ -268,6 +270,8 @@ class AccessLog:
 
     def __init__(self, fmt: str, fd: int = 1) -> None:
         self.format = compile_format(fmt)
+        # The default format is called directly (a C call, not a call through the stored function object).
+        self._default = self.format is default_line
         self._fd = fd
         self._lines: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -312,7 +316,7 @@ class AccessLog:
                 self._stats.incr("access_log_dropped_lines")
             return
         lines = self._lines
-        lines.append(self.format(record))
+        lines.append(default_line(record) if self._default else self.format(record))
         if len(lines) == 1:
             if self._loop is None:
                 self.flush()

@@ -10,7 +10,7 @@ ProtocolError, and the upstream side the ResponseHead / Body / END of its parser
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Final
 
 from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead, Tunnel
 from meshbox.proxy.exchange import (
@@ -34,7 +34,7 @@ from meshbox.proxy.route_match import match_route
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
-PENDING_BODY_LIMIT = 1 << 20
+PENDING_BODY_LIMIT: Final = 1 << 20
 
 
 class ExchangeCore(ExchangeState):

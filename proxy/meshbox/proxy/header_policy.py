@@ -10,17 +10,18 @@ otherwise turn a body into a smuggled request (issue #18).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 from meshbox.proxy.access_log import LogRecord, decimal
 from meshbox.proxy.codec.events import Headers, ProtocolError, RequestHead, ResponseHead
 
 # Always dropped when forwarding (Transfer-Encoding is re-added by the proxy when it chunks).
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"trailer",
-                        b"upgrade"})
+HOP_BY_HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+                               b"trailer", b"upgrade"})
 # Connection options that are not header names.
-CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade"})
+CONNECTION_OPTIONS: Final = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Never removed because Connection names them.
-END_TO_END = frozenset({
+END_TO_END: Final = frozenset({
     b"content-length", b"transfer-encoding", b"host",
     b"x-request-id", b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid",
     b"x-b3-sampled", b"x-b3-flags", b"x-ot-span-context", b"x-cloud-trace-context", b"grpc-trace-bin",

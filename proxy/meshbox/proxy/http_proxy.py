@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from meshbox.proxy.codec.events import ProtocolError
 from meshbox.proxy.context import ProxyContext
@@ -47,7 +47,7 @@ from meshbox.proxy.upstream_tls import failure_reason, open_upstream
 
 # What an HTTP/2 client with prior knowledge (e.g. gRPC without TLS) sends first.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_monotonic = time.monotonic
+_monotonic: Final = time.monotonic
 
 
 def _peer(transport: asyncio.BaseTransport, key: str) -> str | None:

@@ -24,9 +24,9 @@ DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1000
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000)
 # Offsets in a request entry: count, duration sum and buckets, then request size sum and buckets, then
 # response size sum and buckets.
-REQUEST_SIZE_AT = 2 + len(DURATION_BUCKETS) + 1
-RESPONSE_SIZE_AT = REQUEST_SIZE_AT + 1 + len(SIZE_BUCKETS) + 1
-REQUEST_ENTRY_SIZE = RESPONSE_SIZE_AT + 1 + len(SIZE_BUCKETS) + 1
+REQUEST_SIZE_AT: Final = 2 + len(DURATION_BUCKETS) + 1
+RESPONSE_SIZE_AT: Final = REQUEST_SIZE_AT + 1 + len(SIZE_BUCKETS) + 1
+REQUEST_ENTRY_SIZE: Final = RESPONSE_SIZE_AT + 1 + len(SIZE_BUCKETS) + 1
 
 # The bounds as the bucket search compares them (floats: no int/float mix in the compiled comparisons).
 _DURATION_BOUNDS: Final[tuple[float, ...]] = tuple(float(b) for b in DURATION_BUCKETS)
