@@ -15,6 +15,7 @@ import time
 from typing import Any, cast
 
 from meshbox.proxy.codec.events import ProtocolError
+from meshbox.proxy.connection_slots import PendingOpen, close_idle_elsewhere, slot_freed, still_waiting
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import (
     ARM,
@@ -274,14 +275,48 @@ class DownstreamHttp(asyncio.Protocol):
                 return
         cluster = ex.cluster
         assert cluster is not None
+        limits = cluster.limits
+        if limits.max_connections and not limits.connection_allowed():
+            self._queue(core, ex, host)
+            return
         self.ctx.loop.create_task(self._connect(core, ex, host, cluster.connect_timeout))
+
+    def _queue(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
+        """No connection slot left (max_connections): wait as pending, or 503 UO when too many wait."""
+        cluster = ex.cluster
+        assert cluster is not None
+        stats = self.ctx.stats
+        stats.incr("upstream_cx_overflow")
+        if not cluster.limits.queue(PendingOpen(self, core, ex, host), still_waiting):
+            core.overflowed(ex, _monotonic())
+            return
+        core.queued(ex)
+        close_idle_elsewhere(cluster.hosts, cluster.limits)
+
+    def open_pending(self, entry: PendingOpen) -> None:
+        """A connection slot freed for the pending request ``entry``."""
+        cluster = entry.ex.cluster
+        assert cluster is not None
+        self.ctx.loop.create_task(self._connect(entry.core, entry.ex, entry.host, cluster.connect_timeout))
+
+    def attach_pending(self, entry: PendingOpen, up: UpstreamHttp) -> None:
+        """A connection to its host was released for the pending request ``entry``."""
+        entry.core.attached(entry.ex, up, _monotonic())
+        self.run(entry.core)
 
     async def _connect(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, timeout: float) -> None:
         ctx = self.ctx
+        cluster = ex.cluster
+        limits = cluster.limits if cluster is not None and cluster.limits.per_connection else None
+        if limits is not None:
+            limits.cx_active += 1
         try:
             async with asyncio.timeout(timeout):
-                _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host), ex.cluster, host)
+                _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host, limits), cluster, host)
         except (OSError, TimeoutError) as exc:
+            if limits is not None:
+                limits.cx_active -= 1
+                slot_freed(limits)
             ex.upstream_failure_reason = failure_reason(exc)
             core.connect_failed(ex, _monotonic())
             self.run(core)
