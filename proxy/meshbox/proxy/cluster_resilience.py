@@ -86,6 +86,15 @@ class ClusterGuard:
         kept = [(h, w) for h, w in zip(self.hosts, self.weights, strict=True) if h not in outlier.ejected]
         self.picker = self.make_picker(self.policy, [h for h, _ in kept], [w for _, w in kept])
 
-    def lines(self, name: str) -> list[str]:
-        """The admin /clusters lines of the guard (outlier detection)."""
-        return self.outlier.lines(name) if self.outlier is not None else []
+
+
+def resilience_lines(name: str, settings: ResilienceSettings, limits: ClusterLimits,
+                     guard: ClusterGuard | None) -> list[str]:
+    """A cluster's admin /clusters lines about its limits and ejections (none for a cluster that has
+    neither settings of its own nor a retry overflow to show)."""
+    lines = []
+    if settings.breaker != BreakerSettings() or limits.retry_overflow:
+        lines += limits.lines(name)
+    if guard is not None and guard.outlier is not None:
+        lines += guard.outlier.lines(name)
+    return lines

@@ -138,7 +138,12 @@ class ExchangeResilience(ExchangeState):
                 return
             ex.held |= HELD_REQUEST
         head = ex.head
+        outlier = guard.outlier
+        ejected = len(outlier.ejected) if outlier is not None else 0
         host = guard.pick(head.headers if head is not None else [], self.remote, now)
+        if outlier is not None and len(outlier.ejected) != ejected:
+            # Ejections ended at this interval's review.
+            self.ctx.stats.incr("outlier_detection_ejections_active", len(outlier.ejected) - ejected)
         if host is None:
             self._local_reply(ex, 503, b"no healthy upstream", "UH", now)
             return
