@@ -48,7 +48,8 @@ class HashKey:
 
     def __init__(self, kind: str, name: str = "") -> None:
         self.kind = kind
-        self.name = name.lower().encode()
+        # Header names are matched lower-case (as parsed); cookie names are case-sensitive (RFC 6265).
+        self.name = (name if kind == COOKIE else name.lower()).encode()
 
     def of(self, headers: list[tuple[bytes, bytes]], remote: str | None) -> bytes | None:
         """The request's key, or None when it has none (the request is then balanced at random)."""
@@ -72,9 +73,14 @@ class HashRing:
         self.hosts = hosts
         size = min(max(minimum_size or DEFAULT_RING_SIZE, len(hosts)), MAX_RING_SIZE)
         total = sum(weights) or 1
+        # Points per unit of weight, rounded up to a power of two: an endpoint that joins or leaves
+        # then seldom changes the others' points, so only its own share of keys moves.
+        per_weight = 1 << max(0, (-(-size // total) - 1).bit_length())
+        while per_weight > 1 and per_weight * total > MAX_RING_SIZE:
+            per_weight >>= 1
         ring: list[tuple[int, int]] = []
         for index, (host, weight) in enumerate(zip(hosts, weights, strict=True)):
-            count = max(1, -(-size * weight // total))
+            count = per_weight * weight
             prefix = host.host.encode() + b"_"
             ring += [(hash64(prefix + b"%d" % i), index) for i in range(count)]
         ring.sort()

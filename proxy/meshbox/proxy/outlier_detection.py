@@ -105,7 +105,12 @@ class OutlierDetector:
             elif record.times_ejected:
                 record.times_ejected -= 1
             any_multiplier = any_multiplier or record.times_ejected > 0
-        self.next_review = now + self.settings.interval if (self.ejected or any_multiplier) else 0.0
+        if self.ejected or any_multiplier:
+            # On the interval's grid from the first ejection, as a periodic timer would run.
+            interval = self.settings.interval
+            self.next_review += interval * ((now - self.next_review) // interval + 1)
+        else:
+            self.next_review = 0.0
         return changed
 
     def panic(self) -> bool:
