@@ -7,7 +7,7 @@ as in Istio. Stand-ins where echoservers cannot play their part: the slow upstre
 task is a listener in the client pod that accepts and never answers (BookInfo's reviews would call
 a delayed ratings); the retries task routes a ServiceEntry to one endpoint that refuses connections
 and one that serves; circuit breaking needs an upstream slow enough for requests to pile up (an
-HTTP server in the client pod answering after 0.5 s, where Istio's task loads httpbin with fortio),
+HTTP server in the client pod answering after 1 s, where Istio's task loads httpbin with fortio),
 and outlier detection an endpoint that answers 500 (a server in the client pod, beside a reviews
 pod). Mirroring is not implemented by meshbox's proxy yet: applying that task's rule is refused
 with the field named, and nothing changes. Last, the route rule of the seed's time
@@ -327,7 +327,7 @@ def test_circuit_breaking(bookinfo: Any, tmp_path: Path) -> None:
     the client's proxy log; none is left without a status."""
     assert "destinationrule.networking.istio.io/ratings created" in _apply(bookinfo, "istio/circuit-breaker.yaml")
     assert set(_codes(bookinfo, "ratings:9080", 5)) == {"200"}
-    server = _stand_in(bookinfo, 9998, 200, 0.5)
+    server = _stand_in(bookinfo, 9998, 200, 1.0)
     try:
         entry = tmp_path / "slowbin.yaml"
         entry.write_text(SERVICE_ENTRY.format(name="slowbin", address="10.100.200.3", endpoints=(
@@ -340,11 +340,12 @@ def test_circuit_breaking(bookinfo: Any, tmp_path: Path) -> None:
         assert "destinationrule.networking.istio.io/slowbin created" in _apply(bookinfo, rule)
         codes: list[str] = []
         for _ in range(20):  # until the rule reaches the client's proxy
-            codes = _concurrent_codes(bookinfo, "10.100.200.3:80", 10)
-            if "503" in codes:
+            if "503" in _concurrent_codes(bookinfo, "10.100.200.3:80", 10):
                 break
+        codes = _concurrent_codes(bookinfo, "10.100.200.3:80", 10)
         assert len(codes) == 10 and set(codes) == {"200", "503"}, codes
-        assert 1 <= codes.count("200") <= 3, codes  # in flight and pending (a batch may straddle one answer)
+        # The one in flight and the one pending (one more if a curl starts after an answer).
+        assert 2 <= codes.count("200") <= 4, codes
         log = _client_proxy(bookinfo, "logs")
         assert re.search(r'"GET / HTTP/1.1" 503 UO .*"10.100.200.3:80"', log), log[-2000:]
         clusters = _client_proxy(bookinfo, "/clusters")

@@ -230,6 +230,8 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
         total = sum(d.weight for d in spec.route)
         if total != 100:
             raise ValidationError(f"route weights must add up to 100, got {total}", source=source, path=f"{path}.route")
+    for where, problem in retry_policy_problems(spec.retries):
+        raise ValidationError(problem, source=source, path=f"{path}.retries.{where}")
     for kind in ("delay", "abort"):
         if spec.fault.HasField(kind):
             pct = getattr(spec.fault, kind).percent

@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Any, cast
 
+from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import ProtocolError
 from meshbox.proxy.connection_slots import PendingOpen, close_idle_elsewhere, slot_freed, still_waiting
 from meshbox.proxy.context import ProxyContext
@@ -279,7 +280,16 @@ class DownstreamHttp(asyncio.Protocol):
         if limits.max_connections and not limits.connection_allowed():
             self._queue(core, ex, host)
             return
-        self.ctx.loop.create_task(self._connect(core, ex, host, cluster.connect_timeout))
+        self._open_new(core, ex, host)
+
+    def _open_new(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
+        cluster = ex.cluster
+        assert cluster is not None
+        limits = cluster.limits if cluster.limits.per_connection else None
+        if limits is not None:
+            # Counted now, not once connected: the next request must see the slot taken.
+            limits.cx_active += 1
+        self.ctx.loop.create_task(self._connect(core, ex, host, cluster.connect_timeout, limits))
 
     def _queue(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
         """No connection slot left (max_connections): wait as pending, or 503 UO when too many wait."""
@@ -295,24 +305,19 @@ class DownstreamHttp(asyncio.Protocol):
 
     def open_pending(self, entry: PendingOpen) -> None:
         """A connection slot freed for the pending request ``entry``."""
-        cluster = entry.ex.cluster
-        assert cluster is not None
-        self.ctx.loop.create_task(self._connect(entry.core, entry.ex, entry.host, cluster.connect_timeout))
+        self._open_new(entry.core, entry.ex, entry.host)
 
     def attach_pending(self, entry: PendingOpen, up: UpstreamHttp) -> None:
         """A connection to its host was released for the pending request ``entry``."""
         entry.core.attached(entry.ex, up, _monotonic())
         self.run(entry.core)
 
-    async def _connect(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, timeout: float) -> None:
+    async def _connect(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, timeout: float,
+                       limits: ClusterLimits | None) -> None:
         ctx = self.ctx
-        cluster = ex.cluster
-        limits = cluster.limits if cluster is not None and cluster.limits.per_connection else None
-        if limits is not None:
-            limits.cx_active += 1
         try:
             async with asyncio.timeout(timeout):
-                _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host, limits), cluster, host)
+                _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host, limits), ex.cluster, host)
         except (OSError, TimeoutError) as exc:
             if limits is not None:
                 limits.cx_active -= 1
