@@ -264,8 +264,7 @@ def test_seed_era_route_rule(bookinfo: Any) -> None:
 @pytest.mark.parametrize(("manifest", "fields"), [
     ("istio/mirror.yaml", ["spec.http[0].mirror", "spec.http[0].mirrorPercentage"]),
 ])
-def test_circuit_breaking_outlier_detection_and_mirroring_are_refused(bookinfo: Any, manifest: str,
-                                                                      fields: list[str]) -> None:
+def test_mirroring_is_refused(bookinfo: Any, manifest: str, fields: list[str]) -> None:
     before = json.loads(bookinfo.sh("cat $MESHBOX_LOCAL_STATE/state.json"))["istio"]
     result = subprocess.run(["bash", "-c", f"meshctl local apply -f {manifest}"], cwd=Path(__file__).parent,
                             env=bookinfo.env, capture_output=True, text=True, timeout=60)

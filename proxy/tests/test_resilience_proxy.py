@@ -179,6 +179,26 @@ def test_max_requests_overflow_is_503_uo(kit: Any, tmp_path: Path) -> None:
     kit.run(main())
 
 
+def test_connections_pooled_before_the_limits_do_not_count_as_slots(kit: Any, tmp_path: Path) -> None:
+    """Idle connections to the endpoint from before max_connections applied are not used by the
+    limited cluster: 6 requests at once still get one connection and one pending request."""
+    async def main() -> None:
+        backend = await kit.Backend("b", _answers(200, delay=0.3)).start()
+        port = kit.free_port()
+        config = kit.http_config(port, {"svc": [backend.port]})
+        async with kit.proxy(config, tmp_path) as p:
+            assert [r.status for r in await asyncio.gather(*(kit.get(port) for _ in range(4)))] == [200] * 4
+            config.clusters[0].circuit_breakers.max_connections = 1
+            config.clusters[0].circuit_breakers.max_pending_requests = 1
+            config.clusters[0].circuit_breakers.max_requests_per_connection = 1
+            await p.server.apply(config)
+            responses = await asyncio.gather(*(kit.get(port) for _ in range(6)))
+        assert sorted(r.status for r in responses) == [200, 200, 503, 503, 503, 503]
+        assert backend.connections == 4 + 2  # one per request once the limits apply
+
+    kit.run(main())
+
+
 def test_max_requests_per_connection(kit: Any, tmp_path: Path) -> None:
     async def main() -> None:
         backend = await kit.Backend("b").start()

@@ -192,5 +192,6 @@ class ExchangeResilience(ExchangeState):
             self._report(ex, ex.response_code, now)
         elif flags.startswith(("UF", "UC", "UPE")):
             self._report(ex, NO_ANSWER, now)
-        elif flags.startswith("UT"):
+        elif flags.startswith("UT") and ex.sent_at:
+            # (Not when it timed out still waiting for a connection slot: the endpoint never saw it.)
             self._report(ex, 504, now)

@@ -268,19 +268,36 @@ class DownstreamHttp(asyncio.Protocol):
     def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:
         """An idle pooled connection to ``host`` (most recently used first) unless ``fresh``, else a new one."""
         idle = host.idle
-        while idle and not fresh:
-            up = cast(UpstreamHttp, idle.pop())
-            if not up.closed:
-                up.reused = True
-                core.attached(ex, up, _monotonic())
-                return
         cluster = ex.cluster
         assert cluster is not None
         limits = cluster.limits
+        if limits.per_connection:
+            # Only a connection holding one of this cluster's slots (not one pooled before its limits).
+            if not fresh and self._reuse_counted(core, ex, host, limits):
+                return
+        else:
+            while idle and not fresh:
+                up = cast(UpstreamHttp, idle.pop())
+                if not up.closed:
+                    up.reused = True
+                    core.attached(ex, up, _monotonic())
+                    return
         if limits.max_connections and not limits.connection_allowed():
             self._queue(core, ex, host)
             return
         self._open_new(core, ex, host)
+
+    @staticmethod
+    def _reuse_counted(core: ExchangeCore, ex: Exchange, host: UpstreamHost, limits: ClusterLimits) -> bool:
+        idle = host.idle
+        for i in range(len(idle) - 1, -1, -1):
+            up = cast(UpstreamHttp, idle[i])
+            if up.limits is limits and not up.closed:
+                del idle[i]
+                up.reused = True
+                core.attached(ex, up, _monotonic())
+                return True
+        return False
 
     def _open_new(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
         cluster = ex.cluster
