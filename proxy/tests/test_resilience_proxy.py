@@ -32,7 +32,7 @@ def _answers(*script: int | str, delay: float = 0.0) -> Callable[..., Any]:
         calls["n"] += 1
         if delay:
             await asyncio.sleep(delay)
-        if step == "close":
+        if not isinstance(step, int):  # "close"
             return False
         body = b"%s %d" % (backend.name.encode(), step)
         writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-backend: %s\r\n\r\n%s"
@@ -355,5 +355,63 @@ def test_connection_pool_limits_in_a_proxy_process(kit: Any, proxy_cli: Callable
         assert "meshbox_proxy_upstream_rq_pending_overflow_total 4" in metrics
         assert "meshbox_proxy_upstream_cx_overflow_total 5" in metrics  # every request that found no slot
         assert 'response_code="503",response_flags="UO"} 4' in metrics
+
+    kit.run(main())
+
+
+def test_tcp_max_connections_and_ejection_of_a_refusing_endpoint(kit: Any, tmp_path: Path) -> None:
+    """At L4: a connection over max_connections is closed at once, flag UO; an endpoint whose connects
+    fail is ejected (Envoy counts connect failures as 5xx for TCP too) and connections go elsewhere."""
+    async def main() -> None:
+        async def upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(1024):
+                writer.write(data.upper())
+            writer.close()
+
+        server = await asyncio.start_server(upper, "127.0.0.1", 0)
+        backend_port = server.sockets[0].getsockname()[1]
+        dead = kit.free_port()
+        port = kit.free_port()
+
+        def config(endpoints: list[int]) -> pc.ProxyConfig:
+            c = pc.ProxyConfig(
+                listeners=[pc.Listener(name="tcp", direction=pc.OUTBOUND, address="127.0.0.1", port=port,
+                                       protocol=pc.TCP, cluster="db", bind=True)],
+                clusters=[pc.Cluster(name="db", service="db.default.svc.cluster.local")],
+                endpoints=[pc.ClusterLoadAssignment(cluster_name="db", endpoints=[
+                    pc.Endpoint(address="127.0.0.1", port=p) for p in endpoints])])
+            return c
+
+        async def talk() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"hi")
+            try:
+                return await asyncio.wait_for(reader.read(10), 2)
+            finally:
+                writer.close()
+
+        limited = config([backend_port])
+        limited.clusters[0].circuit_breakers.max_connections = 1
+        async with kit.proxy(limited, tmp_path) as p:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"one")
+            assert await reader.readexactly(3) == b"ONE"
+            assert await talk() == b""  # refused: the only slot is taken
+            writer.close()
+            await asyncio.sleep(0.1)
+            assert await talk() == b"HI"  # the slot is free again
+            lines = await p.wait_log(3)
+            assert p.ctx.stats.counters["upstream_cx_overflow"] == 1
+        assert [kit.log_fields(line)[3] for line in lines].count("UO") == 1
+
+        ejecting = config([dead, backend_port])
+        ejecting.clusters[0].outlier_detection.consecutive_5xx = 1
+        ejecting.clusters[0].outlier_detection.max_ejection_percent = 50
+        async with kit.proxy(ejecting, tmp_path) as p:
+            answers = [await talk() for _ in range(6)]
+            ejected = p.ctx.snapshot.clusters["db"].guard.outlier.ejected
+        assert answers.count(b"") == 1 and answers.count(b"HI") == 5
+        assert [h.port for h in ejected] == [dead]
+        server.close()
 
     kit.run(main())

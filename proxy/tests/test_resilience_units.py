@@ -11,6 +11,7 @@ from meshbox.proxy.circuit_breaker import BreakerSettings, ClusterLimits
 from meshbox.proxy.cluster_resilience import ClusterGuard, ResilienceSettings
 from meshbox.proxy.consistent_hash import COOKIE, HashKey, HashRing, client_ip, cookie_value
 from meshbox.proxy.load_balancer import random_choice
+from meshbox.proxy.metrics import Stats
 from meshbox.proxy.outlier_detection import NO_ANSWER, OutlierDetector, OutlierSettings
 from meshbox.proxy.retry_policy import CONNECT_FAILURE, RESET, TRY_TIMEOUT, compile_retry_policy
 from meshbox.proxy.snapshot import make_picker
@@ -132,11 +133,15 @@ def test_guard_skips_ejected_hosts_and_uses_all_in_panic() -> None:
     hosts = _hosts(3)
     settings = ResilienceSettings(outlier=OutlierSettings(consecutive_5xx=1, max_ejection_percent=100))
     guard = ClusterGuard(settings, "ROUND_ROBIN", hosts, [1, 1, 1], ClusterLimits(settings.breaker), make_picker)
-    assert guard.report(hosts[0], 500, 0.0)
-    assert {guard.pick([], None, 0.1) for _ in range(10)} == {hosts[1], hosts[2]}
-    guard.report(hosts[1], 500, 0.2)
-    guard.report(hosts[2], 500, 0.3)
-    assert {guard.pick([], None, 0.4) for _ in range(10)} == set(hosts)  # panic: all of them
+    stats = Stats()
+    guard.report(hosts[0], 500, 0.0, stats)
+    assert stats.counters == {"outlier_detection_ejections_enforced": 1, "outlier_detection_ejections_active": 1}
+    assert {guard.pick([], None, 0.1, stats) for _ in range(10)} == {hosts[1], hosts[2]}
+    guard.report(hosts[1], 500, 0.2, stats)
+    guard.report(hosts[2], 500, 0.3, stats)
+    assert {guard.pick([], None, 0.4, stats) for _ in range(10)} == set(hosts)  # panic: all of them
+    assert {guard.pick([], None, 40.0, stats) for _ in range(10)} == set(hosts)  # reviewed: none ejected
+    assert stats.counters["outlier_detection_ejections_active"] == 0
 
 
 def test_ring_hash_is_stable_and_moves_only_the_removed_hosts_keys() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from meshbox.proxy.circuit_breaker import BreakerSettings, ClusterLimits
 from meshbox.proxy.consistent_hash import DEFAULT_RING_SIZE, HashKey, HashRing
+from meshbox.proxy.metrics import Stats
 from meshbox.proxy.outlier_detection import OutlierDetector, OutlierSettings
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
@@ -54,12 +55,16 @@ class ClusterGuard:
         self.key = HashKey(*settings.hash_on) if settings.hash_on is not None else None
         self.picker = make_picker(policy, hosts, weights)
 
-    def pick(self, headers: list[tuple[bytes, bytes]], remote: str | None, now: float) -> UpstreamHost | None:
-        """An endpoint for a request (None: the cluster has none)."""
+    def pick(self, headers: list[tuple[bytes, bytes]], remote: str | None, now: float,
+             stats: Stats) -> UpstreamHost | None:
+        """An endpoint for a request (None: the cluster has none); ejections that end now leave the
+        gauge ``outlier_detection_ejections_active`` of ``stats``."""
         skip = _NOTHING
         outlier = self.outlier
         if outlier is not None:
+            ejected = len(outlier.ejected)
             if outlier.review(now):
+                stats.incr("outlier_detection_ejections_active", len(outlier.ejected) - ejected)
                 self._rebuild()
             if outlier.ejected and not outlier.panic():
                 skip = outlier.ejected
@@ -69,13 +74,15 @@ class ClusterGuard:
             return ring.pick(key, skip)
         return self.picker()
 
-    def report(self, host: UpstreamHost | None, status: int, now: float) -> bool:
-        """An attempt's outcome on ``host`` (status, or outlier_detection.NO_ANSWER). True: it was ejected."""
+    def report(self, host: UpstreamHost | None, status: int, now: float, stats: Stats) -> None:
+        """An attempt's outcome on ``host`` (status, or outlier_detection.NO_ANSWER), counted in ``stats``
+        when it ejects the host."""
         outlier = self.outlier
         if outlier is None or host is None or not outlier.report(host, status, now):
-            return False
+            return
+        stats.incr("outlier_detection_ejections_enforced")
+        stats.incr("outlier_detection_ejections_active")
         self._rebuild()
-        return True
 
     def _rebuild(self) -> None:
         """Balance over the endpoints not ejected (over all of them in panic)."""

@@ -138,12 +138,7 @@ class ExchangeResilience(ExchangeState):
                 return
             ex.held |= HELD_REQUEST
         head = ex.head
-        outlier = guard.outlier
-        ejected = len(outlier.ejected) if outlier is not None else 0
-        host = guard.pick(head.headers if head is not None else [], self.remote, now)
-        if outlier is not None and len(outlier.ejected) != ejected:
-            # Ejections ended at this interval's review.
-            self.ctx.stats.incr("outlier_detection_ejections_active", len(outlier.ejected) - ejected)
+        host = guard.pick(head.headers if head is not None else [], self.remote, now, self.ctx.stats)
         if host is None:
             self._local_reply(ex, 503, b"no healthy upstream", "UH", now)
             return
@@ -170,9 +165,8 @@ class ExchangeResilience(ExchangeState):
         """One attempt's outcome on ``ex.host``, for the cluster's outlier detection."""
         cluster = ex.cluster
         guard = cluster.guard if cluster is not None else None
-        if guard is not None and guard.outlier is not None and guard.report(ex.host, status, now):
-            self.ctx.stats.incr("outlier_detection_ejections_enforced")
-            self.ctx.stats.incr("outlier_detection_ejections_active")
+        if guard is not None and guard.outlier is not None:
+            guard.report(ex.host, status, now, self.ctx.stats)
 
     def _release(self, ex: Exchange, now: float) -> None:
         """``ex`` is over: give back what it held of its cluster's limits, report its last attempt."""
