@@ -254,6 +254,32 @@ def test_outlier_ejection_and_return(kit: Any, tmp_path: Path) -> None:
     kit.run(main())
 
 
+def test_ejections_and_counts_survive_a_config_push(kit: Any, tmp_path: Path) -> None:
+    """Discovery pushes a new config on any change in the mesh: a cluster whose settings did not
+    change keeps its ejections (and its counts); one whose settings changed starts afresh."""
+    async def main() -> None:
+        good = await kit.Backend("good", _answers(200)).start()
+        bad = await kit.Backend("bad", _answers(500)).start()
+        port = kit.free_port()
+        config = kit.http_config(port, {"svc": [good.port, bad.port], "other": [good.port]})
+        config.clusters[0].outlier_detection.consecutive_5xx = 1
+        config.clusters[0].outlier_detection.max_ejection_percent = 50
+        async with kit.proxy(config, tmp_path) as p:
+            codes = [(await kit.get(port)).status for _ in range(4)]
+            config.endpoints[1].endpoints[0].weight = 2  # a change elsewhere
+            await p.server.apply(config)
+            after_push = [(await kit.get(port)).status for _ in range(6)]
+            kept = len(p.ctx.snapshot.clusters["svc"].guard.outlier.ejected)
+            config.clusters[0].outlier_detection.consecutive_5xx = 2  # this cluster's own settings
+            await p.server.apply(config)
+            fresh = len(p.ctx.snapshot.clusters["svc"].guard.outlier.ejected)
+            gauge = p.ctx.stats.counters["outlier_detection_ejections_active"]
+        assert sorted(codes) == [200, 200, 200, 500] and after_push == [200] * 6
+        assert (kept, fresh, gauge) == (1, 0, 0)
+
+    kit.run(main())
+
+
 def test_a_fully_ejected_cluster_still_serves(kit: Any, tmp_path: Path) -> None:
     """Panic: with its only endpoint ejected the cluster balances over all endpoints (no 503 UH)."""
     async def main() -> None:

@@ -7,8 +7,9 @@ Clusters without any of these have no guard: the exchange core tests one attribu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshbox.proxy.circuit_breaker import BreakerSettings, ClusterLimits
 from meshbox.proxy.consistent_hash import DEFAULT_RING_SIZE, HashKey, HashRing
@@ -84,6 +85,22 @@ class ClusterGuard:
         stats.incr("outlier_detection_ejections_active")
         self._rebuild()
 
+    def inherit(self, before: ClusterGuard) -> None:
+        """Take over the records and ejections of ``before`` (the same cluster in the previous config)
+        for the endpoints still in the cluster."""
+        outlier, old = self.outlier, before.outlier
+        if outlier is None or old is None:
+            return
+        for host in outlier.records:
+            record = old.records.get(host)
+            if record is not None:
+                outlier.records[host] = record
+                if host in old.ejected:
+                    outlier.ejected.add(host)
+        outlier.next_review = old.next_review
+        outlier.ejections_total = old.ejections_total
+        self._rebuild()
+
     def _rebuild(self) -> None:
         """Balance over the endpoints not ejected (over all of them in panic)."""
         outlier = self.outlier
@@ -93,6 +110,27 @@ class ClusterGuard:
         kept = [(h, w) for h, w in zip(self.hosts, self.weights, strict=True) if h not in outlier.ejected]
         self.picker = self.make_picker(self.policy, [h for h, _ in kept], [w for _, w in kept])
 
+
+
+def carry_over(before: Mapping[str, Any], after: Mapping[str, Any], stats: Stats) -> None:
+    """A new config replaces the clusters ``before`` with ``after`` (name → ClusterRuntime): a cluster
+    whose settings did not change keeps its counts (one ClusterLimits for the requests of both
+    configs) and its ejections (discovery pushes a new config on any change in the mesh). The
+    ejections gauge follows what is ejected now."""
+    ejected_before = sum(len(c.guard.outlier.ejected) for c in before.values()
+                         if c.guard is not None and c.guard.outlier is not None)
+    for name, cluster in after.items():
+        old = before.get(name)
+        if old is None or old.resilience != cluster.resilience:
+            continue
+        cluster.limits = old.limits
+        if cluster.guard is not None and old.guard is not None:
+            cluster.guard.limits = old.limits
+            cluster.guard.inherit(old.guard)
+    ejected_after = sum(len(c.guard.outlier.ejected) for c in after.values()
+                        if c.guard is not None and c.guard.outlier is not None)
+    if ejected_after != ejected_before:
+        stats.incr("outlier_detection_ejections_active", ejected_after - ejected_before)
 
 
 def resilience_lines(name: str, settings: ResilienceSettings, limits: ClusterLimits,
