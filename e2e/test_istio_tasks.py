@@ -2,13 +2,16 @@
 (e2e/istio/) and echoservers standing in for BookInfo's services (e2e/bookinfo.yaml). Needs root.
 
 Request routing (all to v1, then by header), traffic shifting (50/50, then all to v3), fault
-injection (delay and abort), request timeouts and retries run as in Istio. Two stand-ins where
-echoservers cannot play their part: the slow upstream of the timeout task is a listener in the
-client pod that accepts and never answers (BookInfo's reviews would call a delayed ratings), and
-the retries task routes a ServiceEntry to one endpoint that refuses connections and one that
-serves. Circuit breaking, outlier detection and mirroring are not implemented by meshbox's proxy
-yet: applying those tasks' rules is refused with the field named, and nothing changes. Last, the
-route rule of the seed's time (config.istio.io/v1alpha2) routes reviews.
+injection (delay and abort), request timeouts, retries, circuit breaking and outlier detection run
+as in Istio. Stand-ins where echoservers cannot play their part: the slow upstream of the timeout
+task is a listener in the client pod that accepts and never answers (BookInfo's reviews would call
+a delayed ratings); the retries task routes a ServiceEntry to one endpoint that refuses connections
+and one that serves; circuit breaking needs an upstream slow enough for requests to pile up (an
+HTTP server in the client pod answering after 1 s, where Istio's task loads httpbin with fortio),
+and outlier detection an endpoint that answers 500 (a server in the client pod, beside a reviews
+pod). Mirroring is not implemented by meshbox's proxy yet: applying that task's rule is refused
+with the field named, and nothing changes. Last, the route rule of the seed's time
+(config.istio.io/v1alpha2) routes reviews.
 """
 
 from __future__ import annotations
@@ -36,6 +39,22 @@ HANG = ("import socket, time\n"
         "        held.append(s.accept()[0])\n"
         "    except OSError:\n"
         "        pass\n")
+# A stand-in upstream in the client pod: answers every GET with STATUS after DELAY seconds (90 s at most).
+STAND_IN = ("import http.server, threading, time\n"
+            "class H(http.server.BaseHTTPRequestHandler):\n"
+            "    protocol_version = 'HTTP/1.1'\n"
+            "    def do_GET(self):\n"
+            "        time.sleep({delay})\n"
+            "        self.send_response({status})\n"
+            "        self.send_header('content-length', '8')\n"
+            "        self.end_headers()\n"
+            "        self.wfile.write(b'stand-in')\n"
+            "    def log_message(self, *args):\n"
+            "        pass\n"
+            "server = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), H)\n"
+            "server.daemon_threads = True\n"
+            "threading.Timer(90, server.shutdown).start()\n"
+            "server.serve_forever()\n")
 SERVICE_ENTRY = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata:
@@ -243,12 +262,9 @@ def test_seed_era_route_rule(bookinfo: Any) -> None:
 
 
 @pytest.mark.parametrize(("manifest", "fields"), [
-    ("istio/circuit-breaker.yaml", ["spec.trafficPolicy.connectionPool.tcp.maxConnections",
-                                    "spec.trafficPolicy.connectionPool.http", "spec.trafficPolicy.outlierDetection"]),
     ("istio/mirror.yaml", ["spec.http[0].mirror", "spec.http[0].mirrorPercentage"]),
 ])
-def test_circuit_breaking_outlier_detection_and_mirroring_are_refused(bookinfo: Any, manifest: str,
-                                                                      fields: list[str]) -> None:
+def test_mirroring_is_refused(bookinfo: Any, manifest: str, fields: list[str]) -> None:
     before = json.loads(bookinfo.sh("cat $MESHBOX_LOCAL_STATE/state.json"))["istio"]
     result = subprocess.run(["bash", "-c", f"meshctl local apply -f {manifest}"], cwd=Path(__file__).parent,
                             env=bookinfo.env, capture_output=True, text=True, timeout=60)
@@ -256,3 +272,114 @@ def test_circuit_breaking_outlier_detection_and_mirroring_are_refused(bookinfo: 
     for field in fields:
         assert f": {field}: not implemented by meshbox's proxy yet [MB0105]" in result.stderr, result.stderr
     assert json.loads(bookinfo.sh("cat $MESHBOX_LOCAL_STATE/state.json"))["istio"] == before  # nothing applied
+
+
+def _stand_in(mesh: Any, port: int, status: int, delay: float) -> subprocess.Popen[bytes]:
+    code = STAND_IN.format(port=port, status=status, delay=delay)
+    return subprocess.Popen(["bash", "-c", CLIENT + "\nexec meshctl local exec ${CLIENT} -c productpage -- "
+                             f"timeout 100 python3 -c \"{code}\""], env=mesh.env)
+
+
+def _concurrent_codes(mesh: Any, target: str, count: int) -> list[str]:
+    """``count`` requests at once from the client pod (curl in the background, then wait)."""
+    return _curl_parallel(mesh, target, count).split()
+
+
+def _curl_parallel(mesh: Any, target: str, count: int) -> str:
+    return mesh.sh(CLIENT, f"meshctl local exec ${{CLIENT}} -c productpage -- sh -c "
+                           f"'for i in $(seq {count}); do curl -s -m 5 -o /dev/null -w \"%{{http_code}}\\n\" "
+                           f"{target} & done; wait'")
+
+
+def _client_proxy(mesh: Any, what: str) -> str:
+    """The client pod's proxy: its access log ("logs") or an admin API page ("/clusters")."""
+    if what == "logs":
+        return mesh.sh(CLIENT, "meshctl local logs ${CLIENT} proxy")
+    return mesh.sh(CLIENT, f"meshctl local exec ${{CLIENT}} -c productpage -- curl -s 127.0.0.1:15000{what}")
+
+
+CIRCUIT_BREAKER = """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: slowbin
+spec:
+  host: slowbin.example.com
+  trafficPolicy:
+    connectionPool:
+      tcp:
+        maxConnections: 1
+      http:
+        http1MaxPendingRequests: 1
+        maxRequestsPerConnection: 1
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 3m
+      maxEjectionPercent: 100
+"""
+
+
+def test_circuit_breaking(bookinfo: Any, tmp_path: Path) -> None:
+    """Istio's circuit-breaking task: one connection and one pending request at most. The task's
+    rule applies as written (for ratings here); against a slow upstream, 10 requests at once get
+    their answers: the one in flight and the one waiting 200, the others 503 at once, flagged UO in
+    the client's proxy log; none is left without a status."""
+    assert re.search(r"destinationrule.networking.istio.io/ratings (created|configured)",
+                     _apply(bookinfo, "istio/circuit-breaker.yaml"))
+    assert set(_codes(bookinfo, "ratings:9080", 5)) == {"200"}
+    server = _stand_in(bookinfo, 9998, 200, 1.0)
+    try:
+        entry = tmp_path / "slowbin.yaml"
+        entry.write_text(SERVICE_ENTRY.format(name="slowbin", address="10.100.200.3", endpoints=(
+            "  - address: 127.0.0.1\n    ports:\n      http: 9998")))
+        _apply(bookinfo, entry)
+        time.sleep(1.0)
+        assert set(_concurrent_codes(bookinfo, "10.100.200.3:80", 5)) == {"200"}  # no limits yet
+        rule = tmp_path / "slowbin-dr.yaml"
+        rule.write_text(CIRCUIT_BREAKER)
+        assert "destinationrule.networking.istio.io/slowbin created" in _apply(bookinfo, rule)
+        codes: list[str] = []
+        for _ in range(20):  # until the rule reaches the client's proxy
+            if "503" in _concurrent_codes(bookinfo, "10.100.200.3:80", 10):
+                break
+        codes = _concurrent_codes(bookinfo, "10.100.200.3:80", 10)
+        assert len(codes) == 10 and set(codes) == {"200", "503"}, codes
+        # The one in flight and the one pending (one more if a curl starts after an answer).
+        assert 2 <= codes.count("200") <= 4, codes
+        log = _client_proxy(bookinfo, "logs")
+        assert re.search(r'"GET / HTTP/1.1" 503 UO .*"10.100.200.3" "127.0.0.1:9998"', log), log[-2000:]
+        clusters = _client_proxy(bookinfo, "/clusters")
+        assert "outbound|80||slowbin.example.com::circuit_breakers::max_connections::1" in clusters, clusters
+        overflow = re.search(r"outbound\|80\|\|slowbin.example.com::upstream_rq_pending_overflow::(\d+)", clusters)
+        assert overflow is not None and int(overflow.group(1)) >= 7, clusters
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_outlier_detection_ejects_a_failing_endpoint(bookinfo: Any, tmp_path: Path) -> None:
+    """Of two endpoints, one answers 500 (a stand-in in the client pod) and one is a reviews pod:
+    round robin alternates until the task's outlierDetection applies; then the failing one is ejected
+    after its first 500 and every request is answered by the pod. /clusters flags the ejected one."""
+    server = _stand_in(bookinfo, 9997, 500, 0)
+    try:
+        pod_ip = bookinfo.sh("meshctl local get pod -l app=reviews,version=v1 "
+                             "-o jsonpath='{.items[0].status.podIP}'")
+        entry = tmp_path / "failing.yaml"
+        entry.write_text(SERVICE_ENTRY.format(name="failing", address="10.100.200.4", endpoints=(
+            "  - address: 127.0.0.1\n    ports:\n      http: 9997\n"
+            f"  - address: {pod_ip}\n    ports:\n      http: 8080")))
+        _apply(bookinfo, entry)
+        assert set(_codes_until(bookinfo, "10.100.200.4:80", {"200", "500"})) == {"200", "500"}
+        rule = tmp_path / "failing-dr.yaml"
+        rule.write_text(CIRCUIT_BREAKER.replace("slowbin", "failing"))
+        _apply(bookinfo, rule)
+        assert set(_codes_until(bookinfo, "10.100.200.4:80", {"200"})) == {"200"}
+        assert set(_codes(bookinfo, "10.100.200.4:80", 20)) == {"200"}
+        clusters = _client_proxy(bookinfo, "/clusters")
+        assert "outbound|80||failing.example.com::127.0.0.1:9997::health_flags::/failed_outlier_check" in clusters, \
+            clusters
+        assert "outbound|80||failing.example.com::outlier::ejections_active::1" in clusters
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

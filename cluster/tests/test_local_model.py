@@ -121,10 +121,10 @@ def test_istio_objects_are_taken_and_unimplemented_fields_refused() -> None:
     assert [(r.kind, r.key) for r in resources] == [("VirtualService", "default/web"),
                                                     ("DestinationRule", "default/web")]
     with pytest.raises(ManifestError) as info:
-        parse_manifests(ISTIO_ROUTING.replace("  subsets:", "  trafficPolicy: {outlierDetection: {interval: 1s}}\n"
+        parse_manifests(ISTIO_ROUTING.replace("  subsets:", "  trafficPolicy: {tunnel: {protocol: CONNECT}}\n"
                                                             "  subsets:"), "istio.yaml")
     assert str(info.value) == ("istio.yaml (document 2): DestinationRule default/web: spec.trafficPolicy."
-                               "outlierDetection: not implemented by meshbox's proxy yet [MB0105]")
+                               "tunnel: not implemented by meshbox's proxy yet [MB0105]")
     with pytest.raises(ManifestError) as info:
         parse_manifests(ISTIO_ROUTING.replace("networking.istio.io/v1\n", "networking.istio.io/v2\n"), "istio.yaml")
     assert "apiVersion: 'networking.istio.io/v2' is not networking.istio.io/v1, " in str(info.value)

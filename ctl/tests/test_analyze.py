@@ -182,12 +182,12 @@ def test_seed_era_route_rules(tmp_path: Path) -> None:
     rules.write_text("apiVersion: config.istio.io/v1alpha2\nkind: RouteRule\nmetadata: {name: ratings-default}\n"
                      "spec:\n  destination: {name: ratings}\n  route: [{labels: {version: v1}}]\n---\n"
                      "apiVersion: config.istio.io/v1alpha2\nkind: DestinationPolicy\nmetadata: {name: reviews-cb}\n"
-                     "spec:\n  destination: {name: reviews}\n  circuitBreaker: {simpleCb: {maxConnections: 1}}\n")
+                     "spec:\n  destination: {name: reviews}\n  circuitBreaker: {custom: {name: x}}\n")
     result = run("-f", str(tmp_path))
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
         f"Error [MB0101] RouteRule default/ratings-default spec.destination: no Service or ServiceEntry has host "
         f"ratings.default.svc.cluster.local ({rules})",
-        f"Error [MB0105] DestinationPolicy default/reviews-cb spec.circuitBreaker: not implemented by meshbox's proxy "
+        f"Error [MB0105] DestinationPolicy default/reviews-cb spec.circuitBreaker.custom: not implemented by meshbox "
         f"yet ({rules})",
     ]

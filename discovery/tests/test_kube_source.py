@@ -386,11 +386,12 @@ def test_istio_virtual_services_and_destination_rules_from_watch_events() -> Non
             assert dict(reg.route_rules[0].spec.route[0].labels) == {"version": "v2"}
 
             broken = copy.deepcopy(ISTIO_DESTINATION_RULE)
-            broken["spec"]["trafficPolicy"] = {"outlierDetection": {"consecutive5xxErrors": 1}}
+            broken["spec"]["trafficPolicy"] = {"outlierDetection": {"splitExternalLocalOriginErrors": True}}
             await fake.put(broken)
             reg = await latest.until(lambda r: bool(r.errors))
             assert reg.errors == ("kubernetes:DestinationRule: DestinationRule default/service-two: "
-                                  "spec.trafficPolicy.outlierDetection: not implemented by meshbox's proxy yet; "
+                                  "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors: "
+                                  "not implemented by meshbox's proxy yet; "
                                   "its previous version keeps serving [MB0105]",)
             assert len(reg.route_rules) == 2 and reg.destination_policies
 

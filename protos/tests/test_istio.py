@@ -192,16 +192,15 @@ spec:
 """
 
 
-def test_circuit_breaking_and_outlier_detection_are_refused_by_name() -> None:
+def test_circuit_breaking_and_outlier_detection_translate() -> None:
     dr, findings = translate_destination_rule(load(CIRCUIT_BREAKER), source="cb.yaml")
-    assert dr is None
-    assert sorted(only(findings)) == [
-        ("MB0105", "spec.trafficPolicy.connectionPool.http", "not implemented by meshbox's proxy yet"),
-        ("MB0105", "spec.trafficPolicy.connectionPool.tcp.maxConnections", "not implemented by meshbox's proxy yet"),
-        ("MB0105", "spec.trafficPolicy.outlierDetection", "not implemented by meshbox's proxy yet"),
-    ]
-    assert str(findings[-1]) == ("cb.yaml: DestinationRule default/httpbin: spec.trafficPolicy.connectionPool.tcp."
-                                "maxConnections: not implemented by meshbox's proxy yet [MB0105]")
+    assert findings == [] and dr is not None
+    policy = dr.spec.policy
+    cb, od = policy.circuit_breakers, policy.outlier_detection
+    assert (cb.max_connections, cb.max_pending_requests, cb.max_requests_per_connection) == (1, 1, 1)
+    assert policy.connect_timeout.nanos == 250_000_000
+    assert (od.consecutive_5xx, od.interval.seconds, od.base_ejection_time.seconds, od.max_ejection_percent) == \
+        (1, 1, 180, 100)
 
 
 def test_mirroring_and_other_route_features_are_refused_by_name() -> None:
@@ -220,7 +219,7 @@ spec:
   - match: [{uri: {exact: /productpage}, method: {exact: GET}}]
     rewrite: {uri: /v1}
     headers: {request: {set: {x-a: b}}}
-    retries: {attempts: 2, retryOn: "5xx,connect-failure,retriable-4xx", backoff: 1s}
+    retries: {attempts: 2, retryOn: "5xx,connect-failure,retriable-4xx", backoff: 1s, retryRemoteLocalities: true}
     fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 5}}}
     route: [{destination: {host: ratings}}]
   tcp: [{route: [{destination: {host: reviews}}]}]
@@ -233,9 +232,7 @@ spec:
         "spec.hosts[0]": "wildcard hosts: not implemented by meshbox yet",
         "spec.http[0].rewrite": "not implemented by meshbox's proxy yet",
         "spec.http[0].headers": "not implemented by meshbox's proxy yet",
-        "spec.http[0].retries.backoff": "not implemented by meshbox's proxy yet",
-        "spec.http[0].retries.retryOn": "5xx, retriable-4xx: not implemented by meshbox's proxy yet "
-                                        "(it retries on connect-failure and per-try timeouts)",
+        "spec.http[0].retries.retryRemoteLocalities": "not implemented by meshbox's proxy yet",
         "spec.http[0].fault.abort.grpcStatus": "not implemented by meshbox's proxy yet",
         "spec.http[0].match[0].method": "not implemented by meshbox's proxy yet",
         "spec.http[0].match[0].uri.exact": "not implemented by meshbox's proxy yet (it matches path prefixes)",
@@ -270,16 +267,16 @@ metadata: {name: reviews}
 spec:
   host: reviews
   trafficPolicy:
-    loadBalancer: {simple: RANDOM, consistentHash: {httpHeaderName: x-user}}
+    loadBalancer: {simple: PASSTHROUGH}
     tls: {mode: ISTIO_MUTUAL}
   subsets:
   - {name: v1, labels: {version: v1}}
   - {name: v1, labels: {version: 1}}
 """), source="dr.yaml")
     assert only(findings) == [
-        ("MB0105", "spec.trafficPolicy.loadBalancer.consistentHash", "not implemented by meshbox's proxy yet"),
         ("MB0105", "spec.trafficPolicy.loadBalancer.simple",
-         "RANDOM: not implemented by meshbox's proxy yet (it has ROUND_ROBIN and LEAST_REQUEST)"),
+         "PASSTHROUGH: not implemented by meshbox's proxy yet (it has ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, "
+         "RANDOM)"),
         ("MB0105", "spec.trafficPolicy.tls.mode",
          "ISTIO_MUTUAL: not implemented by meshbox yet (sidecars talk plain TCP; only DISABLE)"),
         ("MB0100", "spec.subsets[1].labels.version", "label values must be strings, got 1 (quote it in YAML)"),
@@ -515,7 +512,6 @@ spec:
   circuitBreaker: {simpleCb: {maxConnections: 100}}
 """), source="policy.yaml")
     assert only(findings) == [
-        ("MB0105", "spec.circuitBreaker", "not implemented by meshbox's proxy yet"),
         ("MB0105", "spec.destination.labels", "policies for some pods of the destination only: not implemented by "
                                               "meshbox yet"),
     ]

@@ -10,6 +10,8 @@ from typing import Any
 import h11
 import pytest
 
+from meshbox.proxy.retry_policy import RETRY_BODY_LIMIT
+
 
 def _flag_of(kit: Any, line: str) -> tuple[int, str]:
     fields = kit.log_fields(line)
@@ -183,7 +185,10 @@ def test_per_try_timeout_retries_on_a_new_connection(kit: Any, tmp_path: Path) -
     kit.run(main())
 
 
-def test_per_try_timeout_without_retries_left_is_ut_and_bodies_are_not_replayed(kit: Any, tmp_path: Path) -> None:
+def test_per_try_timeout_without_retries_left_is_ut_and_only_kept_bodies_are_replayed(kit: Any,
+                                                                                      tmp_path: Path) -> None:
+    """A request body is sent again on a retry when it was kept (at most RETRY_BODY_LIMIT bytes);
+    a longer one is not replayed: the expired try ends like the route timeout."""
     async def main() -> None:
         port = kit.free_port()
         backend = await kit.Backend("b", _first_request_hangs()).start()
@@ -192,17 +197,26 @@ def test_per_try_timeout_without_retries_left_is_ut_and_bodies_are_not_replayed(
             no_retry = await kit.get(port)
             elapsed = time.monotonic() - t0
             lines = await p.wait_log(1)
-        with_body = await kit.Backend("c", _first_request_hangs()).start()
-        async with kit.proxy(_per_try_config(kit, port, with_body.port, attempts=3), tmp_path) as p2:
+        small = await kit.Backend("c", _first_request_hangs()).start()
+        large = await kit.Backend("d", _first_request_hangs()).start()
+        async with kit.proxy(_per_try_config(kit, port, small.port, attempts=3), tmp_path) as p2:
             client = await kit.Client.connect(port)
-            posted = await client.request("POST", body=b"not idempotent")
+            replayed = await client.request("POST", body=b"kept for a retry")
             client.close()
             lines2 = await p2.wait_log(1)
+        async with kit.proxy(_per_try_config(kit, port, large.port, attempts=3), tmp_path) as p3:
+            client = await kit.Client.connect(port)
+            too_long = await client.request("POST", body=b"x" * (RETRY_BODY_LIMIT + 1))
+            client.close()
+            lines3 = await p3.wait_log(1)
         assert (no_retry.status, no_retry.body) == (504, b"upstream request timeout")
         assert 0.15 <= elapsed < 1.5
         assert len(lines) == 1 and _flag_of(kit, lines[0]) == (504, "UT")
-        assert posted.status == 504 and len(with_body.requests) == 1
-        assert len(lines2) == 1 and _flag_of(kit, lines2[0]) == (504, "UT")
+        assert (replayed.status, replayed.body) == (200, b"second try")
+        assert [r.body for r in small.requests] == [b"kept for a retry"] * 2
+        assert len(lines2) == 1 and _flag_of(kit, lines2[0]) == (200, "-")
+        assert too_long.status == 504 and len(large.requests) == 1
+        assert len(lines3) == 1 and _flag_of(kit, lines3[0]) == (504, "UT")
 
     kit.run(main())
 

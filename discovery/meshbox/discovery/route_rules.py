@@ -95,12 +95,16 @@ def subset_policy(policy: routing_pb2.DestinationPolicySpec | None, subset: str)
 
 
 def cluster_for(name: str, fqdn: str, policy: routing_pb2.ClusterPolicy | None) -> pc.Cluster:
-    """A cluster with a DestinationRule's load balancer and connect timeout, when it sets them."""
+    """A cluster with a DestinationRule's load balancer, connect timeout, circuit breakers, outlier
+    detection and hash policy, when it sets them."""
     cluster = pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=fqdn)
     if policy is not None:
         cluster.lb_policy = policy.lb_policy or cluster.lb_policy
         if policy.HasField("connect_timeout"):
             cluster.connect_timeout.CopyFrom(policy.connect_timeout)
+        for part in ("circuit_breakers", "outlier_detection", "hash_policy"):
+            if policy.HasField(part):
+                getattr(cluster, part).CopyFrom(getattr(policy, part))
     return cluster
 
 

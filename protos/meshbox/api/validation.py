@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from meshbox.api.identity import IdentityError, check_namespace, check_trust_domain, parse_spiffe_id
+from meshbox.api.resilience_rules import cluster_problems, retry_policy_problems
 from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2, security_pb2
 
 
@@ -126,6 +127,8 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
             raise ValidationError(f"duplicate cluster {cluster.name!r}", source=source, path=f"clusters[{i}].name")
         clusters[cluster.name] = cluster
         _check_upstream_tls(cluster.tls, source=source, path=f"clusters[{i}].tls")
+        for where, problem in cluster_problems(cluster):
+            raise ValidationError(problem, source=source, path=f"clusters[{i}].{where}")
     for i, cla in enumerate(config.endpoints):
         if cla.cluster_name not in clusters:
             raise ValidationError(f"endpoints for unknown cluster {cla.cluster_name!r}", source=source,
@@ -154,6 +157,8 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
                         raise ValidationError(f"unknown cluster {wc.cluster!r}", source=source,
                                               path=f"{path}.clusters[{m}].cluster")
                 _check_weights([wc.weight for wc in route.clusters], source=source, path=f"{path}.clusters")
+                for where, problem in retry_policy_problems(route.retries):
+                    raise ValidationError(problem, source=source, path=f"{path}.retries.{where}")
                 for kind in ("delay", "abort"):
                     if route.fault.HasField(kind):
                         pct = getattr(route.fault, kind).percent
@@ -225,6 +230,8 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
         total = sum(d.weight for d in spec.route)
         if total != 100:
             raise ValidationError(f"route weights must add up to 100, got {total}", source=source, path=f"{path}.route")
+    for where, problem in retry_policy_problems(spec.retries):
+        raise ValidationError(problem, source=source, path=f"{path}.retries.{where}")
     for kind in ("delay", "abort"):
         if spec.fault.HasField(kind):
             pct = getattr(spec.fault, kind).percent

@@ -19,6 +19,7 @@ from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import security_pb2
 from meshbox.api.validation import ValidationError, validate_proxy_config
 from meshbox.proxy.authorization_compiler import compile_authorization
+from meshbox.proxy.resilience_compiler import compile_resilience, compile_retry
 from meshbox.proxy.snapshot import (
     DISABLE,
     INBOUND,
@@ -81,7 +82,8 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
             c.name, c.service, _seconds(c.connect_timeout, DEFAULT_CONNECT_TIMEOUT),
             pc.LbPolicy.Name(c.lb_policy or pc.ROUND_ROBIN), [hosts.get(ep.address, ep.port) for ep in eps],
             [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps],
-            tls_endpoints=_tls_endpoints(c.tls, eps), sans=frozenset(c.tls.subject_alt_names))
+            tls_endpoints=_tls_endpoints(c.tls, eps), sans=frozenset(c.tls.subject_alt_names),
+            resilience=compile_resilience(c))
     route_tables = {
         rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters) for r in vh.routes])
                                       for vh in rc.virtual_hosts])
@@ -130,6 +132,7 @@ def _route(route: pc.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime
         abort_status=fault.abort.http_status,
         delay_percent=fault.delay.percent if fault.HasField("delay") else 0.0,
         delay=_seconds(fault.delay.fixed_delay, 0.0),
+        retry_policy=compile_retry(route.retries),
     )
 
 

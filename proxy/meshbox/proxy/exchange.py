@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from meshbox.proxy.access_log import LogRecord
+from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import RequestHead
 from meshbox.proxy.snapshot import ClusterRuntime, ListenerRuntime, RouteRuntime
 from meshbox.proxy.tracing import Span
@@ -61,9 +62,9 @@ class Exchange(LogRecord):
     the I/O layer passed in (the core never reads a clock)."""
 
     __slots__ = (
-        "chunked_out", "close_after", "cluster", "head", "host", "listener", "pending", "pending_size",
-        "request_bytes", "request_done", "response_started", "retries_left", "route", "sent_at",
-        "span", "start", "timed", "up",
+        "chunked_out", "close_after", "cluster", "head", "held", "host", "limits", "listener", "pending",
+        "pending_size", "replay", "replay_size", "request_bytes", "request_done", "response_retry",
+        "response_started", "retries_left", "route", "sent_at", "span", "start", "timed", "up",
     )
 
     def __init__(self, head: RequestHead | None, remote: str | None, local: str | None, now: float) -> None:
@@ -95,3 +96,10 @@ class Exchange(LogRecord):
         self.timed: bool = False
         # This exchange's trace span when the proxy traces (meshbox.proxy.tracing).
         self.span: Span | None = None
+        # Resilience (exchange_resilience): the cluster limits it counts against until logged (and
+        # which: HELD_* bits), the request body kept for a retry, whether response heads may be retried.
+        self.limits: ClusterLimits | None = None
+        self.held: int = 0
+        self.replay: list[bytes] | None = None
+        self.replay_size: int = 0
+        self.response_retry: bool = False

@@ -27,9 +27,12 @@ from meshbox.proxy.exchange import (
     WRITE_UP,
     Exchange,
 )
-from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
+from meshbox.proxy.exchange_resilience import ExchangeResilience
+from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
+from meshbox.proxy.outlier_detection import NO_ANSWER
+from meshbox.proxy.retry_policy import CONNECT_FAILURE, TRY_TIMEOUT
 from meshbox.proxy.route_match import match_route
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
@@ -37,7 +40,7 @@ _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. 
 PENDING_BODY_LIMIT: Final = 1 << 20
 
 
-class ExchangeCore(ExchangeState):
+class ExchangeCore(ExchangeResilience):
     """The exchange state machine of one client connection (see the module docstring)."""
 
     # -- inputs from the client side ---------------------------------------------------------------
@@ -161,6 +164,8 @@ class ExchangeCore(ExchangeState):
             headers.append((b"host", (cluster.service or cluster.name).encode()))
         ex.request_bytes = self.up_framing.request_head(ex, target, headers)
         ex.retries_left = route.retries
+        if route.retries:
+            self._retry_setup(ex, route)
         if route.delay_percent and random.random() * 100 < route.delay_percent:
             ex.response_flags = "DI"
             self.actions.append((ARM, DELAY_TIMER, ex, route.delay))
@@ -184,6 +189,10 @@ class ExchangeCore(ExchangeState):
     def _connect(self, ex: Exchange, now: float, fresh: bool = False) -> None:
         cluster = ex.cluster
         assert cluster is not None
+        guard = cluster.guard
+        if guard is not None:
+            self._guarded_connect(ex, guard, now, fresh)
+            return
         host = cluster.pick()
         if host is None:
             self._local_reply(ex, 503, b"no healthy upstream", "UH", now)
@@ -215,18 +224,19 @@ class ExchangeCore(ExchangeState):
         """Connecting upstream for ``ex`` failed or timed out: retry while attempts are left, else 503 UF."""
         if self.exchange is not ex:
             return
-        if ex.retries_left > 0:
-            ex.retries_left -= 1
-            self.ctx.stats.incr("upstream_rq_retry")
-            self._connect(ex, now)
+        if self._retry_failure(ex, CONNECT_FAILURE) and self._may_retry(ex):
+            self._report(ex, NO_ANSWER, now)
+            self._retry(ex, now)
         else:
-            self._local_reply(ex, 503, _CONNECT_FAILURE, "UF", now)
+            self._local_reply(ex, 503, _CONNECT_FAILURE, self._exhausted(ex, "UF"), now)
         self.flush()
 
     def _request_body(self, ex: Exchange, data: bytes) -> None:
         ex.bytes_received += len(data)
         if not ex.request_done:
             data = self.up_framing.request_body(ex, data)
+        if ex.replay is not None:
+            self._keep_body(ex, data)
         up = ex.up
         if up is not None:
             self.actions.append((WRITE_UP, up, data))
@@ -247,6 +257,8 @@ class ExchangeCore(ExchangeState):
         ex.request_done = True
         end = self.up_framing.request_end(ex)
         if end:
+            if ex.replay is not None:
+                self._keep_body(ex, end)
             if ex.up is not None:
                 self.actions.append((WRITE_UP, ex.up, end))
             elif ex.route is not None:
@@ -287,16 +299,12 @@ class ExchangeCore(ExchangeState):
         ex = self.exchange
         if ex is None or ex.up is not up:
             return
-        stats = self.ctx.stats
-        stats.incr("upstream_rq_per_try_timeout")
-        head = ex.head
-        replayable = not ex.response_started and head is not None and not head.chunked and not head.content_length
-        if ex.retries_left > 0 and replayable:
-            ex.retries_left -= 1
-            stats.incr("upstream_rq_retry")
+        self.ctx.stats.incr("upstream_rq_per_try_timeout")
+        if self._retry_failure(ex, TRY_TIMEOUT) and self._replayable(ex) and self._may_retry(ex):
             self._detach(ex)
             self.actions.append((CLOSE_UP, up))
-            self._connect(ex, now)
+            self._report(ex, 504, now)
+            self._retry(ex, now)
             return
         self._route_timeout(ex, now)
 

@@ -27,6 +27,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.retry_policy import RESET
 from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
@@ -141,6 +142,28 @@ class ExchangeState:
     def _connect(self, ex: Exchange, now: float, fresh: bool = False) -> None:
         raise NotImplementedError
 
+    # -- provided by ExchangeResilience -------------------------------------------------------------
+    def _retry_response(self, ex: Exchange, head: ResponseHead, now: float) -> bool:
+        raise NotImplementedError
+
+    def _retry_failure(self, ex: Exchange, failure: int) -> bool:
+        raise NotImplementedError
+
+    def _replayable(self, ex: Exchange) -> bool:
+        raise NotImplementedError
+
+    def _may_retry(self, ex: Exchange) -> bool:
+        raise NotImplementedError
+
+    def _retry(self, ex: Exchange, now: float, fresh: bool = False) -> None:
+        raise NotImplementedError
+
+    def _report(self, ex: Exchange, status: int, now: float) -> None:
+        raise NotImplementedError
+
+    def _release(self, ex: Exchange, now: float) -> None:
+        raise NotImplementedError
+
     # -- response side -----------------------------------------------------------------------------
     def response_events(self, up: object, events: list[Any], now: float, closing: bool = False) -> None:
         """Events parsed from one read of upstream connection ``up`` (``closing``: from its end of stream,
@@ -165,6 +188,10 @@ class ExchangeState:
             elif type(ev) is ResponseHead:
                 self.up_keep_alive = ev.keep_alive
                 self._response_head(ex, ev, now)
+                if ex.up is not up:
+                    # Retried: the rest of that connection's answer is of no use.
+                    self.flush()
+                    return
             elif type(ev) is Tunnel:
                 ex.bytes_sent += len(ev.data)
                 out.append(ev.data)
@@ -176,6 +203,8 @@ class ExchangeState:
         assert request is not None
         if status < 200 and status != 101:
             self.out.append(self.down_framing.interim_head(ex, head))
+            return
+        if ex.response_retry and self._retry_response(ex, head, now):
             return
         ex.response_started = True
         ex.response_code = status
@@ -239,14 +268,25 @@ class ExchangeState:
             return
         head = ex.head
         if (silent_reuse and ex.retries_left > 0 and head is not None and head.method in IDEMPOTENT
-                and not head.content_length and not head.chunked and not ex.response_started):
-            ex.retries_left -= 1
-            self.ctx.stats.incr("upstream_rq_retry")
+                and not head.content_length and not head.chunked and not ex.response_started
+                and self._may_retry(ex)):
             self._detach(ex)
             self._disarm_route(ex)
-            self._connect(ex, now, fresh=True)
+            self._retry(ex, now, fresh=True)
+            return
+        if ex.retries_left > 0 and self._retry_failure_reset(ex) and self._replayable(ex) and self._may_retry(ex):
+            # The route retries resets (retry_on reset, 5xx, gateway-error): any request it can send again.
+            self._detach(ex)
+            self._report(ex, 503, now)
+            self._retry(ex, now, fresh=True)
             return
         self.upstream_failed(up, "UC", 503, TERMINATION, now)
+
+    def _retry_failure_reset(self, ex: Exchange) -> bool:
+        """Whether the route's retry policy retries a connection closed before the response head."""
+        route = ex.route
+        policy = route.retry_policy if route is not None else None
+        return policy is not None and policy.retries(RESET)
 
     def tunnel_closed(self, ex: Exchange, now: float) -> None:
         """Both sides of an upgraded connection are done."""
@@ -312,6 +352,8 @@ class ExchangeState:
         self.watch()
 
     def _log(self, ex: Exchange, now: float) -> None:
+        if ex.limits is not None:
+            self._release(ex, now)
         elapsed_ms = (now - ex.start) * 1000
         ex.duration_ms = int(elapsed_ms)
         self.actions.append((LOG, ex, elapsed_ms))

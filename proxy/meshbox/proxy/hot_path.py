@@ -13,6 +13,7 @@ HOT_PATH = (
     "meshbox.proxy.http_proxy",
     "meshbox.proxy.exchange",
     "meshbox.proxy.exchange_core",
+    "meshbox.proxy.exchange_resilience",
     "meshbox.proxy.exchange_state",
     "meshbox.proxy.upstream_http",
     "meshbox.proxy.header_policy",

@@ -1,7 +1,8 @@
-"""Endpoint pickers: weighted round robin and least request (power of two choices, like Envoy)."""
+"""Endpoint pickers: weighted round robin, least request (power of two choices, like Envoy) and random."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from collections.abc import Callable
@@ -54,3 +55,16 @@ def least_request(hosts: list[UpstreamHost], weights: list[int]) -> Picker:
         return a if a.active * wb <= b.active * wa else b
 
     return pick
+
+
+def random_choice(hosts: list[UpstreamHost], weights: list[int]) -> Picker:
+    """Any host at random, in proportion to its weight."""
+    if not hosts:
+        return _none
+    if len(set(weights)) == 1:
+        choice = random.choice
+        return lambda: choice(hosts)
+    cumulative = list(itertools.accumulate(weights))
+    total = cumulative[-1]
+    draw = random.randrange
+    return lambda: hosts[bisect.bisect_right(cumulative, draw(total))]

@@ -115,6 +115,11 @@ def render(stats: Iterable[Stats]) -> bytes:
     _requests(total, out)
     _tcp(total, out)
     for name, value in sorted(total.counters.items()):
+        if name.endswith("_active"):
+            # Kept up and down by the proxy (e.g. outlier_detection_ejections_active): a gauge.
+            _head(out, f"meshbox_proxy_{name}", "gauge", f"meshbox proxy gauge {name}.")
+            out.append(f"meshbox_proxy_{name} {_number(value)}".encode())
+            continue
         _head(out, f"meshbox_proxy_{name}_total", "counter", f"meshbox proxy counter {name}.")
         out.append(f"meshbox_proxy_{name}_total {_number(value)}".encode())
     out.append(b"")

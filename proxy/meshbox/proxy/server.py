@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from meshbox.proxy.cluster_resilience import carry_over
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.http_proxy import DownstreamHttp
 from meshbox.proxy.inbound_tls import InboundGate
@@ -155,6 +156,8 @@ class ProxyServer:
             for server in added.values():
                 server.close()
             raise ConfigRejected(f"config: cannot bind listener: {exc.strerror or exc}") from None
+        if self.ctx.snapshot is not None:
+            carry_over(self.ctx.snapshot.clusters, snap.clusters, self.ctx.stats)
         self.ctx.snapshot = snap
         self.version = snap.version
         self.bound.update(added)

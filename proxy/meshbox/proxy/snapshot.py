@@ -17,7 +17,10 @@ import re
 from dataclasses import dataclass
 
 from meshbox.proxy.authorization import Authorizer
-from meshbox.proxy.load_balancer import Picker, least_request, round_robin
+from meshbox.proxy.circuit_breaker import ClusterLimits
+from meshbox.proxy.cluster_resilience import ClusterGuard, ResilienceSettings
+from meshbox.proxy.load_balancer import Picker, least_request, random_choice, round_robin
+from meshbox.proxy.retry_policy import RetryPolicy
 from meshbox.proxy.route_match import match_route
 from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 
@@ -66,12 +69,16 @@ def metric_labels(direction: str, workload: Workload, service: str) -> tuple[str
 
 def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> Picker:
     """The endpoint picker of a load-balancing policy, by its meshbox.api.v1.LbPolicy name."""
-    make = least_request if policy == "LEAST_REQUEST" else round_robin
-    return make(hosts, weights)
+    if policy == "LEAST_REQUEST":
+        return least_request(hosts, weights)
+    if policy in ("RANDOM", "RING_HASH"):
+        # RING_HASH picks on the ring (ClusterGuard); this picker serves requests without a key.
+        return random_choice(hosts, weights)
+    return round_robin(hosts, weights)
 
 
 ClusterState = tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]],
-                     list[Workload | None], frozenset[tuple[str, int]], frozenset[str]]
+                     list[Workload | None], frozenset[tuple[str, int]], frozenset[str], ResilienceSettings]
 
 
 def _unadopted() -> UpstreamHost | None:
@@ -83,12 +90,13 @@ class ClusterRuntime:
     says serve each endpoint: outbound requests to such a host report it as destination_workload/_namespace/
     _app (:meth:`request_labels`)."""
 
-    __slots__ = ("by_host", "connect_timeout", "endpoints", "hosts", "labels", "name", "pick", "policy", "sans",
-                 "service", "tls_endpoints", "weights", "workloads")
+    __slots__ = ("by_host", "connect_timeout", "endpoints", "guard", "hosts", "labels", "limits", "name", "pick",
+                 "policy", "resilience", "sans", "service", "tls_endpoints", "weights", "workloads")
 
     def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
                  weights: list[int], workload: Workload, workloads: list[Workload | None] | None = None,
-                 tls_endpoints: frozenset[tuple[str, int]] = frozenset(), sans: frozenset[str] = frozenset()) -> None:
+                 tls_endpoints: frozenset[tuple[str, int]] = frozenset(), sans: frozenset[str] = frozenset(),
+                 resilience: ResilienceSettings | None = None) -> None:
         self.name = name
         self.service = service
         self.connect_timeout = connect_timeout
@@ -101,10 +109,17 @@ class ClusterRuntime:
         # Endpoints reached over mutual TLS, and the SPIFFE IDs their servers may present (empty: any).
         self.tls_endpoints = tls_endpoints
         self.sans = sans
+        # Circuit breakers, outlier detection, consistent hashing (cluster_resilience).
+        self.resilience = resilience if resilience is not None else ResilienceSettings()
         self._index()
 
     def _index(self) -> None:
         self.pick: Picker = make_picker(self.policy, self.hosts, self.weights)
+        # Counts for the limits (retries are limited on every cluster); a guard only when configured.
+        self.limits = ClusterLimits(self.resilience.breaker)
+        self.guard: ClusterGuard | None = ClusterGuard(
+            self.resilience, self.policy, self.hosts, self.weights, self.limits, make_picker,
+        ) if self.resilience.guarded else None
         # Outbound labels per host whose workload is known: computed once here, looked up per request.
         base = self.labels[OUTBOUND]
         self.by_host: dict[UpstreamHost, tuple[str, ...]] = {
@@ -125,14 +140,16 @@ class ClusterRuntime:
     # them twice would double the work of applying a huge config).
     def __getstate__(self) -> ClusterState:
         return (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-                self.workloads, self.tls_endpoints, self.sans)
+                self.workloads, self.tls_endpoints, self.sans, self.resilience)
 
     def __setstate__(self, state: ClusterState) -> None:
         (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-         self.workloads, self.tls_endpoints, self.sans) = state
+         self.workloads, self.tls_endpoints, self.sans, self.resilience) = state
         self.hosts = []
         self.pick = _unadopted
         self.by_host = {}
+        self.limits = ClusterLimits(self.resilience.breaker)
+        self.guard = None
 
     def adopt(self, registry: HostRegistry) -> None:
         """Use the registry's hosts (their pools and in-flight counts survive config swaps)."""
@@ -173,11 +190,12 @@ class RouteRuntime:
     """One route: match conditions, weighted clusters, timeout, retries, fault injection."""
 
     __slots__ = ("abort_percent", "abort_status", "clusters", "cumulative", "delay", "delay_percent", "headers",
-                 "per_try_timeout", "prefix", "retries", "single_cluster", "timeout", "total")
+                 "per_try_timeout", "prefix", "retries", "retry_policy", "single_cluster", "timeout", "total")
 
     def __init__(self, *, prefix: bytes, headers: list[HeaderMatcher], clusters: list[ClusterRuntime],
                  weights: list[int], timeout: float, retries: int, per_try_timeout: float | None,
-                 abort_percent: float, abort_status: int, delay_percent: float, delay: float) -> None:
+                 abort_percent: float, abort_status: int, delay_percent: float, delay: float,
+                 retry_policy: RetryPolicy | None = None) -> None:
         self.prefix = prefix
         self.headers = headers
         self.clusters = clusters
@@ -189,6 +207,8 @@ class RouteRuntime:
         self.total = self.cumulative[-1]
         self.timeout = timeout
         self.retries = retries
+        # What is retried and the backoff (None: no retries, or failed connects and per-try timeouts only).
+        self.retry_policy = retry_policy
         self.per_try_timeout = per_try_timeout
         self.abort_percent = abort_percent
         self.abort_status = abort_status

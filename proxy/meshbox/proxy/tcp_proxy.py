@@ -8,6 +8,7 @@ import time
 from typing import cast
 
 from meshbox.proxy.access_log import LogRecord
+from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.security_labels import with_security
@@ -49,6 +50,8 @@ class DownstreamTcp(asyncio.Protocol):
         self.logged = False
         # The verified client of a mutual TLS connection (set by the inbound TLS gate).
         self.peer: PeerIdentity | None = None
+        # The cluster limits this connection holds a connection slot of (circuit breaking).
+        self.slot: ClusterLimits | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -68,12 +71,26 @@ class DownstreamTcp(asyncio.Protocol):
                                  s.downstream_peer_uri, None)
         self.ctx.stats.tcp_opened(s.labels)
         host = self.target
-        if self.cluster is not None:
-            s.upstream_cluster = self.cluster.name
-            host = self.cluster.pick()
+        cluster = self.cluster
+        if cluster is not None:
+            s.upstream_cluster = cluster.name
+            guard = cluster.guard
+            # (With a guard: ejected endpoints skipped, hashed on the client's address.)
+            host = cluster.pick() if guard is None else guard.pick([], s.downstream_remote, time.monotonic(),
+                                                                   self.ctx.stats)
             if host is None:
                 self._refuse("UH")
                 return
+            limits = cluster.limits
+            if limits.max_connections:
+                if not limits.connection_allowed():
+                    self.ctx.stats.incr("upstream_cx_overflow")
+                    limits.cx_overflow += 1
+                    s.upstream_host = host.host
+                    self._refuse("UO")
+                    return
+                limits.cx_active += 1
+                self.slot = limits
         if host is None:
             self._refuse(self.refuse_flag)
             return
@@ -87,8 +104,10 @@ class DownstreamTcp(asyncio.Protocol):
                 _, up = await open_upstream(self.ctx, lambda: UpstreamTcp(self), self.cluster, host)
         except (OSError, TimeoutError) as exc:
             self.session.upstream_failure_reason = failure_reason(exc)
+            self._report(host, False)
             self._refuse("UF")
             return
+        self._report(host, True)
         self.session.upstream_peer_uri = host.peer_uri
         if self.transport is None or self.transport.is_closing():
             up.close()
@@ -101,6 +120,12 @@ class DownstreamTcp(asyncio.Protocol):
             self.transport.resume_reading()
         if self.eof:
             up.write_eof()
+
+    def _report(self, host: UpstreamHost, connected: bool) -> None:
+        """A connect's outcome, for the cluster's outlier detection (a failure counts as a 503)."""
+        guard = self.cluster.guard if self.cluster is not None else None
+        if guard is not None:
+            guard.report(host, 200 if connected else 503, time.monotonic(), self.ctx.stats)
 
     def _refuse(self, flag: str) -> None:
         self.session.response_flags = flag
@@ -162,6 +187,9 @@ class DownstreamTcp(asyncio.Protocol):
         if self.logged:
             return
         self.logged = True
+        if self.slot is not None:
+            self.slot.cx_active -= 1
+            self.slot = None
         s = self.session
         s.duration_ms = int((time.monotonic() - s.start) * 1000)
         self.ctx.access_log.log(s)

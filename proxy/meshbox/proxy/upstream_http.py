@@ -7,7 +7,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import ProtocolError
+from meshbox.proxy.connection_slots import hand_over, slot_freed
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import Exchange
 from meshbox.proxy.upstream_hosts import UpstreamHost
@@ -23,9 +25,12 @@ _monotonic: Final = time.monotonic
 class UpstreamHttp(asyncio.Protocol):
     """A connection to one upstream host; carries one exchange at a time, then waits in the host's pool."""
 
-    def __init__(self, ctx: ProxyContext, host: UpstreamHost) -> None:
+    def __init__(self, ctx: ProxyContext, host: UpstreamHost, limits: ClusterLimits | None = None) -> None:
         self.ctx = ctx
         self.host = host
+        # The limits of the cluster this connection holds a slot of (circuit breaking), and its requests.
+        self.limits = limits
+        self.requests = 0
         self.transport: asyncio.Transport | None = None
         self.down: DownstreamHttp | None = None
         self.parser: Any = None
@@ -45,6 +50,7 @@ class UpstreamHttp(asyncio.Protocol):
         assert head is not None
         self.down = down
         self.got_bytes = False
+        self.requests += 1
         if self.parser is None:
             self.parser = self.ctx.codec.response_parser(head.method, head.upgrade)
         else:
@@ -92,6 +98,11 @@ class UpstreamHttp(asyncio.Protocol):
         host = self.host
         if self in host.idle:
             host.idle.remove(self)
+        limits = self.limits
+        if limits is not None:
+            self.limits = None
+            limits.cx_active -= 1
+            slot_freed(limits)
         down = self.down
         tunnel_ex = self.tunnel_exchange
         if tunnel_ex is not None:
@@ -130,6 +141,8 @@ class UpstreamHttp(asyncio.Protocol):
     def release(self) -> None:
         """Back to the host's idle pool (or closed when the proxy is draining or the host left the config)."""
         self.down = None
+        if self.limits is not None and not self.closed and hand_over(self, self.limits):
+            return
         if self.closed or self.ctx.draining or self.host.retired or len(self.host.idle) >= MAX_IDLE_PER_HOST:
             self.close()
             return

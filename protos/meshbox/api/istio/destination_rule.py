@@ -1,7 +1,9 @@
 """Istio DestinationRule (networking.istio.io v1, v1beta1, v1alpha3) → meshbox DestinationPolicySpec.
 
-meshbox implements subsets (by labels), the simple load balancers its proxy has (round robin,
-least request) and the connect timeout; every other traffic policy field is refused by name.
+meshbox implements subsets (by labels), the simple load balancers (round robin, least request,
+random), consistent hashing on a header, cookie or the source IP, the connection pool limits
+(circuit breaking), outlier detection, the retry budget and the connect timeout (traffic_policy);
+every other traffic policy field is refused by name.
 """
 
 from __future__ import annotations
@@ -13,21 +15,20 @@ from typing import Any
 from meshbox.api.istio.fields import MESH_TODO, PROXY_TODO, Reader
 from meshbox.api.istio.findings import ERROR, Finding
 from meshbox.api.istio.objects import check_host, metadata, qualify_host, resource_label
+from meshbox.api.istio.traffic_policy import connection_pool, consistent_hash, outlier_detection, retry_budget
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import routing_pb2
 
 # Istio's simple load balancers → the proxy's; LEAST_CONN is Istio's deprecated name of LEAST_REQUEST.
-SIMPLE_LB = {"ROUND_ROBIN": pc.ROUND_ROBIN, "LEAST_REQUEST": pc.LEAST_REQUEST, "LEAST_CONN": pc.LEAST_REQUEST}
-_SIMPLE_LB_REFUSED = ("RANDOM", "PASSTHROUGH", "UNSPECIFIED")
+SIMPLE_LB = {"ROUND_ROBIN": pc.ROUND_ROBIN, "LEAST_REQUEST": pc.LEAST_REQUEST, "LEAST_CONN": pc.LEAST_REQUEST,
+             "RANDOM": pc.RANDOM}
+_SIMPLE_LB_REFUSED = ("PASSTHROUGH", "UNSPECIFIED")
 
 _SPEC_REFUSED = {"exportTo": f"exportTo: {MESH_TODO} (every policy applies mesh-wide)",
                  "workloadSelector": MESH_TODO}
-_POLICY_REFUSED = {"outlierDetection": PROXY_TODO, "portLevelSettings": MESH_TODO, "tunnel": PROXY_TODO,
-                   "proxyProtocol": PROXY_TODO, "retryBudget": PROXY_TODO}
-_LB_REFUSED = {"consistentHash": PROXY_TODO, "localityLbSetting": MESH_TODO, "zoneAwareLbSetting": MESH_TODO,
+_POLICY_REFUSED = {"portLevelSettings": MESH_TODO, "tunnel": PROXY_TODO, "proxyProtocol": PROXY_TODO}
+_LB_REFUSED = {"localityLbSetting": MESH_TODO, "zoneAwareLbSetting": MESH_TODO,
                "warmupDurationSecs": PROXY_TODO, "warmup": PROXY_TODO}
-_TCP_POOL_REFUSED = {"maxConnections": PROXY_TODO, "tcpKeepalive": PROXY_TODO,
-                     "maxConnectionDuration": PROXY_TODO, "idleTimeout": PROXY_TODO}
 
 
 @dataclass(frozen=True)
@@ -73,27 +74,30 @@ def translate_destination_rule(doc: Mapping[str, Any], *,
 
 
 def _policy(r: Reader, data: Any, path: str, out: routing_pb2.ClusterPolicy) -> None:
-    f = r.fields(data, path, "TrafficPolicy", ("loadBalancer", "connectionPool", "tls"), _POLICY_REFUSED)
+    f = r.fields(data, path, "TrafficPolicy",
+                 ("loadBalancer", "connectionPool", "outlierDetection", "retryBudget", "tls"), _POLICY_REFUSED)
     if "loadBalancer" in f:
         where = f"{path}.loadBalancer"
-        lb = r.fields(f["loadBalancer"], where, "LoadBalancerSettings", ("simple",), _LB_REFUSED)
+        lb = r.fields(f["loadBalancer"], where, "LoadBalancerSettings", ("simple", "consistentHash"), _LB_REFUSED)
         simple = lb.get("simple")
         if simple in SIMPLE_LB:
             out.lb_policy = SIMPLE_LB[simple]
         elif simple in _SIMPLE_LB_REFUSED:
-            r.refuse(f"{where}.simple", f"{simple}: {PROXY_TODO} (it has ROUND_ROBIN and LEAST_REQUEST)")
+            r.refuse(f"{where}.simple", f"{simple}: {PROXY_TODO} (it has {', '.join(SIMPLE_LB)})")
         elif simple is not None:
             r.invalid(f"{where}.simple", f"expected one of {', '.join([*SIMPLE_LB, *_SIMPLE_LB_REFUSED])}, "
                                          f"got {simple!r}")
+        if "consistentHash" in lb:
+            if simple is not None:
+                r.invalid(where, "simple and consistentHash exclude each other")
+            out.lb_policy = pc.RING_HASH
+            consistent_hash(r, lb["consistentHash"], f"{where}.consistentHash", out.hash_policy)
     if "connectionPool" in f:
-        where = f"{path}.connectionPool"
-        pool = r.fields(f["connectionPool"], where, "ConnectionPoolSettings", ("tcp",), {"http": PROXY_TODO})
-        if "tcp" in pool:
-            tcp = r.fields(pool["tcp"], f"{where}.tcp", "ConnectionPoolSettings.TCPSettings", ("connectTimeout",),
-                           _TCP_POOL_REFUSED)
-            if "connectTimeout" in tcp and \
-                    (d := r.duration(tcp["connectTimeout"], f"{where}.tcp.connectTimeout")) is not None:
-                out.connect_timeout.CopyFrom(d)
+        connection_pool(r, f["connectionPool"], f"{path}.connectionPool", out)
+    if "outlierDetection" in f:
+        outlier_detection(r, f["outlierDetection"], f"{path}.outlierDetection", out.outlier_detection)
+    if "retryBudget" in f:
+        retry_budget(r, f["retryBudget"], f"{path}.retryBudget", out.circuit_breakers.retry_budget)
     if "tls" in f:
         tls = r.fields(f["tls"], f"{path}.tls", "ClientTLSSettings", ("mode",),
                        {k: MESH_TODO for k in ("clientCertificate", "privateKey", "caCertificates", "credentialName",

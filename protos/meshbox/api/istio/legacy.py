@@ -24,7 +24,7 @@ KINDS = ("RouteRule", "DestinationPolicy")
 _RULE_REFUSED = {"redirect": PROXY_TODO, "rewrite": PROXY_TODO, "websocketUpgrade": PROXY_TODO,
                  "l4Fault": PROXY_TODO, "mirror": PROXY_TODO, "corsPolicy": PROXY_TODO, "appendHeaders": PROXY_TODO}
 _SERVICE_FIELDS = ("name", "namespace", "domain", "service")
-_LB = {"ROUND_ROBIN": pc.ROUND_ROBIN, "LEAST_CONN": pc.LEAST_REQUEST}
+_LB = {"ROUND_ROBIN": pc.ROUND_ROBIN, "LEAST_CONN": pc.LEAST_REQUEST, "RANDOM": pc.RANDOM}
 
 
 def is_istio_legacy(doc: Mapping[str, Any]) -> bool:
@@ -158,8 +158,8 @@ def translate_destination_policy(doc: Mapping[str, Any], *,
     """A v1alpha2 DestinationPolicy as a DestinationPolicySpec, or None with the findings that keep it out."""
     r = Reader(source, resource_label(doc))
     name, namespace = metadata(r, doc)
-    f = r.fields(doc.get("spec"), "spec", "DestinationPolicy", ("destination", "loadBalancing"),
-                 {"source": MESH_TODO, "circuitBreaker": PROXY_TODO, "custom": MESH_TODO})
+    f = r.fields(doc.get("spec"), "spec", "DestinationPolicy", ("destination", "loadBalancing", "circuitBreaker"),
+                 {"source": MESH_TODO, "custom": MESH_TODO})
     spec = routing_pb2.DestinationPolicySpec(destination=_service(
         r, f.get("destination"), "spec.destination", namespace,
         labels_refused=f"policies for some pods of the destination only: {MESH_TODO}"))
@@ -168,10 +168,36 @@ def translate_destination_policy(doc: Mapping[str, Any], *,
         policy = lb.get("name")
         if policy in _LB:
             spec.policy.lb_policy = _LB[policy]
-        elif policy == "RANDOM":
-            r.refuse("spec.loadBalancing.name", f"RANDOM: {PROXY_TODO} (it has ROUND_ROBIN and LEAST_CONN)")
         elif policy is not None:
             r.invalid("spec.loadBalancing.name", f"expected ROUND_ROBIN, LEAST_CONN or RANDOM, got {policy!r}")
+    if "circuitBreaker" in f:
+        _circuit_breaker(r, f["circuitBreaker"], "spec.circuitBreaker", spec.policy)
     if any(x.severity == ERROR for x in r.findings):
         return None, r.findings
     return LegacyDestinationPolicy(name, namespace, source, spec), r.findings
+
+
+def _circuit_breaker(r: Reader, data: Any, path: str, out: routing_pb2.ClusterPolicy) -> None:
+    """v1alpha2 circuitBreaker.simpleCb: the connection limits and outlier detection of its time."""
+    t = r.fields(data, path, "CircuitBreaker", ("simpleCb",), {"custom": MESH_TODO})
+    where = f"{path}.simpleCb"
+    cb = r.fields(t.get("simpleCb"), where, "SimpleCircuitBreakerPolicy",
+                  ("maxConnections", "httpMaxPendingRequests", "httpMaxRequests", "sleepWindow",
+                   "httpConsecutiveErrors", "httpDetectionInterval", "httpMaxRequestsPerConnection",
+                   "httpMaxEjectionPercent", "httpMaxRetries"), {})
+    limits = out.circuit_breakers
+    for name, field in (("maxConnections", "max_connections"), ("httpMaxPendingRequests", "max_pending_requests"),
+                        ("httpMaxRequests", "max_requests"), ("httpMaxRetries", "max_retries"),
+                        ("httpMaxRequestsPerConnection", "max_requests_per_connection")):
+        if name in cb:
+            setattr(limits, field, r.integer(cb[name], f"{where}.{name}", low=0, high=2**31 - 1) or 0)
+    if any(k in cb for k in ("httpConsecutiveErrors", "sleepWindow", "httpDetectionInterval",
+                             "httpMaxEjectionPercent")):
+        od = out.outlier_detection
+        od.consecutive_5xx = r.integer(cb.get("httpConsecutiveErrors", 5), f"{where}.httpConsecutiveErrors",
+                                       low=0, high=2**31 - 1) or 0
+        od.max_ejection_percent = r.integer(cb.get("httpMaxEjectionPercent", 10), f"{where}.httpMaxEjectionPercent",
+                                            low=0, high=100) or 0
+        for name, duration in (("sleepWindow", od.base_ejection_time), ("httpDetectionInterval", od.interval)):
+            if name in cb and (d := r.duration(cb[name], f"{where}.{name}")) is not None:
+                duration.CopyFrom(d)

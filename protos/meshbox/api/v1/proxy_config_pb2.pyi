@@ -71,12 +71,20 @@ class _LbPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LbPolicy.Val
     LB_POLICY_UNSPECIFIED: _LbPolicy.ValueType  # 0
     ROUND_ROBIN: _LbPolicy.ValueType  # 1
     LEAST_REQUEST: _LbPolicy.ValueType  # 2
+    RANDOM: _LbPolicy.ValueType  # 3
+    """Any endpoint, uniformly in proportion to weight."""
+    RING_HASH: _LbPolicy.ValueType  # 4
+    """Consistent hashing on a ring (Cluster.hash_policy gives the key; no key: RANDOM)."""
 
 class LbPolicy(_LbPolicy, metaclass=_LbPolicyEnumTypeWrapper): ...
 
 LB_POLICY_UNSPECIFIED: LbPolicy.ValueType  # 0
 ROUND_ROBIN: LbPolicy.ValueType  # 1
 LEAST_REQUEST: LbPolicy.ValueType  # 2
+RANDOM: LbPolicy.ValueType  # 3
+"""Any endpoint, uniformly in proportion to weight."""
+RING_HASH: LbPolicy.ValueType  # 4
+"""Consistent hashing on a ring (Cluster.hash_policy gives the key; no key: RANDOM)."""
 Global___LbPolicy: _TypeAlias = LbPolicy  # noqa: Y015
 
 @_typing.final
@@ -255,19 +263,46 @@ class RetryPolicy(_message.Message):
 
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     PER_TRY_TIMEOUT_FIELD_NUMBER: _builtins.int
+    RETRY_ON_FIELD_NUMBER: _builtins.int
+    RETRIABLE_STATUS_CODES_FIELD_NUMBER: _builtins.int
+    BACKOFF_BASE_INTERVAL_FIELD_NUMBER: _builtins.int
+    BACKOFF_MAX_INTERVAL_FIELD_NUMBER: _builtins.int
     attempts: _builtins.int
-    """Extra attempts after the first one fails to connect."""
+    """Extra attempts after the first one fails (see retry_on)."""
     @_builtins.property
     def per_try_timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def retry_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """When to retry, by Envoy's condition names (meshbox.api.retry_on.RETRY_ON): 5xx,
+        gateway-error, reset, connect-failure, refused-stream, retriable-4xx,
+        retriable-status-codes. Empty: failed connects and expired per-try timeouts only.
+        """
+
+    @_builtins.property
+    def retriable_status_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The statuses `retriable-status-codes` retries."""
+
+    @_builtins.property
+    def backoff_base_interval(self) -> _duration_pb2.Duration:
+        """Exponential backoff with full jitter between attempts: each waits a random time up to
+        base * 2^(retry - 1), at most max. Unset: 25ms base, max 10 times the base.
+        """
+
+    @_builtins.property
+    def backoff_max_interval(self) -> _duration_pb2.Duration: ...
     def __init__(
         self,
         *,
         attempts: _builtins.int = ...,
         per_try_timeout: _duration_pb2.Duration | None = ...,
+        retry_on: _abc.Iterable[_builtins.str] | None = ...,
+        retriable_status_codes: _abc.Iterable[_builtins.int] | None = ...,
+        backoff_base_interval: _duration_pb2.Duration | None = ...,
+        backoff_max_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["per_try_timeout", b"per_try_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backoff_base_interval", b"backoff_base_interval", "backoff_max_interval", b"backoff_max_interval", "per_try_timeout", b"per_try_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "per_try_timeout", b"per_try_timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "backoff_base_interval", b"backoff_base_interval", "backoff_max_interval", b"backoff_max_interval", "per_try_timeout", b"per_try_timeout", "retriable_status_codes", b"retriable_status_codes", "retry_on", b"retry_on"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -433,6 +468,160 @@ class RouteConfiguration(_message.Message):
 Global___RouteConfiguration: _TypeAlias = RouteConfiguration  # noqa: Y015
 
 @_typing.final
+class CircuitBreakers(_message.Message):
+    """Circuit breaking: limits on what one proxy sends to a cluster (Envoy's thresholds).
+    0 means no limit, except max_retries (0: 3, Envoy's default).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    MAX_PENDING_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    MAX_REQUESTS_PER_CONNECTION_FIELD_NUMBER: _builtins.int
+    RETRY_BUDGET_FIELD_NUMBER: _builtins.int
+    max_connections: _builtins.int
+    """Upstream connections open to the cluster's endpoints; a request that finds none idle
+    and this many open waits as pending.
+    """
+    max_pending_requests: _builtins.int
+    """Requests waiting for a connection; beyond it: 503, flag UO."""
+    max_requests: _builtins.int
+    """Requests in flight to the cluster; beyond it: 503, flag UO."""
+    max_retries: _builtins.int
+    """Retries in flight to the cluster (unless retry_budget is set)."""
+    max_requests_per_connection: _builtins.int
+    """Requests one upstream connection carries before it is closed."""
+    @_builtins.property
+    def retry_budget(self) -> Global___RetryBudget:
+        """Retries in flight limited to a share of the requests in flight instead."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: _builtins.int = ...,
+        max_pending_requests: _builtins.int = ...,
+        max_requests: _builtins.int = ...,
+        max_retries: _builtins.int = ...,
+        max_requests_per_connection: _builtins.int = ...,
+        retry_budget: Global___RetryBudget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retry_budget", b"retry_budget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_connections", b"max_connections", "max_pending_requests", b"max_pending_requests", "max_requests", b"max_requests", "max_requests_per_connection", b"max_requests_per_connection", "max_retries", b"max_retries", "retry_budget", b"retry_budget"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CircuitBreakers: _TypeAlias = CircuitBreakers  # noqa: Y015
+
+@_typing.final
+class RetryBudget(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_PERCENT_FIELD_NUMBER: _builtins.int
+    MIN_RETRY_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    budget_percent: _builtins.float
+    """Percent of the requests in flight (plus pending) that may be retries; 0 means 20."""
+    min_retry_concurrency: _builtins.int
+    """Retries always allowed in flight whatever the percentage; 0 means 3."""
+    def __init__(
+        self,
+        *,
+        budget_percent: _builtins.float = ...,
+        min_retry_concurrency: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_percent", b"budget_percent", "min_retry_concurrency", b"min_retry_concurrency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryBudget: _TypeAlias = RetryBudget  # noqa: Y015
+
+@_typing.final
+class OutlierDetection(_message.Message):
+    """Passive health checking: endpoints that fail in a row are ejected for a while."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONSECUTIVE_5XX_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_GATEWAY_ERRORS_FIELD_NUMBER: _builtins.int
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    BASE_EJECTION_TIME_FIELD_NUMBER: _builtins.int
+    MAX_EJECTION_PERCENT_FIELD_NUMBER: _builtins.int
+    MIN_HEALTH_PERCENT_FIELD_NUMBER: _builtins.int
+    consecutive_5xx: _builtins.int
+    """Consecutive 5xx answers (and failed connects, resets, timeouts) that eject; 0: off."""
+    consecutive_gateway_errors: _builtins.int
+    """Consecutive 502/503/504 answers (and failed connects, resets, timeouts) that eject; 0: off."""
+    max_ejection_percent: _builtins.int
+    """At most this percent of the endpoints ejected at once (at least one may be)."""
+    min_health_percent: _builtins.int
+    """Below this percent of endpoints not ejected, all are used (panic); none left: all are used."""
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration:
+        """How often ejections are reviewed; unset: 10s."""
+
+    @_builtins.property
+    def base_ejection_time(self) -> _duration_pb2.Duration:
+        """An ejection lasts this times the number of times the endpoint was ejected; unset: 30s."""
+
+    def __init__(
+        self,
+        *,
+        consecutive_5xx: _builtins.int = ...,
+        consecutive_gateway_errors: _builtins.int = ...,
+        interval: _duration_pb2.Duration | None = ...,
+        base_ejection_time: _duration_pb2.Duration | None = ...,
+        max_ejection_percent: _builtins.int = ...,
+        min_health_percent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["base_ejection_time", b"base_ejection_time", "interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_ejection_time", b"base_ejection_time", "consecutive_5xx", b"consecutive_5xx", "consecutive_gateway_errors", b"consecutive_gateway_errors", "interval", b"interval", "max_ejection_percent", b"max_ejection_percent", "min_health_percent", b"min_health_percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutlierDetection: _TypeAlias = OutlierDetection  # noqa: Y015
+
+@_typing.final
+class HashPolicy(_message.Message):
+    """The key of consistent hashing (lb_policy RING_HASH)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_NAME_FIELD_NUMBER: _builtins.int
+    COOKIE_NAME_FIELD_NUMBER: _builtins.int
+    USE_SOURCE_IP_FIELD_NUMBER: _builtins.int
+    MINIMUM_RING_SIZE_FIELD_NUMBER: _builtins.int
+    header_name: _builtins.str
+    """A request header's value (name lower-case)."""
+    cookie_name: _builtins.str
+    """A cookie's value (the proxy never sets the cookie)."""
+    use_source_ip: _builtins.bool
+    """The client's IP address."""
+    minimum_ring_size: _builtins.int
+    """Points on the ring; 0 means 1024."""
+    def __init__(
+        self,
+        *,
+        header_name: _builtins.str = ...,
+        cookie_name: _builtins.str = ...,
+        use_source_ip: _builtins.bool = ...,
+        minimum_ring_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cookie_name", b"cookie_name", "header_name", b"header_name", "key", b"key", "use_source_ip", b"use_source_ip"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie_name", b"cookie_name", "header_name", b"header_name", "key", b"key", "minimum_ring_size", b"minimum_ring_size", "use_source_ip", b"use_source_ip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["header_name", "cookie_name", "use_source_ip"]  # noqa: Y015
+    _WhichOneofArgType_key: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_key) -> _WhichOneofReturnType_key | None: ...
+
+Global___HashPolicy: _TypeAlias = HashPolicy  # noqa: Y015
+
+@_typing.final
 class Cluster(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -441,6 +630,9 @@ class Cluster(_message.Message):
     CONNECT_TIMEOUT_FIELD_NUMBER: _builtins.int
     SERVICE_FIELD_NUMBER: _builtins.int
     TLS_FIELD_NUMBER: _builtins.int
+    CIRCUIT_BREAKERS_FIELD_NUMBER: _builtins.int
+    OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
+    HASH_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     lb_policy: Global___LbPolicy.ValueType
     service: _builtins.str
@@ -453,6 +645,14 @@ class Cluster(_message.Message):
 
     @_builtins.property
     def tls(self) -> Global___UpstreamTls: ...
+    @_builtins.property
+    def circuit_breakers(self) -> Global___CircuitBreakers: ...
+    @_builtins.property
+    def outlier_detection(self) -> Global___OutlierDetection: ...
+    @_builtins.property
+    def hash_policy(self) -> Global___HashPolicy:
+        """RING_HASH: what to hash."""
+
     def __init__(
         self,
         *,
@@ -461,10 +661,13 @@ class Cluster(_message.Message):
         connect_timeout: _duration_pb2.Duration | None = ...,
         service: _builtins.str = ...,
         tls: Global___UpstreamTls | None = ...,
+        circuit_breakers: Global___CircuitBreakers | None = ...,
+        outlier_detection: Global___OutlierDetection | None = ...,
+        hash_policy: Global___HashPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout", "tls", b"tls"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "outlier_detection", b"outlier_detection", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout", "lb_policy", b"lb_policy", "name", b"name", "service", b"service", "tls", b"tls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "lb_policy", b"lb_policy", "name", b"name", "outlier_detection", b"outlier_detection", "service", b"service", "tls", b"tls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -171,18 +171,30 @@ class ClusterPolicy(_message.Message):
 
     LB_POLICY_FIELD_NUMBER: _builtins.int
     CONNECT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CIRCUIT_BREAKERS_FIELD_NUMBER: _builtins.int
+    OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
+    HASH_POLICY_FIELD_NUMBER: _builtins.int
     lb_policy: _proxy_config_pb2.LbPolicy.ValueType
     @_builtins.property
     def connect_timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def circuit_breakers(self) -> _proxy_config_pb2.CircuitBreakers: ...
+    @_builtins.property
+    def outlier_detection(self) -> _proxy_config_pb2.OutlierDetection: ...
+    @_builtins.property
+    def hash_policy(self) -> _proxy_config_pb2.HashPolicy: ...
     def __init__(
         self,
         *,
         lb_policy: _proxy_config_pb2.LbPolicy.ValueType = ...,
         connect_timeout: _duration_pb2.Duration | None = ...,
+        circuit_breakers: _proxy_config_pb2.CircuitBreakers | None = ...,
+        outlier_detection: _proxy_config_pb2.OutlierDetection | None = ...,
+        hash_policy: _proxy_config_pb2.HashPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "outlier_detection", b"outlier_detection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connect_timeout", b"connect_timeout", "lb_policy", b"lb_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "lb_policy", b"lb_policy", "outlier_detection", b"outlier_detection"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
