@@ -173,6 +173,7 @@ def test_max_requests_overflow_is_503_uo(kit: Any, tmp_path: Path) -> None:
         overflowed = [r for r in responses if r.status == 503]
         assert all(b"reset reason: overflow" in r.body for r in overflowed)
         assert sorted(_flag_of(kit, line) for line in lines) == [(200, "-")] * 2 + [(503, "UO")] * 3
+        assert {kit.log_fields(line)[-1] for line in lines if _flag_of(kit, line)[1] == "UO"} == {"-"}
         assert counters["upstream_rq_pending_overflow"] == 3
         assert after.status == 200  # the slots were given back
 

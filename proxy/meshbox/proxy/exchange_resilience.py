@@ -151,6 +151,8 @@ class ExchangeResilience(ExchangeState):
         if self.exchange is not ex:
             return
         self.ctx.stats.incr("upstream_rq_pending_overflow")
+        # No connection was made: the log shows no upstream host, as Envoy's does.
+        ex.upstream_host = None
         self._local_reply(ex, 503, OVERFLOW, "UO", now)
         self.flush()
 
