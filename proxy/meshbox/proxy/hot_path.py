@@ -32,6 +32,8 @@ HOT_PATH = (
     "meshbox.proxy.tracing",
     "meshbox.proxy.trace_context",
     "meshbox.proxy.security_labels",
+    "meshbox.proxy.inbound_policy",
+    "meshbox.proxy.peer_identity",
 )
 
 
