@@ -10,7 +10,7 @@ from typing import cast
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_identity import PeerIdentity
-from meshbox.proxy.security_labels import with_security
+from meshbox.proxy.security_labels import DESTINATION, with_security
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
@@ -47,6 +47,8 @@ class DownstreamTcp(asyncio.Protocol):
         self.eof = False
         self.upstream_eof = False
         self.logged = False
+        # Counted as opened (tcp_opened) under its full labels.
+        self.counted = False
         # The verified client of a mutual TLS connection (set by the inbound TLS gate).
         self.peer: PeerIdentity | None = None
 
@@ -61,12 +63,10 @@ class DownstreamTcp(asyncio.Protocol):
         if self.peer is not None:
             s.downstream_peer_uri = self.peer.uri
             s.downstream_tls_version = self.peer.tls_version
-        tls = self.ctx.tls
-        # The server's identity is not known yet when the connection opens: an outbound TCP connection
-        # reports destination_principal "unknown".
-        s.labels = with_security(s.labels, tls.identity if tls is not None else None,
-                                 s.downstream_peer_uri, None)
-        self.ctx.stats.tcp_opened(s.labels)
+        if s.labels[0] == DESTINATION:
+            self._count_opened(None)
+        # else (reporter "source") the server's identity, destination_principal, is known once the upstream
+        # connection is made: counted then (or at the end, when there is none).
         host = self.target
         if self.cluster is not None:
             s.upstream_cluster = self.cluster.name
@@ -90,6 +90,7 @@ class DownstreamTcp(asyncio.Protocol):
             self._refuse("UF")
             return
         self.session.upstream_peer_uri = host.peer_uri
+        self._count_opened(host.peer_uri)
         if self.transport is None or self.transport.is_closing():
             up.close()
             return
@@ -101,6 +102,17 @@ class DownstreamTcp(asyncio.Protocol):
             self.transport.resume_reading()
         if self.eof:
             up.write_eof()
+
+    def _count_opened(self, upstream_peer: str | None) -> None:
+        """Append the security labels (once) and count the connection as opened under them."""
+        if self.counted:
+            return
+        self.counted = True
+        s = self.session
+        tls = self.ctx.tls
+        s.labels = with_security(s.labels, tls.identity if tls is not None else None, s.downstream_peer_uri,
+                                 upstream_peer)
+        self.ctx.stats.tcp_opened(s.labels)
 
     def _refuse(self, flag: str) -> None:
         self.session.response_flags = flag
@@ -162,6 +174,7 @@ class DownstreamTcp(asyncio.Protocol):
         if self.logged:
             return
         self.logged = True
+        self._count_opened(None)
         s = self.session
         s.duration_ms = int((time.monotonic() - s.start) * 1000)
         self.ctx.access_log.log(s)
