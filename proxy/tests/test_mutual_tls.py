@@ -333,6 +333,10 @@ def test_tcp_listeners_and_clusters_over_mutual_tls(kit: Any, proxy_cli: Any, tm
             assert (await kit.get(pair.out_port, f"/again/{i}")).status == 200
         plain, _ = await kit.raw_exchange(pair.in_port, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         resumed.append(await pair.metrics(pair.client_admin))
+        # The access log line of a TCP session is written when it closes, its metrics with it.
+        wait_for_log(pair.client, "up=spiffe")
+        resumed.append(await pair.metrics(pair.server_admin))
+        resumed.append(await pair.metrics(pair.client_admin))
         backend.close()
         return response, plain
 
@@ -342,6 +346,19 @@ def test_tcp_listeners_and_clusters_over_mutual_tls(kit: Any, proxy_cli: Any, tm
     assert response.status == 200 and plain == b""
     # Each TCP connection opened its own TLS connection upstream: the later ones resumed a session.
     assert re.search(r"meshbox_proxy_upstream_ssl_session_reused_total [1-9]", resumed[0]), resumed[0]
+    # Istio's security labels of the TCP metrics on both sides: the client side names the server's
+    # verified identity (destination_principal), known once its upstream TLS connection is made.
+    server_metrics, client_metrics = resumed[1], resumed[2]
+    for name in ("istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"):
+        server_lines = [m for m in server_metrics.splitlines() if m.startswith(name + "{")]
+        client_lines = [m for m in client_metrics.splitlines() if m.startswith(name + "{")]
+        assert server_lines and client_lines, (server_metrics, client_metrics)
+        # (the plaintext attempt above is counted too, as "none")
+        assert any(f'connection_security_policy="mutual_tls",source_principal="{CLIENT_ID}",'
+                   f'destination_principal="{SERVER_ID}"' in line for line in server_lines), server_lines
+        for line in client_lines:
+            assert (f'connection_security_policy="unknown",source_principal="{CLIENT_ID}",'
+                    f'destination_principal="{SERVER_ID}"') in line, line
     wait_for_log(pair.server, "TLSv1.3")
     wait_for_log(pair.client, "up=spiffe")
     server_log, server_err = stop(pair.server)

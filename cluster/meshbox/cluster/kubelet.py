@@ -10,6 +10,7 @@ found to the state as it is *then* (a pod deleted or replaced meanwhile is left 
   reset once a container has run for a minute; ``restartPolicy: Never`` pods are not restarted.
   The process's exit code is not known (meshctl, its parent, has exited), so ``OnFailure``
   restarts on any exit, as ``Always`` does;
+- a sidecar pod's ``root-cert.pem`` follows the mesh CA's roots (workload_identity.refresh_pod_roots);
 - a pod is Ready when all its containers are; a change rewrites the pod's registry file (its
   Ready condition, which discovery reads) and the node's Service NAT (ready endpoints only).
 """
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from meshbox.cluster import host
+from meshbox.cluster import host, workload_identity
 from meshbox.cluster.cluster import LocalCluster
 from meshbox.cluster.containers import container_ready, start_container
 from meshbox.cluster.model import ClusterState, ContainerState, PodRecord
@@ -103,6 +104,8 @@ def apply_observations(cluster: LocalCluster, state: ClusterState, seen: Observe
 def tick(cluster: LocalCluster) -> None:
     """One round: probe, then apply under the lock."""
     probed = cluster.dir.load()
+    for netns in workload_identity.refresh_pod_roots(cluster.dir.root, (rec.netns for rec in probed.pods.values())):
+        log.info("pod %s: the mesh CA's roots changed, root-cert.pem rewritten", netns)
     seen = observe(probed)
     with cluster.dir.locked():
         if not cluster.dir.exists():

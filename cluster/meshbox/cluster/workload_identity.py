@@ -8,7 +8,8 @@ gets a directory only its proxy user can read, ``/run/meshbox-local/<pod netns>/
 state directory, which the proxy user may not be able to traverse):
 
 - ``token``: the pod's service-account token (what the kubelet would mount);
-- ``root-cert.pem``: the mesh CA's roots, to trust the CA at first contact;
+- ``root-cert.pem``: the mesh CA's roots, to trust the CA at first contact (kept current by the
+  kubelet, :func:`refresh_pod_roots`, as Kubernetes keeps a mounted ConfigMap current);
 - ``certs/``: where the agent writes the workload key and certificate (docs/security.md).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +59,15 @@ def pod_dir(netns: str) -> Path:
     return POD_SECRETS / netns
 
 
+def _roots_file(root: Path) -> Path:
+    """The CA's trust bundle: ``roots.pem``, else the signing root alone."""
+    roots = ca_dir(root) / "roots.pem"
+    return roots if roots.exists() else ca_dir(root) / "ca.crt"
+
+
 def provision(root: Path, netns: str, pod: dict[str, Any], uid: int, gid: int) -> None:
     """Mint the pod's token and give it the roots (files only the proxy user ``uid`` can read)."""
-    roots = ca_dir(root) / "roots.pem"
-    if not roots.exists():
-        roots = ca_dir(root) / "ca.crt"
+    roots = _roots_file(root)
     if not roots.exists() or not token_key_file(root).exists():
         raise IdentityError("no mesh CA in this cluster (started without discovery?): a sidecar cannot get a "
                             "certificate")
@@ -78,6 +84,27 @@ def provision(root: Path, netns: str, pod: dict[str, Any], uid: int, gid: int) -
     write_atomically(directory / "root-cert.pem", roots.read_bytes(), mode=0o444)
     for path in (directory, directory / "token"):
         os.chown(path, uid, gid)
+
+
+def refresh_pod_roots(root: Path, netns_names: Iterable[str]) -> list[str]:
+    """Give every sidecar pod among ``netns_names`` the CA's current roots, as Kubernetes updates the mounted
+    ConfigMap discovery publishes: an agent that restarts after a root rotation must trust the CA's new
+    serving certificate. The pods whose file changed, by netns."""
+    try:
+        roots = _roots_file(root).read_bytes()
+    except OSError:
+        return []  # no CA (yet), or a file being replaced: next time
+    changed = []
+    for netns in netns_names:
+        target = pod_dir(netns) / "root-cert.pem"
+        try:
+            if target.read_bytes() == roots:
+                continue
+        except FileNotFoundError:
+            continue  # no sidecar in that pod, or it is being provisioned
+        write_atomically(target, roots, mode=0o444)
+        changed.append(netns)
+    return changed
 
 
 def agent_flags(netns: str) -> list[str]:

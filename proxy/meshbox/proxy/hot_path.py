@@ -34,6 +34,8 @@ HOT_PATH = (
     "meshbox.proxy.trace_context",
     "meshbox.proxy.security_labels",
     "meshbox.proxy.route_match",
+    "meshbox.proxy.inbound_policy",
+    "meshbox.proxy.peer_identity",
 )
 
 

@@ -11,7 +11,7 @@ from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_identity import PeerIdentity
-from meshbox.proxy.security_labels import with_security
+from meshbox.proxy.security_labels import DESTINATION, with_security
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
@@ -48,6 +48,8 @@ class DownstreamTcp(asyncio.Protocol):
         self.eof = False
         self.upstream_eof = False
         self.logged = False
+        # Counted as opened (tcp_opened) under its full labels.
+        self.counted = False
         # The verified client of a mutual TLS connection (set by the inbound TLS gate).
         self.peer: PeerIdentity | None = None
         # The cluster limits this connection holds a connection slot of (circuit breaking).
@@ -64,12 +66,10 @@ class DownstreamTcp(asyncio.Protocol):
         if self.peer is not None:
             s.downstream_peer_uri = self.peer.uri
             s.downstream_tls_version = self.peer.tls_version
-        tls = self.ctx.tls
-        # The server's identity is not known yet when the connection opens: an outbound TCP connection
-        # reports destination_principal "unknown".
-        s.labels = with_security(s.labels, tls.identity if tls is not None else None,
-                                 s.downstream_peer_uri, None)
-        self.ctx.stats.tcp_opened(s.labels)
+        if s.labels[0] == DESTINATION:
+            self._count_opened(None)
+        # else (reporter "source") the server's identity, destination_principal, is known once the upstream
+        # connection is made: counted then (or at the end, when there is none).
         host = self.target
         cluster = self.cluster
         if cluster is not None:
@@ -109,6 +109,7 @@ class DownstreamTcp(asyncio.Protocol):
             return
         self._report(host, True)
         self.session.upstream_peer_uri = host.peer_uri
+        self._count_opened(host.peer_uri)
         if self.transport is None or self.transport.is_closing():
             up.close()
             return
@@ -126,6 +127,17 @@ class DownstreamTcp(asyncio.Protocol):
         guard = self.cluster.guard if self.cluster is not None else None
         if guard is not None:
             guard.report(host, 200 if connected else 503, time.monotonic(), self.ctx.stats)
+
+    def _count_opened(self, upstream_peer: str | None) -> None:
+        """Append the security labels (once) and count the connection as opened under them."""
+        if self.counted:
+            return
+        self.counted = True
+        s = self.session
+        tls = self.ctx.tls
+        s.labels = with_security(s.labels, tls.identity if tls is not None else None, s.downstream_peer_uri,
+                                 upstream_peer)
+        self.ctx.stats.tcp_opened(s.labels)
 
     def _refuse(self, flag: str) -> None:
         self.session.response_flags = flag
@@ -190,6 +202,7 @@ class DownstreamTcp(asyncio.Protocol):
         if self.slot is not None:
             self.slot.cx_active -= 1
             self.slot = None
+        self._count_opened(None)
         s = self.session
         s.duration_ms = int((time.monotonic() - s.start) * 1000)
         self.ctx.access_log.log(s)
