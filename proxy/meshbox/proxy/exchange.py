@@ -61,9 +61,25 @@ class Exchange(LogRecord):
     the I/O layer passed in (the core never reads a clock)."""
 
     __slots__ = (
-        "chunked_out", "close_after", "cluster", "head", "host", "listener", "pending", "pending_size",
-        "request_bytes", "request_done", "response_started", "retries_left", "route", "sent_at",
-        "span", "start", "timed", "up",
+        "chunked_out",
+        "close_after",
+        "cluster",
+        "head",
+        "host",
+        "listener",
+        "peer",
+        "pending",
+        "pending_size",
+        "request_bytes",
+        "request_done",
+        "response_started",
+        "retries_left",
+        "route",
+        "sent_at",
+        "span",
+        "start",
+        "timed",
+        "up",
     )
 
     def __init__(self, head: RequestHead | None, remote: str | None, local: str | None, now: float) -> None:
@@ -95,3 +111,5 @@ class Exchange(LogRecord):
         self.timed: bool = False
         # This exchange's trace span when the proxy traces (meshbox.proxy.tracing).
         self.span: Span | None = None
+        # The workload at the other end, from the metadata exchange: (workload, namespace, app).
+        self.peer: tuple[str, str, str] | None = None

@@ -32,6 +32,7 @@ HOT_PATH = (
     "meshbox.proxy.tracing",
     "meshbox.proxy.trace_context",
     "meshbox.proxy.security_labels",
+    "meshbox.proxy.peer_metadata",
 )
 
 

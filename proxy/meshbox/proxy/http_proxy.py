@@ -38,6 +38,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.exchange_core import ExchangeCore
 from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.peer_metadata import peer_labels
 from meshbox.proxy.security_labels import with_security
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
@@ -255,6 +256,8 @@ class DownstreamHttp(asyncio.Protocol):
         direction = listener.direction if listener is not None else INBOUND
         cluster = ex.cluster
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
+        if ex.peer is not None:
+            labels = peer_labels(labels, ex.peer)
         labels = with_security(labels, ctx.tls.identity if ctx.tls is not None else None,
                                ex.downstream_peer_uri, ex.upstream_peer_uri)
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms, ex.bytes_received, ex.bytes_sent)

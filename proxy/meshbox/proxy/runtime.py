@@ -58,6 +58,8 @@ class Options:
     # Unix datagram socket of the agent's span exporter; None: no tracing (trace headers pass through).
     trace_socket: str | None = None
     trace_sampling: float = 1.0
+    # The pod's name (POD_NAME), for the metadata exchange.
+    pod_name: str = ""
 
 
 def _context(options: Options) -> ProxyContext:
@@ -75,7 +77,7 @@ def _context(options: Options) -> ProxyContext:
         except OSError as exc:  # not written yet: the first TLS connection loads them
             print(f"meshbox-proxy: no workload certificate yet: {exc}", file=sys.stderr, flush=True)
     ctx = ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
-                       pod_ip=options.pod_ip, registry_only=options.registry_only,
+                       pod_ip=options.pod_ip, pod_name=options.pod_name, registry_only=options.registry_only,
                        head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
                        idle_timeout=options.idle_timeout, tls=tls)
     if options.trace_socket is not None:

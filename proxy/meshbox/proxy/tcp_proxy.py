@@ -11,7 +11,7 @@ from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.security_labels import with_security
-from meshbox.proxy.snapshot import ClusterRuntime
+from meshbox.proxy.snapshot import OUTBOUND, ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
 
@@ -61,19 +61,23 @@ class DownstreamTcp(asyncio.Protocol):
         if self.peer is not None:
             s.downstream_peer_uri = self.peer.uri
             s.downstream_tls_version = self.peer.tls_version
+        host = self.target
+        cluster = self.cluster
+        if cluster is not None:
+            s.upstream_cluster = cluster.name
+            host = cluster.pick()
+            if host is not None and s.labels is cluster.labels[OUTBOUND]:
+                # The endpoint's workload, when discovery knows it, is the destination's.
+                s.labels = cluster.request_labels(OUTBOUND, host)
         tls = self.ctx.tls
         # The server's identity is not known yet when the connection opens: an outbound TCP connection
         # reports destination_principal "unknown".
         s.labels = with_security(s.labels, tls.identity if tls is not None else None,
                                  s.downstream_peer_uri, None)
         self.ctx.stats.tcp_opened(s.labels)
-        host = self.target
-        if self.cluster is not None:
-            s.upstream_cluster = self.cluster.name
-            host = self.cluster.pick()
-            if host is None:
-                self._refuse("UH")
-                return
+        if cluster is not None and host is None:
+            self._refuse("UH")
+            return
         if host is None:
             self._refuse(self.refuse_flag)
             return
