@@ -21,7 +21,7 @@ from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
 
 MAX_CONFIG_BYTES = 64 << 20
 POST_ONLY = frozenset({b"/config", b"/drain_listeners", b"/quitquitquit"})
-GET_ONLY = frozenset({b"/", b"/ready", b"/config_dump", b"/clusters", b"/stats/prometheus"})
+GET_ONLY = frozenset({b"/", b"/ready", b"/config_dump", b"/clusters", b"/stats/prometheus", b"/requests"})
 
 
 class Controller(Protocol):
@@ -37,6 +37,8 @@ class Controller(Protocol):
 
     async def stats(self) -> list[Stats]: ...
 
+    async def requests(self, request_id: bytes) -> list[dict[str, str]]: ...
+
     async def drain(self) -> None: ...
 
     def quit(self) -> None: ...
@@ -51,6 +53,18 @@ def _reply_parts(status: int, parts: list[bytes], content_type: bytes) -> list[b
     are about 20 MB, and each copy of that much costs milliseconds)."""
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % sum(map(len, parts)))]
     return [response_head_bytes(status, reason_phrase(status), headers), *parts]
+
+
+def _query_value(target: bytes, name: bytes) -> bytes:
+    """The (percent-decoded) value of query parameter ``name`` in a request target, b"" when absent."""
+    from urllib.parse import unquote_to_bytes  # admin requests only
+
+    _, _, query = target.partition(b"?")
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == name:
+            return unquote_to_bytes(value)
+    return b""
 
 
 class AdminServer:
@@ -127,6 +141,12 @@ class AdminServer:
             from meshbox.proxy.metrics_exposition import render_parts  # on the first scrape only: see that module
 
             return _reply_parts(200, render_parts(await c.stats()), b"text/plain; version=0.0.4; charset=utf-8")
+        if path == b"/requests":
+            request_id = _query_value(target, b"id")
+            if not request_id:
+                return _reply(400, b"say which request: /requests?id=X-REQUEST-ID\n")
+            found = await c.requests(request_id)
+            return _reply(200, json.dumps({"requests": found}, indent=2).encode() + b"\n", b"application/json")
         if path == b"/drain_listeners":
             await c.drain()
             return _reply(200, b"OK\n")

@@ -11,6 +11,7 @@ from meshbox.proxy.codec import Codec
 from meshbox.proxy.deadlines import Deadlines
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.peer_metadata import PeerMetadata
+from meshbox.proxy.recent_requests import RecentRequests
 from meshbox.proxy.request_id import RequestIds
 from meshbox.proxy.snapshot import INBOUND, OUTBOUND, Snapshot, Workload, metric_labels
 from meshbox.proxy.tracing import Tracer
@@ -51,6 +52,8 @@ class ProxyContext:
     stats: Stats = field(default_factory=Stats)
     hosts: HostRegistry = field(default_factory=HostRegistry)
     request_ids: RequestIds = field(default_factory=RequestIds)
+    # The last exchanges and the direction that served each, for meshctl trace (admin /requests).
+    recent: RecentRequests = field(default_factory=RecentRequests)
     # Trace propagation and spans (None: trace headers pass through untouched).
     tracer: Tracer | None = None
     # Connections that finish their current exchange and then close (set by /drain_listeners).

@@ -33,6 +33,7 @@ HOT_PATH = (
     "meshbox.proxy.trace_context",
     "meshbox.proxy.security_labels",
     "meshbox.proxy.peer_metadata",
+    "meshbox.proxy.recent_requests",
 )
 
 

@@ -254,6 +254,8 @@ class DownstreamHttp(asyncio.Protocol):
         ctx.access_log.log(ex)
         listener = ex.listener
         direction = listener.direction if listener is not None else INBOUND
+        ctx.recent.record(ex.request_id, ex.start_time, direction, listener.name if listener is not None else "-",
+                          ex.upstream_cluster, ex.upstream_host)
         cluster = ex.cluster
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
         if ex.peer is not None:

@@ -138,6 +138,9 @@ class LocalController:
     async def stats(self) -> list[Stats]:
         return [self.server.ctx.stats]
 
+    async def requests(self, request_id: bytes) -> list[dict[str, str]]:
+        return self.server.ctx.recent.find(request_id)
+
     async def drain(self) -> None:
         self.server.drain()
 
@@ -188,6 +191,12 @@ class SupervisorController(LocalController):
             result.append(stats)
         return result
 
+    async def requests(self, request_id: bytes) -> list[dict[str, str]]:
+        found = self.server.ctx.recent.find(request_id)
+        for worker in self.workers:
+            found += await worker.call(("requests", request_id))
+        return sorted(found, key=lambda entry: entry["start_time"])
+
     async def drain(self) -> None:
         for worker in self.workers:
             await worker.call(("drain", None))
@@ -223,6 +232,8 @@ async def _serve_worker(options: Options, sock: socket.socket) -> None:
                     reply = ("error", str(exc))
             elif kind == "stats":
                 reply = server.ctx.stats.export()
+            elif kind == "requests":
+                reply = server.ctx.recent.find(payload)
             elif kind == "drain":
                 server.drain()
             await _send(writer, reply)
