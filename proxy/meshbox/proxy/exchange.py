@@ -61,25 +61,9 @@ class Exchange(LogRecord):
     the I/O layer passed in (the core never reads a clock)."""
 
     __slots__ = (
-        "chunked_out",
-        "close_after",
-        "cluster",
-        "head",
-        "host",
-        "listener",
-        "peer",
-        "pending",
-        "pending_size",
-        "request_bytes",
-        "request_done",
-        "response_started",
-        "retries_left",
-        "route",
-        "sent_at",
-        "span",
-        "start",
-        "timed",
-        "up",
+        "chunked_out", "close_after", "cluster", "head", "host", "listener", "peer", "pending", "pending_size",
+        "request_bytes", "request_done", "response_started", "retries_left", "route", "sent_at",
+        "span", "start", "timed", "up",
     )
 
     def __init__(self, head: RequestHead | None, remote: str | None, local: str | None, now: float) -> None:
