@@ -30,7 +30,6 @@ from meshbox.proxy.exchange import (
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
-from meshbox.proxy.snapshot import INBOUND
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -129,13 +128,10 @@ class ExchangeCore(ExchangeState):
             headers.append(rid)
             ex.request_headers = [*(h for h in head.headers if h[0] != b"x-request-id"), rid]
         ex.request_id = request_id
-        if listener.direction == INBOUND:
-            headers, ex.peer = self.ctx.peer_metadata.take(headers, self.peer.uri if self.peer is not None else None)
-        else:
-            headers = self.ctx.peer_metadata.replace(headers)
         tracer = self.ctx.tracer
         if tracer is not None:
             headers, ex.span = tracer.start(ex, headers, listener.direction)
+        headers = self.ctx.peer_metadata.request(ex, headers, listener.direction, self.peer)
         target = head.target
         if target[:1] != b"/" and target != b"*":
             # Absolute form (RFC 9112 3.2.2): route by the target's authority, forward in origin form.

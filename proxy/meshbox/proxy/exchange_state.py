@@ -27,7 +27,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.peer_identity import PeerIdentity
-from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
+from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 # Idempotent methods (RFC 9110 9.2.2): the only ones sent again after a connection closed unanswered.
@@ -179,12 +179,7 @@ class ExchangeState:
             return
         ex.response_started = True
         ex.response_code = status
-        listener = ex.listener
-        if listener is not None and listener.direction == INBOUND:
-            head.headers = self.ctx.peer_metadata.replace(head.headers)
-        else:
-            host = ex.host
-            head.headers, ex.peer = self.ctx.peer_metadata.take(head.headers, host.peer_uri if host else None)
+        head.headers = self.ctx.peer_metadata.response(ex, head.headers)
         ex.response_headers = head.headers
         ust = int((now - ex.sent_at) * 1000)
         ex.upstream_service_time = ust

@@ -252,16 +252,15 @@ class DownstreamHttp(asyncio.Protocol):
         if ex.host is not None:
             ex.upstream_peer_uri = ex.host.peer_uri
         ctx.access_log.log(ex)
+        ctx.recent.record(ex)
         listener = ex.listener
         direction = listener.direction if listener is not None else INBOUND
-        ctx.recent.record(ex.request_id, ex.start_time, direction, listener.name if listener is not None else "-",
-                          ex.upstream_cluster, ex.upstream_host)
         cluster = ex.cluster
         labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
-        if ex.peer is not None:
-            labels = peer_labels(labels, ex.peer)
         labels = with_security(labels, ctx.tls.identity if ctx.tls is not None else None,
                                ex.downstream_peer_uri, ex.upstream_peer_uri)
+        if ex.peer is not None:
+            labels = peer_labels(labels, ex.peer)
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms, ex.bytes_received, ex.bytes_sent)
         span = ex.span
         tracer = ctx.tracer

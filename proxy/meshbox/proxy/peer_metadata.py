@@ -22,8 +22,10 @@ from __future__ import annotations
 import binascii
 
 from meshbox.proxy.codec.events import Headers
+from meshbox.proxy.exchange import Exchange
 from meshbox.proxy.metrics import Stats
-from meshbox.proxy.snapshot import Workload
+from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.snapshot import INBOUND, Workload
 
 METADATA = b"x-envoy-peer-metadata"
 METADATA_ID = b"x-envoy-peer-metadata-id"
@@ -180,8 +182,8 @@ def own_headers(workload: Workload, pod: str, pod_ip: str | None) -> Headers:
 
 
 def peer_labels(labels: tuple[str, ...], peer: Peer) -> tuple[str, ...]:
-    """Request labels up to destination_service_namespace with the peer's workload, namespace and app put
-    in: the source on the server side, the destination on the client side unless already known."""
+    """Request labels (from ``reporter`` on, any number of them) with the peer's workload, namespace and
+    app put in: the source on the server side, the destination on the client side unless already known."""
     key = (labels, peer)
     full = _LABELS.get(key)
     if full is None:
@@ -213,6 +215,24 @@ class PeerMetadata:
     def __init__(self, workload: Workload, pod: str, pod_ip: str | None, stats: Stats) -> None:
         self.own = own_headers(workload, pod, pod_ip)
         self.stats = stats
+
+    def request(self, ex: Exchange, headers: Headers, direction: str, peer: PeerIdentity | None) -> Headers:
+        """The request headers to forward for ``ex``: on an inbound listener the client sidecar's metadata
+        read into ``ex.peer`` and removed; on an outbound one the app's replaced by this proxy's."""
+        if direction == INBOUND:
+            headers, ex.peer = self.take(headers, peer.uri if peer is not None else None)
+            return headers
+        return self.replace(headers)
+
+    def response(self, ex: Exchange, headers: Headers) -> Headers:
+        """The response headers to forward for ``ex``: on an inbound listener the app's metadata replaced by
+        this proxy's; on an outbound one the server sidecar's read into ``ex.peer`` and removed."""
+        listener = ex.listener
+        if listener is not None and listener.direction == INBOUND:
+            return self.replace(headers)
+        host = ex.host
+        headers, ex.peer = self.take(headers, host.peer_uri if host is not None else None)
+        return headers
 
     def replace(self, headers: Headers) -> Headers:
         """``headers`` with any peer headers (the app's: never believed) replaced by this proxy's."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from meshbox.proxy.access_log import format_start_time
+from meshbox.proxy.exchange import Exchange
 
 SIZE: Final = 1024
 # (x-request-id, start time, direction, listener name, upstream cluster, upstream host)
@@ -27,11 +28,14 @@ class RecentRequests:
         self.entries: list[Entry | None] = [None] * SIZE
         self.at = 0
 
-    def record(self, request_id: bytes | None, start_time: float, direction: str, listener: str,
-               cluster: str | None, upstream_host: str | None) -> None:
-        if request_id:
+    def record(self, ex: Exchange) -> None:
+        """Remember finished exchange ``ex`` (one without a request id, a garbled request, is not asked about)."""
+        request_id = ex.request_id
+        listener = ex.listener
+        if request_id and listener is not None:
             at = self.at
-            self.entries[at] = (request_id, start_time, direction, listener, cluster or "-", upstream_host or "-")
+            self.entries[at] = (request_id, ex.start_time, listener.direction, listener.name,
+                                ex.upstream_cluster or "-", ex.upstream_host or "-")
             self.at = (at + 1) % SIZE
 
     def find(self, request_id: bytes) -> list[dict[str, str]]:
