@@ -145,3 +145,24 @@ def test_proxy_status_and_proxy_config_on_the_local_cluster(traffic: Any) -> Non
     missing = subprocess.run(["meshctl", "proxy-config", "clusters", "nobody"], env=traffic.env,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and 'pods "nobody" not found' in missing.stderr
+
+
+def test_the_servers_proxy_names_the_client_through_metadata_exchange(traffic: Any) -> None:
+    """service-two's sidecar learns who called from service-one's sidecar (x-envoy-peer-metadata), so its
+    reporter="destination" series name the source; PromQL against the cluster's own Prometheus."""
+    sock = traffic.state / "prometheus" / "prometheus.sock"
+    query = ('sum by (source_workload, source_workload_namespace, source_app, destination_workload) '
+             '(istio_requests_total{reporter="destination",destination_workload="service-two"})')
+    deadline = time.monotonic() + 40
+    result: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        out = subprocess.run(["curl", "-s", "--unix-socket", str(sock), "-G", "http://prometheus/api/v1/query",
+                              "--data-urlencode", f"query={query}"],
+                             capture_output=True, text=True, timeout=15, check=True).stdout
+        result = json.loads(out)["data"]["result"]
+        if result:
+            break
+        time.sleep(0.5)
+    assert [r["metric"] for r in result] == [{"source_workload": "service-one", "source_workload_namespace": "default",
+                                              "source_app": "service-one", "destination_workload": "service-two"}]
+    assert float(result[0]["value"][1]) > 0

@@ -5,9 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from meshbox.ctl.trace import hops, parse_line, report
+import pytest
+
+from conftest import free_port  # type: ignore[import-not-found]
+from meshbox.ctl.trace import ask_proxies, hops, parse_line, report
 
 MESHCTL = str(Path(sys.executable).parent / "meshctl")
 RID = "a641eff7-eb82-4a4f-b67b-53cd3a03c399"
@@ -38,8 +46,10 @@ def test_hops_are_ordered_and_reported() -> None:
     assert [h.source for h in path] == ["default/client", "default/server"]
     text = report(RID, path)
     assert text.splitlines()[0] == f"request {RID}: 2 hop(s), 3 ms end to end"
-    assert "1. +0 ms  default/client  outbound  GET /  service-two -> 10.4.180.7:8080  200 -  took 3 ms" in text
-    assert "2. +1 ms  default/server  inbound " in text
+    # Neither proxy was asked and the lines name no upstream cluster: the directions are guesses, marked.
+    assert "1. +0 ms  default/client  outbound?  GET /  service-two -> 10.4.180.7:8080  200 -  took 3 ms" in text
+    assert "2. +1 ms  default/server  inbound?  " in text
+    assert "direction guessed from the upstream address" in text
     assert report("nope", []) == "request nope: no proxy logged it\n"
 
 
@@ -118,3 +128,94 @@ esac
     assert calls == ["--context kind-x get pods --all-namespaces -o json",
                      "--context kind-x logs -n tutorial client-1 -c proxy",
                      "--context kind-x logs -n tutorial server-1 -c proxy"]
+
+
+def test_an_upstream_cluster_field_says_the_direction() -> None:
+    """Istio's newer default format ends with %UPSTREAM_CLUSTER% (unquoted); quoted works too."""
+    to_local = OUT.replace("10.4.180.7:8080", "127.0.0.1:9000")
+    outbound = parse_line(to_local + " outbound|80||service-two.default.svc.cluster.local", "c")
+    assert outbound is not None and outbound[1].direction == "outbound" and not outbound[1].guessed
+    inbound = parse_line(IN + ' "inbound|8080||"', "s")
+    assert inbound is not None and inbound[1].direction == "inbound" and not inbound[1].guessed
+    text = report(RID, [outbound[1], inbound[1]])
+    assert "c  outbound  GET" in text and "?" not in text
+
+
+class _Backend(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "3")
+        self.end_headers()
+        self.wfile.write(b"ok\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_proxy_says_an_outbound_hop_to_a_loopback_backend_is_outbound(tmp_path: Path) -> None:
+    """A real meshbox-proxy whose outbound listener sends to a backend on 127.0.0.1: its default-format
+    line looks like an inbound hop (upstream on loopback), and its admin API's /requests says outbound."""
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    listen, admin = free_port(), free_port()
+    config = tmp_path / "proxy.yaml"
+    config.write_text(f"""
+listeners:
+- {{name: out, direction: OUTBOUND, address: 127.0.0.1, port: {listen}, protocol: HTTP, route_config: r, bind: true}}
+route_configs:
+- {{name: r, virtual_hosts: [{{name: local, domains: ["*"], routes: [{{clusters: [{{cluster: local, weight: 1}}]}}]}}]}}
+clusters:
+- {{name: local}}
+endpoints:
+- {{cluster_name: local, endpoints: [{{address: 127.0.0.1, port: {backend.server_address[1]}}}]}}
+""")
+    log = tmp_path / "access.log"
+    with log.open("wb") as out:
+        proxy = subprocess.Popen([sys.executable, "-m", "meshbox.proxy", "--config", str(config), "--admin-port",
+                                  str(admin), "--outbound-port", "0"], stdout=out, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{listen}/", headers={"x-request-id": RID})
+                assert urllib.request.urlopen(request, timeout=2).read() == b"ok\n"
+                break
+            except OSError:
+                assert proxy.poll() is None and time.monotonic() < deadline, "proxy never served"
+                time.sleep(0.05)
+        while RID not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        path = hops(RID, [("default/client", log.read_text())])
+        assert len(path) == 1 and path[0].upstream_host.startswith("127.0.0.1:")
+        assert path[0].guessed and path[0].direction == "inbound"  # what the address alone suggests
+
+        def admin_get(pod: str, namespace: str, url_path: str) -> bytes:
+            assert (pod, namespace) == ("client", "default")
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}{url_path}", timeout=5) as reply:
+                return reply.read()
+
+        asked = ask_proxies(path, admin_get)
+        assert asked[0].direction == "outbound" and not asked[0].guessed
+        assert "default/client  outbound  GET /" in report(RID, asked)
+        answer = json.loads(admin_get("client", "default", f"/requests?id={RID}"))["requests"]
+        assert [(e["direction"], e["listener"], e["upstream_cluster"]) for e in answer] == \
+            [("outbound", "out", "local")]
+        assert json.loads(admin_get("client", "default", "/requests?id=nope")) == {"requests": []}
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            admin_get("client", "default", "/requests")
+        assert missing.value.code == 400
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        backend.shutdown()
+        backend.server_close()
+
+
+def test_a_proxy_that_cannot_be_asked_leaves_the_guess() -> None:
+    from meshbox.ctl.mesh_access import AccessError
+
+    def unreachable(pod: str, namespace: str, url_path: str) -> bytes:
+        raise AccessError("no such pod")
+
+    path = hops(RID, [("default/client", OUT)])
+    assert ask_proxies(path, unreachable) == path and path[0].guessed

@@ -353,12 +353,13 @@ def config_file(config: pc.ProxyConfig, tmp_path: Path) -> Path:
 
 
 async def standalone(proxy_cli: Callable[..., subprocess.Popen[str]], config: pc.ProxyConfig, tmp_path: Path,
-                     *args: str, port: int, timeout: float = 10) -> subprocess.Popen[str]:
+                     *args: str, port: int, timeout: float = 10,
+                     env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """A ``meshbox-proxy`` process (the build as installed: compiled unless built pure) serving ``config``,
-    returned once ``port`` (a bound listener of it) accepts connections."""
+    returned once ``port`` (a bound listener of it) accepts connections; its admin port in ``admin_port_of``."""
     proc = proxy_cli("--config", str(config_file(config, tmp_path)), "--admin-port", "0", "--outbound-port", "0",
-                     *args)
-    await asyncio.to_thread(admin_port, proc, timeout)
+                     *args, env=env)
+    proc.admin_port = await asyncio.to_thread(admin_port, proc, timeout)  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -399,6 +400,11 @@ class Kit:
     log_fields = staticmethod(log_fields)
     admin_port = staticmethod(admin_port)
     standalone = staticmethod(standalone)
+
+    @staticmethod
+    def admin_port_of(proc: subprocess.Popen[str]) -> int:
+        """The admin port of a proxy started by ``standalone``."""
+        return proc.admin_port  # type: ignore[attr-defined, no-any-return]
 
 
 @pytest.fixture

@@ -141,3 +141,26 @@ def test_config_swap_under_load_drops_nothing(kit: Any, proxy_cli: Any, tmp_path
         assert json.dumps(dump).count('"extra"') == 0
 
     kit.run(main(), timeout=40)
+
+
+def test_admin_answers_whole_responses_in_pieces(kit: Any, proxy_cli: Any) -> None:
+    """The admin API writes responses as pieces (a scrape is never joined): the head's Content-Length
+    matches the body, kept-alive requests follow each other, and the refusal of an oversized config
+    (a 413 written straight from the reader) is a whole response too."""
+    proc = proxy_cli("--admin-port", "0", "--outbound-port", "0")
+    port = kit.admin_port(proc)
+
+    async def main() -> None:
+        client = await kit.Client.connect(port)
+        try:
+            for path in ("/stats/prometheus", "/ready", "/stats/prometheus"):
+                reply = await client.request("GET", path, host="localhost")
+                assert reply.status in (200, 503)
+                assert int(reply.header(b"content-length") or b"-1") == len(reply.body)
+        finally:
+            client.close()
+        data, closed = await kit.raw_exchange(port, b"POST /config HTTP/1.1\r\nhost: x\r\n"
+                                                    b"content-length: 999999999999\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 413 ") and data.endswith(b"request body too large\n") and closed
+
+    kit.run(main())

@@ -4,9 +4,12 @@ of trace, parent and sampling for a request (meshbox.proxy.tracing.Tracer.start)
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 import pytest
 
+from meshbox.api import span_wire
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.snapshot import INBOUND, OUTBOUND, Workload
@@ -150,3 +153,48 @@ def test_tracer_sampling_rate_for_new_traces() -> None:
     assert 800 < sampled < 1200
     traces = {_start(always, [])[1].trace_id for _ in range(100)}
     assert len(traces) == 100
+
+
+def test_ids_are_fresh_lowercase_hex_across_pool_refills() -> None:
+    tracer = _tracer(100)
+    spans = [_start(tracer, [])[1] for _ in range(500)]  # more ids than one pool holds
+    ids = [s.span_id for s in spans] + [s.trace_id for s in spans]
+    assert len(set(ids)) == len(ids)
+    assert all(len(s.span_id) == 16 and len(s.trace_id) == 32 for s in spans)
+    assert all(set(i) <= set(b"0123456789abcdef") for i in ids)
+
+
+def test_spans_leave_in_full_datagrams(tmp_path: Path) -> None:
+    """Once the next span would not fit the datagram, what waits is sent: every datagram but the last
+    is as full as whole spans make it, none is over span_wire.MAX_DATAGRAM, and no span is lost."""
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(tmp_path / "spans.sock"))
+    sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    loop = asyncio.new_event_loop()
+    try:
+        stats = Stats()
+        tracer = Tracer(loop, stats, 100, str(tmp_path / "spans.sock"), Workload("w", "ns", "app"))
+        for i in range(300):
+            record = LogRecord(None, None)
+            record.request_headers = []
+            record.request_id = b"%036d" % i
+            record.authority, record.path, record.method = b"svc\tx", b"/p", b"GET"
+            _, span = tracer.start(record, [], OUTBOUND)
+            tracer.finish(record, span, "outbound|80||svc", 1.5)
+        tracer.flush()
+    finally:
+        loop.close()
+    sink.setblocking(False)
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(sink.recv(1 << 17))
+        except BlockingIOError:
+            break
+    sink.close()
+    lines = [line for d in datagrams for line in d.splitlines()]
+    assert len(lines) == 300 and stats.counters == {"tracing_spans_sent": 300}
+    line_size = len(lines[0]) + 1
+    assert all(len(d) <= span_wire.MAX_DATAGRAM for d in datagrams)
+    assert all(len(d) + line_size > span_wire.MAX_DATAGRAM for d in datagrams[:-1])
+    assert all(b"svc x/*" in line for line in lines)  # the tab in the authority cleaned

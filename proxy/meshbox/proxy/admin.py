@@ -21,7 +21,7 @@ from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
 
 MAX_CONFIG_BYTES = 64 << 20
 POST_ONLY = frozenset({b"/config", b"/drain_listeners", b"/quitquitquit"})
-GET_ONLY = frozenset({b"/", b"/ready", b"/config_dump", b"/clusters", b"/stats/prometheus"})
+GET_ONLY = frozenset({b"/", b"/ready", b"/config_dump", b"/clusters", b"/stats/prometheus", b"/requests"})
 
 
 class Controller(Protocol):
@@ -37,14 +37,34 @@ class Controller(Protocol):
 
     async def stats(self) -> list[Stats]: ...
 
+    async def requests(self, request_id: bytes) -> list[dict[str, str]]: ...
+
     async def drain(self) -> None: ...
 
     def quit(self) -> None: ...
 
 
-def _reply(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
-    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
-    return response_head_bytes(status, reason_phrase(status), headers) + body
+def _reply(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> list[bytes]:
+    return _reply_parts(status, [body], content_type)
+
+
+def _reply_parts(status: int, parts: list[bytes], content_type: bytes) -> list[bytes]:
+    """A response as the pieces to write: its head, then the body's ``parts`` (not joined: a scrape's
+    are about 20 MB, and each copy of that much costs milliseconds)."""
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % sum(map(len, parts)))]
+    return [response_head_bytes(status, reason_phrase(status), headers), *parts]
+
+
+def _query_value(target: bytes, name: bytes) -> bytes:
+    """The (percent-decoded) value of query parameter ``name`` in a request target, b"" when absent."""
+    from urllib.parse import unquote_to_bytes  # admin requests only
+
+    _, _, query = target.partition(b"?")
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key == name:
+            return unquote_to_bytes(value)
+    return b""
 
 
 class AdminServer:
@@ -76,21 +96,21 @@ class AdminServer:
                 try:
                     events = parser.feed(data)
                 except ProtocolError as exc:
-                    writer.write(_reply(exc.status, exc.reason.encode()))
+                    writer.writelines(_reply(exc.status, exc.reason.encode()))
                     return
                 for ev in events:
                     if isinstance(ev, RequestHead):
                         head, body = ev, bytearray()
                         if (ev.content_length or 0) > MAX_CONFIG_BYTES:
-                            writer.write(_reply(413, b"request body too large\n"))
+                            writer.writelines(_reply(413, b"request body too large\n"))
                             return
                     elif isinstance(ev, Body):
                         if len(body) + len(ev.data) > MAX_CONFIG_BYTES:
-                            writer.write(_reply(413, b"request body too large\n"))
+                            writer.writelines(_reply(413, b"request body too large\n"))
                             return
                         body += ev.data
                     elif ev is END and head is not None:
-                        writer.write(await self.route(head.method, head.target, body))
+                        writer.writelines(await self.route(head.method, head.target, body))
                         body = bytearray()
                         await writer.drain()
                         if not head.keep_alive:
@@ -101,8 +121,8 @@ class AdminServer:
         finally:
             writer.close()
 
-    async def route(self, method: bytes, target: bytes, body: bytes | bytearray) -> bytes:
-        """One admin request → complete response bytes."""
+    async def route(self, method: bytes, target: bytes, body: bytes | bytearray) -> list[bytes]:
+        """One admin request → the complete response, in pieces to write in order."""
         path = target.split(b"?", 1)[0]
         c = self.controller
         if path in POST_ONLY and method != b"POST":
@@ -118,9 +138,15 @@ class AdminServer:
         if path == b"/clusters":
             return _reply(200, c.clusters_text().encode())
         if path == b"/stats/prometheus":
-            from meshbox.proxy.metrics_exposition import render  # on the first scrape only: see that module
+            from meshbox.proxy.metrics_exposition import render_parts  # on the first scrape only: see that module
 
-            return _reply(200, render(await c.stats()), b"text/plain; version=0.0.4; charset=utf-8")
+            return _reply_parts(200, render_parts(await c.stats()), b"text/plain; version=0.0.4; charset=utf-8")
+        if path == b"/requests":
+            request_id = _query_value(target, b"id")
+            if not request_id:
+                return _reply(400, b"say which request: /requests?id=X-REQUEST-ID\n")
+            found = await c.requests(request_id)
+            return _reply(200, json.dumps({"requests": found}, indent=2).encode() + b"\n", b"application/json")
         if path == b"/drain_listeners":
             await c.drain()
             return _reply(200, b"OK\n")
@@ -131,7 +157,7 @@ class AdminServer:
             return _reply(200, b"".join(p + b"\n" for p in sorted(GET_ONLY | POST_ONLY)))
         return _reply(404, b"no such admin endpoint " + path + b"\n")
 
-    async def _apply(self, body: bytes | bytearray) -> bytes:
+    async def _apply(self, body: bytes | bytearray) -> list[bytes]:
         try:
             snapshot = await compile_in_child(body, self.workload)
             version = await self.controller.apply(snapshot)

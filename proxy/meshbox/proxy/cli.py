@@ -107,6 +107,7 @@ def main(handoff: Callable[[Options], None] | None, config_path: str | None, mes
         access_log_format=fmt,
         registry_only=mesh.outbound_traffic_policy == mesh_config_pb2.REGISTRY_ONLY,
         workload=workload,
+        pod_name=os.environ.get("POD_NAME", ""),
         head_timeout=request_head_timeout,
         body_idle_timeout=request_idle_timeout,
         idle_timeout=idle_timeout,

@@ -10,6 +10,8 @@ from meshbox.proxy.access_log import AccessLog
 from meshbox.proxy.codec import Codec
 from meshbox.proxy.deadlines import Deadlines
 from meshbox.proxy.metrics import Stats
+from meshbox.proxy.peer_metadata import PeerMetadata
+from meshbox.proxy.recent_requests import RecentRequests
 from meshbox.proxy.request_id import RequestIds
 from meshbox.proxy.snapshot import INBOUND, OUTBOUND, Snapshot, Workload, metric_labels
 from meshbox.proxy.tracing import Tracer
@@ -35,6 +37,8 @@ class ProxyContext:
     access_log: AccessLog
     workload: Workload
     pod_ip: str | None = None
+    # The pod's name (POD_NAME), sent to peers in the metadata exchange.
+    pod_name: str = ""
     # Refuse unknown destinations (REGISTRY_ONLY) instead of passing them through (ALLOW_ANY).
     registry_only: bool = False
     # Ports of our own capture listeners: a connection whose original destination is one of them is a loop.
@@ -48,6 +52,8 @@ class ProxyContext:
     stats: Stats = field(default_factory=Stats)
     hosts: HostRegistry = field(default_factory=HostRegistry)
     request_ids: RequestIds = field(default_factory=RequestIds)
+    # The last exchanges and the direction that served each, for meshctl trace (admin /requests).
+    recent: RecentRequests = field(default_factory=RecentRequests)
     # Trace propagation and spans (None: trace headers pass through untouched).
     tracer: Tracer | None = None
     # Connections that finish their current exchange and then close (set by /drain_listeners).
@@ -56,6 +62,8 @@ class ProxyContext:
     connections: set[asyncio.BaseProtocol] = field(default_factory=set)
     # Metric labels for traffic that matched no cluster (no route, passthrough), per direction.
     unknown_labels: dict[str, tuple[str, ...]] = field(init=False)
+    # This proxy's end of the metadata exchange with its peers (peer_metadata).
+    peer_metadata: PeerMetadata = field(init=False)
 
     # Per exchange (route timeout, per-try timeout); per client connection (head, body, idle: coarser).
     deadlines: Deadlines = field(init=False)
@@ -66,3 +74,4 @@ class ProxyContext:
         self.connection_deadlines = Deadlines(self.loop, resolution=0.1)
         self.unknown_labels = {d: metric_labels(d, self.workload, "") for d in (INBOUND, OUTBOUND)}
         self.access_log.count_drops_in(self.stats)
+        self.peer_metadata = PeerMetadata(self.workload, self.pod_name, self.pod_ip, self.stats)

@@ -62,8 +62,8 @@ class Exchange(LogRecord):
     the I/O layer passed in (the core never reads a clock)."""
 
     __slots__ = (
-        "chunked_out", "close_after", "cluster", "head", "held", "host", "limits", "listener", "pending",
-        "pending_size", "replay", "replay_size", "request_bytes", "request_done", "response_retry",
+        "chunked_out", "close_after", "cluster", "head", "held", "host", "limits", "listener", "peer",
+        "pending", "pending_size", "replay", "replay_size", "request_bytes", "request_done", "response_retry",
         "response_started", "retries_left", "route", "sent_at", "span", "start", "timed", "up",
     )
 
@@ -103,3 +103,5 @@ class Exchange(LogRecord):
         self.replay: list[bytes] | None = None
         self.replay_size: int = 0
         self.response_retry: bool = False
+        # The workload at the other end, from the metadata exchange: (workload, namespace, app).
+        self.peer: tuple[str, str, str] | None = None

@@ -137,6 +137,7 @@ class ExchangeCore(ExchangeResilience):
         tracer = self.ctx.tracer
         if tracer is not None:
             headers, ex.span = tracer.start(ex, headers, listener.direction)
+        headers = self.ctx.peer_metadata.request(ex, headers, listener.direction, self.peer)
         target = head.target
         if target[:1] != b"/" and target != b"*":
             # Absolute form (RFC 9112 3.2.2): route by the target's authority, forward in origin form.

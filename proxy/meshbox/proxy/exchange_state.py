@@ -208,6 +208,7 @@ class ExchangeState:
             return
         ex.response_started = True
         ex.response_code = status
+        head.headers = self.ctx.peer_metadata.response(ex, head.headers)
         ex.response_headers = head.headers
         ust = int((now - ex.sent_at) * 1000)
         ex.upstream_service_time = ust

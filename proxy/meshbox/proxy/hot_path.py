@@ -36,6 +36,8 @@ HOT_PATH = (
     "meshbox.proxy.route_match",
     "meshbox.proxy.inbound_policy",
     "meshbox.proxy.peer_identity",
+    "meshbox.proxy.peer_metadata",
+    "meshbox.proxy.recent_requests",
 )
 
 

@@ -40,6 +40,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.exchange_core import ExchangeCore
 from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.peer_metadata import peer_labels
 from meshbox.proxy.security_labels import RequestLabels
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
@@ -255,11 +256,14 @@ class DownstreamHttp(asyncio.Protocol):
         if host is not None:
             ex.upstream_peer_uri = host.peer_uri
         ctx.access_log.log(ex)
+        ctx.recent.record(ex)
         listener = ex.listener
         tls = ctx.tls
         labels = self.labels.of(ex.cluster, host, listener.direction if listener is not None else INBOUND,
                                 ctx.unknown_labels, tls.identity if tls is not None else None,
                                 ex.downstream_peer_uri, ex.upstream_peer_uri)
+        if ex.peer is not None:
+            labels = peer_labels(labels, ex.peer)
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms, ex.bytes_received, ex.bytes_sent)
         span = ex.span
         if span is not None:

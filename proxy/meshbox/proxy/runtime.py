@@ -59,6 +59,8 @@ class Options:
     # Unix datagram socket of the agent's span exporter; None: no tracing (trace headers pass through).
     trace_socket: str | None = None
     trace_sampling: float = 1.0
+    # The pod's name (POD_NAME), for the metadata exchange.
+    pod_name: str = ""
 
 
 def _context(options: Options) -> ProxyContext:
@@ -76,7 +78,7 @@ def _context(options: Options) -> ProxyContext:
         except OSError as exc:  # not written yet: the first TLS connection loads them
             print(f"meshbox-proxy: no workload certificate yet: {exc}", file=sys.stderr, flush=True)
     ctx = ProxyContext(loop=loop, codec=get_codec(options.codec), access_log=log, workload=options.workload,
-                       pod_ip=options.pod_ip, registry_only=options.registry_only,
+                       pod_ip=options.pod_ip, pod_name=options.pod_name, registry_only=options.registry_only,
                        head_timeout=options.head_timeout, body_idle_timeout=options.body_idle_timeout,
                        idle_timeout=options.idle_timeout, tls=tls)
     if options.trace_socket is not None:
@@ -138,6 +140,9 @@ class LocalController:
     async def stats(self) -> list[Stats]:
         return [self.server.ctx.stats]
 
+    async def requests(self, request_id: bytes) -> list[dict[str, str]]:
+        return self.server.ctx.recent.find(request_id)
+
     async def drain(self) -> None:
         self.server.drain()
 
@@ -188,6 +193,12 @@ class SupervisorController(LocalController):
             result.append(stats)
         return result
 
+    async def requests(self, request_id: bytes) -> list[dict[str, str]]:
+        found = self.server.ctx.recent.find(request_id)
+        for worker in self.workers:
+            found += await worker.call(("requests", request_id))
+        return sorted(found, key=lambda entry: entry["start_time"])
+
     async def drain(self) -> None:
         for worker in self.workers:
             await worker.call(("drain", None))
@@ -223,6 +234,8 @@ async def _serve_worker(options: Options, sock: socket.socket) -> None:
                     reply = ("error", str(exc))
             elif kind == "stats":
                 reply = server.ctx.stats.export()
+            elif kind == "requests":
+                reply = server.ctx.recent.find(payload)
             elif kind == "drain":
                 server.drain()
             await _send(writer, reply)

@@ -12,7 +12,7 @@ from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.security_labels import DESTINATION, with_security
-from meshbox.proxy.snapshot import ClusterRuntime
+from meshbox.proxy.snapshot import OUTBOUND, ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
 
@@ -81,6 +81,9 @@ class DownstreamTcp(asyncio.Protocol):
             if host is None:
                 self._refuse("UH")
                 return
+            if s.labels is cluster.labels[OUTBOUND]:
+                # The endpoint's workload, when discovery knows it, is the destination's.
+                s.labels = cluster.request_labels(OUTBOUND, host)
             limits = cluster.limits
             if limits.max_connections:
                 if not limits.connection_allowed():
