@@ -19,6 +19,7 @@ from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import security_pb2
 from meshbox.api.validation import ValidationError, validate_proxy_config
 from meshbox.proxy.authorization_compiler import compile_authorization
+from meshbox.proxy.route_actions_compiler import compile_route_actions
 from meshbox.proxy.snapshot import (
     DISABLE,
     INBOUND,
@@ -83,7 +84,9 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
             [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps],
             tls_endpoints=_tls_endpoints(c.tls, eps), sans=frozenset(c.tls.subject_alt_names))
     route_tables = {
-        rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters) for r in vh.routes])
+        rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters, f"route config {rc.name}: virtual host "
+                                                                         f"{vh.name}: routes[{i}]")
+                                                          for i, r in enumerate(vh.routes)])
                                       for vh in rc.virtual_hosts])
         for rc in config.route_configs
     }
@@ -116,7 +119,7 @@ def _header(match: pc.HeaderMatch) -> HeaderMatcher:
                          re.compile(value) if kind == "regex" else value)
 
 
-def _route(route: pc.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
+def _route(route: pc.Route, clusters: dict[str, ClusterRuntime], path: str) -> RouteRuntime:
     fault = route.fault
     return RouteRuntime(
         prefix=(route.match.prefix or "/").encode(),
@@ -130,6 +133,7 @@ def _route(route: pc.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime
         abort_status=fault.abort.http_status,
         delay_percent=fault.delay.percent if fault.HasField("delay") else 0.0,
         delay=_seconds(fault.delay.fixed_delay, 0.0),
+        actions=compile_route_actions(route, clusters, path),
     )
 
 

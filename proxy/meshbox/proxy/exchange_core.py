@@ -12,13 +12,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead, Tunnel
+from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, RequestHead, Tunnel
 from meshbox.proxy.exchange import (
     ARM,
     CLIENT_TIMER,
     CLOSE_UP,
     DELAY_TIMER,
     DISARM,
+    MIRROR,
     OPEN,
     RELEASE,
     ROUTE_TIMER,
@@ -30,6 +31,7 @@ from meshbox.proxy.exchange import (
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
+from meshbox.proxy.route_actions import RouteActions, mirror_requests
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -156,6 +158,12 @@ class ExchangeCore(ExchangeState):
             return
         if host is None:
             headers.append((b"host", (cluster.service or cluster.name).encode()))
+        actions = route.actions
+        if actions is not None:
+            edited = self._route_actions(ex, actions, headers, target, now)
+            if edited is None:
+                return
+            headers, target = edited
         ex.request_bytes = self.up_framing.request_head(ex, target, headers)
         ex.retries_left = route.retries
         if route.delay_percent and random.random() * 100 < route.delay_percent:
@@ -163,6 +171,37 @@ class ExchangeCore(ExchangeState):
             self.actions.append((ARM, DELAY_TIMER, ex, route.delay))
             return
         self._connect(ex, now)
+
+    def _route_actions(self, ex: Exchange, actions: RouteActions, headers: Headers, target: bytes,
+                       now: float) -> tuple[Headers, bytes] | None:
+        """The route's local rate limit, redirect, rewrites, header operations and mirrors (see
+        route_actions): the request's new headers and target, or None when it was answered here."""
+        limiter = actions.limiter
+        stats = self.ctx.stats
+        if limiter is not None:
+            if not limiter.take(now):
+                stats.incr("http_local_rate_limit_rate_limited")
+                self._local_reply(ex, 429, b"local_rate_limited", "RL", now)
+                return None
+            stats.incr("http_local_rate_limit_ok")
+        redirect = actions.redirect
+        if redirect is not None:
+            location = redirect.location(ex.authority or b"", target, b"http")
+            self._local_reply(ex, redirect.code, b"", "-", now, headers=[(b"location", location)])
+            return None
+        cluster = ex.cluster
+        assert cluster is not None
+        headers, target = actions.edit_request(cluster.name, headers, target)
+        if actions.mirrors:
+            head = ex.head
+            assert head is not None and ex.route is not None
+            if not ex.request_done:
+                # Only bodiless requests are copied: a body would have to be held for the mirror.
+                stats.incr("mirror_skipped_body")
+            else:
+                for cluster_, data in mirror_requests(actions.mirrors, head.method, target, headers):
+                    self.actions.append((MIRROR, cluster_, data, ex.route.timeout))
+        return headers, target
 
     def _hold_early(self, ex: Exchange, data: bytes) -> None:
         """Bytes after an upgrade request, before its answer: they go upstream only if the upstream

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from meshbox.proxy.codec.events import END, Body, ProtocolError, ResponseHead, Tunnel
+from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, ResponseHead, Tunnel
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import (
     ARM,
@@ -177,6 +177,11 @@ class ExchangeState:
         if status < 200 and status != 101:
             self.out.append(self.down_framing.interim_head(ex, head))
             return
+        route = ex.route
+        if route is not None:
+            actions = route.actions
+            if actions is not None and ex.cluster is not None:
+                head = actions.edit_response(ex.cluster.name, head)
         ex.response_started = True
         ex.response_code = status
         ex.response_headers = head.headers
@@ -254,7 +259,8 @@ class ExchangeState:
         self.close()
 
     # -- endings -----------------------------------------------------------------------------------
-    def _local_reply(self, ex: Exchange, status: int, body: bytes, flag: str, now: float) -> None:
+    def _local_reply(self, ex: Exchange, status: int, body: bytes, flag: str, now: float,
+                     headers: Headers | None = None) -> None:
         ex.response_code = status
         ex.response_flags = flag
         ex.bytes_sent = len(body)
@@ -263,7 +269,10 @@ class ExchangeState:
         close = (not ex.request_done or request is None or not request.keep_alive or request.upgrade
                  or self.ctx.draining)
         ex.close_after = close
-        self.out.append(self.down_framing.local_reply(ex, status, body, close))
+        if headers is None:
+            self.out.append(self.down_framing.local_reply(ex, status, body, close))
+        else:
+            self.out.append(self.down_framing.local_reply(ex, status, body, close, headers=headers))
         if request is not None and request.method == b"HEAD":
             ex.bytes_sent = 0
         if ex.request_done or close:

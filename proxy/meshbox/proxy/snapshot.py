@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from meshbox.proxy.authorization import Authorizer
 from meshbox.proxy.load_balancer import Picker, least_request, round_robin
+from meshbox.proxy.route_actions import RouteActions
 from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 
 # A listener's traffic direction: the names of meshbox.api.v1.TrafficDirection values (config_compiler
@@ -169,14 +170,17 @@ class HeaderMatcher:
 
 
 class RouteRuntime:
-    """One route: match conditions, weighted clusters, timeout, retries, fault injection."""
+    """One route: match conditions, weighted clusters, timeout, retries, fault injection, and its other
+    actions (header operations, rewrites, redirect, mirrors, rate limit; None when it has none)."""
 
-    __slots__ = ("abort_percent", "abort_status", "clusters", "cumulative", "delay", "delay_percent", "headers",
-                 "per_try_timeout", "prefix", "retries", "single_cluster", "timeout", "total")
+    __slots__ = ("abort_percent", "abort_status", "actions", "clusters", "cumulative", "delay", "delay_percent",
+                 "headers", "per_try_timeout", "prefix", "retries", "single_cluster", "timeout", "total")
 
     def __init__(self, *, prefix: bytes, headers: list[HeaderMatcher], clusters: list[ClusterRuntime],
                  weights: list[int], timeout: float, retries: int, per_try_timeout: float | None,
-                 abort_percent: float, abort_status: int, delay_percent: float, delay: float) -> None:
+                 abort_percent: float, abort_status: int, delay_percent: float, delay: float,
+                 actions: RouteActions | None = None) -> None:
+        self.actions = actions
         self.prefix = prefix
         self.headers = headers
         self.clusters = clusters
