@@ -204,11 +204,13 @@ def test_circuit_breaking_and_outlier_detection_are_refused_by_name() -> None:
                                 "maxConnections: not implemented by meshbox's proxy yet [MB0105]")
 
 
-def test_mirroring_and_other_route_features_are_refused_by_name() -> None:
+def test_mirroring_is_translated_and_other_route_features_are_refused_by_name() -> None:
     vs, findings = translate_virtual_service(load(MIRROR), source="mirror.yaml")
-    assert vs is None
-    assert [(f.code, f.path) for f in findings] == [(Code.UNSUPPORTED, "spec.http[0].mirror"),
-                                                    (Code.UNSUPPORTED, "spec.http[0].mirrorPercentage")]
+    assert vs is not None and findings == []
+    (rule,) = vs.rules
+    assert [(m.destination.subset, m.destination.host, m.percent, m.all) for m in rule.spec.mirrors] == [
+        ("v2", "", 100.0, False)]
+    assert rule.mirror_paths == ("spec.http[0].mirror",)
     vs, findings = translate_virtual_service(load("""
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -231,8 +233,6 @@ spec:
                     "Service)",
         "spec.gateways[0]": "gateways: not implemented by meshbox yet (only the sidecars' 'mesh')",
         "spec.hosts[0]": "wildcard hosts: not implemented by meshbox yet",
-        "spec.http[0].rewrite": "not implemented by meshbox's proxy yet",
-        "spec.http[0].headers": "not implemented by meshbox's proxy yet",
         "spec.http[0].retries.backoff": "not implemented by meshbox's proxy yet",
         "spec.http[0].retries.retryOn": "5xx, retriable-4xx: not implemented by meshbox's proxy yet "
                                         "(it retries on connect-failure and per-try timeouts)",

@@ -244,7 +244,7 @@ def test_mirror_percentage_and_bounded_in_flight(kit: Any, tmp_path: Path, monke
 @pytest.mark.parametrize(("field", "value", "error"), [
     ("redirect", {"code": 200}, r"redirect.code: must be one of 301"),
     ("redirect", {"scheme": "ftp"}, r"redirect.scheme"),
-    ("request_headers", {"set": [{"name": "content-length", "value": "1"}]}, r"cannot edit header 'content-length'"),
+    ("request_headers", {"set": [{"name": "content-length", "value": "1"}]}, r"cannot edit header .content-length."),
     ("response_headers", {"add": [{"name": "x-a", "value": "a\r\nb"}]}, r"control characters"),
     ("mirrors", [{"cluster": "nowhere", "all": True}], r"unknown cluster 'nowhere'"),
     ("rate_limit", {"max_tokens": 0, "fill_interval": "1s"}, r"rate_limit.max_tokens"),

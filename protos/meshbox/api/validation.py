@@ -11,6 +11,7 @@ import ipaddress
 import re
 
 from meshbox.api.identity import IdentityError, check_namespace, check_trust_domain, parse_spiffe_id
+from meshbox.api.route_actions_validation import RouteActionError, check_route_actions
 from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2, security_pb2
 
 
@@ -154,6 +155,10 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
                         raise ValidationError(f"unknown cluster {wc.cluster!r}", source=source,
                                               path=f"{path}.clusters[{m}].cluster")
                 _check_weights([wc.weight for wc in route.clusters], source=source, path=f"{path}.clusters")
+                try:
+                    check_route_actions(route, clusters)
+                except RouteActionError as exc:
+                    raise ValidationError(exc.reason, source=source, path=f"{path}.{exc.path}") from None
                 for kind in ("delay", "abort"):
                     if route.fault.HasField(kind):
                         pct = getattr(route.fault, kind).percent
@@ -234,6 +239,10 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
     if spec.fault.HasField("abort") and not 200 <= spec.fault.abort.http_status <= 599:
         raise ValidationError(f"http_status must be 200..599, got {spec.fault.abort.http_status}", source=source,
                               path=f"{path}.fault.abort.http_status")
+    try:
+        check_route_actions(spec)
+    except RouteActionError as exc:
+        raise ValidationError(exc.reason, source=source, path=f"{path}.{exc.path}") from None
 
 
 # Authorization rule strings: exact, "prefix*", "*suffix" or "*"; a "*" anywhere else is refused.

@@ -84,9 +84,7 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
             [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps],
             tls_endpoints=_tls_endpoints(c.tls, eps), sans=frozenset(c.tls.subject_alt_names))
     route_tables = {
-        rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters, f"route config {rc.name}: virtual host "
-                                                                         f"{vh.name}: routes[{i}]")
-                                                          for i, r in enumerate(vh.routes)])
+        rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters) for r in vh.routes])
                                       for vh in rc.virtual_hosts])
         for rc in config.route_configs
     }
@@ -119,7 +117,7 @@ def _header(match: pc.HeaderMatch) -> HeaderMatcher:
                          re.compile(value) if kind == "regex" else value)
 
 
-def _route(route: pc.Route, clusters: dict[str, ClusterRuntime], path: str) -> RouteRuntime:
+def _route(route: pc.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime:
     fault = route.fault
     return RouteRuntime(
         prefix=(route.match.prefix or "/").encode(),
@@ -133,7 +131,7 @@ def _route(route: pc.Route, clusters: dict[str, ClusterRuntime], path: str) -> R
         abort_status=fault.abort.http_status,
         delay_percent=fault.delay.percent if fault.HasField("delay") else 0.0,
         delay=_seconds(fault.delay.fixed_delay, 0.0),
-        actions=compile_route_actions(route, clusters, path),
+        actions=compile_route_actions(route, clusters),
     )
 
 

@@ -16,8 +16,6 @@ from meshbox.proxy.codec.events import Headers, ResponseHead
 from meshbox.proxy.header_policy import request_head_out
 from meshbox.proxy.rate_limit import TokenBucket
 
-# The status codes a redirect may carry (Envoy's RedirectResponseCode).
-REDIRECT_CODES = (301, 302, 303, 307, 308)
 # Envoy's suffix on the host of a mirrored request, so the mirror can tell shadow traffic apart.
 SHADOW_SUFFIX = b"-shadow"
 
