@@ -434,21 +434,19 @@ spec:
   hosts: [api.dropboxapi.com, www.googleapis.com]
   ports: [{number: 443, name: https, protocol: TLS}]
   location: MESH_EXTERNAL
-  resolution: DNS
+  resolution: DYNAMIC_DNS
   endpoints: [{address: us.foo.bar.com, ports: {https: 8443}, labels: {version: v1}}]
   exportTo: ["."]
 """), source="se.yaml")
     assert sorted(only(findings)) == [
         ("MB0105", "spec.addresses", "0 addresses: not implemented by meshbox yet; meshbox matches outbound "
                                      "connections by one virtual IP address per entry"),
-        ("MB0105", "spec.endpoints[0].address", "'us.foo.bar.com': endpoints by name or Unix socket: not implemented "
-                                                "by meshbox's proxy yet (it connects to IP addresses)"),
         ("MB0105", "spec.endpoints[0].labels", "not implemented by meshbox yet"),
         ("MB0105", "spec.exportTo", "exportTo: not implemented by meshbox yet (every entry applies mesh-wide)"),
         ("MB0105", "spec.hosts", "2 hosts: exactly one host per ServiceEntry is implemented (write one entry per "
                                  "host)"),
-        ("MB0105", "spec.resolution", "DNS: not implemented by meshbox's proxy yet (it forwards to the endpoints' IP "
-                                      "addresses: use STATIC)"),
+        ("MB0105", "spec.resolution", "DYNAMIC_DNS: not implemented by meshbox's proxy yet (it forwards to the "
+                                      "endpoints' addresses: use STATIC or DNS)"),
     ]
 
 

@@ -110,6 +110,18 @@ def _check_tracing(tracing: mesh_config_pb2.TracingConfig, *, source: str) -> No
             raise ValidationError(f"not host:port: {address!r}", source=source, path="tracing.collector_address")
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def is_dns_name(name: str) -> bool:
+    """A host name (RFC 1123 labels, lower-case, at most 253 characters, an optional final dot) that is not
+    all digits and dots (those are IP addresses, or mistakes)."""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253 or name.replace(".", "").isdigit():
+        return False
+    return all(_DNS_LABEL.match(label) for label in name.split("."))
+
+
 def _check_weights(weights: list[int], *, source: str, path: str) -> None:
     """Weights split traffic in proportion; all zero means an equal split. The total must fit in 32 bits."""
     limit = 2**32 - 1
@@ -136,8 +148,9 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
             try:
                 ipaddress.ip_address(ep.address)
             except ValueError:
-                raise ValidationError(f"not an IP address: {ep.address!r}", source=source,
-                                      path=f"{path}.address") from None
+                if not is_dns_name(ep.address):
+                    raise ValidationError(f"neither an IP address nor a DNS name: {ep.address!r}", source=source,
+                                          path=f"{path}.address") from None
             check_port(ep.port, source=source, path=f"{path}.port")
     route_configs = {}
     for i, rc in enumerate(config.route_configs):
