@@ -254,3 +254,41 @@ def test_unappliable_actions_are_refused(kit: Any, field: str, value: Any, error
     config = kit.http_config(1080, {"main": [1]}, routes=[_route(**{field: value})])
     with pytest.raises(ConfigRejected, match=error):
         compile_config(config, Workload())
+
+
+def test_mirror_copies_bodies_up_to_the_limit(kit: Any, tmp_path: Path) -> None:
+    from meshbox.proxy.route_actions import MIRROR_BODY_LIMIT
+
+    async def main() -> tuple[list[Any], Any, str]:
+        main_backend = await kit.Backend("main").start()
+        mirror = await kit.Backend("mirror").start()
+        port = kit.free_port()
+        async with kit.proxy(_mirror_config(kit, port, main_backend.port, mirror.port, all=True), tmp_path) as p:
+            client = await kit.Client.connect(port)
+            answers = [
+                await client.request("POST", "/small", body=b"a" * 1000),
+                await client.request("POST", "/chunked", body=b"xyz" * 10,
+                                     headers=[("transfer-encoding", "chunked")]),
+                await client.request("POST", "/big", body=b"b" * (MIRROR_BODY_LIMIT + 1)),
+                await client.request("POST", "/big-chunked", body=b"c" * (MIRROR_BODY_LIMIT + 1),
+                                     headers=[("transfer-encoding", "chunked")]),
+            ]
+            client.close()
+            deadline = time.monotonic() + 5
+            while len(mirror.requests) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            metrics = render([p.ctx.stats]).decode()
+        main_backend.close()
+        mirror.close()
+        return answers, mirror, metrics
+
+    answers, mirror, metrics = kit.run(main())
+    assert [a.status for a in answers] == [200] * 4
+    assert [len(a.json()["body"]) for a in answers] == [1000, 30, MIRROR_BODY_LIMIT + 1, MIRROR_BODY_LIMIT + 1]
+    copies = {r.target: r for r in mirror.requests}
+    assert sorted(copies) == [b"/chunked", b"/small"]
+    assert copies[b"/small"].body == b"a" * 1000
+    assert copies[b"/chunked"].body == b"xyz" * 10
+    assert copies[b"/chunked"].header(b"content-length") == b"30"
+    assert "meshbox_proxy_mirror_skipped_body_total 2" in metrics

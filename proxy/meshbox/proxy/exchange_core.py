@@ -31,7 +31,7 @@ from meshbox.proxy.exchange import (
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
-from meshbox.proxy.route_actions import RouteActions, mirror_requests
+from meshbox.proxy.route_actions import MIRROR_BODY_LIMIT, PendingMirror, RouteActions, chosen_mirrors, mirror_copy
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -193,15 +193,36 @@ class ExchangeCore(ExchangeState):
         assert cluster is not None
         headers, target = actions.edit_request(cluster.name, headers, target)
         if actions.mirrors:
-            head = ex.head
-            assert head is not None and ex.route is not None
-            if not ex.request_done:
-                # Only bodiless requests are copied: a body would have to be held for the mirror.
-                stats.incr("mirror_skipped_body")
-            else:
-                for cluster_, data in mirror_requests(actions.mirrors, head.method, target, headers):
-                    self.actions.append((MIRROR, cluster_, data, ex.route.timeout))
+            self._mirror(ex, chosen_mirrors(actions.mirrors), target, headers)
         return headers, target
+
+    def _mirror(self, ex: Exchange, clusters: list[Any], target: bytes, headers: Headers) -> None:
+        """Copy the request to the mirrors' clusters: now, or once its body is in (bounded)."""
+        head, route = ex.head, ex.route
+        if not clusters or head is None or route is None:
+            return
+        if ex.request_done:
+            data = mirror_copy(head.method, target, headers, None)
+            for cluster in clusters:
+                self.actions.append((MIRROR, cluster, data, route.timeout))
+        elif head.content_length is not None and head.content_length > MIRROR_BODY_LIMIT:
+            self.ctx.stats.incr("mirror_skipped_body")
+        else:
+            self.mirroring = PendingMirror(ex, clusters, head.method, target, headers, route.timeout)
+
+    def _mirror_body(self, mirroring: PendingMirror, ex: Exchange, data: bytes, end: bool) -> None:
+        if mirroring.exchange is not ex:
+            self.mirroring = None  # left over from an exchange that ended before its body did
+            return
+        if data and not mirroring.add(data):
+            self.mirroring = None
+            self.ctx.stats.incr("mirror_skipped_body")
+            return
+        if end:
+            self.mirroring = None
+            copy = mirroring.copy()
+            for cluster in mirroring.clusters:
+                self.actions.append((MIRROR, cluster, copy, mirroring.timeout))
 
     def _hold_early(self, ex: Exchange, data: bytes) -> None:
         """Bytes after an upgrade request, before its answer: they go upstream only if the upstream
@@ -261,6 +282,9 @@ class ExchangeCore(ExchangeState):
 
     def _request_body(self, ex: Exchange, data: bytes) -> None:
         ex.bytes_received += len(data)
+        mirroring = self.mirroring
+        if mirroring is not None:
+            self._mirror_body(mirroring, ex, data, False)
         if not ex.request_done:
             data = self.up_framing.request_body(ex, data)
         up = ex.up
@@ -281,6 +305,9 @@ class ExchangeCore(ExchangeState):
 
     def _request_end(self, ex: Exchange) -> None:
         ex.request_done = True
+        mirroring = self.mirroring
+        if mirroring is not None:
+            self._mirror_body(mirroring, ex, b"", True)
         end = self.up_framing.request_end(ex)
         if end:
             if ex.up is not None:

@@ -27,6 +27,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.route_actions import PendingMirror
 from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
@@ -72,6 +73,8 @@ class ExchangeState:
         self.timer = NO_TIMER
         # The last response head said its connection may carry another exchange.
         self.up_keep_alive = False
+        # A mirror copy collecting its request's body (route_actions.PendingMirror), else None.
+        self.mirroring: PendingMirror | None = None
 
     def flush(self) -> None:
         """Turn what was written for the client since the last flush into one write action."""

@@ -8,8 +8,8 @@ are dropped and counted), each gives up after the route's timeout, and the answe
 by piece as it arrives (never buffered).
 
 Counters (``meshbox_proxy_<name>_total``): ``mirror_requests`` sent, ``mirror_dropped`` over the limit,
-``mirror_failed`` (connect error, timeout, or no endpoint), ``mirror_skipped_body`` (only requests
-without a body are copied).
+``mirror_failed`` (connect error, timeout, or no endpoint), ``mirror_skipped_body`` (a request body
+over route_actions.MIRROR_BODY_LIMIT: the copy would have to hold it).
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from meshbox.proxy.rate_limit import TokenBucket
 
 # Envoy's suffix on the host of a mirrored request, so the mirror can tell shadow traffic apart.
 SHADOW_SUFFIX = b"-shadow"
+# A mirror copies request bodies up to this size (held while the body arrives); larger ones are not copied.
+MIRROR_BODY_LIMIT = 64 * 1024
 
 
 class HeaderOps:
@@ -150,16 +152,50 @@ class RouteActions:
                             head.chunked, head.has_body)
 
 
-def mirror_requests(mirrors: list[Mirror], method: bytes, target: bytes,
-                    headers: Headers) -> list[tuple[Any, bytes]]:
-    """(cluster, request bytes) for each mirror that copies this request: the Host gets ``-shadow``
-    and the copy asks for its connection to close (it is used once)."""
-    out = []
-    for mirror in mirrors:
-        if not mirror.all and not (mirror.percent and random.random() * 100 < mirror.percent):
-            continue
-        shadow: Headers = [(name, shadow_host(value)) if name == b"host" else (name, value)
-                           for name, value in headers if name not in (b"connection", b"keep-alive")]
-        shadow.append((b"connection", b"close"))
-        out.append((mirror.cluster, request_head_out(method, target, shadow)))
-    return out
+def chosen_mirrors(mirrors: list[Mirror]) -> list[Any]:
+    """The clusters of the mirrors that copy this request (each by its own share)."""
+    return [m.cluster for m in mirrors if m.all or (m.percent and random.random() * 100 < m.percent)]
+
+
+def mirror_copy(method: bytes, target: bytes, headers: Headers, body: bytes | None) -> bytes:
+    """The bytes of a mirror's copy: Host with ``-shadow``, ``connection: close`` (the copy's connection
+    is used once) and, with a body, its length (the body was collected de-chunked)."""
+    dropped = (b"connection", b"keep-alive", b"content-length") if body is not None else (b"connection",
+                                                                                          b"keep-alive")
+    shadow: Headers = [(name, shadow_host(value)) if name == b"host" else (name, value)
+                       for name, value in headers if name not in dropped]
+    shadow.append((b"connection", b"close"))
+    if body is None:
+        return request_head_out(method, target, shadow)
+    shadow.append((b"content-length", b"%d" % len(body)))
+    return request_head_out(method, target, shadow) + body
+
+
+class PendingMirror:
+    """A copy waiting for its request's body (bounded by MIRROR_BODY_LIMIT: beyond it the copy is dropped)."""
+
+    __slots__ = ("chunks", "clusters", "exchange", "headers", "method", "size", "target", "timeout")
+
+    def __init__(self, exchange: object, clusters: list[Any], method: bytes, target: bytes, headers: Headers,
+                 timeout: float) -> None:
+        self.exchange = exchange
+        self.clusters = clusters
+        self.method = method
+        self.target = target
+        # A copy: the upstream request's framing is appended to the list it came from.
+        self.headers = list(headers)
+        self.timeout = timeout
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> bool:
+        """Keep a piece of the body; False once the body is over the limit (the copy is given up)."""
+        self.size += len(data)
+        if self.size > MIRROR_BODY_LIMIT:
+            self.chunks = []
+            return False
+        self.chunks.append(data)
+        return True
+
+    def copy(self) -> bytes:
+        return mirror_copy(self.method, self.target, self.headers, b"".join(self.chunks))
