@@ -517,9 +517,9 @@ spec:
         ("MB0105", "spec.destination.labels", "policies for some pods of the destination only: not implemented by "
                                               "meshbox yet"),
     ]
-    _, findings = translate_legacy_route_rule(load(SEED_RULE.replace("  httpFault:", "  mirror: {name: reviews}\n"
+    _, findings = translate_legacy_route_rule(load(SEED_RULE.replace("  httpFault:", "  l4Fault: {terminate: {}}\n"
                                                                      "  httpFault:")), source="rule.yaml")
-    assert only(findings) == [("MB0105", "spec.mirror", "not implemented by meshbox's proxy yet")]
+    assert only(findings) == [("MB0105", "spec.l4Fault", "not implemented by meshbox's proxy yet")]
 
 
 def test_routes_to_another_host() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from meshbox.api.istio.legacy import translate_legacy_route_rule
 from meshbox.api.istio.virtual_service import translate_virtual_service
 from meshbox.api.loader import ConfigError, parse_route_rule
 from meshbox.api.validation import ValidationError
@@ -112,3 +113,34 @@ def test_route_rule_actions_are_validated() -> None:
     rule["spec"] = {"destination": "reviews", "requestHeaders": {"set": [{"name": "host", "value": "x"}]}}
     with pytest.raises((ConfigError, ValidationError), match=r"spec.request_headers.set\[0\].name: cannot edit"):
         parse_route_rule(rule)
+
+
+def test_seed_era_route_rule_actions() -> None:
+    rule, findings = translate_legacy_route_rule(load("""
+apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata: {name: reviews-shadow}
+spec:
+  destination: {name: reviews}
+  route: [{labels: {version: v1}}]
+  rewrite: {uri: /v1, authority: reviews.internal}
+  appendHeaders: {x-istio: v1alpha2}
+  mirror: {name: reviews, labels: {version: v2}}
+"""), source="r.yaml")
+    assert findings == [] and rule is not None
+    spec = rule.spec
+    assert (spec.rewrite.prefix, spec.rewrite.authority) == ("/v1", "reviews.internal")
+    assert [(h.name, h.value) for h in spec.request_headers.add] == [("x-istio", "v1alpha2")]
+    assert [(dict(m.destination.labels), m.all) for m in spec.mirrors] == [({"version": "v2"}, True)]
+    redirect, findings = translate_legacy_route_rule(load("""
+apiVersion: config.istio.io/v1alpha2
+kind: RouteRule
+metadata: {name: moved}
+spec:
+  destination: {name: reviews}
+  redirect: {uri: /moved, authority: other.example}
+  mirror: {name: ratings}
+"""), source="r.yaml")
+    assert redirect is None
+    assert [(f.path, f.message) for f in findings] == [
+        ("spec.mirror", "mirroring to another service than the destination: not implemented by meshbox yet")]
