@@ -73,8 +73,12 @@ def test_actions_translated_in_every_served_version(version: str) -> None:
 
 
 @pytest.mark.parametrize(("http", "expected"), [
-    ({"rewrite": {"uriRegexRewrite": {"match": "^/a(.*)", "rewrite": "/b\\1"}}},
-     [("MB0105", "spec.http[0].rewrite.uriRegexRewrite", "not implemented by meshbox's proxy yet")]),
+    ({"rewrite": {"uriRegexRewrite": {"match": "^/a(.*)", "rewrite": "/b\\2"}}},
+     [("MB0100", "spec.http[0].rewrite.uriRegexRewrite", "'/b\\\\2': invalid group reference 2 at position 3 "
+                                                         "('^/a(.*)' has 1 groups)")]),
+    ({"rewrite": {"uriRegexRewrite": {"match": "^/a(", "rewrite": "/b"}}},
+     [("MB0100", "spec.http[0].rewrite.uriRegexRewrite",
+       "not a regular expression: missing ), unterminated subpattern at position 3")]),
     ({"redirect": {"derivePort": "FROM_REQUEST_PORT"}, "route": None},
      [("MB0105", "spec.http[0].redirect.derivePort", "not implemented by meshbox's proxy yet")]),
     ({"redirect": {"uri": "/x"}},
@@ -144,3 +148,15 @@ spec:
     assert redirect is None
     assert [(f.path, f.message) for f in findings] == [
         ("spec.mirror", "mirroring to another service than the destination: not implemented by meshbox yet")]
+
+
+def test_uri_regex_rewrite() -> None:
+    doc = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "reviews", "namespace": "default"},
+           "spec": {"hosts": ["reviews"], "http": [{
+               "rewrite": {"uriRegexRewrite": {"match": "^/service/([^/]+)(/.*)$", "rewrite": "\\2/instance/\\1"}},
+               "route": [{"destination": {"host": "reviews"}}]}]}}
+    vs, findings = translate_virtual_service(doc, source="x.yaml")
+    assert findings == [] and vs is not None
+    rewrite = vs.rules[0].spec.rewrite
+    assert (rewrite.regex, rewrite.regex_substitution) == ("^/service/([^/]+)(/.*)$", "\\2/instance/\\1")

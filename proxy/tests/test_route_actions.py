@@ -56,21 +56,25 @@ def test_prefix_and_authority_rewrite(kit: Any, tmp_path: Path) -> None:
         port = kit.free_port()
         routes = [_route(match={"prefix": "/old/"}, rewrite={"prefix": "/new/", "authority": "rewritten.example"}),
                   _route(match={"prefix": "/strip"}, rewrite={"prefix": "/"}),
+                  _route(match={"prefix": "/service/"},
+                         rewrite={"regex": "^/service/([^/]+)(/.*)$", "regex_substitution": "\\2/instance/\\1"}),
                   _route()]
         config = kit.http_config(port, {"main": [backend.port]}, routes=routes)
         async with kit.proxy(config, tmp_path):
             client = await kit.Client.connect(port)
-            for target in ("/old/a?q=1", "/strip/b", "/other"):
+            for target in ("/old/a?q=1", "/strip/b", "/service/foo/v1/api?x=/service/y/z", "/other"):
                 assert (await client.request(target=target, host="svc:8080")).status == 200
             client.close()
         backend.close()
         return backend.requests
 
-    first, second, third = kit.run(main())
+    first, second, regex, third = kit.run(main())
     assert first.target == b"/new/a?q=1"
     assert first.header(b"host") == b"rewritten.example"
     assert first.header(b"x-envoy-original-path") == b"/old/a?q=1"
     assert second.target == b"//b"  # Envoy's plain prefix replacement: "/strip" → "/" keeps the next "/"
+    assert regex.target == b"/v1/api/instance/foo?x=/service/y/z"  # the query is left alone
+    assert regex.header(b"x-envoy-original-path") == b"/service/foo/v1/api?x=/service/y/z"
     assert third.target == b"/other" and third.header(b"host") == b"svc:8080"
     assert third.header(b"x-envoy-original-path") is None
 
@@ -249,6 +253,9 @@ def test_mirror_percentage_and_bounded_in_flight(kit: Any, tmp_path: Path, monke
     ("mirrors", [{"cluster": "nowhere", "all": True}], r"unknown cluster 'nowhere'"),
     ("rate_limit", {"max_tokens": 0, "fill_interval": "1s"}, r"rate_limit.max_tokens"),
     ("rate_limit", {"max_tokens": 5}, r"rate_limit.fill_interval"),
+    ("rewrite", {"regex": "^/(a", "regex_substitution": "/"}, r"rewrite.regex: not a regular expression"),
+    ("rewrite", {"regex": "^/(a)", "regex_substitution": "/\\3"}, r"rewrite.regex_substitution"),
+    ("rewrite", {"prefix": "/x", "regex": "^/a"}, r"either prefix or regex"),
 ])
 def test_unappliable_actions_are_refused(kit: Any, field: str, value: Any, error: str) -> None:
     config = kit.http_config(1080, {"main": [1]}, routes=[_route(**{field: value})])

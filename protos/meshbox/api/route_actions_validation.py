@@ -45,6 +45,31 @@ def check_header_operations(ops: pc.HeaderOperations, path: str) -> None:
         check_header_name(name, f"{path}.remove[{i}]")
 
 
+def check_rewrite(rewrite: pc.RouteRewrite) -> None:
+    if rewrite.prefix and not rewrite.prefix.startswith("/"):
+        raise RouteActionError("rewrite.prefix", f"must start with '/', got {rewrite.prefix!r}")
+    if rewrite.regex_substitution and not rewrite.regex:
+        raise RouteActionError("rewrite.regex_substitution", "needs rewrite.regex")
+    if rewrite.regex:
+        if rewrite.prefix:
+            raise RouteActionError("rewrite.regex", "either prefix or regex, not both")
+        try:
+            pattern = re.compile(rewrite.regex)
+        except re.error as exc:
+            raise RouteActionError("rewrite.regex", f"not a regular expression: {exc}") from None
+        try:
+            # A match of the pattern's own groups, all empty, checks every reference of the substitution.
+            names = {index: name for name, index in pattern.groupindex.items()}
+            empty = "".join(f"(?P<{names[i]}>)" if i in names else "()" for i in range(1, pattern.groups + 1))
+            match = re.fullmatch(empty, "")
+            assert match is not None
+            match.expand(rewrite.regex_substitution)
+        except (re.error, IndexError) as exc:
+            raise RouteActionError("rewrite.regex_substitution", f"{rewrite.regex_substitution!r}: {exc} "
+                                                                 f"({rewrite.regex!r} has {pattern.groups} "
+                                                                 "groups)") from None
+
+
 def check_route_actions(route: Any, mirror_clusters: Iterable[str] | None = None) -> None:
     """A pc.Route or routing_pb2.RouteRuleSpec; ``mirror_clusters``: the names a proxy Route's mirrors
     may use (None for a RouteRuleSpec, whose mirrors name destinations)."""
@@ -57,8 +82,8 @@ def check_route_actions(route: Any, mirror_clusters: Iterable[str] | None = None
             if dest.HasField(side):
                 check_header_operations(getattr(dest, side),
                                         f"{'clusters' if mirror_clusters is not None else 'route'}[{i}].{side}")
-    if route.HasField("rewrite") and route.rewrite.prefix and not route.rewrite.prefix.startswith("/"):
-        raise RouteActionError("rewrite.prefix", f"must start with '/', got {route.rewrite.prefix!r}")
+    if route.HasField("rewrite"):
+        check_rewrite(route.rewrite)
     if route.HasField("redirect"):
         r = route.redirect
         if r.code and r.code not in REDIRECT_CODES:

@@ -10,6 +10,7 @@ token bucket's level (meshbox.proxy.rate_limit).
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from meshbox.proxy.codec.events import Headers, ResponseHead
@@ -102,13 +103,14 @@ class RouteActions:
     """The actions of one route (any of them may be absent)."""
 
     __slots__ = ("by_cluster", "limiter", "matched_prefix", "mirrors", "redirect", "request_ops", "response_ops",
-                 "rewrite_authority", "rewrite_prefix")
+                 "rewrite_authority", "rewrite_prefix", "rewrite_regex", "rewrite_substitution")
 
     def __init__(self, *, request_ops: HeaderOps | None = None, response_ops: HeaderOps | None = None,
                  by_cluster: dict[str, tuple[HeaderOps | None, HeaderOps | None]] | None = None,
                  matched_prefix: bytes = b"/", rewrite_prefix: bytes | None = None,
                  rewrite_authority: bytes | None = None, redirect: Redirect | None = None,
-                 mirrors: list[Mirror] | None = None, limiter: TokenBucket | None = None) -> None:
+                 mirrors: list[Mirror] | None = None, limiter: TokenBucket | None = None,
+                 rewrite_regex: re.Pattern[bytes] | None = None, rewrite_substitution: bytes = b"") -> None:
         self.request_ops = request_ops
         self.response_ops = response_ops
         # Cluster name → (request, response) operations of that weighted destination.
@@ -116,6 +118,9 @@ class RouteActions:
         self.matched_prefix = matched_prefix
         self.rewrite_prefix = rewrite_prefix
         self.rewrite_authority = rewrite_authority
+        # Matches in the path (not the query) replaced by the substitution (Envoy's regex_rewrite).
+        self.rewrite_regex = rewrite_regex
+        self.rewrite_substitution = rewrite_substitution
         self.redirect = redirect
         self.mirrors = mirrors or []
         self.limiter = limiter
@@ -128,6 +133,12 @@ class RouteActions:
             target = self.rewrite_prefix + target[len(self.matched_prefix):]
             if not target.startswith(b"/"):
                 target = b"/" + target
+        elif self.rewrite_regex is not None:
+            path, mark, query = target.partition(b"?")
+            rewritten = self.rewrite_regex.sub(self.rewrite_substitution, path)
+            if rewritten != path:
+                headers = [*headers, (b"x-envoy-original-path", target)]
+                target = rewritten + mark + query
         if self.rewrite_authority is not None:
             headers = [h for h in headers if h[0] != b"host"]
             headers.append((b"host", self.rewrite_authority))

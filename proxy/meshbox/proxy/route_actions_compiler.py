@@ -6,6 +6,7 @@ meshbox.api.route_actions_validation); a route that sets none of them gets None 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from meshbox.api.v1 import proxy_config_pb2 as pc
@@ -33,6 +34,8 @@ def compile_route_actions(route: pc.Route, clusters: dict[str, Any]) -> RouteAct
         matched_prefix=(route.match.prefix or "/").encode(),
         rewrite_prefix=rewrite.prefix.encode() if rewrite.prefix else None,
         rewrite_authority=rewrite.authority.encode() if rewrite.authority else None,
+        rewrite_regex=re.compile(rewrite.regex.encode()) if rewrite.regex else None,
+        rewrite_substitution=rewrite.regex_substitution.encode(),
         redirect=_redirect(route.redirect) if has("redirect") else None,
         mirrors=[Mirror(clusters[m.cluster], m.percent, m.all) for m in route.mirrors],
         limiter=_bucket(route.rate_limit) if has("rate_limit") else None,

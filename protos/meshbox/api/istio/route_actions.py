@@ -10,7 +10,7 @@ from typing import Any
 
 from meshbox.api.istio.fields import PROXY_TODO, Reader
 from meshbox.api.istio.objects import check_host, qualify_host
-from meshbox.api.route_actions_validation import REDIRECT_CODES, RouteActionError, check_header_name
+from meshbox.api.route_actions_validation import REDIRECT_CODES, RouteActionError, check_header_name, check_rewrite
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import routing_pb2
 
@@ -82,12 +82,25 @@ def _header_name(r: Reader, name: str, path: str) -> bool:
 
 
 def rewrite(r: Reader, data: Any, path: str, out: pc.RouteRewrite) -> None:
-    """Istio's HTTPRewrite: `uri` replaces the matched prefix, `authority` the Host."""
-    f = r.fields(data, path, "HTTPRewrite", ("uri", "authority"), {"uriRegexRewrite": PROXY_TODO})
+    """Istio's HTTPRewrite: `uri` replaces the matched prefix, `uriRegexRewrite` rewrites the path by a
+    regular expression, `authority` replaces the Host."""
+    f = r.fields(data, path, "HTTPRewrite", ("uri", "authority", "uriRegexRewrite"), {})
     out.prefix = r.string(f.get("uri"), f"{path}.uri")
     out.authority = r.string(f.get("authority"), f"{path}.authority")
-    if not out.prefix and not out.authority and "uriRegexRewrite" not in r.mapping(data, path):
-        r.invalid(path, "uri or authority is required")
+    if "uriRegexRewrite" in f:
+        where = f"{path}.uriRegexRewrite"
+        g = r.fields(f["uriRegexRewrite"], where, "RegexRewrite", ("match", "rewrite"), {})
+        out.regex = r.string(g.get("match"), f"{where}.match", required=True)
+        out.regex_substitution = r.string(g.get("rewrite"), f"{where}.rewrite")
+        if out.prefix:
+            r.invalid(where, "uri and uriRegexRewrite cannot both be set")
+        elif out.regex:
+            try:
+                check_rewrite(out)
+            except RouteActionError as exc:
+                r.invalid(where, exc.reason)
+    if not out.prefix and not out.authority and not out.regex:
+        r.invalid(path, "uri, uriRegexRewrite or authority is required")
 
 
 def redirect(r: Reader, data: Any, path: str, out: pc.RouteRedirect) -> None:

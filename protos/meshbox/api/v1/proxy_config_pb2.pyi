@@ -321,19 +321,28 @@ class RouteRewrite(_message.Message):
 
     PREFIX_FIELD_NUMBER: _builtins.int
     AUTHORITY_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
+    REGEX_SUBSTITUTION_FIELD_NUMBER: _builtins.int
     prefix: _builtins.str
     """Replaces the part of the path the route's match.prefix matched; empty: the path is kept."""
     authority: _builtins.str
     """Replaces the Host header; empty: kept."""
+    regex: _builtins.str
+    """A regular expression (Python's re, RE2's common syntax) whose matches in the path (not the query)
+    are replaced by `regex_substitution` (\\1 ... name the groups). Not with `prefix`.
+    """
+    regex_substitution: _builtins.str
     def __init__(
         self,
         *,
         prefix: _builtins.str = ...,
         authority: _builtins.str = ...,
+        regex: _builtins.str = ...,
+        regex_substitution: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "prefix", b"prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "prefix", b"prefix", "regex", b"regex", "regex_substitution", b"regex_substitution"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
