@@ -199,7 +199,7 @@ def test_slow_or_dead_mirror_never_delays_the_request(kit: Any, tmp_path: Path) 
             await asyncio.sleep(1.3)
             metrics = render([p.ctx.stats]).decode()
             from meshbox.proxy import mirroring
-            left = mirroring._in_flight.get(id(p.ctx), 0)
+            left = mirroring.in_flight(p.ctx)
         main_backend.close()
         slow.close()
         return elapsed, left, statuses, metrics

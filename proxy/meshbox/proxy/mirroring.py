@@ -21,7 +21,10 @@ from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.upstream_tls import open_upstream
 
 MAX_IN_FLIGHT = 256
+# Copies in flight per proxy context (by id: a process normally has one; tests run several).
 _in_flight: dict[int, int] = {}
+# The copies' tasks, referenced until done (the event loop keeps only weak references to tasks).
+_tasks: set[asyncio.Task[None]] = set()
 
 
 class _Discard(asyncio.Protocol):
@@ -42,11 +45,16 @@ class _Discard(asyncio.Protocol):
             self.done.set_result(None)
 
 
+def in_flight(ctx: ProxyContext) -> int:
+    """How many copies of this proxy are on their way."""
+    return _in_flight.get(id(ctx), 0)
+
+
 def send_mirror(ctx: ProxyContext, cluster: Any, data: bytes, timeout: float) -> None:
     """Start sending one copy (never raises, never blocks the caller)."""
     stats = ctx.stats
     key = id(ctx)
-    if _in_flight.get(key, 0) >= MAX_IN_FLIGHT:
+    if in_flight(ctx) >= MAX_IN_FLIGHT:
         stats.incr("mirror_dropped")
         return
     host = cluster.pick()
@@ -55,7 +63,9 @@ def send_mirror(ctx: ProxyContext, cluster: Any, data: bytes, timeout: float) ->
         return
     _in_flight[key] = _in_flight.get(key, 0) + 1
     stats.incr("mirror_requests")
-    ctx.loop.create_task(_send(ctx, cluster, host, data, timeout))
+    task = ctx.loop.create_task(_send(ctx, cluster, host, data, timeout))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 async def _send(ctx: ProxyContext, cluster: Any, host: Any, data: bytes, timeout: float) -> None:
