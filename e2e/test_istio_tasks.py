@@ -8,7 +8,9 @@ client pod that accepts and never answers (BookInfo's reviews would call a delay
 the retries task routes a ServiceEntry to one endpoint that refuses connections and one that
 serves. Mirroring sends v1's traffic to v2 as well (e2e/istio/mirror.yaml, the mirroring task's
 rule written for reviews): v2's proxy logs every request as `reviews-shadow`, the client gets v1's
-answers only. Circuit breaking and outlier detection are not implemented by meshbox's proxy yet:
+answers only. A VirtualService's redirect, rewrite and header operations and a RouteRule's local
+rate limit (429 RL) apply to ServiceEntries in front of an echoserver. Circuit breaking and outlier
+detection are not implemented by meshbox's proxy yet:
 applying that task's rule is refused with the field named, and nothing changes. Last, the route rule
 of the seed's time (config.istio.io/v1alpha2) routes reviews.
 """
@@ -257,6 +259,87 @@ def test_mirroring(bookinfo: Any) -> None:
     v2 = bookinfo.sh("meshctl local logs $(meshctl local get pod -l app=reviews,version=v2 "
                      "-o jsonpath='{.items[0].metadata.name}') proxy")
     assert sum(f'"{i}"' in line and '"reviews-shadow:9080"' in line for i in ids for line in v2.splitlines()) == 10
+
+
+ACTIONS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: actions
+spec:
+  hosts:
+  - actions.example.com
+  http:
+  - match:
+    - uri:
+        prefix: /old
+    redirect:
+      uri: /new
+      redirectCode: 302
+  - match:
+    - uri:
+        prefix: /api/
+    rewrite:
+      uri: /v2/
+    headers:
+      request:
+        set:
+          x-mesh: meshbox
+      response:
+        add:
+          x-served-by: rewritten
+    route:
+    - destination:
+        host: actions.example.com
+"""
+LIMIT = """apiVersion: routing.meshbox.io/v1alpha1
+kind: RouteRule
+metadata:
+  name: limited
+spec:
+  destination: limited.example.com
+  rateLimit:
+    maxTokens: 3
+    tokensPerFill: 1
+    fillInterval: 60s
+"""
+
+
+def test_route_actions_and_rate_limit(bookinfo: Any, tmp_path: Path) -> None:
+    """A VirtualService's redirect, rewrite and header operations, and a RouteRule's local rate limit,
+    on ServiceEntries whose endpoint is reviews v1's echoserver (it prints what it received)."""
+    pod_ip = bookinfo.sh("meshctl local get pod -l app=reviews,version=v1 -o jsonpath='{.items[0].status.podIP}'")
+    for name, address in (("actions", "10.100.200.3"), ("limited", "10.100.200.4")):
+        entry = tmp_path / f"{name}.yaml"
+        entry.write_text(SERVICE_ENTRY.format(name=name, address=address, endpoints=(
+            f"  - address: {pod_ip}\n    ports:\n      http: 8080")))
+        _apply(bookinfo, entry)
+    (tmp_path / "actions-vs.yaml").write_text(ACTIONS)
+    _apply(bookinfo, tmp_path / "actions-vs.yaml")
+    redirect = ""
+    for _ in range(20):  # until the routes are in
+        redirect = _curl(bookinfo, "10.100.200.3:80/old/page", 1, "-o /dev/null",
+                         "-w \"%{http_code} %{redirect_url}\"", check=False)
+        if redirect.startswith("302"):
+            break
+        time.sleep(0.2)
+    assert redirect == "302 http://10.100.200.3/new"
+    out = _curl(bookinfo, "10.100.200.3:80/api/items", 1, "-i")
+    assert "real path=/v2/items" in out and "x-mesh=meshbox" in out, out
+    assert "x-envoy-original-path=/api/items" in out, out
+    assert re.search(r"^x-served-by: rewritten\r?$", out, re.M), out
+
+    (tmp_path / "limit.yaml").write_text(LIMIT)
+    assert "routerule.routing.meshbox.io/limited created" in _apply(bookinfo, tmp_path / "limit.yaml")
+    codes: list[str] = []
+    for _ in range(20):  # until the limit is in: the first 429
+        codes = _codes(bookinfo, "10.100.200.4:80", 1)
+        if codes == ["429"]:
+            break
+        time.sleep(0.2)
+    assert codes == ["429"]
+    assert _codes(bookinfo, "10.100.200.4:80", 5) == ["429"] * 5  # 1 token a minute: none left
+    client = bookinfo.sh(CLIENT, "meshctl local logs ${CLIENT} proxy")
+    assert re.search(r'"GET / HTTP/1\.1" 429 RL ', client), client[-2000:]
 
 
 def test_seed_era_route_rule(bookinfo: Any) -> None:
