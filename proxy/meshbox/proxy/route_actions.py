@@ -73,6 +73,12 @@ class Redirect:
         return scheme + b"://" + netloc + path
 
 
+def _original_path(headers: Headers, target: bytes) -> Headers:
+    """``headers`` with x-envoy-original-path set to the path before a rewrite (one the client sent is
+    replaced, as Envoy does)."""
+    return [*(h for h in headers if h[0] != b"x-envoy-original-path"), (b"x-envoy-original-path", target)]
+
+
 def split_authority(authority: bytes) -> tuple[bytes, bytes]:
     """(host, port) of a Host header value; port empty when absent (IPv6 literals keep their brackets)."""
     colon = authority.rfind(b":")
@@ -129,7 +135,7 @@ class RouteActions:
         """The request's headers and target after the rewrites and header operations (route first,
         then the picked destination's), as Envoy orders them."""
         if self.rewrite_prefix is not None and target.startswith(self.matched_prefix):
-            headers = [*headers, (b"x-envoy-original-path", target)]
+            headers = _original_path(headers, target)
             target = self.rewrite_prefix + target[len(self.matched_prefix):]
             if not target.startswith(b"/"):
                 target = b"/" + target
@@ -137,7 +143,7 @@ class RouteActions:
             path, mark, query = target.partition(b"?")
             rewritten = self.rewrite_regex.sub(self.rewrite_substitution, path)
             if rewritten != path:
-                headers = [*headers, (b"x-envoy-original-path", target)]
+                headers = _original_path(headers, target)
                 target = rewritten + mark + query
         if self.rewrite_authority is not None:
             headers = [h for h in headers if h[0] != b"host"]
