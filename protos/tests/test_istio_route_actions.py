@@ -160,3 +160,26 @@ def test_uri_regex_rewrite() -> None:
     assert findings == [] and vs is not None
     rewrite = vs.rules[0].spec.rewrite
     assert (rewrite.regex, rewrite.regex_substitution) == ("^/service/([^/]+)(/.*)$", "\\2/instance/\\1")
+
+
+def test_deprecated_v1alpha3_header_fields() -> None:
+    doc = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "VirtualService",
+           "metadata": {"name": "reviews", "namespace": "default"},
+           "spec": {"hosts": ["reviews"], "http": [{
+               "appendHeaders": {"x-a": "1"}, "appendRequestHeaders": {"x-b": "2"},
+               "appendResponseHeaders": {"x-c": "3"}, "removeRequestHeaders": ["cookie"],
+               "removeResponseHeaders": ["server"], "route": [{"destination": {"host": "reviews"}}]}]}}
+    vs, findings = translate_virtual_service(doc, source="x.yaml")
+    assert findings == [] and vs is not None
+    spec = vs.rules[0].spec
+    assert [(h.name, h.value) for h in spec.request_headers.add] == [("x-a", "1"), ("x-b", "2")]
+    assert [(h.name, h.value) for h in spec.response_headers.add] == [("x-c", "3")]
+    assert (list(spec.request_headers.remove), list(spec.response_headers.remove)) == (["cookie"], ["server"])
+    doc["spec"]["http"][0]["appendHeaders"] = {"content-length": "1"}
+    doc["spec"]["http"][0]["removeRequestHeaders"] = ["bad name"]
+    _, findings = translate_virtual_service(doc, source="x.yaml")
+    assert [(f.path, f.message) for f in findings] == [
+        ("spec.http[0].appendHeaders.content-length", "cannot edit header 'content-length' (the proxy frames "
+                                                      "messages itself; use rewrite.authority for Host)"),
+        ("spec.http[0].removeRequestHeaders[0]", "not a header name: 'bad name'"),
+    ]

@@ -16,6 +16,12 @@ from meshbox.api.v1 import routing_pb2
 
 # HTTPRoute fields this module reads.
 ACTION_FIELDS = ("headers", "rewrite", "redirect", "mirror", "mirrorPercentage", "mirrorPercent", "mirrors")
+# v1alpha3's header fields before `headers` (deprecated, still served): field → (side, operation).
+DEPRECATED_HEADER_FIELDS = {
+    "appendHeaders": ("request", "add"), "appendRequestHeaders": ("request", "add"),
+    "appendResponseHeaders": ("response", "add"), "removeRequestHeaders": ("request", "remove"),
+    "removeResponseHeaders": ("response", "remove"),
+}
 
 
 @dataclass(frozen=True)
@@ -49,27 +55,38 @@ def parse_destination(r: Reader, data: Any, path: str, namespace: str) -> Destin
     return Destination(qualified, port, r.string(d.get("subset"), f"{path}.subset"))
 
 
-def header_operations(r: Reader, data: Any, path: str,
-                      out_request: pc.HeaderOperations, out_response: pc.HeaderOperations) -> None:
-    """Istio's Headers (`request` / `response`, each with `set`, `add`, `remove`)."""
+def header_operations(r: Reader, data: Any, path: str, out_request: pc.HeaderOperations,
+                      out_response: pc.HeaderOperations, deprecated: str = "") -> None:
+    """Istio's Headers (`request` / `response`, each with `set`, `add`, `remove`); ``deprecated``: the
+    v1alpha3 field these operations were written as (findings then name it)."""
     f = r.fields(data, path, "Headers", ("request", "response"), {})
     for side, out in (("request", out_request), ("response", out_response)):
         if side not in f:
             continue
-        where = f"{path}.{side}"
+        where = f"{path}.{deprecated}" if deprecated else f"{path}.{side}"
         ops = r.fields(f[side], where, "HeaderOperations", ("set", "add", "remove"), {})
         for kind in ("set", "add"):
-            for name, value in r.mapping(ops.get(kind), f"{where}.{kind}").items():
-                at = f"{where}.{kind}.{name}"
+            for name, value in r.mapping(ops.get(kind), f"{where}.{kind}" if not deprecated else where).items():
+                at = f"{where}.{kind}.{name}" if not deprecated else f"{where}.{name}"
                 if not isinstance(value, str):
                     r.invalid(at, f"expected a string, got {value!r}")
                 elif any(c in value for c in "\r\n\0"):
                     r.invalid(at, "control characters are not allowed in a header value")
                 elif _header_name(r, str(name), at):
                     getattr(out, kind).append(pc.HeaderValue(name=str(name).lower(), value=value))
-        for i, name in enumerate(r.strings(ops.get("remove"), f"{where}.remove")):
-            if _header_name(r, name, f"{where}.remove[{i}]"):
+        removes = f"{where}.remove" if not deprecated else where
+        for i, name in enumerate(r.strings(ops.get("remove"), removes)):
+            if _header_name(r, name, f"{removes}[{i}]"):
                 out.remove.append(name.lower())
+
+
+def deprecated_header_fields(r: Reader, f: Mapping[str, Any], path: str,
+                             out_request: pc.HeaderOperations, out_response: pc.HeaderOperations) -> None:
+    """v1alpha3's appendHeaders / appendRequestHeaders / appendResponseHeaders (maps of headers to add)
+    and removeRequestHeaders / removeResponseHeaders (lists of names), as `headers` would say them."""
+    for field, (side, operation) in DEPRECATED_HEADER_FIELDS.items():
+        if field in f:
+            header_operations(r, {side: {operation: f[field]}}, path, out_request, out_response, field)
 
 
 def _header_name(r: Reader, name: str, path: str) -> bool:

@@ -17,6 +17,8 @@ from meshbox.api.istio.findings import ERROR, Finding
 from meshbox.api.istio.objects import check_host, metadata, qualify_host, resource_label
 from meshbox.api.istio.route_actions import (
     ACTION_FIELDS,
+    DEPRECATED_HEADER_FIELDS,
+    deprecated_header_fields,
     header_operations,
     mirror_spec,
     mirrors,
@@ -37,10 +39,7 @@ _SPEC_REFUSED = {
     "exportTo": f"exportTo: {MESH_TODO} (every route applies mesh-wide)",
 }
 _HTTP_REFUSED = {
-    "directResponse": PROXY_TODO, "delegate": MESH_TODO,
-    "corsPolicy": PROXY_TODO, "appendHeaders": PROXY_TODO,
-    "removeResponseHeaders": PROXY_TODO, "appendResponseHeaders": PROXY_TODO,
-    "appendRequestHeaders": PROXY_TODO, "removeRequestHeaders": PROXY_TODO, "websocketUpgrade": PROXY_TODO,
+    "directResponse": PROXY_TODO, "delegate": MESH_TODO, "corsPolicy": PROXY_TODO, "websocketUpgrade": PROXY_TODO,
 }
 _MATCH_REFUSED = {
     "scheme": PROXY_TODO, "method": PROXY_TODO, "authority": PROXY_TODO, "queryParams": PROXY_TODO,
@@ -102,8 +101,8 @@ def _gateways(r: Reader, value: Any, path: str) -> None:
 
 
 def _http_route(r: Reader, data: Any, path: str, hosts: list[str], namespace: str) -> list[HostRule]:
-    f = r.fields(data, path, "HTTPRoute", ("name", "match", "route", "timeout", "retries", "fault", *ACTION_FIELDS),
-                 _HTTP_REFUSED)
+    f = r.fields(data, path, "HTTPRoute", ("name", "match", "route", "timeout", "retries", "fault", *ACTION_FIELDS,
+                                           *DEPRECATED_HEADER_FIELDS), _HTTP_REFUSED)
     r.string(f.get("name"), f"{path}.name")
     action = routing_pb2.RouteRuleSpec()
     dest_headers: list[routing_pb2.RouteDestination] = []
@@ -116,6 +115,7 @@ def _http_route(r: Reader, data: Any, path: str, hosts: list[str], namespace: st
         r.invalid(f"{path}.route", "at least one destination is required")
     if "headers" in f:
         header_operations(r, f["headers"], f"{path}.headers", action.request_headers, action.response_headers)
+    deprecated_header_fields(r, f, path, action.request_headers, action.response_headers)
     if "rewrite" in f:
         rewrite(r, f["rewrite"], f"{path}.rewrite", action.rewrite)
     mirror_targets = mirrors(r, f, path, namespace)
