@@ -135,9 +135,9 @@ def test_seed_era_route_rules_are_taken() -> None:
             "spec: {destination: {name: web}, route: [{labels: {version: v1}}]}\n")
     assert [(r.kind, r.key) for r in parse_manifests(rule, "rule.yaml")] == [("RouteRule", "default/web-v1")]
     with pytest.raises(ManifestError) as info:
-        parse_manifests(rule.replace("route:", "mirror: {name: web}, route:"), "rule.yaml")
-    assert str(info.value) == ("rule.yaml (document 1): RouteRule default/web-v1: spec.mirror: not implemented by "
-                               "meshbox's proxy yet [MB0105]")
+        parse_manifests(rule.replace("route:", "corsPolicy: {allowOrigin: ['*']}, route:"), "rule.yaml")
+    assert str(info.value) == ("rule.yaml (document 1): RouteRule default/web-v1: spec.corsPolicy: not implemented "
+                               "by meshbox's proxy yet [MB0105]")
 
 
 def test_deployment_pods_and_env() -> None:

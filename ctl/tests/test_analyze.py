@@ -101,7 +101,7 @@ def test_errors_exit_one_with_one_line_per_finding(tmp_path: Path) -> None:
     write_bookinfo(tmp_path)
     broken = tmp_path / "broken.yaml"
     broken.write_text(VIRTUAL_SERVICE.replace("name: reviews", "name: reviews-test").replace("subset: v2", "subset: v3")
-                      + "    mirror:\n      host: reviews\n      subset: v2\n")
+                      + "    corsPolicy:\n      allowOrigins:\n      - exact: https://example.com\n")
     extra = tmp_path / "extra.yaml"
     extra.write_text(VIRTUAL_SERVICE.replace("reviews", "ratings") + "---"
                      + REVIEWS.replace("name: http", "name: web").replace("reviews", "details"))
@@ -109,8 +109,8 @@ def test_errors_exit_one_with_one_line_per_finding(tmp_path: Path) -> None:
                  "-f", str(extra))
     assert result.returncode == 1
     assert result.stdout.splitlines() == [
-        f"Error [MB0105] VirtualService default/reviews-test spec.http[1].mirror: not implemented by meshbox's proxy "
-        f"yet ({broken})",
+        f"Error [MB0105] VirtualService default/reviews-test spec.http[1].corsPolicy: not implemented by meshbox's "
+        f"proxy yet ({broken})",
         f"Warning [MB0107] Service default/details spec.ports[0].name: 'web' is not <protocol>[-<suffix>] with a "
         "known protocol (http, http2, https, grpc, grpc-web, tcp, tls, mongo, mysql, redis, udp): proxied at L4 (TCP) "
         f"({extra})",

@@ -91,7 +91,7 @@ def test_route_rule_beside_a_virtual_service_is_reported(kit: Any) -> None:
 
 
 def test_refused_edit_keeps_the_last_good_version_serving(kit: Any, registry_dir: Path) -> None:
-    """A real discovery server and agent stream: a VirtualService, then an edit adding mirroring (refused:
+    """A real discovery server and agent stream: a VirtualService, then an edit adding a CORS policy (refused:
     /registry/errors names the field, nothing is pushed), then a 50/50 shift (pushed)."""
     kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(JASON_TO_CANARY)])
 
@@ -105,16 +105,16 @@ def test_refused_edit_keeps_the_last_good_version_serving(kit: Any, registry_dir
                 await agent.ack(response)
             assert await server.http_get("/registry/errors") == (200, "")
 
-            mirrored = [dict(JASON_TO_CANARY[0]), {**JASON_TO_CANARY[1],
-                                                   "mirror": {"host": "service-two", "subset": "canary"}}]
-            kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(mirrored)])
+            refused = [dict(JASON_TO_CANARY[0]), {**JASON_TO_CANARY[1],
+                                                   "corsPolicy": {"allowOrigins": [{"exact": "https://a.example"}]}}]
+            kit.write_yaml(registry_dir / "istio.yaml", [destination_rule(), virtual_service(refused)])
             for _ in range(100):
                 _, text = await server.http_get("/registry/errors")
                 if text:
                     break
                 await asyncio.sleep(0.05)
             assert text == (f"{registry_dir / 'istio.yaml'}: VirtualService default/service-two: "
-                            "spec.http[1].mirror: not implemented by meshbox's proxy yet; its previous version "
+                            "spec.http[1].corsPolicy: not implemented by meshbox's proxy yet; its previous version "
                             "keeps serving [MB0105]\n")
             await agent.expect_silence(0.3)
             routes = vhost_routes(server.hub.snapshot.builder.build(kit.node("service-one-a", "10.1.0.11")))

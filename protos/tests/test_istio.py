@@ -203,11 +203,13 @@ def test_circuit_breaking_and_outlier_detection_translate() -> None:
         (1, 1, 180, 100)
 
 
-def test_mirroring_and_other_route_features_are_refused_by_name() -> None:
+def test_mirroring_is_translated_and_other_route_features_are_refused_by_name() -> None:
     vs, findings = translate_virtual_service(load(MIRROR), source="mirror.yaml")
-    assert vs is None
-    assert [(f.code, f.path) for f in findings] == [(Code.UNSUPPORTED, "spec.http[0].mirror"),
-                                                    (Code.UNSUPPORTED, "spec.http[0].mirrorPercentage")]
+    assert vs is not None and findings == []
+    (rule,) = vs.rules
+    assert [(m.destination.subset, m.destination.host, m.percent, m.all) for m in rule.spec.mirrors] == [
+        ("v2", "", 100.0, False)]
+    assert rule.mirror_paths == ("spec.http[0].mirror",)
     vs, findings = translate_virtual_service(load("""
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -230,8 +232,6 @@ spec:
                     "Service)",
         "spec.gateways[0]": "gateways: not implemented by meshbox yet (only the sidecars' 'mesh')",
         "spec.hosts[0]": "wildcard hosts: not implemented by meshbox yet",
-        "spec.http[0].rewrite": "not implemented by meshbox's proxy yet",
-        "spec.http[0].headers": "not implemented by meshbox's proxy yet",
         "spec.http[0].retries.retryRemoteLocalities": "not implemented by meshbox's proxy yet",
         "spec.http[0].fault.abort.grpcStatus": "not implemented by meshbox's proxy yet",
         "spec.http[0].match[0].method": "not implemented by meshbox's proxy yet",
@@ -431,21 +431,19 @@ spec:
   hosts: [api.dropboxapi.com, www.googleapis.com]
   ports: [{number: 443, name: https, protocol: TLS}]
   location: MESH_EXTERNAL
-  resolution: DNS
+  resolution: DYNAMIC_DNS
   endpoints: [{address: us.foo.bar.com, ports: {https: 8443}, labels: {version: v1}}]
   exportTo: ["."]
 """), source="se.yaml")
     assert sorted(only(findings)) == [
         ("MB0105", "spec.addresses", "0 addresses: not implemented by meshbox yet; meshbox matches outbound "
                                      "connections by one virtual IP address per entry"),
-        ("MB0105", "spec.endpoints[0].address", "'us.foo.bar.com': endpoints by name or Unix socket: not implemented "
-                                                "by meshbox's proxy yet (it connects to IP addresses)"),
         ("MB0105", "spec.endpoints[0].labels", "not implemented by meshbox yet"),
         ("MB0105", "spec.exportTo", "exportTo: not implemented by meshbox yet (every entry applies mesh-wide)"),
         ("MB0105", "spec.hosts", "2 hosts: exactly one host per ServiceEntry is implemented (write one entry per "
                                  "host)"),
-        ("MB0105", "spec.resolution", "DNS: not implemented by meshbox's proxy yet (it forwards to the endpoints' IP "
-                                      "addresses: use STATIC)"),
+        ("MB0105", "spec.resolution", "DYNAMIC_DNS: not implemented by meshbox's proxy yet (it forwards to the "
+                                      "endpoints' addresses: use STATIC or DNS)"),
     ]
 
 
@@ -515,9 +513,9 @@ spec:
         ("MB0105", "spec.destination.labels", "policies for some pods of the destination only: not implemented by "
                                               "meshbox yet"),
     ]
-    _, findings = translate_legacy_route_rule(load(SEED_RULE.replace("  httpFault:", "  mirror: {name: reviews}\n"
+    _, findings = translate_legacy_route_rule(load(SEED_RULE.replace("  httpFault:", "  l4Fault: {terminate: {}}\n"
                                                                      "  httpFault:")), source="rule.yaml")
-    assert only(findings) == [("MB0105", "spec.mirror", "not implemented by meshbox's proxy yet")]
+    assert only(findings) == [("MB0105", "spec.l4Fault", "not implemented by meshbox's proxy yet")]
 
 
 def test_routes_to_another_host() -> None:

@@ -17,6 +17,7 @@ from meshbox.api.loader import ConfigError, parse_route_rule
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import routing_pb2
 from meshbox.api.validation import ValidationError
+from meshbox.discovery.route_actions import copy_route_actions
 
 
 @dataclass(frozen=True)
@@ -122,19 +123,22 @@ def build_port_routes(
         if spec.port and spec.port != port:
             continue
         route = pc.Route(match=pc.RouteMatch(prefix=spec.match.path_prefix, headers=spec.match.headers))
-        for dest in spec.route:
+
+        def target_of(dest: routing_pb2.RouteDestination) -> str:
             if dest.host:
                 name = dest.subset or (subset_name(dest.labels, {}) if dest.labels else "")
                 other = OtherTarget(dest.host, dest.port, name, tuple(sorted(dest.labels.items())))
                 others.append(other)
-                target = other.cluster
-            elif dest.labels:
+                return other.cluster
+            if dest.labels:
                 name = dest.subset or subset_name(dest.labels, subsets)
                 subsets[name] = dict(dest.labels)
-                target = cluster_name("outbound", port, name, service.fqdn)
-            else:
-                target = default_cluster
-            route.clusters.append(pc.WeightedCluster(cluster=target, weight=dest.weight))
+                return cluster_name("outbound", port, name, service.fqdn)
+            return default_cluster
+
+        for dest in spec.route:
+            route.clusters.append(pc.WeightedCluster(cluster=target_of(dest), weight=dest.weight))
+        copy_route_actions(spec, route, target_of)
         if not spec.route:
             route.clusters.append(pc.WeightedCluster(cluster=default_cluster, weight=100))
         if spec.HasField("timeout"):

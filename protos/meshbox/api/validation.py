@@ -12,6 +12,7 @@ import re
 
 from meshbox.api.identity import IdentityError, check_namespace, check_trust_domain, parse_spiffe_id
 from meshbox.api.resilience_rules import cluster_problems, retry_policy_problems
+from meshbox.api.route_actions_validation import RouteActionError, check_route_actions
 from meshbox.api.v1 import mesh_config_pb2, proxy_config_pb2, routing_pb2, security_pb2
 
 
@@ -110,6 +111,18 @@ def _check_tracing(tracing: mesh_config_pb2.TracingConfig, *, source: str) -> No
             raise ValidationError(f"not host:port: {address!r}", source=source, path="tracing.collector_address")
 
 
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def is_dns_name(name: str) -> bool:
+    """A host name (RFC 1123 labels, lower-case, at most 253 characters, an optional final dot) that is not
+    all digits and dots (those are IP addresses, or mistakes)."""
+    name = name[:-1] if name.endswith(".") else name
+    if not name or len(name) > 253 or name.replace(".", "").isdigit():
+        return False
+    return all(_DNS_LABEL.match(label) for label in name.split("."))
+
+
 def _check_weights(weights: list[int], *, source: str, path: str) -> None:
     """Weights split traffic in proportion; all zero means an equal split. The total must fit in 32 bits."""
     limit = 2**32 - 1
@@ -138,8 +151,9 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
             try:
                 ipaddress.ip_address(ep.address)
             except ValueError:
-                raise ValidationError(f"not an IP address: {ep.address!r}", source=source,
-                                      path=f"{path}.address") from None
+                if not is_dns_name(ep.address):
+                    raise ValidationError(f"neither an IP address nor a DNS name: {ep.address!r}", source=source,
+                                          path=f"{path}.address") from None
             check_port(ep.port, source=source, path=f"{path}.port")
     route_configs = {}
     for i, rc in enumerate(config.route_configs):
@@ -159,6 +173,10 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
                 _check_weights([wc.weight for wc in route.clusters], source=source, path=f"{path}.clusters")
                 for where, problem in retry_policy_problems(route.retries):
                     raise ValidationError(problem, source=source, path=f"{path}.retries.{where}")
+                try:
+                    check_route_actions(route, clusters)
+                except RouteActionError as exc:
+                    raise ValidationError(exc.reason, source=source, path=f"{path}.{exc.path}") from None
                 for kind in ("delay", "abort"):
                     if route.fault.HasField(kind):
                         pct = getattr(route.fault, kind).percent
@@ -241,6 +259,10 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
     if spec.fault.HasField("abort") and not 200 <= spec.fault.abort.http_status <= 599:
         raise ValidationError(f"http_status must be 200..599, got {spec.fault.abort.http_status}", source=source,
                               path=f"{path}.fault.abort.http_status")
+    try:
+        check_route_actions(spec)
+    except RouteActionError as exc:
+        raise ValidationError(exc.reason, source=source, path=f"{path}.{exc.path}") from None
 
 
 # Authorization rule strings: exact, "prefix*", "*suffix" or "*"; a "*" anywhere else is refused.

@@ -20,6 +20,7 @@ from meshbox.api.v1 import security_pb2
 from meshbox.api.validation import ValidationError, validate_proxy_config
 from meshbox.proxy.authorization_compiler import compile_authorization
 from meshbox.proxy.resilience_compiler import compile_resilience, compile_retry
+from meshbox.proxy.route_actions_compiler import compile_route_actions
 from meshbox.proxy.snapshot import (
     DISABLE,
     INBOUND,
@@ -133,6 +134,7 @@ def _route(route: pc.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime
         delay_percent=fault.delay.percent if fault.HasField("delay") else 0.0,
         delay=_seconds(fault.delay.fixed_delay, 0.0),
         retry_policy=compile_retry(route.retries),
+        actions=compile_route_actions(route, clusters),
     )
 
 

@@ -20,6 +20,8 @@ the core only compares it and hands it back.
 (LOG, ex, ms)      ``ex`` is finished (after ``ms`` milliseconds): write its access log line and metrics
 (PAUSE, ) / (RESUME, )  stop / restart reading from the client
 (CLOSE_DOWN, )     close the client connection (after writing what was asked before)
+(MIRROR, cluster, b, s)  send the request bytes ``b`` to an endpoint of ``cluster`` and discard the
+                   answer, giving up after ``s`` seconds (meshbox.proxy.mirroring)
 =================  ==========================================================================
 """
 
@@ -49,6 +51,8 @@ LOG: Final = 9
 PAUSE: Final = 10
 RESUME: Final = 11
 CLOSE_DOWN: Final = 12
+# (Numbered apart from the others: a route action's opcode.)
+MIRROR: Final = 50
 # Timer kinds: the route timeout (key: the exchange), the per-try timeout (key: the upstream connection),
 # a fault-injection delay (key: the exchange) and the client connection's head/body/idle timer (key: None).
 ROUTE_TIMER: Final = 0

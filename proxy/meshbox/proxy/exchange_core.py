@@ -12,13 +12,14 @@ from __future__ import annotations
 import random
 from typing import Any, Final
 
-from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead, Tunnel
+from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, RequestHead, Tunnel
 from meshbox.proxy.exchange import (
     ARM,
     CLIENT_TIMER,
     CLOSE_UP,
     DELAY_TIMER,
     DISARM,
+    MIRROR,
     OPEN,
     RELEASE,
     ROUTE_TIMER,
@@ -33,6 +34,7 @@ from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
 from meshbox.proxy.outlier_detection import NO_ANSWER
 from meshbox.proxy.retry_policy import CONNECT_FAILURE, TRY_TIMEOUT
+from meshbox.proxy.route_actions import MIRROR_BODY_LIMIT, PendingMirror, RouteActions, chosen_mirrors, mirror_copy
 from meshbox.proxy.route_match import match_route
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
@@ -163,6 +165,12 @@ class ExchangeCore(ExchangeResilience):
             return
         if host is None:
             headers.append((b"host", (cluster.service or cluster.name).encode()))
+        actions = route.actions
+        if actions is not None:
+            edited = self._route_actions(ex, actions, headers, target, now)
+            if edited is None:
+                return
+            headers, target = edited
         ex.request_bytes = self.up_framing.request_head(ex, target, headers)
         ex.retries_left = route.retries
         if route.retries:
@@ -172,6 +180,58 @@ class ExchangeCore(ExchangeResilience):
             self.actions.append((ARM, DELAY_TIMER, ex, route.delay))
             return
         self._connect(ex, now)
+
+    def _route_actions(self, ex: Exchange, actions: RouteActions, headers: Headers, target: bytes,
+                       now: float) -> tuple[Headers, bytes] | None:
+        """The route's local rate limit, redirect, rewrites, header operations and mirrors (see
+        route_actions): the request's new headers and target, or None when it was answered here."""
+        limiter = actions.limiter
+        stats = self.ctx.stats
+        if limiter is not None:
+            if not limiter.take(now):
+                stats.incr("http_local_rate_limit_rate_limited")
+                self._local_reply(ex, 429, b"local_rate_limited", "RL", now)
+                return None
+            stats.incr("http_local_rate_limit_ok")
+        redirect = actions.redirect
+        if redirect is not None:
+            location = redirect.location(ex.authority or b"", target, b"http")
+            self._local_reply(ex, redirect.code, b"", "-", now, headers=[(b"location", location)])
+            return None
+        cluster = ex.cluster
+        assert cluster is not None
+        headers, target = actions.edit_request(cluster.name, headers, target)
+        if actions.mirrors:
+            self._mirror(ex, chosen_mirrors(actions.mirrors), target, headers)
+        return headers, target
+
+    def _mirror(self, ex: Exchange, clusters: list[Any], target: bytes, headers: Headers) -> None:
+        """Copy the request to the mirrors' clusters: now, or once its body is in (bounded)."""
+        head, route = ex.head, ex.route
+        if not clusters or head is None or route is None:
+            return
+        if ex.request_done:
+            data = mirror_copy(head.method, target, headers, None)
+            for cluster in clusters:
+                self.actions.append((MIRROR, cluster, data, route.timeout))
+        elif head.content_length is not None and head.content_length > MIRROR_BODY_LIMIT:
+            self.ctx.stats.incr("mirror_skipped_body")
+        else:
+            self.mirroring = PendingMirror(ex, clusters, head.method, target, headers, route.timeout)
+
+    def _mirror_body(self, mirroring: PendingMirror, ex: Exchange, data: bytes, end: bool) -> None:
+        if mirroring.exchange is not ex:
+            self.mirroring = None  # left over from an exchange that ended before its body did
+            return
+        if data and not mirroring.add(data):
+            self.mirroring = None
+            self.ctx.stats.incr("mirror_skipped_body")
+            return
+        if end:
+            self.mirroring = None
+            copy = mirroring.copy()
+            for cluster in mirroring.clusters:
+                self.actions.append((MIRROR, cluster, copy, mirroring.timeout))
 
     def _hold_early(self, ex: Exchange, data: bytes) -> None:
         """Bytes after an upgrade request, before its answer: they go upstream only if the upstream
@@ -234,6 +294,9 @@ class ExchangeCore(ExchangeResilience):
 
     def _request_body(self, ex: Exchange, data: bytes) -> None:
         ex.bytes_received += len(data)
+        mirroring = self.mirroring
+        if mirroring is not None:
+            self._mirror_body(mirroring, ex, data, False)
         if not ex.request_done:
             data = self.up_framing.request_body(ex, data)
         if ex.replay is not None:
@@ -256,6 +319,9 @@ class ExchangeCore(ExchangeResilience):
 
     def _request_end(self, ex: Exchange) -> None:
         ex.request_done = True
+        mirroring = self.mirroring
+        if mirroring is not None:
+            self._mirror_body(mirroring, ex, b"", True)
         end = self.up_framing.request_end(ex)
         if end:
             if ex.replay is not None:

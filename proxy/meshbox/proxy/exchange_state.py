@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from meshbox.proxy.codec.events import END, Body, ProtocolError, ResponseHead, Tunnel
+from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, ResponseHead, Tunnel
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import (
     ARM,
@@ -28,6 +28,7 @@ from meshbox.proxy.exchange import (
 from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.retry_policy import RESET
+from meshbox.proxy.route_actions import PendingMirror
 from meshbox.proxy.snapshot import ListenerRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
@@ -73,6 +74,8 @@ class ExchangeState:
         self.timer = NO_TIMER
         # The last response head said its connection may carry another exchange.
         self.up_keep_alive = False
+        # A mirror copy collecting its request's body (route_actions.PendingMirror), else None.
+        self.mirroring: PendingMirror | None = None
 
     def flush(self) -> None:
         """Turn what was written for the client since the last flush into one write action."""
@@ -206,6 +209,11 @@ class ExchangeState:
             return
         if ex.response_retry and self._retry_response(ex, head, now):
             return
+        route = ex.route
+        if route is not None:
+            actions = route.actions
+            if actions is not None and ex.cluster is not None:
+                head = actions.edit_response(ex.cluster.name, head)
         ex.response_started = True
         ex.response_code = status
         head.headers = self.ctx.peer_metadata.response(ex, head.headers)
@@ -295,7 +303,8 @@ class ExchangeState:
         self.close()
 
     # -- endings -----------------------------------------------------------------------------------
-    def _local_reply(self, ex: Exchange, status: int, body: bytes, flag: str, now: float) -> None:
+    def _local_reply(self, ex: Exchange, status: int, body: bytes, flag: str, now: float,
+                     headers: Headers | None = None) -> None:
         ex.response_code = status
         ex.response_flags = flag
         ex.bytes_sent = len(body)
@@ -304,7 +313,10 @@ class ExchangeState:
         close = (not ex.request_done or request is None or not request.keep_alive or request.upgrade
                  or self.ctx.draining)
         ex.close_after = close
-        self.out.append(self.down_framing.local_reply(ex, status, body, close))
+        if headers is None:
+            self.out.append(self.down_framing.local_reply(ex, status, body, close))
+        else:
+            self.out.append(self.down_framing.local_reply(ex, status, body, close, headers=headers))
         if request is not None and request.method == b"HEAD":
             ex.bytes_sent = 0
         if ex.request_done or close:

@@ -33,12 +33,14 @@ class Http1Framing:
     def response_end(self, ex: Exchange) -> bytes:
         return LAST_CHUNK if ex.chunked_out else b""
 
-    def local_reply(self, ex: Exchange, status: int, body: bytes, close: bool) -> bytes:
-        """A complete response made by the proxy itself (no body for a HEAD request)."""
+    def local_reply(self, ex: Exchange, status: int, body: bytes, close: bool,
+                    headers: Headers | None = None) -> bytes:
+        """A complete response made by the proxy itself (no body for a HEAD request); ``headers``: more
+        fields for it (a redirect's Location)."""
         request = ex.head
         version = request.version if request is not None else b"1.1"
         head_only = request is not None and request.method == b"HEAD"
-        return local_reply(status, body, close=close, version=version, head_only=head_only)
+        return local_reply(status, body, close=close, version=version, head_only=head_only, extra=headers)
 
     # -- towards the upstream ------------------------------------------------------------------------
     def request_head(self, ex: Exchange, target: bytes, headers: Headers) -> bytes:

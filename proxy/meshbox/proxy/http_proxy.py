@@ -26,6 +26,7 @@ from meshbox.proxy.exchange import (
     DELAY_TIMER,
     DISARM,
     LOG,
+    MIRROR,
     OPEN,
     PAUSE,
     RELEASE,
@@ -39,6 +40,7 @@ from meshbox.proxy.exchange import (
     Exchange,
 )
 from meshbox.proxy.exchange_core import ExchangeCore
+from meshbox.proxy.mirroring import send_mirror
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.peer_metadata import peer_labels
 from meshbox.proxy.security_labels import RequestLabels
@@ -219,6 +221,8 @@ class DownstreamHttp(asyncio.Protocol):
                 tunnel = cast(UpstreamHttp, action[1])
                 self.tunnel = tunnel
                 tunnel.tunnel_to(self, action[2])
+            elif op == MIRROR:
+                send_mirror(ctx, action[1], action[2], action[3])
         actions.clear()
 
     def _arm(self, kind: int, key: Any, seconds: float) -> None:

@@ -21,6 +21,7 @@ from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.cluster_resilience import ClusterGuard, ResilienceSettings
 from meshbox.proxy.load_balancer import Picker, least_request, random_choice, round_robin
 from meshbox.proxy.retry_policy import RetryPolicy
+from meshbox.proxy.route_actions import RouteActions
 from meshbox.proxy.route_match import match_route
 from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 
@@ -187,15 +188,18 @@ class HeaderMatcher:
 
 
 class RouteRuntime:
-    """One route: match conditions, weighted clusters, timeout, retries, fault injection."""
+    """One route: match conditions, weighted clusters, timeout, retries, fault injection, and its other
+    actions (header operations, rewrites, redirect, mirrors, rate limit; None when it has none)."""
 
-    __slots__ = ("abort_percent", "abort_status", "clusters", "cumulative", "delay", "delay_percent", "headers",
-                 "per_try_timeout", "prefix", "retries", "retry_policy", "single_cluster", "timeout", "total")
+    __slots__ = ("abort_percent", "abort_status", "actions", "clusters", "cumulative", "delay", "delay_percent",
+                 "headers", "per_try_timeout", "prefix", "retries", "retry_policy", "single_cluster", "timeout",
+                 "total")
 
     def __init__(self, *, prefix: bytes, headers: list[HeaderMatcher], clusters: list[ClusterRuntime],
                  weights: list[int], timeout: float, retries: int, per_try_timeout: float | None,
                  abort_percent: float, abort_status: int, delay_percent: float, delay: float,
-                 retry_policy: RetryPolicy | None = None) -> None:
+                 retry_policy: RetryPolicy | None = None, actions: RouteActions | None = None) -> None:
+        self.actions = actions
         self.prefix = prefix
         self.headers = headers
         self.clusters = clusters

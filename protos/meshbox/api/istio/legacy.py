@@ -16,13 +16,14 @@ from typing import Any
 from meshbox.api.istio.fields import MESH_TODO, PROXY_TODO, Reader
 from meshbox.api.istio.findings import ERROR, Finding
 from meshbox.api.istio.objects import check_host, metadata, qualify_host, resource_label
+from meshbox.api.route_actions_validation import RouteActionError, check_header_name
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import routing_pb2
 
 API_VERSION = "config.istio.io/v1alpha2"
 KINDS = ("RouteRule", "DestinationPolicy")
-_RULE_REFUSED = {"redirect": PROXY_TODO, "rewrite": PROXY_TODO, "websocketUpgrade": PROXY_TODO,
-                 "l4Fault": PROXY_TODO, "mirror": PROXY_TODO, "corsPolicy": PROXY_TODO, "appendHeaders": PROXY_TODO}
+_RULE_REFUSED = {"websocketUpgrade": PROXY_TODO, "l4Fault": PROXY_TODO, "corsPolicy": PROXY_TODO}
+_RULE_ACTIONS = ("redirect", "rewrite", "mirror", "appendHeaders")
 _SERVICE_FIELDS = ("name", "namespace", "domain", "service")
 _LB = {"ROUND_ROBIN": pc.ROUND_ROBIN, "LEAST_CONN": pc.LEAST_REQUEST, "RANDOM": pc.RANDOM}
 
@@ -77,8 +78,8 @@ def translate_legacy_route_rule(doc: Mapping[str, Any], *,
     r = Reader(source, resource_label(doc))
     name, namespace = metadata(r, doc)
     f = r.fields(doc.get("spec"), "spec", "RouteRule",
-                 ("destination", "precedence", "match", "route", "httpReqTimeout", "httpReqRetries", "httpFault"),
-                 _RULE_REFUSED)
+                 ("destination", "precedence", "match", "route", "httpReqTimeout", "httpReqRetries", "httpFault",
+                  *_RULE_ACTIONS), _RULE_REFUSED)
     spec = routing_pb2.RouteRuleSpec(destination=_service(
         r, f.get("destination"), "spec.destination", namespace,
         labels_refused=f"rules for some pods of the destination only: {MESH_TODO}"))
@@ -113,9 +114,48 @@ def translate_legacy_route_rule(doc: Mapping[str, Any], *,
             spec.retries.per_try_timeout.CopyFrom(per_try)
     if "httpFault" in f:
         _fault(r, f["httpFault"], "spec.httpFault", spec.fault)
+    _actions(r, f, spec, namespace)
     if any(x.severity == ERROR for x in r.findings):
         return None, r.findings
     return LegacyRouteRule(name, namespace, source, spec), r.findings
+
+
+def _actions(r: Reader, f: Mapping[str, Any], spec: routing_pb2.RouteRuleSpec, namespace: str) -> None:
+    """v1alpha2's rewrite, redirect ({uri, authority}), appendHeaders (request headers added) and mirror
+    (pods of the same destination, by labels)."""
+    for kind, out in (("rewrite", spec.rewrite), ("redirect", spec.redirect)):
+        if kind in f:
+            where = f"spec.{kind}"
+            d = r.fields(f[kind], where, f"HTTP{kind.capitalize()}", ("uri", "authority"), {})
+            uri = r.string(d.get("uri"), f"{where}.uri")
+            if kind == "redirect":
+                spec.redirect.path = uri
+                if "route" in f:
+                    r.invalid(where, "a rule has either route or redirect, not both")
+            else:
+                spec.rewrite.prefix = uri
+            out.authority = r.string(d.get("authority"), f"{where}.authority")
+            if uri and not uri.startswith("/"):
+                r.invalid(f"{where}.uri", f"a path starts with '/', got {uri!r}")
+    for name, value in r.mapping(f.get("appendHeaders"), "spec.appendHeaders").items():
+        where = f"spec.appendHeaders.{name}"
+        try:
+            check_header_name(str(name), where)
+        except RouteActionError as exc:
+            r.invalid(where, exc.reason)
+            continue
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            r.invalid(where, f"expected a header value (a string without control characters), got {value!r}")
+            continue
+        spec.request_headers.add.append(pc.HeaderValue(name=str(name).lower(), value=value))
+    if "mirror" in f:
+        m = r.fields(f["mirror"], "spec.mirror", "IstioService", (*_SERVICE_FIELDS, "labels"), {})
+        labels = r.labels(m.get("labels"), "spec.mirror.labels")
+        target = _service(r, {k: v for k, v in m.items() if k != "labels"}, "spec.mirror", namespace,
+                          labels_refused="")
+        if target and target != spec.destination:
+            r.refuse("spec.mirror", f"mirroring to another service than the destination: {MESH_TODO}")
+        spec.mirrors.add(destination=routing_pb2.RouteDestination(labels=labels), all=True)
 
 
 def _match(r: Reader, data: Any, path: str, spec: routing_pb2.RouteRuleSpec) -> None:

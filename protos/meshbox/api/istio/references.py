@@ -118,8 +118,10 @@ def _resolve_one(vs: VirtualService, policies: Mapping[str, DestinationRule],
             elif spec.port not in known.http_ports:
                 report(Code.UNKNOWN_PORT, rule.path, f"port {spec.port} of {spec.destination} is proxied at L4 "
                                                      "(its name has no http/grpc prefix); HTTP routes cannot apply")
-        for j, dest in enumerate(spec.route):
-            route_path = f"{rule.path.split('.match[')[0]}.route[{j}].destination"
+        base = rule.path.split(".match[")[0]
+        targets = [(f"{base}.route[{j}].destination", dest) for j, dest in enumerate(spec.route)]
+        targets += [(where, m.destination) for where, m in zip(rule.mirror_paths, spec.mirrors, strict=True)]
+        for route_path, dest in targets:
             target = dest.host or spec.destination
             if dest.host and not _check_other_host(dest, hosts, route_path, report):
                 continue

@@ -1,8 +1,10 @@
 """Istio ServiceEntry (networking.istio.io v1, v1beta1, v1alpha3) → a host meshbox can route to.
 
-meshbox implements the static form: a host, one virtual address the proxy matches outbound
-connections against, ports, and endpoints by IP address. DNS resolution, original-destination
-pass-through (resolution NONE) and workload selection are refused by name.
+meshbox implements a host, one virtual address the proxy matches outbound connections against,
+ports, and endpoints by IP address (resolution STATIC) or by DNS name (resolution DNS or
+DNS_ROUND_ROBIN: the proxy resolves the name when it opens a connection, with the system resolver, so
+/etc/hosts applies; no endpoints means the host itself). Original-destination pass-through (resolution
+NONE), DYNAMIC_DNS and workload selection are refused by name.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from typing import Any
 from meshbox.api.istio.fields import MESH_TODO, PROXY_TODO, Reader
 from meshbox.api.istio.findings import ERROR, Finding
 from meshbox.api.istio.objects import check_host, metadata, qualify_host, resource_label
+from meshbox.api.validation import is_dns_name
 
 # Port protocols routed at L7; the proxy tunnels HTTP/2 (gRPC) at L4 on such ports by itself.
 L7_PROTOCOLS = ("HTTP", "HTTP2", "GRPC")
 PROTOCOLS = (*L7_PROTOCOLS, "HTTPS", "TCP", "TLS", "MONGO", "MYSQL", "REDIS", "GRPC-WEB")
+DNS_RESOLUTIONS = ("DNS", "DNS_ROUND_ROBIN")
 _SPEC_REFUSED = {"workloadSelector": MESH_TODO, "exportTo": f"exportTo: {MESH_TODO} (every entry applies mesh-wide)",
                  "subjectAltNames": MESH_TODO}
 _ENDPOINT_REFUSED = {"labels": MESH_TODO, "weight": PROXY_TODO, "network": MESH_TODO, "locality": MESH_TODO,
@@ -77,15 +81,18 @@ def translate_service_entry(doc: Mapping[str, Any], *, source: str) -> tuple[Ser
     if location not in ("MESH_EXTERNAL", "MESH_INTERNAL"):
         r.invalid("spec.location", f"expected MESH_EXTERNAL or MESH_INTERNAL, got {location!r}")
     resolution = f.get("resolution", "NONE")
-    if resolution in ("NONE", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"):
-        r.refuse("spec.resolution", f"{resolution}: {PROXY_TODO} (it forwards to the endpoints' IP addresses: "
-                                    "use STATIC)")
-    elif resolution != "STATIC":
+    if resolution in ("NONE", "DYNAMIC_DNS"):
+        r.refuse("spec.resolution", f"{resolution}: {PROXY_TODO} (it forwards to the endpoints' addresses: "
+                                    "use STATIC or DNS)")
+    elif resolution not in DNS_RESOLUTIONS and resolution != "STATIC":
         r.invalid("spec.resolution", f"expected NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS, got {resolution!r}")
     ports = _ports(r, f.get("ports"))
-    endpoints = _endpoints(r, f.get("endpoints"), {p.name for p in ports})
+    # Names are only a finding of their own under STATIC (a refused resolution is reported already).
+    endpoints = _endpoints(r, f.get("endpoints"), {p.name for p in ports}, resolution != "STATIC")
     if not endpoints and resolution == "STATIC":
         r.invalid("spec.endpoints", "STATIC resolution needs endpoints")
+    if not endpoints and resolution in DNS_RESOLUTIONS and host:
+        endpoints = (EntryEndpoint(host, {}),)  # as Istio does: the host's own name is resolved
     if any(x.severity == ERROR for x in r.findings):
         return None, r.findings
     return ServiceEntry(name, namespace, source, host, qualify_host(host, namespace), address, ports,
@@ -117,15 +124,22 @@ def _ports(r: Reader, value: Any) -> tuple[EntryPort, ...]:
     return tuple(ports)
 
 
-def _endpoints(r: Reader, value: Any, port_names: set[str]) -> tuple[EntryEndpoint, ...]:
+def _endpoints(r: Reader, value: Any, port_names: set[str], dns: bool) -> tuple[EntryEndpoint, ...]:
     endpoints = []
     for i, item in enumerate(r.items(value, "spec.endpoints")):
         path = f"spec.endpoints[{i}]"
         e = r.fields(item, path, "WorkloadEntry", ("address", "ports"), _ENDPOINT_REFUSED)
         address = r.string(e.get("address"), f"{path}.address", required=True)
-        if address and not _is_ip(address):
-            r.refuse(f"{path}.address", f"{address!r}: endpoints by name or Unix socket: {PROXY_TODO} "
-                                        "(it connects to IP addresses)")
+        if address.startswith("unix://"):
+            r.refuse(f"{path}.address", f"{address!r}: Unix socket endpoints: {PROXY_TODO}")
+        elif address and not _is_ip(address):
+            name = address.rstrip(".").lower()
+            if not dns:
+                r.invalid(f"{path}.address", f"{address!r} is a name: resolution STATIC takes IP addresses "
+                                             "(use resolution DNS for names)")
+            elif not is_dns_name(name):
+                r.invalid(f"{path}.address", f"{address!r} is neither an IP address nor a DNS name")
+            address = name
         ports: dict[str, int] = {}
         for port_name, number in r.mapping(e.get("ports"), f"{path}.ports").items():
             if port_name not in port_names:

@@ -15,6 +15,17 @@ from typing import Any
 from meshbox.api.istio.fields import MESH_TODO, PROXY_TODO, Reader
 from meshbox.api.istio.findings import ERROR, Finding
 from meshbox.api.istio.objects import check_host, metadata, qualify_host, resource_label
+from meshbox.api.istio.route_actions import (
+    ACTION_FIELDS,
+    DEPRECATED_HEADER_FIELDS,
+    deprecated_header_fields,
+    header_operations,
+    mirror_spec,
+    mirrors,
+    parse_destination,
+    redirect,
+    rewrite,
+)
 from meshbox.api.retry_on import RETRY_ON
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import routing_pb2
@@ -29,11 +40,7 @@ _SPEC_REFUSED = {
     "exportTo": f"exportTo: {MESH_TODO} (every route applies mesh-wide)",
 }
 _HTTP_REFUSED = {
-    "redirect": PROXY_TODO, "directResponse": PROXY_TODO, "delegate": MESH_TODO, "rewrite": PROXY_TODO,
-    "mirror": PROXY_TODO, "mirrors": PROXY_TODO, "mirrorPercentage": PROXY_TODO, "mirrorPercent": PROXY_TODO,
-    "corsPolicy": PROXY_TODO, "headers": PROXY_TODO, "appendHeaders": PROXY_TODO,
-    "removeResponseHeaders": PROXY_TODO, "appendResponseHeaders": PROXY_TODO,
-    "appendRequestHeaders": PROXY_TODO, "removeRequestHeaders": PROXY_TODO, "websocketUpgrade": PROXY_TODO,
+    "directResponse": PROXY_TODO, "delegate": MESH_TODO, "corsPolicy": PROXY_TODO, "websocketUpgrade": PROXY_TODO,
 }
 _MATCH_REFUSED = {
     "scheme": PROXY_TODO, "method": PROXY_TODO, "authority": PROXY_TODO, "queryParams": PROXY_TODO,
@@ -50,6 +57,8 @@ class HostRule:
 
     path: str
     spec: routing_pb2.RouteRuleSpec  # destination = the host's FQDN; route[].subset by name, labels unresolved
+    # Where each of spec.mirrors came from (``...mirror`` or ``...mirrors[i].destination``).
+    mirror_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,12 +101,24 @@ def _gateways(r: Reader, value: Any, path: str) -> None:
 
 
 def _http_route(r: Reader, data: Any, path: str, hosts: list[str], namespace: str) -> list[HostRule]:
-    f = r.fields(data, path, "HTTPRoute", ("name", "match", "route", "timeout", "retries", "fault"), _HTTP_REFUSED)
+    f = r.fields(data, path, "HTTPRoute", ("name", "match", "route", "timeout", "retries", "fault", *ACTION_FIELDS,
+                                           *DEPRECATED_HEADER_FIELDS), _HTTP_REFUSED)
     r.string(f.get("name"), f"{path}.name")
     action = routing_pb2.RouteRuleSpec()
-    destinations = _destinations(r, f.get("route"), f"{path}.route", namespace)
-    if not destinations:
+    dest_headers: list[routing_pb2.RouteDestination] = []
+    destinations = _destinations(r, f.get("route"), f"{path}.route", namespace, dest_headers)
+    if "redirect" in f:
+        if destinations:
+            r.invalid(f"{path}.redirect", "a route has either destinations (route) or a redirect, not both")
+        redirect(r, f["redirect"], f"{path}.redirect", action.redirect)
+    elif not destinations:
         r.invalid(f"{path}.route", "at least one destination is required")
+    if "headers" in f:
+        header_operations(r, f["headers"], f"{path}.headers", action.request_headers, action.response_headers)
+    deprecated_header_fields(r, f, path, action.request_headers, action.response_headers)
+    if "rewrite" in f:
+        rewrite(r, f["rewrite"], f"{path}.rewrite", action.rewrite)
+    mirror_targets = mirrors(r, f, path, namespace)
     if "timeout" in f and (timeout := r.duration(f["timeout"], f"{path}.timeout")) is not None:
         if timeout.seconds == 0 and timeout.nanos == 0:
             r.refuse(f"{path}.timeout", f"0s (no timeout): {PROXY_TODO}; the proxy's default is 15s")
@@ -121,36 +142,36 @@ def _http_route(r: Reader, data: Any, path: str, hosts: list[str], namespace: st
             if ports and spec.port and spec.port not in ports:
                 r.refuse(f"{path}.route", f"forwarding port {spec.port} to another port: {MESH_TODO}")
             spec.port = spec.port or next(iter(ports), 0)
-            for dest_host, port, subset, weight in destinations:
+            for (dest_host, port, subset, weight), headers in zip(destinations, dest_headers, strict=True):
                 if dest_host is None or dest_host == host:
                     spec.route.append(routing_pb2.RouteDestination(subset=subset, weight=weight))
                 else:  # another host's cluster; its port is resolved against the host's ports
                     spec.route.append(routing_pb2.RouteDestination(subset=subset, weight=weight, host=dest_host,
                                                                    port=port))
-            rules.append(HostRule(where, spec))
+                spec.route[-1].MergeFrom(headers)
+            spec.mirrors.extend(mirror_spec(m, host) for m in mirror_targets)
+            rules.append(HostRule(where, spec, tuple(m.path for m in mirror_targets)))
     _check_weights(r, [w for *_, w in destinations], f"{path}.route")
     return rules
 
 
-def _destinations(r: Reader, value: Any, path: str,
-                  namespace: str) -> list[tuple[str | None, int, str, int]]:
-    """(qualified host, port, subset, weight) of each destination."""
+def _destinations(r: Reader, value: Any, path: str, namespace: str,
+                  headers: list[routing_pb2.RouteDestination]) -> list[tuple[str | None, int, str, int]]:
+    """(qualified host, port, subset, weight) of each destination; its header operations are appended to
+    ``headers`` (one RouteDestination holding only them per destination)."""
     result = []
     items = r.items(value, path)
     for i, item in enumerate(items):
         where = f"{path}[{i}]"
-        f = r.fields(item, where, "HTTPRouteDestination", ("destination", "weight"), {"headers": PROXY_TODO})
-        d = r.fields(f.get("destination"), f"{where}.destination", "Destination", ("host", "subset", "port"), {})
-        host = r.string(d.get("host"), f"{where}.destination.host", required=True)
-        qualified = qualify_host(host, namespace) if host and check_host(r, host, f"{where}.destination.host") \
-            else None
-        port = 0
-        if "port" in d:
-            p = r.fields(d["port"], f"{where}.destination.port", "PortSelector", ("number",), {})
-            port = r.integer(p.get("number"), f"{where}.destination.port.number", low=1, high=65535) or 0
+        f = r.fields(item, where, "HTTPRouteDestination", ("destination", "weight", "headers"), {})
+        d = parse_destination(r, f.get("destination"), f"{where}.destination", namespace)
         weight = 100 if len(items) == 1 and "weight" not in f else \
             r.integer(f.get("weight", 0), f"{where}.weight", low=0, high=100) or 0
-        result.append((qualified, port, r.string(d.get("subset"), f"{where}.destination.subset"), weight))
+        result.append((d.host, d.port, d.subset, weight))
+        ops = routing_pb2.RouteDestination()
+        if "headers" in f:
+            header_operations(r, f["headers"], f"{where}.headers", ops.request_headers, ops.response_headers)
+        headers.append(ops)
     return result
 
 

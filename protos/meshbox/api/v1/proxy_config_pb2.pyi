@@ -241,21 +241,220 @@ class WeightedCluster(_message.Message):
 
     CLUSTER_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
+    REQUEST_HEADERS_FIELD_NUMBER: _builtins.int
+    RESPONSE_HEADERS_FIELD_NUMBER: _builtins.int
     cluster: _builtins.str
     weight: _builtins.int
+    @_builtins.property
+    def request_headers(self) -> Global___HeaderOperations:
+        """Header operations applied when this cluster is picked (after the route's own)."""
+
+    @_builtins.property
+    def response_headers(self) -> Global___HeaderOperations: ...
     def __init__(
         self,
         *,
         cluster: _builtins.str = ...,
         weight: _builtins.int = ...,
+        request_headers: Global___HeaderOperations | None = ...,
+        response_headers: Global___HeaderOperations | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_headers", b"request_headers", "response_headers", b"response_headers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "request_headers", b"request_headers", "response_headers", b"response_headers", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WeightedCluster: _TypeAlias = WeightedCluster  # noqa: Y015
+
+@_typing.final
+class HeaderValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeaderValue: _TypeAlias = HeaderValue  # noqa: Y015
+
+@_typing.final
+class HeaderOperations(_message.Message):
+    """Header edits of a request or response: remove, then set (replace every value), then add (append)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SET_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def set(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeaderValue]: ...
+    @_builtins.property
+    def add(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeaderValue]: ...
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Header names to drop."""
+
+    def __init__(
+        self,
+        *,
+        set: _abc.Iterable[Global___HeaderValue] | None = ...,
+        add: _abc.Iterable[Global___HeaderValue] | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "remove", b"remove", "set", b"set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeaderOperations: _TypeAlias = HeaderOperations  # noqa: Y015
+
+@_typing.final
+class RouteRewrite(_message.Message):
+    """Rewrites applied to the request before it goes upstream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    REGEX_FIELD_NUMBER: _builtins.int
+    REGEX_SUBSTITUTION_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """Replaces the part of the path the route's match.prefix matched; empty: the path is kept."""
+    authority: _builtins.str
+    """Replaces the Host header; empty: kept."""
+    regex: _builtins.str
+    """A regular expression (Python's re, RE2's common syntax) whose matches in the path (not the query)
+    are replaced by `regex_substitution` (\\1 ... name the groups). Not with `prefix`.
+    """
+    regex_substitution: _builtins.str
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        authority: _builtins.str = ...,
+        regex: _builtins.str = ...,
+        regex_substitution: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "prefix", b"prefix", "regex", b"regex", "regex_substitution", b"regex_substitution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteRewrite: _TypeAlias = RouteRewrite  # noqa: Y015
+
+@_typing.final
+class RouteRedirect(_message.Message):
+    """Answer the request locally with a redirect (no cluster is contacted). Empty fields keep the
+    request's own value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    AUTHORITY_FIELD_NUMBER: _builtins.int
+    SCHEME_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """The new path (the whole path; the query is dropped, as Envoy's path_redirect does)."""
+    authority: _builtins.str
+    """The new host (without port)."""
+    scheme: _builtins.str
+    """http or https."""
+    port: _builtins.int
+    """The new port; 0 keeps the request's."""
+    code: _builtins.int
+    """301, 302, 303, 307 or 308; 0 means 301."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        authority: _builtins.str = ...,
+        scheme: _builtins.str = ...,
+        port: _builtins.int = ...,
+        code: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authority", b"authority", "code", b"code", "path", b"path", "port", b"port", "scheme", b"scheme"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteRedirect: _TypeAlias = RouteRedirect  # noqa: Y015
+
+@_typing.final
+class RouteMirror(_message.Message):
+    """A copy of each request (a share of them) sent to another cluster; its answer is discarded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    percent: _builtins.float
+    """0..100 of the requests; ignored when `all`."""
+    all: _builtins.bool
+    """Every request (the default of Istio's `mirror` without `mirrorPercentage`)."""
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        percent: _builtins.float = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "cluster", b"cluster", "percent", b"percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteMirror: _TypeAlias = RouteMirror  # noqa: Y015
+
+@_typing.final
+class LocalRateLimit(_message.Message):
+    """A token bucket (Envoy's local rate limit shape): up to max_tokens requests at once, refilled with
+    tokens_per_fill every fill_interval. A request finding the bucket empty gets 429 with flag RL.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_FILL_FIELD_NUMBER: _builtins.int
+    FILL_INTERVAL_FIELD_NUMBER: _builtins.int
+    max_tokens: _builtins.int
+    tokens_per_fill: _builtins.int
+    """0 means 1."""
+    @_builtins.property
+    def fill_interval(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        max_tokens: _builtins.int = ...,
+        tokens_per_fill: _builtins.int = ...,
+        fill_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fill_interval", b"fill_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fill_interval", b"fill_interval", "max_tokens", b"max_tokens", "tokens_per_fill", b"tokens_per_fill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocalRateLimit: _TypeAlias = LocalRateLimit  # noqa: Y015
 
 @_typing.final
 class RetryPolicy(_message.Message):
@@ -382,6 +581,12 @@ class Route(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
+    REQUEST_HEADERS_FIELD_NUMBER: _builtins.int
+    RESPONSE_HEADERS_FIELD_NUMBER: _builtins.int
+    REWRITE_FIELD_NUMBER: _builtins.int
+    REDIRECT_FIELD_NUMBER: _builtins.int
+    MIRRORS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def match(self) -> Global___RouteMatch: ...
     @_builtins.property
@@ -396,6 +601,22 @@ class Route(_message.Message):
     def retries(self) -> Global___RetryPolicy: ...
     @_builtins.property
     def fault(self) -> Global___FaultInjection: ...
+    @_builtins.property
+    def request_headers(self) -> Global___HeaderOperations:
+        """Header operations on the request sent upstream and on the response sent back."""
+
+    @_builtins.property
+    def response_headers(self) -> Global___HeaderOperations: ...
+    @_builtins.property
+    def rewrite(self) -> Global___RouteRewrite: ...
+    @_builtins.property
+    def redirect(self) -> Global___RouteRedirect:
+        """Set: the route answers with a redirect; clusters are then unused."""
+
+    @_builtins.property
+    def mirrors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteMirror]: ...
+    @_builtins.property
+    def rate_limit(self) -> Global___LocalRateLimit: ...
     def __init__(
         self,
         *,
@@ -404,10 +625,16 @@ class Route(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retries: Global___RetryPolicy | None = ...,
         fault: Global___FaultInjection | None = ...,
+        request_headers: Global___HeaderOperations | None = ...,
+        response_headers: Global___HeaderOperations | None = ...,
+        rewrite: Global___RouteRewrite | None = ...,
+        redirect: Global___RouteRedirect | None = ...,
+        mirrors: _abc.Iterable[Global___RouteMirror] | None = ...,
+        rate_limit: Global___LocalRateLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "match", b"match", "retries", b"retries", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "match", b"match", "rate_limit", b"rate_limit", "redirect", b"redirect", "request_headers", b"request_headers", "response_headers", b"response_headers", "retries", b"retries", "rewrite", b"rewrite", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "fault", b"fault", "match", b"match", "retries", b"retries", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "fault", b"fault", "match", b"match", "mirrors", b"mirrors", "rate_limit", b"rate_limit", "redirect", b"redirect", "request_headers", b"request_headers", "response_headers", b"response_headers", "retries", b"retries", "rewrite", b"rewrite", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from meshbox.api.v1 import proxy_config_pb2 as meshbox_dot_api_dot_v1_dot_proxy__config__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshbox/api/v1/routing.proto\x12\x0emeshbox.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a!meshbox/api/v1/proxy_config.proto\"S\n\x0eRouteRuleMatch\x12\x13\n\x0bpath_prefix\x18\x01 \x01(\t\x12,\n\x07headers\x18\x02 \x03(\x0b\x32\x1b.meshbox.api.v1.HeaderMatch\"\xbb\x01\n\x10RouteDestination\x12<\n\x06labels\x18\x01 \x03(\x0b\x32,.meshbox.api.v1.RouteDestination.LabelsEntry\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\r\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xaf\x02\n\rRouteRuleSpec\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\x12\n\nprecedence\x18\x02 \x01(\x05\x12-\n\x05match\x18\x03 \x01(\x0b\x32\x1e.meshbox.api.v1.RouteRuleMatch\x12/\n\x05route\x18\x04 \x03(\x0b\x32 .meshbox.api.v1.RouteDestination\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x07retries\x18\x06 \x01(\x0b\x32\x1b.meshbox.api.v1.RetryPolicy\x12-\n\x05\x66\x61ult\x18\x07 \x01(\x0b\x32\x1e.meshbox.api.v1.FaultInjection\x12\x0c\n\x04port\x18\x08 \x01(\r\"\x99\x02\n\rClusterPolicy\x12+\n\tlb_policy\x18\x01 \x01(\x0e\x32\x18.meshbox.api.v1.LbPolicy\x12\x32\n\x0f\x63onnect_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x10\x63ircuit_breakers\x18\x1e \x01(\x0b\x32\x1f.meshbox.api.v1.CircuitBreakers\x12;\n\x11outlier_detection\x18\x1f \x01(\x0b\x32 .meshbox.api.v1.OutlierDetection\x12/\n\x0bhash_policy\x18  \x01(\x0b\x32\x1a.meshbox.api.v1.HashPolicy\"\xa8\x01\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x06labels\x18\x02 \x03(\x0b\x32\".meshbox.api.v1.Subset.LabelsEntry\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.meshbox.api.v1.ClusterPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x15\x44\x65stinationPolicySpec\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12-\n\x06policy\x18\x02 \x01(\x0b\x32\x1d.meshbox.api.v1.ClusterPolicy\x12\'\n\x07subsets\x18\x03 \x03(\x0b\x32\x16.meshbox.api.v1.Subsetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmeshbox/api/v1/routing.proto\x12\x0emeshbox.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a!meshbox/api/v1/proxy_config.proto\"S\n\x0eRouteRuleMatch\x12\x13\n\x0bpath_prefix\x18\x01 \x01(\t\x12,\n\x07headers\x18\x02 \x03(\x0b\x32\x1b.meshbox.api.v1.HeaderMatch\"\xb2\x02\n\x10RouteDestination\x12<\n\x06labels\x18\x01 \x03(\x0b\x32,.meshbox.api.v1.RouteDestination.LabelsEntry\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12\x0e\n\x06subset\x18\x03 \x01(\t\x12\x0c\n\x04host\x18\x04 \x01(\t\x12\x0c\n\x04port\x18\x05 \x01(\r\x12\x39\n\x0frequest_headers\x18\x32 \x01(\x0b\x32 .meshbox.api.v1.HeaderOperations\x12:\n\x10response_headers\x18\x33 \x01(\x0b\x32 .meshbox.api.v1.HeaderOperations\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x0fRouteMirrorSpec\x12\x35\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32 .meshbox.api.v1.RouteDestination\x12\x0f\n\x07percent\x18\x02 \x01(\x01\x12\x0b\n\x03\x61ll\x18\x03 \x01(\x08\"\xec\x04\n\rRouteRuleSpec\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12\x12\n\nprecedence\x18\x02 \x01(\x05\x12-\n\x05match\x18\x03 \x01(\x0b\x32\x1e.meshbox.api.v1.RouteRuleMatch\x12/\n\x05route\x18\x04 \x03(\x0b\x32 .meshbox.api.v1.RouteDestination\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x07retries\x18\x06 \x01(\x0b\x32\x1b.meshbox.api.v1.RetryPolicy\x12-\n\x05\x66\x61ult\x18\x07 \x01(\x0b\x32\x1e.meshbox.api.v1.FaultInjection\x12\x0c\n\x04port\x18\x08 \x01(\r\x12\x39\n\x0frequest_headers\x18\x32 \x01(\x0b\x32 .meshbox.api.v1.HeaderOperations\x12:\n\x10response_headers\x18\x33 \x01(\x0b\x32 .meshbox.api.v1.HeaderOperations\x12-\n\x07rewrite\x18\x34 \x01(\x0b\x32\x1c.meshbox.api.v1.RouteRewrite\x12/\n\x08redirect\x18\x35 \x01(\x0b\x32\x1d.meshbox.api.v1.RouteRedirect\x12\x30\n\x07mirrors\x18\x36 \x03(\x0b\x32\x1f.meshbox.api.v1.RouteMirrorSpec\x12\x32\n\nrate_limit\x18\x37 \x01(\x0b\x32\x1e.meshbox.api.v1.LocalRateLimit\"\x99\x02\n\rClusterPolicy\x12+\n\tlb_policy\x18\x01 \x01(\x0e\x32\x18.meshbox.api.v1.LbPolicy\x12\x32\n\x0f\x63onnect_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x39\n\x10\x63ircuit_breakers\x18\x1e \x01(\x0b\x32\x1f.meshbox.api.v1.CircuitBreakers\x12;\n\x11outlier_detection\x18\x1f \x01(\x0b\x32 .meshbox.api.v1.OutlierDetection\x12/\n\x0bhash_policy\x18  \x01(\x0b\x32\x1a.meshbox.api.v1.HashPolicy\"\xa8\x01\n\x06Subset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\x06labels\x18\x02 \x03(\x0b\x32\".meshbox.api.v1.Subset.LabelsEntry\x12-\n\x06policy\x18\x03 \x01(\x0b\x32\x1d.meshbox.api.v1.ClusterPolicy\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x15\x44\x65stinationPolicySpec\x12\x13\n\x0b\x64\x65stination\x18\x01 \x01(\t\x12-\n\x06policy\x18\x02 \x01(\x0b\x32\x1d.meshbox.api.v1.ClusterPolicy\x12\'\n\x07subsets\x18\x03 \x03(\x0b\x32\x16.meshbox.api.v1.Subsetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,17 +40,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTERULEMATCH']._serialized_start=115
   _globals['_ROUTERULEMATCH']._serialized_end=198
   _globals['_ROUTEDESTINATION']._serialized_start=201
-  _globals['_ROUTEDESTINATION']._serialized_end=388
-  _globals['_ROUTEDESTINATION_LABELSENTRY']._serialized_start=343
-  _globals['_ROUTEDESTINATION_LABELSENTRY']._serialized_end=388
-  _globals['_ROUTERULESPEC']._serialized_start=391
-  _globals['_ROUTERULESPEC']._serialized_end=694
-  _globals['_CLUSTERPOLICY']._serialized_start=697
-  _globals['_CLUSTERPOLICY']._serialized_end=978
-  _globals['_SUBSET']._serialized_start=981
-  _globals['_SUBSET']._serialized_end=1149
-  _globals['_SUBSET_LABELSENTRY']._serialized_start=343
-  _globals['_SUBSET_LABELSENTRY']._serialized_end=388
-  _globals['_DESTINATIONPOLICYSPEC']._serialized_start=1152
-  _globals['_DESTINATIONPOLICYSPEC']._serialized_end=1284
+  _globals['_ROUTEDESTINATION']._serialized_end=507
+  _globals['_ROUTEDESTINATION_LABELSENTRY']._serialized_start=462
+  _globals['_ROUTEDESTINATION_LABELSENTRY']._serialized_end=507
+  _globals['_ROUTEMIRRORSPEC']._serialized_start=509
+  _globals['_ROUTEMIRRORSPEC']._serialized_end=611
+  _globals['_ROUTERULESPEC']._serialized_start=614
+  _globals['_ROUTERULESPEC']._serialized_end=1234
+  _globals['_CLUSTERPOLICY']._serialized_start=1237
+  _globals['_CLUSTERPOLICY']._serialized_end=1518
+  _globals['_SUBSET']._serialized_start=1521
+  _globals['_SUBSET']._serialized_end=1689
+  _globals['_SUBSET_LABELSENTRY']._serialized_start=462
+  _globals['_SUBSET_LABELSENTRY']._serialized_end=507
+  _globals['_DESTINATIONPOLICYSPEC']._serialized_start=1692
+  _globals['_DESTINATIONPOLICYSPEC']._serialized_end=1824
 # @@protoc_insertion_point(module_scope)

@@ -81,6 +81,8 @@ class RouteDestination(_message.Message):
     SUBSET_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
+    REQUEST_HEADERS_FIELD_NUMBER: _builtins.int
+    RESPONSE_HEADERS_FIELD_NUMBER: _builtins.int
     weight: _builtins.int
     subset: _builtins.str
     """Name of the subset cluster (e.g. a DestinationRule subset's name);
@@ -92,6 +94,12 @@ class RouteDestination(_message.Message):
     """That service's port; required with `host`."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def request_headers(self) -> _proxy_config_pb2.HeaderOperations:
+        """Header operations when this destination is picked."""
+
+    @_builtins.property
+    def response_headers(self) -> _proxy_config_pb2.HeaderOperations: ...
     def __init__(
         self,
         *,
@@ -100,14 +108,47 @@ class RouteDestination(_message.Message):
         subset: _builtins.str = ...,
         host: _builtins.str = ...,
         port: _builtins.int = ...,
+        request_headers: _proxy_config_pb2.HeaderOperations | None = ...,
+        response_headers: _proxy_config_pb2.HeaderOperations | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_headers", b"request_headers", "response_headers", b"response_headers"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "labels", b"labels", "port", b"port", "subset", b"subset", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "labels", b"labels", "port", b"port", "request_headers", b"request_headers", "response_headers", b"response_headers", "subset", b"subset", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RouteDestination: _TypeAlias = RouteDestination  # noqa: Y015
+
+@_typing.final
+class RouteMirrorSpec(_message.Message):
+    """A copy of the requests (a share of them) sent to a destination; its answers are discarded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    percent: _builtins.float
+    """0..100 of the requests; ignored when `all`."""
+    all: _builtins.bool
+    @_builtins.property
+    def destination(self) -> Global___RouteDestination:
+        """Labels / subset / host / port as in a route destination (weight unused)."""
+
+    def __init__(
+        self,
+        *,
+        destination: Global___RouteDestination | None = ...,
+        percent: _builtins.float = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "destination", b"destination", "percent", b"percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteMirrorSpec: _TypeAlias = RouteMirrorSpec  # noqa: Y015
 
 @_typing.final
 class RouteRuleSpec(_message.Message):
@@ -121,6 +162,12 @@ class RouteRuleSpec(_message.Message):
     RETRIES_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
+    REQUEST_HEADERS_FIELD_NUMBER: _builtins.int
+    RESPONSE_HEADERS_FIELD_NUMBER: _builtins.int
+    REWRITE_FIELD_NUMBER: _builtins.int
+    REDIRECT_FIELD_NUMBER: _builtins.int
+    MIRRORS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     destination: _builtins.str
     """The destination service's short name (same namespace) or FQDN."""
     precedence: _builtins.int
@@ -141,6 +188,22 @@ class RouteRuleSpec(_message.Message):
     def retries(self) -> _proxy_config_pb2.RetryPolicy: ...
     @_builtins.property
     def fault(self) -> _proxy_config_pb2.FaultInjection: ...
+    @_builtins.property
+    def request_headers(self) -> _proxy_config_pb2.HeaderOperations: ...
+    @_builtins.property
+    def response_headers(self) -> _proxy_config_pb2.HeaderOperations: ...
+    @_builtins.property
+    def rewrite(self) -> _proxy_config_pb2.RouteRewrite: ...
+    @_builtins.property
+    def redirect(self) -> _proxy_config_pb2.RouteRedirect:
+        """Answer matching requests with a redirect (then `route` is unused)."""
+
+    @_builtins.property
+    def mirrors(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteMirrorSpec]: ...
+    @_builtins.property
+    def rate_limit(self) -> _proxy_config_pb2.LocalRateLimit:
+        """Local rate limit of this route, per proxy process."""
+
     def __init__(
         self,
         *,
@@ -152,10 +215,16 @@ class RouteRuleSpec(_message.Message):
         retries: _proxy_config_pb2.RetryPolicy | None = ...,
         fault: _proxy_config_pb2.FaultInjection | None = ...,
         port: _builtins.int = ...,
+        request_headers: _proxy_config_pb2.HeaderOperations | None = ...,
+        response_headers: _proxy_config_pb2.HeaderOperations | None = ...,
+        rewrite: _proxy_config_pb2.RouteRewrite | None = ...,
+        redirect: _proxy_config_pb2.RouteRedirect | None = ...,
+        mirrors: _abc.Iterable[Global___RouteMirrorSpec] | None = ...,
+        rate_limit: _proxy_config_pb2.LocalRateLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "match", b"match", "retries", b"retries", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "match", b"match", "rate_limit", b"rate_limit", "redirect", b"redirect", "request_headers", b"request_headers", "response_headers", b"response_headers", "retries", b"retries", "rewrite", b"rewrite", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "fault", b"fault", "match", b"match", "port", b"port", "precedence", b"precedence", "retries", b"retries", "route", b"route", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "fault", b"fault", "match", b"match", "mirrors", b"mirrors", "port", b"port", "precedence", b"precedence", "rate_limit", b"rate_limit", "redirect", b"redirect", "request_headers", b"request_headers", "response_headers", b"response_headers", "retries", b"retries", "rewrite", b"rewrite", "route", b"route", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
