@@ -127,9 +127,11 @@ def _route(route: pc.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime
         retries=route.retries.attempts,
         per_try_timeout=_seconds(route.retries.per_try_timeout, 0.0) or None,
         abort_percent=fault.abort.percent if fault.HasField("abort") else 0.0,
-        abort_status=fault.abort.http_status,
+        abort_status=fault.abort.http_status or 200,
         delay_percent=fault.delay.percent if fault.HasField("delay") else 0.0,
         delay=_seconds(fault.delay.fixed_delay, 0.0),
+        abort_grpc_status=fault.abort.grpc_status if fault.abort.HasField("grpc_status") else None,
+        grpc_retry_on=frozenset(route.retries.grpc_retry_on),
     )
 
 

@@ -263,6 +263,19 @@ class ExchangeCore(ExchangeState):
         if route.per_try_timeout is not None and ex.up is not None:
             self.actions.append((ARM, TRY_TIMER, ex.up, route.per_try_timeout))
 
+    def retry_attempt(self, ex: Exchange, now: float) -> None:
+        """Another attempt for ``ex``: its current one answered with a status the route retries on (a
+        gRPC status: grpc_status.retriable). The caller checked ``retries_left`` and that the request can
+        be sent again; the route timeout keeps running across attempts."""
+        if self.exchange is not ex:
+            return
+        ex.retries_left -= 1
+        self.ctx.stats.incr("upstream_rq_retry")
+        up = self._detach(ex)
+        if up is not None:
+            self.actions.append((CLOSE_UP, up))
+        self._connect(ex, now)
+
     # -- timers ------------------------------------------------------------------------------------
     def timer_fired(self, kind: int, key: Any, now: float) -> None:
         """A timer armed by an ARM action expired."""

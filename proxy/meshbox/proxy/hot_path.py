@@ -32,6 +32,11 @@ HOT_PATH = (
     "meshbox.proxy.tracing",
     "meshbox.proxy.trace_context",
     "meshbox.proxy.security_labels",
+    "meshbox.proxy.grpc_status",
+    "meshbox.proxy.h2_link",
+    "meshbox.proxy.http2_stream",
+    "meshbox.proxy.http2_downstream",
+    "meshbox.proxy.upstream_h2",
 )
 
 

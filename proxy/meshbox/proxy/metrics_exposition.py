@@ -13,6 +13,7 @@ from itertools import accumulate
 
 from meshbox.proxy.metrics import (
     DURATION_BUCKETS,
+    LABELS_BEFORE_PROTOCOL,
     REQUEST_LABELS,
     REQUEST_SIZE_AT,
     RESPONSE_SIZE_AT,
@@ -55,9 +56,18 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
+def _request_values(labels: tuple[str, ...], code: int, flags: str) -> tuple[str, ...]:
+    """A request key's label values: an HTTP request's labels end before request_protocol, a gRPC
+    call's carry ("grpc", its status) there (Istio's request_protocol and grpc_response_status)."""
+    if len(labels) > LABELS_BEFORE_PROTOCOL:
+        return (*labels[:LABELS_BEFORE_PROTOCOL], labels[LABELS_BEFORE_PROTOCOL], str(code), flags,
+                labels[LABELS_BEFORE_PROTOCOL + 1])
+    return (*labels, "http", str(code), flags, "")
+
+
 def _requests(total: Stats, out: list[bytes]) -> None:
     items = sorted(total.requests.items())
-    texts = [_labels(REQUEST_LABELS, (*labels, "http", str(code), flags)) for (labels, code, flags), _ in items]
+    texts = [_labels(REQUEST_LABELS, _request_values(*key)) for key, _ in items]
     _head(out, "istio_requests_total", "counter", "Requests handled by the proxy.")
     out.extend(f"istio_requests_total{{{text}}} {_number(entry[0])}".encode()
                for text, (_, entry) in zip(texts, items, strict=True))

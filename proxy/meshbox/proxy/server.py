@@ -175,8 +175,12 @@ class ProxyServer:
         for server in [*self.capture, *self.bound.values()]:
             server.close()
         for conn in list(self.ctx.connections):
-            if isinstance(conn, DownstreamHttp) and not conn.busy():
-                conn.close()
+            if isinstance(conn, DownstreamHttp):
+                if not conn.busy():
+                    conn.close()
+            elif (goaway := getattr(conn, "drain", None)) is not None:
+                # An HTTP/2 connection: GOAWAY now, streams in flight finish, then it closes.
+                goaway()
         for host in self.ctx.hosts.all():
             for up in host.idle:
                 up.close()

@@ -171,12 +171,14 @@ class HeaderMatcher:
 class RouteRuntime:
     """One route: match conditions, weighted clusters, timeout, retries, fault injection."""
 
-    __slots__ = ("abort_percent", "abort_status", "clusters", "cumulative", "delay", "delay_percent", "headers",
-                 "per_try_timeout", "prefix", "retries", "single_cluster", "timeout", "total")
+    __slots__ = ("abort_grpc_status", "abort_percent", "abort_status", "clusters", "cumulative", "delay",
+                 "delay_percent", "grpc_retry_on", "headers", "per_try_timeout", "prefix", "retries", "single_cluster",
+                 "timeout", "total")
 
     def __init__(self, *, prefix: bytes, headers: list[HeaderMatcher], clusters: list[ClusterRuntime],
                  weights: list[int], timeout: float, retries: int, per_try_timeout: float | None,
-                 abort_percent: float, abort_status: int, delay_percent: float, delay: float) -> None:
+                 abort_percent: float, abort_status: int, delay_percent: float, delay: float,
+                 abort_grpc_status: int | None = None, grpc_retry_on: frozenset[int] = frozenset()) -> None:
         self.prefix = prefix
         self.headers = headers
         self.clusters = clusters
@@ -191,6 +193,10 @@ class RouteRuntime:
         self.per_try_timeout = per_try_timeout
         self.abort_percent = abort_percent
         self.abort_status = abort_status
+        # A fault abort answering gRPC calls with this status (HTTP 200, trailers-only), else None.
+        self.abort_grpc_status = abort_grpc_status
+        # The gRPC statuses the route's retryOn conditions retry (meshbox.proxy.grpc_status).
+        self.grpc_retry_on = grpc_retry_on
         self.delay_percent = delay_percent
         self.delay = delay
 

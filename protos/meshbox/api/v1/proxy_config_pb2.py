@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from meshbox.api.v1 import security_pb2 as meshbox_dot_api_dot_v1_dot_security__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!meshbox/api/v1/proxy_config.proto\x12\x0emeshbox.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1dmeshbox/api/v1/security.proto\"\xdd\x02\n\x08Listener\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\tdirection\x18\x02 \x01(\x0e\x32 .meshbox.api.v1.TrafficDirection\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12*\n\x08protocol\x18\x05 \x01(\x0e\x32\x18.meshbox.api.v1.Protocol\x12\x14\n\x0croute_config\x18\x06 \x01(\t\x12\x0f\n\x07\x63luster\x18\x07 \x01(\t\x12\x0c\n\x04\x62ind\x18\x08 \x01(\x08\x12\x44\n\tmtls_mode\x18\t \x01(\x0e\x32\x31.meshbox.api.v1.PeerAuthentication.MutualTLS.Mode\x12H\n\x16\x61uthorization_policies\x18\n \x03(\x0b\x32(.meshbox.api.v1.NamedAuthorizationPolicy\"n\n\x18NamedAuthorizationPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x31\n\x04spec\x18\x03 \x01(\x0b\x32#.meshbox.api.v1.AuthorizationPolicy\"X\n\x0bHeaderMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x05\x65xact\x18\x02 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x03 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x04 \x01(\tH\x00\x42\x07\n\x05match\"J\n\nRouteMatch\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12,\n\x07headers\x18\x02 \x03(\x0b\x32\x1b.meshbox.api.v1.HeaderMatch\"2\n\x0fWeightedCluster\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"S\n\x0bRetryPolicy\x12\x10\n\x08\x61ttempts\x18\x01 \x01(\r\x12\x32\n\x0fper_try_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xf3\x01\n\x0e\x46\x61ultInjection\x12\x33\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32$.meshbox.api.v1.FaultInjection.Delay\x12\x33\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32$.meshbox.api.v1.FaultInjection.Abort\x1aH\n\x05\x44\x65lay\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12.\n\x0b\x66ixed_delay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x05\x41\x62ort\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12\x13\n\x0bhttp_status\x18\x02 \x01(\r\"\xee\x01\n\x05Route\x12)\n\x05match\x18\x01 \x01(\x0b\x32\x1a.meshbox.api.v1.RouteMatch\x12\x31\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x1f.meshbox.api.v1.WeightedCluster\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x07retries\x18\x04 \x01(\x0b\x32\x1b.meshbox.api.v1.RetryPolicy\x12-\n\x05\x66\x61ult\x18\x05 \x01(\x0b\x32\x1e.meshbox.api.v1.FaultInjection\"S\n\x0bVirtualHost\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12%\n\x06routes\x18\x03 \x03(\x0b\x32\x15.meshbox.api.v1.Route\"V\n\x12RouteConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\rvirtual_hosts\x18\x02 \x03(\x0b\x32\x1b.meshbox.api.v1.VirtualHost\"\xb3\x01\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\tlb_policy\x18\x02 \x01(\x0e\x32\x18.meshbox.api.v1.LbPolicy\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07service\x18\x04 \x01(\t\x12(\n\x03tls\x18\x05 \x01(\x0b\x32\x1b.meshbox.api.v1.UpstreamTls\"\x83\x01\n\x0bUpstreamTls\x12.\n\x04mode\x18\x01 \x01(\x0e\x32 .meshbox.api.v1.UpstreamTls.Mode\x12\x19\n\x11subject_alt_names\x18\x02 \x03(\t\")\n\x04Mode\x12\x0b\n\x07\x44ISABLE\x10\x00\x12\n\n\x06MUTUAL\x10\x01\x12\x08\n\x04\x41UTO\x10\x02\"@\n\x10WorkloadMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\"\xe3\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.meshbox.api.v1.Endpoint.LabelsEntry\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x32\n\x08workload\x18\x05 \x01(\x0b\x32 .meshbox.api.v1.WorkloadMetadata\x12\x0f\n\x07sidecar\x18\x06 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x15\x43lusterLoadAssignment\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12+\n\tendpoints\x18\x02 \x03(\x0b\x32\x18.meshbox.api.v1.Endpoint\"\xda\x01\n\x0bProxyConfig\x12+\n\tlisteners\x18\x01 \x03(\x0b\x32\x18.meshbox.api.v1.Listener\x12\x39\n\rroute_configs\x18\x02 \x03(\x0b\x32\".meshbox.api.v1.RouteConfiguration\x12)\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x17.meshbox.api.v1.Cluster\x12\x38\n\tendpoints\x18\x04 \x03(\x0b\x32%.meshbox.api.v1.ClusterLoadAssignment*P\n\x10TrafficDirection\x12!\n\x1dTRAFFIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x0c\n\x08OUTBOUND\x10\x01\x12\x0b\n\x07INBOUND\x10\x02*7\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x07\n\x03TCP\x10\x01\x12\x08\n\x04HTTP\x10\x02*I\n\x08LbPolicy\x12\x19\n\x15LB_POLICY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROUND_ROBIN\x10\x01\x12\x11\n\rLEAST_REQUEST\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!meshbox/api/v1/proxy_config.proto\x12\x0emeshbox.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1dmeshbox/api/v1/security.proto\"\xdd\x02\n\x08Listener\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\tdirection\x18\x02 \x01(\x0e\x32 .meshbox.api.v1.TrafficDirection\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12*\n\x08protocol\x18\x05 \x01(\x0e\x32\x18.meshbox.api.v1.Protocol\x12\x14\n\x0croute_config\x18\x06 \x01(\t\x12\x0f\n\x07\x63luster\x18\x07 \x01(\t\x12\x0c\n\x04\x62ind\x18\x08 \x01(\x08\x12\x44\n\tmtls_mode\x18\t \x01(\x0e\x32\x31.meshbox.api.v1.PeerAuthentication.MutualTLS.Mode\x12H\n\x16\x61uthorization_policies\x18\n \x03(\x0b\x32(.meshbox.api.v1.NamedAuthorizationPolicy\"n\n\x18NamedAuthorizationPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x31\n\x04spec\x18\x03 \x01(\x0b\x32#.meshbox.api.v1.AuthorizationPolicy\"X\n\x0bHeaderMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x05\x65xact\x18\x02 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x03 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x04 \x01(\tH\x00\x42\x07\n\x05match\"J\n\nRouteMatch\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12,\n\x07headers\x18\x02 \x03(\x0b\x32\x1b.meshbox.api.v1.HeaderMatch\"2\n\x0fWeightedCluster\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"j\n\x0bRetryPolicy\x12\x10\n\x08\x61ttempts\x18\x01 \x01(\r\x12\x32\n\x0fper_try_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rgrpc_retry_on\x18\x46 \x03(\r\"\x9d\x02\n\x0e\x46\x61ultInjection\x12\x33\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32$.meshbox.api.v1.FaultInjection.Delay\x12\x33\n\x05\x61\x62ort\x18\x02 \x01(\x0b\x32$.meshbox.api.v1.FaultInjection.Abort\x1aH\n\x05\x44\x65lay\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12.\n\x0b\x66ixed_delay\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x1aW\n\x05\x41\x62ort\x12\x0f\n\x07percent\x18\x01 \x01(\x01\x12\x13\n\x0bhttp_status\x18\x02 \x01(\r\x12\x18\n\x0bgrpc_status\x18\x46 \x01(\rH\x00\x88\x01\x01\x42\x0e\n\x0c_grpc_status\"\xee\x01\n\x05Route\x12)\n\x05match\x18\x01 \x01(\x0b\x32\x1a.meshbox.api.v1.RouteMatch\x12\x31\n\x08\x63lusters\x18\x02 \x03(\x0b\x32\x1f.meshbox.api.v1.WeightedCluster\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x07retries\x18\x04 \x01(\x0b\x32\x1b.meshbox.api.v1.RetryPolicy\x12-\n\x05\x66\x61ult\x18\x05 \x01(\x0b\x32\x1e.meshbox.api.v1.FaultInjection\"S\n\x0bVirtualHost\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64omains\x18\x02 \x03(\t\x12%\n\x06routes\x18\x03 \x03(\x0b\x32\x15.meshbox.api.v1.Route\"V\n\x12RouteConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x32\n\rvirtual_hosts\x18\x02 \x03(\x0b\x32\x1b.meshbox.api.v1.VirtualHost\"\xb3\x01\n\x07\x43luster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\tlb_policy\x18\x02 \x01(\x0e\x32\x18.meshbox.api.v1.LbPolicy\x12\x32\n\x0f\x63onnect_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07service\x18\x04 \x01(\t\x12(\n\x03tls\x18\x05 \x01(\x0b\x32\x1b.meshbox.api.v1.UpstreamTls\"\x83\x01\n\x0bUpstreamTls\x12.\n\x04mode\x18\x01 \x01(\x0e\x32 .meshbox.api.v1.UpstreamTls.Mode\x12\x19\n\x11subject_alt_names\x18\x02 \x03(\t\")\n\x04Mode\x12\x0b\n\x07\x44ISABLE\x10\x00\x12\n\n\x06MUTUAL\x10\x01\x12\x08\n\x04\x41UTO\x10\x02\"@\n\x10WorkloadMetadata\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0b\n\x03\x61pp\x18\x03 \x01(\t\"\xe3\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.meshbox.api.v1.Endpoint.LabelsEntry\x12\x0e\n\x06weight\x18\x04 \x01(\r\x12\x32\n\x08workload\x18\x05 \x01(\x0b\x32 .meshbox.api.v1.WorkloadMetadata\x12\x0f\n\x07sidecar\x18\x06 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x15\x43lusterLoadAssignment\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12+\n\tendpoints\x18\x02 \x03(\x0b\x32\x18.meshbox.api.v1.Endpoint\"\xda\x01\n\x0bProxyConfig\x12+\n\tlisteners\x18\x01 \x03(\x0b\x32\x18.meshbox.api.v1.Listener\x12\x39\n\rroute_configs\x18\x02 \x03(\x0b\x32\".meshbox.api.v1.RouteConfiguration\x12)\n\x08\x63lusters\x18\x03 \x03(\x0b\x32\x17.meshbox.api.v1.Cluster\x12\x38\n\tendpoints\x18\x04 \x03(\x0b\x32%.meshbox.api.v1.ClusterLoadAssignment*P\n\x10TrafficDirection\x12!\n\x1dTRAFFIC_DIRECTION_UNSPECIFIED\x10\x00\x12\x0c\n\x08OUTBOUND\x10\x01\x12\x0b\n\x07INBOUND\x10\x02*7\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x07\n\x03TCP\x10\x01\x12\x08\n\x04HTTP\x10\x02*I\n\x08LbPolicy\x12\x19\n\x15LB_POLICY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROUND_ROBIN\x10\x01\x12\x11\n\rLEAST_REQUEST\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENDPOINT_LABELSENTRY']._loaded_options = None
   _globals['_ENDPOINT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TRAFFICDIRECTION']._serialized_start=2468
-  _globals['_TRAFFICDIRECTION']._serialized_end=2548
-  _globals['_PROTOCOL']._serialized_start=2550
-  _globals['_PROTOCOL']._serialized_end=2605
-  _globals['_LBPOLICY']._serialized_start=2607
-  _globals['_LBPOLICY']._serialized_end=2680
+  _globals['_TRAFFICDIRECTION']._serialized_start=2533
+  _globals['_TRAFFICDIRECTION']._serialized_end=2613
+  _globals['_PROTOCOL']._serialized_start=2615
+  _globals['_PROTOCOL']._serialized_end=2670
+  _globals['_LBPOLICY']._serialized_start=2672
+  _globals['_LBPOLICY']._serialized_end=2745
   _globals['_LISTENER']._serialized_start=117
   _globals['_LISTENER']._serialized_end=466
   _globals['_NAMEDAUTHORIZATIONPOLICY']._serialized_start=468
@@ -52,33 +52,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEIGHTEDCLUSTER']._serialized_start=746
   _globals['_WEIGHTEDCLUSTER']._serialized_end=796
   _globals['_RETRYPOLICY']._serialized_start=798
-  _globals['_RETRYPOLICY']._serialized_end=881
-  _globals['_FAULTINJECTION']._serialized_start=884
-  _globals['_FAULTINJECTION']._serialized_end=1127
-  _globals['_FAULTINJECTION_DELAY']._serialized_start=1008
-  _globals['_FAULTINJECTION_DELAY']._serialized_end=1080
-  _globals['_FAULTINJECTION_ABORT']._serialized_start=1082
-  _globals['_FAULTINJECTION_ABORT']._serialized_end=1127
-  _globals['_ROUTE']._serialized_start=1130
-  _globals['_ROUTE']._serialized_end=1368
-  _globals['_VIRTUALHOST']._serialized_start=1370
-  _globals['_VIRTUALHOST']._serialized_end=1453
-  _globals['_ROUTECONFIGURATION']._serialized_start=1455
-  _globals['_ROUTECONFIGURATION']._serialized_end=1541
-  _globals['_CLUSTER']._serialized_start=1544
-  _globals['_CLUSTER']._serialized_end=1723
-  _globals['_UPSTREAMTLS']._serialized_start=1726
-  _globals['_UPSTREAMTLS']._serialized_end=1857
-  _globals['_UPSTREAMTLS_MODE']._serialized_start=1816
-  _globals['_UPSTREAMTLS_MODE']._serialized_end=1857
-  _globals['_WORKLOADMETADATA']._serialized_start=1859
-  _globals['_WORKLOADMETADATA']._serialized_end=1923
-  _globals['_ENDPOINT']._serialized_start=1926
-  _globals['_ENDPOINT']._serialized_end=2153
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=2108
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=2153
-  _globals['_CLUSTERLOADASSIGNMENT']._serialized_start=2155
-  _globals['_CLUSTERLOADASSIGNMENT']._serialized_end=2245
-  _globals['_PROXYCONFIG']._serialized_start=2248
-  _globals['_PROXYCONFIG']._serialized_end=2466
+  _globals['_RETRYPOLICY']._serialized_end=904
+  _globals['_FAULTINJECTION']._serialized_start=907
+  _globals['_FAULTINJECTION']._serialized_end=1192
+  _globals['_FAULTINJECTION_DELAY']._serialized_start=1031
+  _globals['_FAULTINJECTION_DELAY']._serialized_end=1103
+  _globals['_FAULTINJECTION_ABORT']._serialized_start=1105
+  _globals['_FAULTINJECTION_ABORT']._serialized_end=1192
+  _globals['_ROUTE']._serialized_start=1195
+  _globals['_ROUTE']._serialized_end=1433
+  _globals['_VIRTUALHOST']._serialized_start=1435
+  _globals['_VIRTUALHOST']._serialized_end=1518
+  _globals['_ROUTECONFIGURATION']._serialized_start=1520
+  _globals['_ROUTECONFIGURATION']._serialized_end=1606
+  _globals['_CLUSTER']._serialized_start=1609
+  _globals['_CLUSTER']._serialized_end=1788
+  _globals['_UPSTREAMTLS']._serialized_start=1791
+  _globals['_UPSTREAMTLS']._serialized_end=1922
+  _globals['_UPSTREAMTLS_MODE']._serialized_start=1881
+  _globals['_UPSTREAMTLS_MODE']._serialized_end=1922
+  _globals['_WORKLOADMETADATA']._serialized_start=1924
+  _globals['_WORKLOADMETADATA']._serialized_end=1988
+  _globals['_ENDPOINT']._serialized_start=1991
+  _globals['_ENDPOINT']._serialized_end=2218
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=2173
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=2218
+  _globals['_CLUSTERLOADASSIGNMENT']._serialized_start=2220
+  _globals['_CLUSTERLOADASSIGNMENT']._serialized_end=2310
+  _globals['_PROXYCONFIG']._serialized_start=2313
+  _globals['_PROXYCONFIG']._serialized_end=2531
 # @@protoc_insertion_point(module_scope)
