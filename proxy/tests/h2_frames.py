@@ -1,0 +1,108 @@
+"""A blocking HTTP/2 client for tests: the h2 package as a client library over a real socket, plus
+hand-built frames for what h2 itself would refuse to send (the attack shapes)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import ConnectionTerminated, StreamEnded, StreamReset
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Frame types and flags (RFC 9113 6).
+DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
+END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">I", len(payload))[1:] + bytes((kind, flags)) + struct.pack(">I", sid) + payload
+
+
+def request_headers(port: int, path: str, extra: list[tuple[str, str]] | None = None,
+                    grpc: bool = True) -> list[tuple[str, str]]:
+    headers = [(":method", "POST"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}"), (":path", path)]
+    if grpc:
+        headers += [("content-type", "application/grpc"), ("te", "trailers")]
+    return headers + (extra or [])
+
+
+def grpc_message(payload: bytes) -> bytes:
+    """One length-prefixed gRPC message (uncompressed)."""
+    return b"\0" + struct.pack(">I", len(payload)) + payload
+
+
+class H2Client:
+    """One HTTP/2 connection with prior knowledge; events are collected per stream."""
+
+    def __init__(self, port: int, timeout: float = 5) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.conn = H2Connection(H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.events: list[Any] = []
+        self.closed = False
+        self.flush()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, headers: list[tuple[str, str]], body: bytes = b"", end: bool = True) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, headers, end_stream=end and not body)
+        if body:
+            self.conn.send_data(sid, body, end_stream=end)
+        self.flush()
+        return sid
+
+    def read(self, until: Any, timeout: float = 5) -> list[Any]:
+        """Read events until ``until(events)`` is true, the peer closes, or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while not until(self.events) and not self.closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.closed = True
+                break
+            self.events += self.conn.receive_data(data)
+            self.flush()
+        return self.events
+
+    def finished(self, sid: int) -> bool:
+        return any(isinstance(e, (StreamEnded, StreamReset)) and e.stream_id == sid for e in self.events)
+
+    def goaway(self) -> ConnectionTerminated | None:
+        return next((e for e in self.events if isinstance(e, ConnectionTerminated)), None)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def silent_h2_server() -> tuple[Any, int]:
+    """An HTTP/2 server (asyncio, in the caller's loop) that takes every stream and never answers: what
+    answers a call to it can only be the proxy. Returns the server and its port."""
+    import asyncio
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        while data := await reader.read(65536):
+            conn.receive_data(data)
+            writer.write(conn.data_to_send())
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
