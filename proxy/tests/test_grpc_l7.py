@@ -15,45 +15,7 @@ import pytest
 from h2.events import ResponseReceived
 
 from meshbox.proxy.metrics_exposition import render
-from proxy.tests.h2_frames import H2Client, grpc_message, request_headers, silent_h2_server
-
-SERVICE = "meshbox.test.Echo"
-
-
-class EchoServer:
-    """A grpcio server on 127.0.0.1 with every RPC shape on raw bytes, and methods that fail on purpose."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name.encode()
-        self.calls = 0
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        handlers = {
-            "Say": grpc.unary_unary_rpc_method_handler(self._say),
-            "Count": grpc.unary_stream_rpc_method_handler(self._count),
-            "Sum": grpc.stream_unary_rpc_method_handler(self._sum),
-            "Echo": grpc.stream_stream_rpc_method_handler(self._echo),
-        }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def _say(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        self.calls += 1
-        return self.name + b" says " + request
-
-    def _count(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        for i in range(int(request)):
-            yield b"%d" % i
-
-    def _sum(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        return b"%d" % sum(int(r) for r in requests)
-
-    def _echo(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
-        for r in requests:
-            yield r.upper()
-
-    def stop(self) -> None:
-        self.server.stop(None)
+from proxy.tests.h2_kit import SERVICE, EchoServer, H2Client, grpc_message, request_headers, silent_h2_server
 
 
 def _all_shapes(port: int) -> tuple[bytes, list[bytes], bytes, list[bytes]]:

@@ -1,21 +1,70 @@
-"""A blocking HTTP/2 client for tests: the h2 package as a client library over a real socket, plus
-hand-built frames for what h2 itself would refuse to send (the attack shapes)."""
+"""HTTP/2 and gRPC test parts: a grpcio server with every RPC shape, a blocking HTTP/2 client (the h2
+package as a client library over a real socket), hand-built frames for what h2 itself would refuse to
+send (the attack shapes), and an HTTP/2 server that never answers."""
 
 from __future__ import annotations
 
 import socket
 import struct
 import time
+from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
+import grpc
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, StreamEnded, StreamReset
 
+SERVICE = "meshbox.test.Echo"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # Frame types and flags (RFC 9113 6).
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
 END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+class EchoServer:
+    """A grpcio server on 127.0.0.1 with every RPC shape on raw bytes, and methods that fail on purpose."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.calls = 0
+        self.blobs_sent = 0
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        handlers = {
+            "Say": grpc.unary_unary_rpc_method_handler(self._say),
+            "Count": grpc.unary_stream_rpc_method_handler(self._count),
+            "Sum": grpc.stream_unary_rpc_method_handler(self._sum),
+            "Echo": grpc.stream_stream_rpc_method_handler(self._echo),
+            "Blob": grpc.unary_stream_rpc_method_handler(self._blob),
+        }
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def _say(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.calls += 1
+        return self.name + b" says " + request
+
+    def _count(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        for i in range(int(request)):
+            yield b"%d" % i
+
+    def _sum(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        return b"%d" % sum(int(r) for r in requests)
+
+    def _echo(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        for r in requests:
+            yield r.upper()
+
+    def _blob(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """``request`` messages of 64 KiB each (a big response for flow-control tests)."""
+        for _ in range(int(request)):
+            self.blobs_sent += 1
+            yield b"b" * 65536
+
+    def stop(self) -> None:
+        self.server.stop(None)
 
 
 def frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
