@@ -61,6 +61,7 @@ class H2Link(asyncio.Protocol):
         self.out: dict[int, OutStream] = {}
         self.stall_armed = False
         self.stall_key = (self, "stall")
+        self.flush_scheduled = False
 
     # -- transport ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -70,7 +71,15 @@ class H2Link(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
-        """Write what h2 produced; a peer that leaves over MAX_UNREAD_BYTES unread is dropped."""
+        """Write what h2 produced, once per turn of the event loop: everything the streams of this
+        connection produced while handling one read (of either side) goes out in one write."""
+        if not self.flush_scheduled and not self.closed:
+            self.flush_scheduled = True
+            self.ctx.loop.call_soon(self.write_out)
+
+    def write_out(self) -> None:
+        """Write what h2 produced now; a peer that leaves over MAX_UNREAD_BYTES unread is dropped."""
+        self.flush_scheduled = False
         data = self.conn.data_to_send()
         transport = self.transport
         if data and transport is not None and not self.closed:

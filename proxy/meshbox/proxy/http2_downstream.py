@@ -54,7 +54,9 @@ class Http2Downstream(H2Link):
 
     def __init__(self, ctx: ProxyContext, listener: ListenerRuntime, remote: str | None, local: str | None,
                  peer: PeerIdentity | None) -> None:
-        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        # What the proxy sends was validated on the way in (by h2, from the peer it came from).
+        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                            normalize_outbound_headers=False))
         settings = conn.local_settings
         settings[SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_CONCURRENT_STREAMS
         settings[SettingCodes.MAX_HEADER_LIST_SIZE] = MAX_HEADER_LIST_SIZE
@@ -89,7 +91,7 @@ class Http2Downstream(H2Link):
         except H2Error:
             # h2 queued the GOAWAY naming the error (a CONTINUATION flood, an oversized header list, ...).
             self.ctx.stats.incr("downstream_cx_h2_protocol_error")
-            self.flush()
+            self.write_out()
             self._end_all()
             if self.transport is not None:
                 self.transport.close()
@@ -210,6 +212,7 @@ class Http2Downstream(H2Link):
 
     def _close_when_idle(self) -> None:
         if not self.streams and not self.out and not self.closed and self.transport is not None:
+            self.write_out()
             self.closed = True
             self.transport.close()
 

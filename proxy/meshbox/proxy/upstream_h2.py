@@ -166,7 +166,8 @@ class UpstreamH2(H2Link):
     """An HTTP/2 connection to one endpoint, shared by the calls of every client connection."""
 
     def __init__(self, ctx: ProxyContext, host: UpstreamHost, key: tuple[UpstreamHost, bool]) -> None:
-        conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        conn = H2Connection(H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
+                                            normalize_outbound_headers=False))
         conn.local_settings.initial_window_size = STREAM_WINDOW
         conn.local_settings.enable_push = 0
         super().__init__(ctx, conn)
@@ -314,7 +315,7 @@ class UpstreamH2(H2Link):
             self._forget()
             with contextlib.suppress(H2Error):
                 self.conn.close_connection()
-            self.flush()
+            self.write_out()
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
