@@ -139,19 +139,38 @@ class H2Client:
         self.sock.close()
 
 
-async def silent_h2_server() -> tuple[Any, int]:
-    """An HTTP/2 server (asyncio, in the caller's loop) that takes every stream and never answers: what
-    answers a call to it can only be the proxy. Returns the server and its port."""
+async def scripted_h2_server(answer: str = "silent") -> tuple[Any, int, list[Any]]:
+    """An HTTP/2 server in the caller's loop whose answer to every stream is scripted: ``silent`` (never
+    answers), ``reset-after-head`` (a 200 head, then RST_STREAM INTERNAL_ERROR). Returns the server, its
+    port and the h2 events it received (to see what reached the upstream, e.g. a reset)."""
     import asyncio
+
+    from h2.errors import ErrorCodes
+    from h2.events import RequestReceived
+
+    seen: list[Any] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         conn.initiate_connection()
         writer.write(conn.data_to_send())
         while data := await reader.read(65536):
-            conn.receive_data(data)
+            for event in conn.receive_data(data):
+                seen.append(event)
+                if isinstance(event, RequestReceived) and answer == "reset-after-head":
+                    conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+                    writer.write(conn.data_to_send())
+                    await asyncio.sleep(0.05)
+                    conn.reset_stream(event.stream_id, ErrorCodes.INTERNAL_ERROR)
             writer.write(conn.data_to_send())
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
+    return server, server.sockets[0].getsockname()[1], seen
+
+
+async def silent_h2_server() -> tuple[Any, int]:
+    """An HTTP/2 server that takes every stream and never answers: what answers a call to it can only be
+    the proxy. Returns the server and its port."""
+    server, port, _ = await scripted_h2_server("silent")
+    return server, port

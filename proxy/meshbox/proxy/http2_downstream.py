@@ -12,6 +12,7 @@ the concurrency limit.
 from __future__ import annotations
 
 import contextlib
+import struct
 import time
 from typing import Any
 
@@ -29,7 +30,7 @@ from h2.events import (
     TrailersReceived,
 )
 from h2.exceptions import H2Error
-from h2.settings import SettingCodes
+from h2.settings import SettingCodes, Settings
 
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.h2_link import STREAM_WINDOW, H2Link
@@ -49,6 +50,11 @@ CONTROL_FRAMES_PER_SECOND = 100
 _monotonic = time.monotonic
 
 
+def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
+    """A GOAWAY frame (RFC 9113 6.8): 8 bytes of payload on stream 0."""
+    return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", last_stream_id & 0x7FFFFFFF, error_code)
+
+
 class Http2Downstream(H2Link):
     """A client's HTTP/2 connection on an HTTP listener."""
 
@@ -57,10 +63,12 @@ class Http2Downstream(H2Link):
         # What the proxy sends was validated on the way in (by h2, from the peer it came from).
         conn = H2Connection(H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
                                             normalize_outbound_headers=False))
-        settings = conn.local_settings
-        settings[SettingCodes.MAX_CONCURRENT_STREAMS] = MAX_CONCURRENT_STREAMS
-        settings[SettingCodes.MAX_HEADER_LIST_SIZE] = MAX_HEADER_LIST_SIZE
-        settings[SettingCodes.INITIAL_WINDOW_SIZE] = STREAM_WINDOW
+        # Initial values (sent in the first SETTINGS and in force from the start), not updates.
+        conn.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        })
         super().__init__(ctx, conn)
         self.listener = listener
         self.listener_snapshot = ctx.snapshot
@@ -186,6 +194,17 @@ class Http2Downstream(H2Link):
                 self.listener = listener
         return self.listener
 
+    def config_swapped(self) -> None:
+        """A new config is in place: GOAWAY when this connection's listener is no longer in it (streams
+        in flight finish on the old one; new streams use the new config in any case)."""
+        self.current_listener()
+
+    def pump(self) -> None:
+        super().pump()
+        if self.going_away:
+            # The last stream's end may have waited for its window: close once it is out.
+            self._close_when_idle()
+
     def stream_finished(self, st: H2Stream) -> None:
         if self.streams.get(st.sid) is st:
             del self.streams[st.sid]
@@ -201,10 +220,11 @@ class Http2Downstream(H2Link):
         if self.going_away or self.closed:
             return
         self.going_away = True
-        with contextlib.suppress(H2Error):
-            self.conn.close_connection(error_code=ErrorCodes.NO_ERROR,
-                                       last_stream_id=self.conn.highest_inbound_stream_id)
-        self.flush()
+        self.write_out()
+        if self.transport is not None:
+            # Written by hand: h2's close_connection() would also end its own state machine, which then
+            # refuses the frames of the streams still allowed to finish (RFC 9113 6.8).
+            self.transport.write(goaway_frame(self.conn.highest_inbound_stream_id, ErrorCodes.NO_ERROR))
         self._close_when_idle()
 
     def close(self) -> None:

@@ -161,6 +161,12 @@ class ProxyServer:
         for key in list(self.bound.keys() - wanted):
             self.bound.pop(key).close()
         self.ctx.hosts.retain(snap.host_keys)
+        for conn in list(self.ctx.connections):
+            # HTTP/2 connections whose listener left the config get a GOAWAY now (HTTP/1.1 ones find out
+            # at their next request).
+            swapped = getattr(conn, "config_swapped", None)
+            if swapped is not None:
+                swapped()
         self.ctx.stats.incr("config_applied")
         return snap.version
 

@@ -24,6 +24,7 @@ from h2.events import (
     TrailersReceived,
 )
 from h2.exceptions import H2Error
+from h2.settings import SettingCodes, Settings
 
 from meshbox.proxy import grpc_status
 from meshbox.proxy.codec.events import END, Body, Headers, ResponseHead
@@ -168,8 +169,9 @@ class UpstreamH2(H2Link):
     def __init__(self, ctx: ProxyContext, host: UpstreamHost, key: tuple[UpstreamHost, bool]) -> None:
         conn = H2Connection(H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
                                             normalize_outbound_headers=False))
-        conn.local_settings.initial_window_size = STREAM_WINDOW
-        conn.local_settings.enable_push = 0
+        conn.local_settings = Settings(client=True, initial_values={
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW, SettingCodes.ENABLE_PUSH: 0,
+        })
         super().__init__(ctx, conn)
         self.host = host
         self.key = key
