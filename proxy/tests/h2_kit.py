@@ -141,12 +141,13 @@ class H2Client:
 
 async def scripted_h2_server(answer: str = "silent") -> tuple[Any, int, list[Any]]:
     """An HTTP/2 server in the caller's loop whose answer to every stream is scripted: ``silent`` (never
-    answers), ``reset-after-head`` (a 200 head, then RST_STREAM INTERNAL_ERROR). Returns the server, its
-    port and the h2 events it received (to see what reached the upstream, e.g. a reset)."""
+    answers), ``reset-after-head`` (a 200 head, then RST_STREAM INTERNAL_ERROR), ``hello`` (once the
+    request ended: 200, the body ``hello h2``, END_STREAM). Returns the server, its port and the h2
+    events it received (to see what reached the upstream: heads, resets)."""
     import asyncio
 
     from h2.errors import ErrorCodes
-    from h2.events import RequestReceived
+    from h2.events import RequestReceived, StreamEnded
 
     seen: list[Any] = []
 
@@ -162,6 +163,9 @@ async def scripted_h2_server(answer: str = "silent") -> tuple[Any, int, list[Any
                     writer.write(conn.data_to_send())
                     await asyncio.sleep(0.05)
                     conn.reset_stream(event.stream_id, ErrorCodes.INTERNAL_ERROR)
+                if isinstance(event, StreamEnded) and answer == "hello":
+                    conn.send_headers(event.stream_id, [(b":status", b"200"), (b"content-type", b"text/plain")])
+                    conn.send_data(event.stream_id, b"hello h2", end_stream=True)
             writer.write(conn.data_to_send())
         writer.close()
 

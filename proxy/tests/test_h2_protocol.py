@@ -18,6 +18,7 @@ from h2.events import (
     PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
+    ResponseReceived,
     StreamEnded,
     StreamReset,
     TrailersReceived,
@@ -147,5 +148,44 @@ def test_upstream_reset_reaches_the_client(kit: Any, tmp_path: Path) -> None:
         assert reset.error_code == ErrorCodes.INTERNAL_ERROR
         assert not any(isinstance(e, StreamEnded) for e in events)
         assert lines == [f"/{SERVICE}/Say 200 UR -"]
+
+    kit.run(main())
+
+
+def _get(port: int, path: str, authority: str | None = None) -> tuple[dict[str, str], bytes]:
+    client = H2Client(port)
+    headers = [(":method", "GET"), (":scheme", "http"), (":authority", authority or f"127.0.0.1:{port}"),
+               (":path", path), ("user-agent", "h2-test")]
+    sid = client.request(headers)
+    events = client.read(lambda _: client.finished(sid))
+    client.close()
+    (head,) = [dict(e.headers) for e in events if isinstance(e, ResponseReceived)]
+    return head, b"".join(e.data for e in events if isinstance(e, DataReceived))
+
+
+def test_plain_http2_requests_and_local_answers(kit: Any, tmp_path: Path) -> None:
+    """Not only gRPC: a GET over HTTP/2 is routed by :authority and answered by an HTTP/2 upstream, and
+    the proxy's own answers (no route, no endpoint) are plain HTTP/2 responses."""
+    async def main() -> None:
+        upstream, up_port, seen = await scripted_h2_server("hello")
+        port = kit.free_port()
+        config = kit.http_config(port, {"web": [up_port], "empty": []}, domains=["web.local"],
+                                 routes=[{"match": {"prefix": "/empty"}, "clusters": [{"cluster": "empty"}]},
+                                         {"clusters": [{"cluster": "web"}]}])
+        fmt = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %GRPC_STATUS%\n"
+        async with kit.proxy(config, tmp_path, fmt=fmt) as p:
+            ok = await _in_thread(_get, port, "/hello", "web.local")
+            no_route = await _in_thread(_get, port, "/hello", "other.local")
+            no_host = await _in_thread(_get, port, "/empty", "web.local")
+            lines = await p.wait_log(3)
+        upstream.close()
+        head, body = ok
+        assert head[":status"] == "200" and body == b"hello h2" and "x-envoy-upstream-service-time" in head
+        (request,) = [dict(e.headers) for e in seen if isinstance(e, RequestReceived)]
+        assert request[b":authority"] == b"web.local" and request[b":path"] == b"/hello"
+        assert len(request[b"x-request-id"]) == 36 and request[b"user-agent"] == b"h2-test"
+        assert no_route[0][":status"] == "404"
+        assert no_host[0][":status"] == "503" and no_host[1] == b"no healthy upstream"
+        assert lines == ["GET /hello HTTP/2 200 - -", "GET /hello HTTP/2 404 NR -", "GET /empty HTTP/2 503 UH -"]
 
     kit.run(main())

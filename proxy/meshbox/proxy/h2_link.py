@@ -96,20 +96,23 @@ class H2Link(asyncio.Protocol):
         self.pump()
 
     def abort_connection(self) -> None:
-        """GOAWAY ENHANCE_YOUR_CALM, then drop the connection at once."""
+        """GOAWAY ENHANCE_YOUR_CALM ahead of anything still unwritten, then close; a peer that does not
+        take even that within a second is reset. (Closing rather than resetting at once: a reset makes the
+        peer's kernel discard the GOAWAY it has not read yet.)"""
         if self.closed:
             return
         transport = self.transport
-        try:
+        self.closed = True
+        data = b""
+        with contextlib.suppress(H2Error):
+            self.conn.clear_outbound_data_buffer()
             self.conn.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
             data = self.conn.data_to_send()
-        except H2Error:
-            data = b""
-        self.closed = True
         if transport is not None:
             if data:
                 transport.write(data)
-            transport.abort()
+            transport.close()
+            self.ctx.loop.call_later(1.0, transport.abort)
 
     # -- sending -----------------------------------------------------------------------------------
     def _out(self, sid: int) -> OutStream:

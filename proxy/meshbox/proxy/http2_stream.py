@@ -173,6 +173,8 @@ class H2Stream:
         if authority:
             fields.append((b"host", authority))
         self.client_ended = ended
+        # A request without a body is complete with its head: the core never calls request_end for it.
+        self.request_end_seen = ended
         self.grpc = grpc_status.is_grpc(fields)
         if self.grpc:
             timeout = grpc_status.timeout_of(fields)

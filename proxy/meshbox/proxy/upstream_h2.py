@@ -146,19 +146,19 @@ class UpstreamH2Stream:
             conn.flush()
 
     def finish(self, reset_code: int | None) -> None:
-        """The exchange is done with this attempt (RELEASE / CLOSE_UP): reset the stream if it is still open."""
+        """The exchange is done with this attempt (RELEASE / CLOSE_UP): reset the stream if it is still open
+        (an abandoned attempt, or a response that ended before the request did)."""
         conn = self.conn
-        if conn.streams.pop(self.sid, None) is None:
-            if not self.sid:
-                conn.reserved = max(0, conn.reserved - 1)
+        if not self.sid:
+            conn.reserved = max(0, conn.reserved - 1)
             return
-        self.ack(self.unacked)
-        try:
+        if conn.streams.pop(self.sid, None) is not None:
+            # Abandoned before its end: what it received will never be sent on.
+            self.ack(self.unacked)
+        with contextlib.suppress(H2Error):
             open_stream = conn.conn.streams.get(self.sid)
             if open_stream is not None and not open_stream.closed:
                 conn.reset(self.sid, ErrorCodes.CANCEL if reset_code is None else reset_code)
-        except H2Error:
-            pass
         conn.pump()
         conn.idle_check()
 
