@@ -191,6 +191,10 @@ class ProxyServer:
             for up in host.idle:
                 up.close()
             host.idle.clear()
+        upstream_h2 = sys.modules.get("meshbox.proxy.upstream_h2")
+        if upstream_h2 is not None:
+            # Loaded only once an HTTP/2 client came: its idle upstream connections close too.
+            upstream_h2.close_idle()
 
     def ports(self) -> dict[str, int]:
         """Actual ports (useful when 0 asked for an ephemeral one)."""

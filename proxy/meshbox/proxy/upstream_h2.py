@@ -74,6 +74,13 @@ def acquire(ctx: ProxyContext, host: UpstreamHost, cluster: ClusterRuntime, wait
     return None
 
 
+def close_idle() -> None:
+    """Close every upstream HTTP/2 connection that carries no stream and may not take new ones (a drain)."""
+    for conns in list(POOLS.values()):
+        for conn in list(conns):
+            conn.idle_check()
+
+
 class UpstreamH2Stream:
     """One attempt of an exchange on an upstream HTTP/2 connection (the core's ``up`` handle)."""
 
