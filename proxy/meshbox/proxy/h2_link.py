@@ -5,7 +5,7 @@ through both windows and the proxy never holds more than the windows it granted.
 
 Also the connection's defences that do not depend on its role: a peer that does not read what the
 proxy must answer (PING and SETTINGS acknowledgements pile up in the write buffer) and a stream that
-makes no progress against a zero window for ``stall_timeout`` end the connection (GOAWAY
+makes no progress against a zero window for the request idle timeout end the connection (GOAWAY
 ENHANCE_YOUR_CALM), never another one.
 """
 

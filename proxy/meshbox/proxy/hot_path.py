@@ -34,6 +34,7 @@ HOT_PATH = (
     "meshbox.proxy.security_labels",
     "meshbox.proxy.grpc_status",
     "meshbox.proxy.h2_link",
+    "meshbox.proxy.h2_framing",
     "meshbox.proxy.http2_stream",
     "meshbox.proxy.http2_downstream",
     "meshbox.proxy.upstream_h2",
