@@ -258,3 +258,36 @@ def test_weighted_split_is_per_call_on_one_connection(kit: Any, tmp_path: Path) 
     finally:
         light.stop()
         heavy.stop()
+
+
+def _routed_calls(port: int) -> list[bytes]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        say = channel.unary_unary(f"/{SERVICE}/Say")
+        count = channel.unary_stream(f"/{SERVICE}/Count")
+        return [say(b"plain", timeout=5), say(b"canary", timeout=5, metadata=(("x-canary", "yes"),)),
+                b",".join(count(b"2", timeout=5))]
+
+
+def test_calls_are_routed_by_method_path_and_metadata(kit: Any, tmp_path: Path) -> None:
+    """Routes match a call's method path (prefix) and its metadata (headers), call by call on one channel."""
+    main_server, canary, counter = EchoServer("main"), EchoServer("canary"), EchoServer("counter")
+    try:
+        async def main() -> None:
+            port = kit.free_port()
+            routes = [
+                {"match": {"prefix": f"/{SERVICE}/Count"}, "clusters": [{"cluster": "counter"}]},
+                {"match": {"headers": [{"name": "x-canary", "exact": "yes"}]}, "clusters": [{"cluster": "canary"}]},
+                {"clusters": [{"cluster": "main"}]},
+            ]
+            config = kit.http_config(port, {"main": [main_server.port], "canary": [canary.port],
+                                            "counter": [counter.port]}, routes=routes)
+            async with kit.proxy(config, tmp_path, fmt="%REQ(:PATH)% %UPSTREAM_CLUSTER%\n") as p:
+                answers = await asyncio.get_running_loop().run_in_executor(None, _routed_calls, port)
+                lines = await p.wait_log(3)
+            assert answers == [b"main says plain", b"canary says canary", b"0,1"]
+            assert lines == [f"/{SERVICE}/Say main", f"/{SERVICE}/Say canary", f"/{SERVICE}/Count counter"]
+
+        kit.run(main())
+    finally:
+        for server in (main_server, canary, counter):
+            server.stop()
