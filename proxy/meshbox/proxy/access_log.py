@@ -17,6 +17,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from meshbox.proxy.grpc_status import status_name
 from meshbox.proxy.metrics import Stats
@@ -26,6 +27,8 @@ DEFAULT_FORMAT = (
     '%RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% '
     '"%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n'
 )
+
+_wall_clock: Final = time.time
 
 
 class LogRecord:
@@ -42,7 +45,7 @@ class LogRecord:
                  "upstream_service_time", "user_agent")
 
     def __init__(self, remote: str | None, local: str | None) -> None:
-        self.start_time: float = time.time()
+        self.start_time: float = _wall_clock()
         self.method: bytes | None = None
         self.path: bytes | None = None
         self.authority: bytes | None = None
@@ -74,8 +77,8 @@ class LogRecord:
         self.grpc_status: int | None = None
 
 
-_second: list[int] = [-1]
-_second_text: list[bytes] = [b""]
+_second: Final[list[int]] = [-1]
+_second_text: Final[list[bytes]] = [b""]
 
 
 def _start_time(t: float) -> bytes:
@@ -98,12 +101,34 @@ def _find(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
     return "-"
 
 
-_DEFAULT = b'[%s] "%s %s %s" %d %s %d %d %d %s "%s" "%s" "%s" "%s" "%s"\n'
-_PROTOCOLS = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", "HTTP/2": b"HTTP/2", None: b"-"}
+_PROTOCOLS: Final = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", "HTTP/2": b"HTTP/2", None: b"-"}
+# Made once rather than per line: the milliseconds and what follows them up to the method, small numbers,
+# and (bounded) the bytes of the flags and upstream host strings seen.
+_MILLIS: Final = tuple(b'.%03dZ] "' % ms for ms in range(1000))
+_SMALL: Final = tuple(b"%d" % n for n in range(1024))
+_ENCODED: Final[dict[str, bytes]] = {}
+_ENCODED_MAX: Final = 4096
+
+
+def decimal(n: int) -> bytes:
+    """``b"%d" % n``, from a table for the small numbers most fields hold (status codes, milliseconds)."""
+    return _SMALL[n] if 0 <= n < 1024 else b"%d" % n
+
+
+def _encoded(text: str) -> bytes:
+    data = _ENCODED.get(text)
+    if data is None:
+        if len(_ENCODED) >= _ENCODED_MAX:
+            _ENCODED.clear()
+        data = _ENCODED[text] = text.encode()
+    return data
 
 
 def default_line(r: LogRecord) -> bytes:
-    """Envoy's default format, written out by hand (as bytes: no decoding) because it runs per request."""
+    """Envoy's default format, written out by hand (as bytes: no decoding) because it runs per request:
+    ``[START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS RECEIVED SENT DURATION UPSTREAM_SERVICE_TIME
+    "X-FORWARDED-FOR" "USER-AGENT" "X-REQUEST-ID" "AUTHORITY" "UPSTREAM_HOST"``. One join of
+    ready-made pieces (a ``%`` with 15 conversions cost about half as much again)."""
     ust = r.upstream_service_time
     host = r.upstream_host
     # _start_time, inlined (one call fewer per request); it still refreshes the cached seconds text.
@@ -111,12 +136,13 @@ def default_line(r: LogRecord) -> bytes:
     sec = int(t)
     if _second[0] != sec:
         _start_time(t)
-    return _DEFAULT % (
-        b"%s.%03dZ" % (_second_text[0], int((t - sec) * 1000)), r.method or b"-", r.path or b"-",
-        _PROTOCOLS.get(r.protocol, b"-"),
-        r.response_code, r.response_flags.encode(), r.bytes_received, r.bytes_sent, r.duration_ms,
-        b"-" if ust is None else b"%d" % ust, r.forwarded_for or b"-", r.user_agent or b"-", r.request_id or b"-",
-        r.authority or b"-", host.encode() if host else b"-")
+    return b"".join((
+        b"[", _second_text[0], _MILLIS[int((t - sec) * 1000)], r.method or b"-", b" ", r.path or b"-", b" ",
+        _PROTOCOLS.get(r.protocol, b"-"), b'" ', decimal(r.response_code), b" ", _encoded(r.response_flags), b" ",
+        decimal(r.bytes_received), b" ", decimal(r.bytes_sent), b" ", decimal(r.duration_ms), b" ",
+        b"-" if ust is None else decimal(ust), b' "', r.forwarded_for or b"-", b'" "', r.user_agent or b"-",
+        b'" "', r.request_id or b"-", b'" "', r.authority or b"-", b'" "', _encoded(host) if host else b"-",
+        b'"\n'))
 
 
 Getter = Callable[[LogRecord], str]
@@ -250,6 +276,8 @@ class AccessLog:
 
     def __init__(self, fmt: str, fd: int = 1) -> None:
         self.format = compile_format(fmt)
+        # The default format is called directly (a C call, not a call through the stored function object).
+        self._default = self.format is default_line
         self._fd = fd
         self._lines: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -294,7 +322,7 @@ class AccessLog:
                 self._stats.incr("access_log_dropped_lines")
             return
         lines = self._lines
-        lines.append(self.format(record))
+        lines.append(default_line(record) if self._default else self.format(record))
         if len(lines) == 1:
             if self._loop is None:
                 self.flush()

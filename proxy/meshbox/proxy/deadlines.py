@@ -15,6 +15,8 @@ from typing import Any
 class Deadlines:
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float = 0.05) -> None:
         self._loop = loop
+        # The loop's clock, bound once (arm runs for every request).
+        self._time: Callable[[], float] = loop.time
         self._resolution = resolution
         self._armed: dict[Hashable, tuple[float, Callable[[Any], None]]] = {}
         self._sweeping = False
@@ -25,13 +27,13 @@ class Deadlines:
 
     def arm(self, key: Hashable, timeout: float, callback: Callable[[Any], None]) -> None:
         """Call ``callback(key)`` once ``timeout`` seconds from now, unless :meth:`disarm` comes first."""
-        self._armed[key] = (self._loop.time() + timeout, callback)
+        self._armed[key] = (self._time() + timeout, callback)
         if not self._sweeping:
             self._sweeping = True
             self._loop.call_later(self._resolution, self._sweep)
 
     def _sweep(self) -> None:
-        now = self._loop.time()
+        now = self._time()
         expired = [key for key, (deadline, _) in self._armed.items() if deadline <= now]
         for key in expired:
             entry = self._armed.pop(key, None)

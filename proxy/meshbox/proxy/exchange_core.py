@@ -10,7 +10,7 @@ ProtocolError, and the upstream side the ResponseHead / Body / END of its parser
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Final
 
 from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead, Tunnel
 from meshbox.proxy.exchange import (
@@ -30,10 +30,11 @@ from meshbox.proxy.exchange import (
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER, ExchangeState
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
+from meshbox.proxy.route_match import match_route
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
-PENDING_BODY_LIMIT = 1 << 20
+PENDING_BODY_LIMIT: Final = 1 << 20
 
 
 class ExchangeCore(ExchangeState):
@@ -126,7 +127,9 @@ class ExchangeCore(ExchangeState):
             request_id = self.ctx.request_ids.new()
             rid = (b"x-request-id", request_id)
             headers.append(rid)
-            ex.request_headers = [*(h for h in head.headers if h[0] != b"x-request-id"), rid]
+            kept = [h for h in head.headers if h[0] != b"x-request-id"]
+            kept.append(rid)
+            ex.request_headers = kept
         ex.request_id = request_id
         tracer = self.ctx.tracer
         if tracer is not None:
@@ -144,7 +147,7 @@ class ExchangeCore(ExchangeState):
             ex.path = target
         ex.authority = host
         routes = listener.routes
-        route = routes.match(host or b"", target, head.headers) if routes is not None else None
+        route = match_route(routes, host or b"", target, head.headers) if routes is not None else None
         if route is None:
             self._local_reply(ex, 404, b"", "NR", now)
             return

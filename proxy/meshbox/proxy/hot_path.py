@@ -32,6 +32,7 @@ HOT_PATH = (
     "meshbox.proxy.tracing",
     "meshbox.proxy.trace_context",
     "meshbox.proxy.security_labels",
+    "meshbox.proxy.route_match",
     "meshbox.proxy.grpc_status",
     "meshbox.proxy.h2_link",
     "meshbox.proxy.h2_framing",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from meshbox.proxy.codec.events import ProtocolError
 from meshbox.proxy.context import ProxyContext
@@ -38,7 +38,7 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.exchange_core import ExchangeCore
 from meshbox.proxy.peer_identity import PeerIdentity
-from meshbox.proxy.security_labels import with_security
+from meshbox.proxy.security_labels import RequestLabels
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_http import UpstreamHttp
@@ -46,7 +46,7 @@ from meshbox.proxy.upstream_tls import failure_reason, open_upstream
 
 # What an HTTP/2 client with prior knowledge (e.g. gRPC without TLS) sends first.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_monotonic = time.monotonic
+_monotonic: Final = time.monotonic
 
 
 def _peer(transport: asyncio.BaseTransport, key: str) -> str | None:
@@ -76,6 +76,7 @@ class DownstreamHttp(asyncio.Protocol):
         self.sniffed = b""
         # The verified client of a mutual TLS connection (set by the inbound TLS gate).
         self.peer: PeerIdentity | None = None
+        self.labels = RequestLabels()
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -247,20 +248,21 @@ class DownstreamHttp(asyncio.Protocol):
 
     def _log(self, ex: Exchange, elapsed_ms: float) -> None:
         ctx = self.ctx
-        if ex.host is not None:
-            ex.upstream_peer_uri = ex.host.peer_uri
+        host = ex.host
+        if host is not None:
+            ex.upstream_peer_uri = host.peer_uri
         ctx.access_log.log(ex)
         listener = ex.listener
-        direction = listener.direction if listener is not None else INBOUND
-        cluster = ex.cluster
-        labels = cluster.request_labels(direction, ex.host) if cluster is not None else ctx.unknown_labels[direction]
-        labels = with_security(labels, ctx.tls.identity if ctx.tls is not None else None,
-                               ex.downstream_peer_uri, ex.upstream_peer_uri)
+        tls = ctx.tls
+        labels = self.labels.of(ex.cluster, host, listener.direction if listener is not None else INBOUND,
+                                ctx.unknown_labels, tls.identity if tls is not None else None,
+                                ex.downstream_peer_uri, ex.upstream_peer_uri)
         ctx.stats.request(labels, ex.response_code, ex.response_flags, elapsed_ms, ex.bytes_received, ex.bytes_sent)
         span = ex.span
-        tracer = ctx.tracer
-        if span is not None and tracer is not None:
-            tracer.finish(ex, span, ex.upstream_cluster or "", elapsed_ms)
+        if span is not None:
+            tracer = ctx.tracer
+            if tracer is not None:
+                tracer.finish(ex, span, ex.upstream_cluster or "", elapsed_ms)
 
     def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:
         """An idle pooled connection to ``host`` (most recently used first) unless ``fresh``, else a new one."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from meshbox.proxy.authorization import Authorizer
 from meshbox.proxy.load_balancer import Picker, least_request, round_robin
+from meshbox.proxy.route_match import match_route
 from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
 
 # A listener's traffic direction: the names of meshbox.api.v1.TrafficDirection values (config_compiler
@@ -273,17 +274,7 @@ class RouteTable:
 
     def match(self, host: bytes, path: bytes, headers: list[tuple[bytes, bytes]]) -> RouteRuntime | None:
         """The route for a request, or None (no route: NR)."""
-        try:
-            routes = self._cache[host]  # virtual_host's cache, looked up here first to save a call
-        except KeyError:
-            routes = self.virtual_host(host)
-        if routes is None:
-            return None
-        for route in routes:
-            if path.startswith(route.prefix) and (not route.headers or all(m.matches(headers) for m in route.headers)):
-                return route
-        return None
-
+        return match_route(self, host, path, headers)
 
     def tunnel_route(self, authority: bytes) -> RouteRuntime | None:
         """The route of a connection tunnelled at L4 (HTTP/2 prior knowledge: no Host to read): the one a

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshbox.proxy.codec.events import ProtocolError
 from meshbox.proxy.context import ProxyContext
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from meshbox.proxy.http_proxy import DownstreamHttp
 
 # Kept-alive upstream connections per endpoint beyond this are closed instead of pooled.
-MAX_IDLE_PER_HOST = 128
-_monotonic = time.monotonic
+MAX_IDLE_PER_HOST: Final = 128
+_monotonic: Final = time.monotonic
 
 
 class UpstreamHttp(asyncio.Protocol):

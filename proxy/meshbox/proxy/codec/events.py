@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -102,5 +104,5 @@ class Tunnel:
         return f"Tunnel({self.data!r})"
 
 
-END = EndOfMessage()
+END: Final = EndOfMessage()
 Event = RequestHead | ResponseHead | Body | EndOfMessage | Tunnel

@@ -9,18 +9,19 @@ a missing or repeated Host, too many headers, an Upgrade request with a body.
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 from meshbox.proxy.codec.events import Headers, ProtocolError, RequestHead, ResponseHead
 from meshbox.proxy.header_policy import connection_tokens
 
 # Envoy's defaults: 60 KiB of request headers, at most 100 of them.
-MAX_HEAD_BYTES = 60 * 1024
-MAX_HEADERS = 100
-METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"})
-VERSIONS = frozenset({b"1.1", b"1.0"})
-_MAX_CONTENT_LENGTH_DIGITS = 18
+MAX_HEAD_BYTES: Final = 60 * 1024
+MAX_HEADERS: Final = 100
+METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"})
+VERSIONS: Final = frozenset({b"1.1", b"1.0"})
+_MAX_CONTENT_LENGTH_DIGITS: Final = 18
 # Standard reason phrases by status code (what the proxy sends, whatever the upstream said).
-REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 def reason_phrase(status: int) -> bytes:
