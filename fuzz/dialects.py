@@ -1,12 +1,12 @@
 """The protocols the fuzz speaks to the proxy, one ``Dialect`` each. HTTP/1.1 is the only one today.
 
-Extension point for HTTP/2 (issue #14): when the proxy handles h2c at L7, add an ``h2`` dialect (a
-module beside ``http1_dialect``) that builds scripts of HTTP/2 frames (with the ``h2`` package for the
+Extension point for HTTP/2 (issue #14): the proxy handles h2c at L7 now; an ``h2`` dialect (a
+module beside ``http1_dialect``, not written yet) that builds scripts of HTTP/2 frames (with the ``h2`` package for the
 well-formed parts, raw frames for the hostile ones: rapid reset, CONTINUATION flood, HPACK bomb, SETTINGS
 and PING floods, zero windows), runs them over a socket and judges each stream, then register it in
 ``DIALECTS``. The capture backend, the proxy process and the whole-run oracle (crashes, stderr,
-smuggling by x-request-id) are protocol-neutral and stay as they are. Until then asking for ``h2`` is an
-error: the proxy tunnels HTTP/2 at L4, so there is nothing at L7 to fuzz.
+smuggling by x-request-id) are protocol-neutral and stay as they are. Until it exists asking for ``h2``
+is an error saying so (the attack shapes are covered by proxy/tests/test_h2_attacks.py meanwhile).
 """
 
 from __future__ import annotations
@@ -87,6 +87,6 @@ def dialect(name: str) -> Dialect:
     if name in dialects:
         return dialects[name]
     if name in ("h2", "h2c", "http/2"):
-        raise NotImplementedError("HTTP/2 fuzzing is not implemented: meshbox-proxy tunnels HTTP/2 at L4 today "
-                                  "(issue #14); add an h2 dialect here when it speaks HTTP/2 at L7")
+        raise NotImplementedError("HTTP/2 fuzzing is not implemented yet: the proxy speaks h2c at L7 (issue #14) "
+                                  "but no h2 dialect is written; add one here (see this module's docstring)")
     raise ValueError(f"unknown protocol {name!r} (known: {', '.join(dialects)})")

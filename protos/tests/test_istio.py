@@ -222,7 +222,7 @@ spec:
     rewrite: {uri: /v1}
     headers: {request: {set: {x-a: b}}}
     retries: {attempts: 2, retryOn: "5xx,connect-failure,retriable-4xx", backoff: 1s, retryRemoteLocalities: true}
-    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 5}}}
+    fault: {abort: {http2Error: CANCEL, percentage: {value: 5}}}
     route: [{destination: {host: ratings}}]
   tcp: [{route: [{destination: {host: reviews}}]}]
 """), source="x.yaml")
@@ -233,7 +233,7 @@ spec:
         "spec.gateways[0]": "gateways: not implemented by meshbox yet (only the sidecars' 'mesh')",
         "spec.hosts[0]": "wildcard hosts: not implemented by meshbox yet",
         "spec.http[0].retries.retryRemoteLocalities": "not implemented by meshbox's proxy yet",
-        "spec.http[0].fault.abort.grpcStatus": "not implemented by meshbox's proxy yet",
+        "spec.http[0].fault.abort.http2Error": "not implemented by meshbox's proxy yet",
         "spec.http[0].match[0].method": "not implemented by meshbox's proxy yet",
         "spec.http[0].match[0].uri.exact": "not implemented by meshbox's proxy yet (it matches path prefixes)",
     }
@@ -552,3 +552,34 @@ spec:
                                                                                 {"version": "v1"})]
     assert [(d.host, d.port, d.weight) for d in split.route] == [("", 0, 90),
                                                                 ("ghost.default.svc.cluster.local", 80, 10)]
+
+
+def test_grpc_fault_status_and_grpc_retry_conditions_translate() -> None:
+    """fault.abort.grpcStatus (a status name) and the gRPC retryOn conditions reach the route (issue #14)."""
+    vs, findings = translate_virtual_service(load("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - retries: {attempts: 2, retryOn: "unavailable,connect-failure,resource-exhausted"}
+    fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 5}}}
+    route: [{destination: {host: echo}}]
+"""), source="echo.yaml")
+    assert findings == [] and vs is not None
+    (rule,) = vs.rules
+    assert rule.spec.fault.abort.grpc_status == 14 and rule.spec.fault.abort.percent == 5
+    assert list(rule.spec.retries.retry_on) == ["unavailable", "connect-failure", "resource-exhausted"]
+    _, findings = translate_virtual_service(load("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: [echo]
+  http:
+  - fault: {abort: {grpcStatus: NOT_A_STATUS}}
+    route: [{destination: {host: echo}}]
+"""), source="echo.yaml")
+    assert [(f.path, f.message.split(" (")[0]) for f in findings] == [
+        ("spec.http[0].fault.abort.grpcStatus", "unknown gRPC status 'NOT_A_STATUS'")]

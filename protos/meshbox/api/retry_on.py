@@ -6,15 +6,14 @@ to what the proxy tests: meshbox.proxy.retry_policy). Plain Python: no protobuf.
 
 from __future__ import annotations
 
+from meshbox.api.grpc_codes import RETRY_ON as GRPC_RETRY_ON
+
 # HTTP conditions: what each retries is described in docs/traffic.md.
 HTTP_RETRY_ON = (
     "5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx",
     "retriable-status-codes",
 )
-# gRPC conditions: the response's grpc-status (code by name, as Envoy's retry_on names them).
-GRPC_RETRY_ON: dict[str, int] = {
-    "cancelled": 1, "deadline-exceeded": 4, "resource-exhausted": 8, "internal": 13, "unavailable": 14,
-}
+# With the gRPC conditions (a response's grpc-status, meshbox.api.grpc_codes).
 RETRY_ON = (*HTTP_RETRY_ON, *GRPC_RETRY_ON)
 
 

@@ -183,9 +183,13 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
                         if not 0 <= pct <= 100:
                             raise ValidationError(f"percent must be 0..100, got {pct}", source=source,
                                                   path=f"{path}.fault.{kind}.percent")
-                if route.fault.HasField("abort") and not 200 <= route.fault.abort.http_status <= 599:
+                if (route.fault.HasField("abort") and not route.fault.abort.HasField("grpc_status")
+                        and not 200 <= route.fault.abort.http_status <= 599):
                     raise ValidationError(f"http_status must be 200..599, got {route.fault.abort.http_status}",
                                           source=source, path=f"{path}.fault.abort.http_status")
+                if route.fault.abort.grpc_status > 16:
+                    raise ValidationError(f"grpc_status must be 0..16, got {route.fault.abort.grpc_status}",
+                                          source=source, path=f"{path}.fault.abort.grpc_status")
     seen: set[tuple[int, str, str]] = set()
     for i, listener in enumerate(config.listeners):
         path = f"listeners[{i}]"
@@ -256,7 +260,8 @@ def validate_route_rule(spec: routing_pb2.RouteRuleSpec, *, source: str = "<rout
             if not 0 <= pct <= 100:
                 raise ValidationError(f"percent must be 0..100, got {pct}", source=source,
                                       path=f"{path}.fault.{kind}.percent")
-    if spec.fault.HasField("abort") and not 200 <= spec.fault.abort.http_status <= 599:
+    if (spec.fault.HasField("abort") and not spec.fault.abort.HasField("grpc_status")
+            and not 200 <= spec.fault.abort.http_status <= 599):
         raise ValidationError(f"http_status must be 200..599, got {spec.fault.abort.http_status}", source=source,
                               path=f"{path}.fault.abort.http_status")
     try:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from meshbox.proxy.grpc_status import status_name
 from meshbox.proxy.metrics import Stats
 
 DEFAULT_FORMAT = (
@@ -37,7 +38,8 @@ class LogRecord:
     instead of looking each one up by name."""
 
     __slots__ = ("authority", "bytes_received", "bytes_sent", "downstream_local", "downstream_peer_uri",
-                 "downstream_remote", "downstream_tls_version", "duration_ms", "forwarded_for", "method", "path",
+                 "downstream_remote", "downstream_tls_version", "duration_ms", "forwarded_for", "grpc_status", "method",
+                 "path",
                  "protocol", "request_headers", "request_id", "response_code", "response_flags", "response_headers",
                  "start_time", "upstream_cluster", "upstream_failure_reason", "upstream_host", "upstream_peer_uri",
                  "upstream_service_time", "user_agent")
@@ -71,6 +73,8 @@ class LogRecord:
         self.downstream_tls_version: str | None = None
         self.upstream_peer_uri: str | None = None
         self.upstream_failure_reason: str | None = None
+        # The gRPC status of a gRPC call (trailers, or the head of a trailers-only answer), else None.
+        self.grpc_status: int | None = None
 
 
 _second: Final[list[int]] = [-1]
@@ -97,7 +101,7 @@ def _find(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str:
     return "-"
 
 
-_PROTOCOLS: Final = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", None: b"-"}
+_PROTOCOLS: Final = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0", "HTTP/2": b"HTTP/2", None: b"-"}
 # Made once rather than per line: the milliseconds and what follows them up to the method, small numbers,
 # and (bounded) the bytes of the flags and upstream host strings seen.
 _MILLIS: Final = tuple(b'.%03dZ] "' % ms for ms in range(1000))
@@ -169,6 +173,8 @@ _SIMPLE: dict[str, Getter] = {
     "DOWNSTREAM_REMOTE_ADDRESS": lambda r: r.downstream_remote or "-",
     "DOWNSTREAM_LOCAL_ADDRESS": lambda r: r.downstream_local or "-",
     "TRACE_ID": _trace_id,
+    "GRPC_STATUS": lambda r: status_name(r.grpc_status),
+    "GRPC_STATUS_NUMBER": lambda r: "-" if r.grpc_status is None else str(r.grpc_status),
 }
 _SHORT = {
     "METHOD": "REQ(:METHOD)", "PATH": "REQ(:PATH)", "AUTHORITY": "REQ(:AUTHORITY)",

@@ -130,11 +130,12 @@ def _route(route: pc.Route, clusters: dict[str, ClusterRuntime]) -> RouteRuntime
         retries=route.retries.attempts,
         per_try_timeout=_seconds(route.retries.per_try_timeout, 0.0) or None,
         abort_percent=fault.abort.percent if fault.HasField("abort") else 0.0,
-        abort_status=fault.abort.http_status,
+        abort_status=fault.abort.http_status or 200,
         delay_percent=fault.delay.percent if fault.HasField("delay") else 0.0,
         delay=_seconds(fault.delay.fixed_delay, 0.0),
         retry_policy=compile_retry(route.retries),
         actions=compile_route_actions(route, clusters),
+        abort_grpc_status=fault.abort.grpc_status if fault.abort.HasField("grpc_status") else None,
     )
 
 

@@ -78,7 +78,8 @@ class Exchange(LogRecord):
         if head is not None:
             self.method = head.method
             self.path = head.target
-            self.protocol = "HTTP/1.1" if head.version == b"1.1" else "HTTP/1.0"
+            version = head.version
+            self.protocol = "HTTP/1.1" if version == b"1.1" else "HTTP/2" if version == b"2" else "HTTP/1.0"
             self.request_headers = head.headers
         self.listener: ListenerRuntime | None = None
         self.route: RouteRuntime | None = None

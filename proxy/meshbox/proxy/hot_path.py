@@ -38,6 +38,12 @@ HOT_PATH = (
     "meshbox.proxy.peer_identity",
     "meshbox.proxy.peer_metadata",
     "meshbox.proxy.recent_requests",
+    "meshbox.proxy.grpc_status",
+    "meshbox.proxy.h2_link",
+    "meshbox.proxy.h2_framing",
+    "meshbox.proxy.http2_stream",
+    "meshbox.proxy.http2_downstream",
+    "meshbox.proxy.upstream_h2",
 )
 
 

@@ -4,8 +4,8 @@ A client connection feeds its bytes to the request parser and the parsed events 
 :class:`ExchangeCore`; an upstream connection feeds its bytes to its response parser and the events to
 the core of the client connection it serves. After each input the layer carries out the actions the core
 returned (``exchange`` lists them): writes, connects, the connection pool, timers, the access log. It
-decides nothing about HTTP itself, except the HTTP/2 preface sniffing and the raw tunnels after an
-upgrade, which are L4 byte copying.
+decides nothing about HTTP itself, except the raw tunnels after an upgrade (L4 byte copying) and the
+HTTP/2 preface sniffing, which hands the connection to ``http2_downstream``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.peer_metadata import peer_labels
 from meshbox.proxy.security_labels import RequestLabels
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
-from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_http import UpstreamHttp
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
@@ -419,29 +418,26 @@ class DownstreamHttp(asyncio.Protocol):
         self.sniffing = False
         self.sniffed = b""
         if data.startswith(H2_PREFACE):
-            self._tunnel_h2(data)
+            self._serve_h2(data)
             return None
         return data
 
-    def _tunnel_h2(self, data: bytes) -> None:
-        """HTTP/2 with prior knowledge (gRPC): no L7 handling for it, so the whole connection goes at L4
-        to an endpoint of the cluster the listener's route for its own address picks, logged as TCP."""
+    def _serve_h2(self, data: bytes) -> None:
+        """HTTP/2 with prior knowledge (gRPC without TLS): the connection is handed to an HTTP/2
+        connection object (one exchange core per stream); this one is done."""
+        # Imported on the first HTTP/2 connection: a proxy that never sees one does not load h2.
+        from meshbox.proxy.http2_downstream import Http2Downstream
+
         transport = self.transport
         core = self.core
         assert transport is not None and core is not None
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.connection_deadlines.disarm(self, None)
-        ctx.stats.incr("downstream_cx_http2_tunnelled")
-        listener = core.current_listener()
-        route = listener.routes.tunnel_route(b"%s:%d" % (listener.address.encode(), listener.port)) \
-            if listener.routes is not None else None
-        cluster = route.pick_cluster() if route is not None else None
-        labels = cluster.labels[listener.direction] if cluster is not None else ctx.unknown_labels[listener.direction]
-        tcp = DownstreamTcp(ctx, labels, cluster=cluster, refuse_flag="NR")
-        self.closed = True  # this protocol object is done; the TCP one owns the transport now
+        h2 = Http2Downstream(ctx, core.current_listener(), core.remote, core.local, self.peer)
+        self.closed = True  # this protocol object is done; the HTTP/2 one owns the transport now
         core.closed = True
-        transport.set_protocol(tcp)
-        tcp.connection_made(transport)
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
         if not transport.is_closing():
-            tcp.data_received(data)
+            h2.data_received(data)

@@ -14,9 +14,11 @@ REQUEST_LABELS = (
     "destination_workload", "destination_workload_namespace", "destination_app",
     "destination_service", "destination_service_name", "destination_service_namespace",
     "connection_security_policy", "source_principal", "destination_principal",
-    "request_protocol", "response_code", "response_flags",
+    "request_protocol", "response_code", "response_flags", "grpc_response_status",
 )
-TCP_LABELS = (*REQUEST_LABELS[:13], "request_protocol", "response_flags")
+# The labels a request key holds before request_protocol; a gRPC call's key adds ("grpc", its status).
+LABELS_BEFORE_PROTOCOL = 13
+TCP_LABELS = (*REQUEST_LABELS[:LABELS_BEFORE_PROTOCOL], "request_protocol", "response_flags")
 # Istio's default duration buckets, in milliseconds.
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                     1800000, 3600000)
@@ -37,7 +39,7 @@ TcpKey = tuple[tuple[str, ...], str]
 
 
 class Stats:
-    """Counters of one process. Keys: (labels up to destination_principal, code, flags)."""
+    """Counters of one process. Keys: (labels up to destination_principal [+ "grpc", gRPC status], code, flags)."""
 
     def __init__(self) -> None:
         # [count, sum_ms, duration buckets..., request bytes sum, buckets..., response bytes sum, buckets...]

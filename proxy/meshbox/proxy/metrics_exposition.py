@@ -16,6 +16,7 @@ from itertools import accumulate
 
 from meshbox.proxy.metrics import (
     DURATION_BUCKETS,
+    LABELS_BEFORE_PROTOCOL,
     REQUEST_LABELS,
     REQUEST_SIZE_AT,
     RESPONSE_SIZE_AT,
@@ -64,7 +65,7 @@ def _request_texts(keys: list[tuple[tuple[str, ...], int, str]]) -> list[bytes]:
         text = texts.get(key)
         if text is None:
             labels, code, flags = key
-            text = texts[key] = _labels(REQUEST_LABELS, (*labels, "http", str(code), flags)).encode()
+            text = texts[key] = _labels(REQUEST_LABELS, _request_values(labels, code, flags)).encode()
         out.append(text)
     return out
 
@@ -75,6 +76,15 @@ def _head(out: list[bytes], name: str, kind: str, help_text: str) -> None:
 
 def _number(value: float) -> str:
     return repr(float(value))
+
+
+def _request_values(labels: tuple[str, ...], code: int, flags: str) -> tuple[str, ...]:
+    """A request key's label values: an HTTP request's labels end before request_protocol, a gRPC
+    call's carry ("grpc", its status) there (Istio's request_protocol and grpc_response_status)."""
+    if len(labels) > LABELS_BEFORE_PROTOCOL:
+        return (*labels[:LABELS_BEFORE_PROTOCOL], labels[LABELS_BEFORE_PROTOCOL], str(code), flags,
+                labels[LABELS_BEFORE_PROTOCOL + 1])
+    return (*labels, "http", str(code), flags, "")
 
 
 def _requests(total: Stats, out: list[bytes]) -> None:

@@ -164,6 +164,12 @@ class ProxyServer:
         for key in list(self.bound.keys() - wanted):
             self.bound.pop(key).close()
         self.ctx.hosts.retain(snap.host_keys)
+        for conn in list(self.ctx.connections):
+            # HTTP/2 connections whose listener left the config get a GOAWAY now (HTTP/1.1 ones find out
+            # at their next request).
+            swapped = getattr(conn, "config_swapped", None)
+            if swapped is not None:
+                swapped()
         self.ctx.stats.incr("config_applied")
         return snap.version
 
@@ -178,12 +184,20 @@ class ProxyServer:
         for server in [*self.capture, *self.bound.values()]:
             server.close()
         for conn in list(self.ctx.connections):
-            if isinstance(conn, DownstreamHttp) and not conn.busy():
-                conn.close()
+            if isinstance(conn, DownstreamHttp):
+                if not conn.busy():
+                    conn.close()
+            elif (goaway := getattr(conn, "drain", None)) is not None:
+                # An HTTP/2 connection: GOAWAY now, streams in flight finish, then it closes.
+                goaway()
         for host in self.ctx.hosts.all():
             for up in host.idle:
                 up.close()
             host.idle.clear()
+        upstream_h2 = sys.modules.get("meshbox.proxy.upstream_h2")
+        if upstream_h2 is not None:
+            # Loaded only once an HTTP/2 client came: its idle upstream connections close too.
+            upstream_h2.close_idle()
 
     def ports(self) -> dict[str, int]:
         """Actual ports (useful when 0 asked for an ephemeral one)."""

@@ -191,14 +191,15 @@ class RouteRuntime:
     """One route: match conditions, weighted clusters, timeout, retries, fault injection, and its other
     actions (header operations, rewrites, redirect, mirrors, rate limit; None when it has none)."""
 
-    __slots__ = ("abort_percent", "abort_status", "actions", "clusters", "cumulative", "delay", "delay_percent",
-                 "headers", "per_try_timeout", "prefix", "retries", "retry_policy", "single_cluster", "timeout",
-                 "total")
+    __slots__ = ("abort_grpc_status", "abort_percent", "abort_status", "actions", "clusters", "cumulative",
+                 "delay", "delay_percent", "headers", "per_try_timeout", "prefix", "retries", "retry_policy",
+                 "single_cluster", "timeout", "total")
 
     def __init__(self, *, prefix: bytes, headers: list[HeaderMatcher], clusters: list[ClusterRuntime],
                  weights: list[int], timeout: float, retries: int, per_try_timeout: float | None,
                  abort_percent: float, abort_status: int, delay_percent: float, delay: float,
-                 retry_policy: RetryPolicy | None = None, actions: RouteActions | None = None) -> None:
+                 retry_policy: RetryPolicy | None = None, actions: RouteActions | None = None,
+                 abort_grpc_status: int | None = None) -> None:
         self.actions = actions
         self.prefix = prefix
         self.headers = headers
@@ -216,6 +217,8 @@ class RouteRuntime:
         self.per_try_timeout = per_try_timeout
         self.abort_percent = abort_percent
         self.abort_status = abort_status
+        # A fault abort answering gRPC calls with this status (HTTP 200, trailers-only), else None.
+        self.abort_grpc_status = abort_grpc_status
         self.delay_percent = delay_percent
         self.delay = delay
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshbox.api.grpc_codes import code_of as grpc_code_of
 from meshbox.api.istio.fields import MESH_TODO, PROXY_TODO, Reader
 from meshbox.api.istio.findings import ERROR, Finding
 from meshbox.api.istio.objects import check_host, metadata, qualify_host, resource_label
@@ -280,11 +281,18 @@ def _fault(r: Reader, data: Any, path: str, out: pc.FaultInjection) -> None:
             out.delay.fixed_delay.CopyFrom(fixed)
     if "abort" in f:
         where = f"{path}.abort"
-        a = r.fields(f["abort"], where, "HTTPFaultInjection.Abort", ("httpStatus", "percentage", "percent"),
-                     {"grpcStatus": PROXY_TODO, "http2Error": PROXY_TODO})
+        a = r.fields(f["abort"], where, "HTTPFaultInjection.Abort",
+                     ("httpStatus", "grpcStatus", "percentage", "percent"), {"http2Error": PROXY_TODO})
         out.abort.percent = _percent(r, a, where)
+        if "httpStatus" in a and "grpcStatus" in a:
+            r.invalid(f"{where}.grpcStatus", "cannot be set together with httpStatus (one error type)")
         if "httpStatus" in a:
             out.abort.http_status = r.integer(a["httpStatus"], f"{where}.httpStatus", low=200, high=599) or 0
+        elif "grpcStatus" in a:
+            try:
+                out.abort.grpc_status = grpc_code_of(r.string(a["grpcStatus"], f"{where}.grpcStatus"))
+            except ValueError as exc:
+                r.invalid(f"{where}.grpcStatus", str(exc))
         elif not any(k in r.mapping(f["abort"], where) for k in ("grpcStatus", "grpc_status", "http2Error",
                                                                   "http2_error")):
             r.invalid(f"{where}.httpStatus", "is required")

@@ -51,7 +51,7 @@ class _ProtocolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Protocol.Val
     TCP: _Protocol.ValueType  # 1
     """Plain TCP, proxied at L4."""
     HTTP: _Protocol.ValueType  # 2
-    """HTTP/1.1, routed at L7 (Service ports named http* or grpc*)."""
+    """HTTP/1.1, and HTTP/2 with prior knowledge (gRPC), routed at L7 (Service ports named http* or grpc*)."""
 
 class Protocol(_Protocol, metaclass=_ProtocolEnumTypeWrapper): ...
 
@@ -59,7 +59,7 @@ PROTOCOL_UNSPECIFIED: Protocol.ValueType  # 0
 TCP: Protocol.ValueType  # 1
 """Plain TCP, proxied at L4."""
 HTTP: Protocol.ValueType  # 2
-"""HTTP/1.1, routed at L7 (Service ports named http* or grpc*)."""
+"""HTTP/1.1, and HTTP/2 with prior knowledge (gRPC), routed at L7 (Service ports named http* or grpc*)."""
 Global___Protocol: _TypeAlias = Protocol  # noqa: Y015
 
 class _LbPolicy:
@@ -538,19 +538,26 @@ class FaultInjection(_message.Message):
 
         PERCENT_FIELD_NUMBER: _builtins.int
         HTTP_STATUS_FIELD_NUMBER: _builtins.int
+        GRPC_STATUS_FIELD_NUMBER: _builtins.int
         percent: _builtins.float
         http_status: _builtins.int
+        """Required unless grpc_status is set."""
+        grpc_status: _builtins.int
+        """Abort with this gRPC status (HTTP 200, a trailers-only response), as Istio's grpcStatus."""
         def __init__(
             self,
             *,
             percent: _builtins.float = ...,
             http_status: _builtins.int = ...,
+            grpc_status: _builtins.int | None = ...,
         ) -> None: ...
-        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        _HasFieldArgType: _TypeAlias = _typing.Literal["_grpc_status", b"_grpc_status", "grpc_status", b"grpc_status"]  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["http_status", b"http_status", "percent", b"percent"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["_grpc_status", b"_grpc_status", "grpc_status", b"grpc_status", "http_status", b"http_status", "percent", b"percent"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-        def WhichOneof(self, oneof_group: _Never) -> None: ...
+        _WhichOneofReturnType__grpc_status: _TypeAlias = _typing.Literal["grpc_status"]  # noqa: Y015
+        _WhichOneofArgType__grpc_status: _TypeAlias = _typing.Literal["_grpc_status", b"_grpc_status"]  # noqa: Y015
+        def WhichOneof(self, oneof_group: _WhichOneofArgType__grpc_status) -> _WhichOneofReturnType__grpc_status | None: ...
 
     DELAY_FIELD_NUMBER: _builtins.int
     ABORT_FIELD_NUMBER: _builtins.int
