@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+from typing import Final
 
 from meshbox.api import span_wire
 from meshbox.api.span_wire import clean, line_template
@@ -24,6 +25,8 @@ from meshbox.proxy.snapshot import INBOUND, Workload
 from meshbox.proxy.trace_context import Headers, incoming, outgoing
 
 _PROTOCOLS: dict[str | None, bytes] = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0"}
+# A byte value, not b"\t": `b"\t" in data` first tries b"\t" as an integer and formats a TypeError.
+_TAB: Final = ord("\t")
 BATCH = 64
 BUFFER_LIMIT = 4096
 FLUSH_SECONDS = 0.2
@@ -99,7 +102,7 @@ class Tracer:
         path = record.path or b""
         agent = record.user_agent or b"-"
         request_id = record.request_id or b""
-        if b"\t" in authority or b"\t" in path or b"\t" in agent or b"\t" in request_id:
+        if _TAB in authority or _TAB in path or _TAB in agent or _TAB in request_id:
             # Header values may hold tabs (HTAB is legal in field values); the wire format separates with them.
             authority, path, agent, request_id = (clean(authority), clean(path), clean(agent), clean(request_id))
         name = cluster.encode()
