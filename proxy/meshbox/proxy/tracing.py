@@ -24,13 +24,14 @@ from meshbox.proxy.metrics import Stats
 from meshbox.proxy.snapshot import INBOUND, Workload
 from meshbox.proxy.trace_context import Headers, incoming, outgoing
 
-_PROTOCOLS: dict[str | None, bytes] = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0"}
+# Final: compiled code reads these as C statics, not from the module's dict per span.
+_PROTOCOLS: Final[dict[str | None, bytes]] = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0"}
 # A byte value, not b"\t": `b"\t" in data` first tries b"\t" as an integer and formats a TypeError.
 _TAB: Final = ord("\t")
-BATCH = 64
-BUFFER_LIMIT = 4096
-FLUSH_SECONDS = 0.2
-_rand = random.Random()
+BATCH: Final = 64
+BUFFER_LIMIT: Final = 4096
+FLUSH_SECONDS: Final = 0.2
+_rand: Final = random.Random()
 
 
 class Span:
