@@ -374,3 +374,14 @@ def test_nginx_templates_serve_and_stop(tmp_path: Path) -> None:
     assert server_processes.count_lines(tmp_path / "reverse-proxy-access.log") >= 1
     with pytest.raises(ValueError, match=r"placeholders not filled: \['@UPSTREAM_PORT@'\]"):
         server_processes.start_nginx("bad", "reverse_proxy.conf", tmp_path, {cpu})
+
+
+def test_proxy_inprocess_relays_exchanges_and_reports_a_time() -> None:
+    """bench/proxy_inprocess.py drives the real proxy protocols with in-memory transports: it checks
+    that each exchange was relayed (request upstream, response with its body to the client) before
+    timing, so a broken hot path fails here rather than printing a number."""
+    done = subprocess.run([sys.executable, str(BENCH / "proxy_inprocess.py"), "--requests", "300", "--rounds", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    value = float(done.stdout.split()[0])
+    assert 0 < value < 10_000, done.stdout

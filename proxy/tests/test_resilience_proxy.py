@@ -381,7 +381,7 @@ def test_connection_pool_limits_in_a_proxy_process(kit: Any, proxy_cli: Callable
             assert line in clusters, clusters
         assert "meshbox_proxy_upstream_rq_pending_overflow_total 4" in metrics
         assert "meshbox_proxy_upstream_cx_overflow_total 5" in metrics  # every request that found no slot
-        assert 'response_code="503",response_flags="UO"} 4' in metrics
+        assert 'response_code="503",response_flags="UO",grpc_response_status=""} 4' in metrics
 
     kit.run(main())
 

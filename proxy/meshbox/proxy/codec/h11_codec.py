@@ -30,7 +30,8 @@ def _check_line_endings(head: bytes, *, complete: bool) -> None:
         raise ProtocolError(400, "bare LF in head")
     if tail.count(b"\r") != crlf:
         raise ProtocolError(400, "bare CR in head")
-    if b"\r\n " in tail or b"\r\n\t" in tail:
+    # find(), not `in`: `bytes in bytes` first tries its operand as an integer (a formatted TypeError).
+    if tail.find(b"\r\n ") >= 0 or tail.find(b"\r\n\t") >= 0:
         raise ProtocolError(400, "obsolete line folding in head")
 
 

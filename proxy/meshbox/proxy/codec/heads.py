@@ -20,6 +20,8 @@ MAX_HEADERS: Final = 100
 METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE"})
 VERSIONS: Final = frozenset({b"1.1", b"1.0"})
 _MAX_CONTENT_LENGTH_DIGITS: Final = 18
+# A byte value, not b",": `b"," in data` first tries b"," as an integer and formats a TypeError (about 4x slower).
+_COMMA: Final = ord(",")
 # Standard reason phrases by status code (what the proxy sends, whatever the upstream said).
 REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -89,7 +91,7 @@ def request_head(method: bytes, target: bytes, version: bytes, headers: Headers)
         raise unsupported_version(version)
     if connection:
         # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
-        tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
+        tokens = (connection[0].strip().lower(),) if len(connection) == 1 and _COMMA not in connection[0] \
             else connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
         upgrade = upgrade and b"upgrade" in tokens
@@ -133,7 +135,7 @@ def response_head(status: int, reason: bytes, version: bytes, headers: Headers, 
         chunked = has_body
     if connection:
         # The usual single token ("keep-alive", "close") without a call; a tuple answers `in` like the set.
-        tokens = (connection[0].strip().lower(),) if len(connection) == 1 and b"," not in connection[0] \
+        tokens = (connection[0].strip().lower(),) if len(connection) == 1 and _COMMA not in connection[0] \
             else connection_tokens(connection)
         keep_alive = b"close" not in tokens if version == b"1.1" else b"keep-alive" in tokens
     else:
