@@ -70,10 +70,10 @@ def test_unimplemented_and_unknown_retry_conditions() -> None:
         ("MB0105", "spec.http[0].retries.retryOn",
          "envoy-ratelimited: not implemented by meshbox's proxy yet (it has 5xx, gateway-error, reset, "
          "connect-failure, refused-stream, retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, "
-         "resource-exhausted, internal, unavailable)"),
+         "internal, resource-exhausted, unavailable)"),
         ("MB0100", "spec.http[0].retries.retryOn",
          "unknown retry condition '5xxx' (known: 5xx, gateway-error, reset, connect-failure, refused-stream, "
-         "retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, resource-exhausted, internal, "
+         "retriable-4xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, "
          "unavailable)"),
         ("MB0100", "spec.http[0].retries.retryOn", "status code 999 is not 100..599"),
     ])
