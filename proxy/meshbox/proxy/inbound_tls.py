@@ -27,13 +27,17 @@ import uvloop
 
 from meshbox.proxy.authorization import Request
 from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, peer_of_struct, preamble
 from meshbox.proxy.peer_identity import PeerIdentity, announce_peer
+from meshbox.proxy.peer_metadata import Peer
 from meshbox.proxy.snapshot import PERMISSIVE, STRICT, ListenerRuntime
 
 TLS_HANDSHAKE_RECORD = 0x16
 SILENT_CLIENT = 0.1
 STRICT_WAIT = 10.0
 HANDSHAKE_TIMEOUT = 10.0
+# The client's metadata preamble follows its handshake at once; a client silent this long is closed.
+PREAMBLE_WAIT = 10.0
 
 
 class CertificateMissing(OSError):
@@ -59,6 +63,17 @@ class _Handshaken(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.gate.tls_established(cast(asyncio.Transport, transport))
 
+    # While the client's metadata preamble is read (peer_exchange):
+    def data_received(self, data: bytes) -> None:
+        self.gate.preamble_received(data)
+
+    def eof_received(self) -> bool:
+        self.gate.preamble_ended()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate._decide()
+
 
 def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
     """The loop's own TLS protocol (uvloop's compiled one under uvloop)."""
@@ -83,6 +98,10 @@ class InboundGate(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.peer = "-"
         self.decided = False
+        # Set while the client's metadata preamble is read: the reader, the TLS transport and its peer.
+        self.exchange: PreambleReader | None = None
+        self.tls_transport: asyncio.Transport | None = None
+        self.tls_peer: PeerIdentity | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -174,12 +193,64 @@ class InboundGate(asyncio.Protocol):
         peer = peer_of(tls_transport)
         if peer is not None:
             announce_peer("from", peer, f"{self.peer} to port {self.listener.port}")
+        if negotiated(tls_transport):
+            # Ours goes out at once (a server-first app must not wait on it); the client's is read next.
+            tls_transport.write(preamble(self.ctx.peer_metadata.struct))
+            self.exchange, self.tls_transport, self.tls_peer = PreambleReader(), tls_transport, peer
+            self.timer = self.ctx.loop.call_later(PREAMBLE_WAIT, self._preamble_late)
+            return
         self._hand_over(self.make_protocol(), tls_transport, peer)
 
-    def _hand_over(self, proto: asyncio.Protocol, transport: asyncio.Transport, peer: PeerIdentity | None) -> None:
+    def preamble_received(self, data: bytes) -> None:
+        """Bytes of the client's metadata preamble: once it is whole, the connection is handed over with the
+        peer it names and the bytes after it."""
+        reader, transport = self.exchange, self.tls_transport
+        if reader is None or transport is None:
+            return
+        try:
+            done = reader.feed(data)
+            if done is None:
+                return
+            struct, rest = done
+            named = peer_of_struct(struct)
+        except MalformedPreamble as exc:
+            self._preamble_refused(str(exc))
+            return
+        self._decide()
+        self.exchange = None
+        tls_peer = self.tls_peer
+        exchanged = self.ctx.peer_metadata.believed(named, tls_peer.uri if tls_peer is not None else None)
+        proto = self._hand_over(self.make_protocol(), transport, tls_peer, exchanged)
+        if rest and not transport.is_closing():
+            proto.data_received(rest)
+
+    def preamble_ended(self) -> None:
+        if self.exchange is not None:
+            self._preamble_refused(str(self.exchange.truncated()))
+
+    def _preamble_late(self) -> None:
+        self.timer = None
+        if self.exchange is not None:
+            self._preamble_refused(f"no preamble within {PREAMBLE_WAIT:g} s")
+
+    def _preamble_refused(self, reason: str) -> None:
+        self._decide()
+        self.exchange = None
+        self.ctx.stats.incr("peer_exchange_malformed")
+        _say(f"TCP metadata exchange from {self.peer} to port {self.listener.port} failed, connection closed: "
+             f"{reason}")
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _hand_over(self, proto: asyncio.Protocol, transport: asyncio.Transport, peer: PeerIdentity | None,
+                   exchanged: Peer | None = None) -> asyncio.Protocol:
+        """Give ``transport`` to ``proto`` (or to a refusal, when authorization says no); the one it got."""
         listener = self.listener
         if peer is not None:
             cast(PeerAware, proto).peer = peer
+        if exchanged is not None and hasattr(proto, "exchanged_peer"):
+            # Only an L4 connection labels its metrics with it (HTTP has the exchange in its headers).
+            setattr(proto, "exchanged_peer", exchanged)  # noqa: B010
         if not listener.http and listener.authz is not None:
             reason = listener.authz.check(Request(peer.principal if peer else "", peer.namespace if peer else "",
                                                   listener.port))
@@ -189,6 +260,7 @@ class InboundGate(asyncio.Protocol):
                 proto = self.refuse("RBAC")
         transport.set_protocol(proto)
         proto.connection_made(transport)
+        return proto
 
 
 def peer_of(transport: asyncio.BaseTransport) -> PeerIdentity | None:

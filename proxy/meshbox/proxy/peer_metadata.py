@@ -151,6 +151,11 @@ def parse(value: bytes) -> Peer:
         data = binascii.a2b_base64(value)
     except binascii.Error as exc:
         raise MalformedMetadata(f"not base64: {exc}") from None
+    return parse_struct(data)
+
+
+def parse_struct(data: bytes) -> Peer:
+    """(workload, namespace, app) of a serialized metadata Struct; MalformedMetadata when it is not one."""
     fields = decode_struct(data)
     workload = _label_value(fields.get("WORKLOAD_NAME"))
     namespace = _label_value(fields.get("NAMESPACE"))
@@ -166,17 +171,25 @@ def parse(value: bytes) -> Peer:
     return (workload, namespace, app)
 
 
-def own_headers(workload: Workload, pod: str, pod_ip: str | None) -> Headers:
-    """This proxy's two headers (none when it does not know its own workload: nothing worth saying)."""
+def own_struct(workload: Workload, pod: str) -> bytes:
+    """This proxy's metadata as a serialized Struct (empty when it does not know its own workload)."""
     if workload.name == UNKNOWN or workload.namespace == UNKNOWN:
-        return []
+        return b""
     fields: dict[str, str | dict[str, str]] = {
         "NAMESPACE": workload.namespace, "WORKLOAD_NAME": workload.name,
         "LABELS": {"app": workload.app, "service.istio.io/canonical-name": workload.app},
     }
     if pod:
         fields["NAME"] = pod
-    value = binascii.b2a_base64(encode_struct(fields), newline=False)
+    return encode_struct(fields)
+
+
+def own_headers(workload: Workload, pod: str, pod_ip: str | None) -> Headers:
+    """This proxy's two headers (none when it does not know its own workload: nothing worth saying)."""
+    struct = own_struct(workload, pod)
+    if not struct:
+        return []
+    value = binascii.b2a_base64(struct, newline=False)
     node = f"sidecar~{pod_ip or ''}~{pod or workload.name}.{workload.namespace}~{workload.namespace}.svc.cluster.local"
     return [(METADATA, value), (METADATA_ID, node.encode())]
 
@@ -199,7 +212,7 @@ def peer_labels(labels: tuple[str, ...], peer: Peer) -> tuple[str, ...]:
     return full
 
 
-def _namespace_of(spiffe_uri: str | None) -> str:
+def namespace_of(spiffe_uri: str | None) -> str:
     """The namespace a SPIFFE ID names (``spiffe://<trust domain>/ns/<ns>/sa/<sa>``), else ""."""
     if not spiffe_uri:
         return ""
@@ -210,10 +223,12 @@ def _namespace_of(spiffe_uri: str | None) -> str:
 class PeerMetadata:
     """This proxy's end of the exchange: its own headers and the reading of the peer's."""
 
-    __slots__ = ("own", "stats")
+    __slots__ = ("own", "stats", "struct")
 
     def __init__(self, workload: Workload, pod: str, pod_ip: str | None, stats: Stats) -> None:
         self.own = own_headers(workload, pod, pod_ip)
+        # The same, as the Struct a TCP connection's preamble carries (peer_exchange).
+        self.struct = own_struct(workload, pod)
         self.stats = stats
 
     def request(self, ex: Exchange, headers: Headers, direction: str, peer: PeerIdentity | None) -> Headers:
@@ -259,13 +274,16 @@ class PeerMetadata:
                 break
         if value is None:
             return headers, None
-        peer = self._parsed(value)
+        return headers, self.believed(self._parsed(value), peer_uri)
+
+    def believed(self, peer: Peer | None, peer_uri: str | None) -> Peer | None:
+        """``peer``, unless it claims another namespace than the mutual TLS identity ``peer_uri`` names."""
         if peer is not None and peer_uri is not None:
-            namespace = _namespace_of(peer_uri)
+            namespace = namespace_of(peer_uri)
             if namespace and namespace != peer[1]:
                 self.stats.incr("peer_metadata_namespace_mismatch")
-                return headers, None
-        return headers, peer
+                return None
+        return peer
 
     def _parsed(self, value: bytes) -> Peer | None:
         try:

@@ -1,16 +1,21 @@
 """L4 proxying: copy bytes both ways between a client and one upstream host, with half-close and
-flow control; one access log line and TCP metrics per connection."""
+flow control; one access log line and TCP metrics per connection. Over mutual TLS between two sidecars
+the peer's workload comes from the metadata preamble (peer_exchange): read by the inbound TLS gate on
+the server side, by :class:`UpstreamTcp` on the client side."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import cast
 
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, peer_of_struct, preamble
 from meshbox.proxy.peer_identity import PeerIdentity
+from meshbox.proxy.peer_metadata import Peer, peer_labels
 from meshbox.proxy.security_labels import DESTINATION, with_security
 from meshbox.proxy.snapshot import OUTBOUND, ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
@@ -54,6 +59,11 @@ class DownstreamTcp(asyncio.Protocol):
         self.peer: PeerIdentity | None = None
         # The cluster limits this connection holds a connection slot of (circuit breaking).
         self.slot: ClusterLimits | None = None
+        # The peer's workload from the TCP metadata exchange: the client's (set by the inbound TLS gate)
+        # or the server's (read by UpstreamTcp).
+        self.exchanged_peer: Peer | None = None
+        # The upstream connection is made (its identity checked); counted once its preamble is read too.
+        self.connected = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
@@ -66,6 +76,8 @@ class DownstreamTcp(asyncio.Protocol):
         if self.peer is not None:
             s.downstream_peer_uri = self.peer.uri
             s.downstream_tls_version = self.peer.tls_version
+        if self.exchanged_peer is not None and s.labels[0] == DESTINATION:
+            s.labels = peer_labels(s.labels, self.exchanged_peer)
         if s.labels[0] == DESTINATION:
             self._count_opened(None)
         # else (reporter "source") the server's identity, destination_principal, is known once the upstream
@@ -104,7 +116,7 @@ class DownstreamTcp(asyncio.Protocol):
     async def _open(self, host: UpstreamHost, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                _, up = await open_upstream(self.ctx, lambda: UpstreamTcp(self), self.cluster, host)
+                _, up = await open_upstream(self.ctx, lambda: UpstreamTcp(self), self.cluster, host, True)
         except (OSError, TimeoutError) as exc:
             self.session.upstream_failure_reason = failure_reason(exc)
             self._report(host, False)
@@ -112,7 +124,9 @@ class DownstreamTcp(asyncio.Protocol):
             return
         self._report(host, True)
         self.session.upstream_peer_uri = host.peer_uri
-        self._count_opened(host.peer_uri)
+        self.connected = True
+        if up.exchange is None:
+            self._count_upstream()
         if self.transport is None or self.transport.is_closing():
             up.close()
             return
@@ -130,6 +144,34 @@ class DownstreamTcp(asyncio.Protocol):
         guard = self.cluster.guard if self.cluster is not None else None
         if guard is not None:
             guard.report(host, 200 if connected else 503, time.monotonic(), self.ctx.stats)
+
+    def _count_upstream(self) -> None:
+        """Count a client-side connection as opened, with the server's workload when its preamble named it
+        and discovery did not (peer_labels keeps a destination discovery knows)."""
+        s = self.session
+        peer = self.ctx.peer_metadata.believed(self.exchanged_peer, s.upstream_peer_uri)
+        if peer is not None and not self.counted:
+            s.labels = peer_labels(s.labels, peer)
+        self._count_opened(s.upstream_peer_uri)
+
+    def upstream_preamble(self, peer: Peer | None, rest: bytes) -> None:
+        """The server sidecar's preamble is read: label the connection, then pass on what followed it."""
+        self.exchanged_peer = peer
+        if self.connected:
+            self._count_upstream()
+        if rest:
+            self.write(rest)
+
+    def upstream_preamble_refused(self, reason: str) -> None:
+        """The server's preamble is malformed: both connections end, nothing of it forwarded."""
+        self.ctx.stats.incr("peer_exchange_malformed")
+        self.session.upstream_failure_reason = f"peer exchange: {reason}"
+        print(f"meshbox-proxy: TCP metadata exchange with {self.session.upstream_host} failed, connection "
+              f"closed: {reason}", file=sys.stderr, flush=True)
+        if self.up is not None:
+            self.up.abort()
+        if self.transport is not None:
+            self.transport.close()
 
     def _count_opened(self, upstream_peer: str | None) -> None:
         """Append the security labels (once) and count the connection as opened under them."""
@@ -205,7 +247,7 @@ class DownstreamTcp(asyncio.Protocol):
         if self.slot is not None:
             self.slot.cx_active -= 1
             self.slot = None
-        self._count_opened(None)
+        self._count_opened(self.session.upstream_peer_uri)
         s = self.session
         s.duration_ms = int((time.monotonic() - s.start) * 1000)
         self.ctx.access_log.log(s)
@@ -216,15 +258,40 @@ class UpstreamTcp(asyncio.Protocol):
     def __init__(self, down: DownstreamTcp) -> None:
         self.down = down
         self.transport: asyncio.Transport | None = None
+        # Reads the server sidecar's metadata preamble when the TLS handshake negotiated the exchange.
+        self.exchange: PreambleReader | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        if negotiated(transport):
+            # Written before any app byte and without waiting for one (server-first protocols).
+            self.transport.write(preamble(self.down.ctx.peer_metadata.struct))
+            self.exchange = PreambleReader()
 
     def data_received(self, data: bytes) -> None:
-        self.down.write(data)
+        reader = self.exchange
+        if reader is None:
+            self.down.write(data)
+            return
+        try:
+            done = reader.feed(data)
+            if done is None:
+                return
+            struct, rest = done
+            peer = peer_of_struct(struct)
+        except MalformedPreamble as exc:
+            self.exchange = None
+            self.down.upstream_preamble_refused(str(exc))
+            return
+        self.exchange = None
+        self.down.upstream_preamble(peer, rest)
 
     def eof_received(self) -> bool:
+        if self.exchange is not None:
+            self.down.upstream_preamble_refused(str(self.exchange.truncated()))
+            self.exchange = None
+            return False
         self.down.write_eof()
         return True
 
@@ -238,7 +305,7 @@ class UpstreamTcp(asyncio.Protocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         else:
-            self.transport.close()  # TLS: no half-close (as in Envoy)
+            self.close()  # TLS: no half-close (as in Envoy)
 
     def pause_writing(self) -> None:
         if self.down.transport is not None:
@@ -249,8 +316,14 @@ class UpstreamTcp(asyncio.Protocol):
             self.down.transport.resume_reading()
 
     def close(self) -> None:
+        # Closed from this side: whatever of the server's preamble comes now is not worth reading.
+        self.exchange = None
         if self.transport is not None:
             self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.down.upstream_lost()

@@ -32,8 +32,9 @@ def failure_reason(exc: BaseException) -> str | None:
 
 
 async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: ClusterRuntime | None,
-                        host: UpstreamHost) -> tuple[asyncio.BaseTransport, P]:
-    """Connect to ``host`` for ``cluster``; raises OSError (UpstreamTlsFailure for TLS) on failure."""
+                        host: UpstreamHost, peer_exchange: bool = False) -> tuple[asyncio.BaseTransport, P]:
+    """Connect to ``host`` for ``cluster``; raises OSError (UpstreamTlsFailure for TLS) on failure. With
+    ``peer_exchange`` (TCP) a TLS connection offers the metadata exchange's ALPN (peer_exchange)."""
     loop = ctx.loop
     if cluster is None or (host.address, host.port) not in cluster.tls_endpoints:
         return await loop.create_connection(factory, host.address, host.port)
@@ -43,7 +44,7 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
                                  "has no workload certificate (--cert-dir)")
     token = None
     try:
-        context = tls.client_context()
+        context = tls.client_context(peer_exchange)
         last = host.tls_last
         # A session resumes only with the context that made it (not across a certificate rotation).
         if last is not None and last[0] is context:

@@ -16,6 +16,8 @@ import sys
 import time
 from contextvars import ContextVar
 
+from meshbox.proxy.peer_exchange import ALPN as PEER_EXCHANGE
+
 KEY = "key.pem"
 CHAIN = "cert-chain.pem"
 ROOTS = "root-cert.pem"
@@ -42,8 +44,10 @@ class ResumingContext(ssl.SSLContext):
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session=session or RESUME.get())
 
 
-def _context(side: ssl._SSLMethod, directory: str) -> ssl.SSLContext:
+def _context(side: ssl._SSLMethod, directory: str, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     ctx = ResumingContext(side) if side == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext(side)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
@@ -83,6 +87,7 @@ class WorkloadTls:
         self.generation: str | None = None
         self._server: ssl.SSLContext | None = None
         self._client: ssl.SSLContext | None = None
+        self._tcp_client: ssl.SSLContext | None = None
         self._checked = 0.0
         self.reloads = 0
         # This workload's SPIFFE ID, from its certificate (None until one is loaded).
@@ -104,14 +109,16 @@ class WorkloadTls:
         if generation == self.generation and self._server is not None:
             return
         try:
-            server = _context(ssl.PROTOCOL_TLS_SERVER, generation)
+            # The server accepts the TCP metadata exchange when a client offers it; only TCP clients do.
+            server = _context(ssl.PROTOCOL_TLS_SERVER, generation, (PEER_EXCHANGE,))
             client = _context(ssl.PROTOCOL_TLS_CLIENT, generation)
+            tcp_client = _context(ssl.PROTOCOL_TLS_CLIENT, generation, (PEER_EXCHANGE,))
         except CertificateUnavailable as exc:
             if self._server is None:
                 raise
             print(f"meshbox-proxy: keeping the previous workload certificate: {exc}", file=sys.stderr, flush=True)
             return
-        self._server, self._client, self.generation = server, client, generation
+        self._server, self._client, self._tcp_client, self.generation = server, client, tcp_client, generation
         self.identity = _own_identity(os.path.join(generation, CHAIN))
         self.reloads += 1
         print(f"meshbox-proxy: workload certificate loaded from {generation}", file=sys.stderr, flush=True)
@@ -121,7 +128,9 @@ class WorkloadTls:
         assert self._server is not None
         return self._server
 
-    def client_context(self) -> ssl.SSLContext:
+    def client_context(self, peer_exchange: bool = False) -> ssl.SSLContext:
+        """The client context; with ``peer_exchange`` the one offering the TCP metadata exchange's ALPN."""
         self.refresh()
-        assert self._client is not None
-        return self._client
+        context = self._tcp_client if peer_exchange else self._client
+        assert context is not None
+        return context
