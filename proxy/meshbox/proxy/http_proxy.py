@@ -83,6 +83,8 @@ class DownstreamHttp(asyncio.Protocol):
         # The verified client of a mutual TLS connection (set by the inbound TLS gate).
         self.peer: PeerIdentity | None = None
         self.labels = RequestLabels()
+        # Where an egress listener's connection was going (set by the capture listener; see passthrough).
+        self.original_dst: tuple[str, int] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +93,7 @@ class DownstreamHttp(asyncio.Protocol):
         core = self.core = ExchangeCore(self.ctx, self.listener, _peer(transport, "peername"),
                                         _peer(transport, "sockname"))
         core.peer = self.peer
+        core.original_dst = self.original_dst
         self.ctx.connections.add(self)
         core.watch()
         self.run(core)
@@ -434,11 +437,18 @@ class DownstreamHttp(asyncio.Protocol):
         ctx.connection_deadlines.disarm(self, None)
         ctx.stats.incr("downstream_cx_http2_tunnelled")
         listener = core.current_listener()
-        route = listener.routes.tunnel_route(b"%s:%d" % (listener.address.encode(), listener.port)) \
-            if listener.routes is not None else None
-        cluster = route.pick_cluster() if route is not None else None
-        labels = cluster.labels[listener.direction] if cluster is not None else ctx.unknown_labels[listener.direction]
-        tcp = DownstreamTcp(ctx, labels, cluster=cluster, refuse_flag="NR")
+        if listener.pass_unknown_hosts:
+            # An egress listener has no route of its own address: the connection goes where it was going.
+            dst = core.original_dst
+            target = UpstreamHost(dst[0], dst[1]) if dst is not None and not ctx.registry_only else None
+            tcp = DownstreamTcp(ctx, ctx.unknown_labels[listener.direction], target=target, refuse_flag="NR")
+        else:
+            route = listener.routes.tunnel_route(b"%s:%d" % (listener.address.encode(), listener.port)) \
+                if listener.routes is not None else None
+            cluster = route.pick_cluster() if route is not None else None
+            labels = cluster.labels[listener.direction] if cluster is not None \
+                else ctx.unknown_labels[listener.direction]
+            tcp = DownstreamTcp(ctx, labels, cluster=cluster, refuse_flag="NR")
         self.closed = True  # this protocol object is done; the TCP one owns the transport now
         core.closed = True
         transport.set_protocol(tcp)
