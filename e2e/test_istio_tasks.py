@@ -493,24 +493,24 @@ def test_circuit_breaking(bookinfo: Any, tmp_path: Path) -> None:
     server = _stand_in(bookinfo, 9998, 200, 1.0)
     try:
         entry = tmp_path / "slowbin.yaml"
-        entry.write_text(SERVICE_ENTRY.format(name="slowbin", address="10.100.200.3", endpoints=(
+        entry.write_text(SERVICE_ENTRY.format(name="slowbin", address="10.100.200.5", endpoints=(
             "  - address: 127.0.0.1\n    ports:\n      http: 9998")))
         _apply(bookinfo, entry)
         time.sleep(1.0)
-        assert set(_concurrent_codes(bookinfo, "10.100.200.3:80", 5)) == {"200"}  # no limits yet
+        assert set(_concurrent_codes(bookinfo, "10.100.200.5:80", 5)) == {"200"}  # no limits yet
         rule = tmp_path / "slowbin-dr.yaml"
         rule.write_text(CIRCUIT_BREAKER)
         assert "destinationrule.networking.istio.io/slowbin created" in _apply(bookinfo, rule)
         codes: list[str] = []
         for _ in range(20):  # until the rule reaches the client's proxy
-            if "503" in _concurrent_codes(bookinfo, "10.100.200.3:80", 10):
+            if "503" in _concurrent_codes(bookinfo, "10.100.200.5:80", 10):
                 break
-        codes = _concurrent_codes(bookinfo, "10.100.200.3:80", 10)
+        codes = _concurrent_codes(bookinfo, "10.100.200.5:80", 10)
         assert len(codes) == 10 and set(codes) == {"200", "503"}, codes
         # The one in flight and the one pending (one more if a curl starts after an answer).
         assert 2 <= codes.count("200") <= 4, codes
         log = _client_proxy(bookinfo, "logs")
-        assert re.search(r'"GET / HTTP/1.1" 503 UO .*"10.100.200.3" "-"', log), log[-2000:]
+        assert re.search(r'"GET / HTTP/1.1" 503 UO .*"10.100.200.5" "-"', log), log[-2000:]
         clusters = _client_proxy(bookinfo, "/clusters")
         assert "outbound|80||slowbin.example.com::circuit_breakers::max_connections::1" in clusters, clusters
         overflow = re.search(r"outbound\|80\|\|slowbin.example.com::upstream_rq_pending_overflow::(\d+)", clusters)
