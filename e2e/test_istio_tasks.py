@@ -12,7 +12,8 @@ and outlier detection an endpoint that answers 500 (a server in the client pod, 
 pod). Mirroring sends v1's traffic to v2 as well (e2e/istio/mirror.yaml, the mirroring task's
 rule written for reviews): v2's proxy logs every request as `reviews-shadow`, the client gets v1's
 answers only. A VirtualService's redirect, rewrite and header operations and a RouteRule's local
-rate limit (429 RL) apply to ServiceEntries in front of an echoserver. A field the proxy does not
+rate limit (429 RL) apply to ServiceEntries in front of an echoserver; a ServiceEntry without addresses
+is picked by Host on the client's port-80 egress listener. A field the proxy does not
 implement yet (corsPolicy) is refused with the field named, and nothing changes. Last, the route
 rule of the seed's time (config.istio.io/v1alpha2) routes reviews.
 """
@@ -198,6 +199,60 @@ def test_fault_injection_delay_and_abort(bookinfo: Any) -> None:
     assert set(_codes_until(bookinfo, "ratings:9080", {"500"}, JASON)) == {"500"}
     assert "fault filter abort" in _curl(bookinfo, "ratings:9080", 1, JASON)
     assert set(_codes(bookinfo, "ratings:9080", 10)) == {"200"}
+
+
+EGRESS = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-ext
+spec:
+  hosts:
+  - httpbin.example.com
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+  resolution: DNS
+  location: MESH_EXTERNAL
+  endpoints:
+  - address: {address}
+    ports:
+      http: 8080
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin-ext
+spec:
+  hosts:
+  - httpbin.example.com
+  http:
+  - headers:
+      request:
+        set:
+          x-egress: meshbox
+    route:
+    - destination:
+        host: httpbin.example.com
+"""
+
+
+def test_service_entry_without_addresses(bookinfo: Any, tmp_path: Path) -> None:
+    """Istio's egress form (no addresses): the client pod's port-80 egress listener picks the entry by Host
+    whatever address the app connected to (10.100.200.9 is nobody's: the capture keeps it in the pod), and
+    its VirtualService applies; the entry's endpoint is reviews v1's echoserver (it prints what it got)."""
+    pod_ip = bookinfo.sh("meshctl local get pod -l app=reviews,version=v1 -o jsonpath='{.items[0].status.podIP}'")
+    (tmp_path / "egress.yaml").write_text(EGRESS.format(address=pod_ip))
+    assert "serviceentry.networking.istio.io/httpbin-ext created" in _apply(bookinfo, tmp_path / "egress.yaml")
+    out = ""
+    for _ in range(20):  # until the listener is in
+        out = _curl(bookinfo, "10.100.200.9:80/status", 1, '-H "host: httpbin.example.com"', check=False)
+        if "x-egress=meshbox" in out:
+            break
+        time.sleep(0.2)
+    assert "real path=/status" in out and "host=httpbin.example.com" in out and "x-egress=meshbox" in out, out
+    client = bookinfo.sh(CLIENT, "meshctl local logs ${CLIENT} proxy")
+    assert f'"httpbin.example.com" "{pod_ip}:8080"' in client, client[-2000:]
 
 
 def test_request_timeouts(bookinfo: Any, tmp_path: Path) -> None:
@@ -438,24 +493,24 @@ def test_circuit_breaking(bookinfo: Any, tmp_path: Path) -> None:
     server = _stand_in(bookinfo, 9998, 200, 1.0)
     try:
         entry = tmp_path / "slowbin.yaml"
-        entry.write_text(SERVICE_ENTRY.format(name="slowbin", address="10.100.200.3", endpoints=(
+        entry.write_text(SERVICE_ENTRY.format(name="slowbin", address="10.100.200.5", endpoints=(
             "  - address: 127.0.0.1\n    ports:\n      http: 9998")))
         _apply(bookinfo, entry)
         time.sleep(1.0)
-        assert set(_concurrent_codes(bookinfo, "10.100.200.3:80", 5)) == {"200"}  # no limits yet
+        assert set(_concurrent_codes(bookinfo, "10.100.200.5:80", 5)) == {"200"}  # no limits yet
         rule = tmp_path / "slowbin-dr.yaml"
         rule.write_text(CIRCUIT_BREAKER)
         assert "destinationrule.networking.istio.io/slowbin created" in _apply(bookinfo, rule)
         codes: list[str] = []
         for _ in range(20):  # until the rule reaches the client's proxy
-            if "503" in _concurrent_codes(bookinfo, "10.100.200.3:80", 10):
+            if "503" in _concurrent_codes(bookinfo, "10.100.200.5:80", 10):
                 break
-        codes = _concurrent_codes(bookinfo, "10.100.200.3:80", 10)
+        codes = _concurrent_codes(bookinfo, "10.100.200.5:80", 10)
         assert len(codes) == 10 and set(codes) == {"200", "503"}, codes
         # The one in flight and the one pending (one more if a curl starts after an answer).
         assert 2 <= codes.count("200") <= 4, codes
         log = _client_proxy(bookinfo, "logs")
-        assert re.search(r'"GET / HTTP/1.1" 503 UO .*"10.100.200.3" "-"', log), log[-2000:]
+        assert re.search(r'"GET / HTTP/1.1" 503 UO .*"10.100.200.5" "-"', log), log[-2000:]
         clusters = _client_proxy(bookinfo, "/clusters")
         assert "outbound|80||slowbin.example.com::circuit_breakers::max_connections::1" in clusters, clusters
         overflow = re.search(r"outbound\|80\|\|slowbin.example.com::upstream_rq_pending_overflow::(\d+)", clusters)

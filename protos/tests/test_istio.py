@@ -436,12 +436,14 @@ spec:
   exportTo: ["."]
 """), source="se.yaml")
     assert sorted(only(findings)) == [
-        ("MB0105", "spec.addresses", "0 addresses: not implemented by meshbox yet; meshbox matches outbound "
-                                     "connections by one virtual IP address per entry"),
         ("MB0105", "spec.endpoints[0].labels", "not implemented by meshbox yet"),
         ("MB0105", "spec.exportTo", "exportTo: not implemented by meshbox yet (every entry applies mesh-wide)"),
         ("MB0105", "spec.hosts", "2 hosts: exactly one host per ServiceEntry is implemented (write one entry per "
                                  "host)"),
+        ("MB0105", "spec.ports[0].protocol", "TLS without spec.addresses: not implemented by meshbox yet; an entry "
+                                             "without an address is picked by the Host header of HTTP/1.1 requests, "
+                                             "so only HTTP ports can be served (give the entry one address in "
+                                             "spec.addresses)"),
         ("MB0105", "spec.resolution", "DYNAMIC_DNS: not implemented by meshbox's proxy yet (it forwards to the "
                                       "endpoints' addresses: use STATIC or DNS)"),
     ]

@@ -200,9 +200,11 @@ def analyze(paths: tuple[str, ...], mesh_config: str | None) -> list[Finding]:
     routed = {h: r.resource for r in resolution.routes.values() for h in r.hosts}
     for host, resource in routed.items():
         for port in sorted(hosts[host].http_ports):
-            if addresses.get(host) and not _captured(mesh, addresses[host], port):
+            # An address-less ServiceEntry ("") is reached at any address: only its port can be excluded.
+            address = addresses.get(host)
+            if address is not None and not _captured(mesh, address, port):
                 findings.append(Finding(Code.NOT_CAPTURED, mesh_config or "<defaults>", resource, "spec.hosts",
-                                        f"the mesh config does not capture {addresses[host]}:{port} (outbound "
+                                        f"the mesh config does not capture {address or '*'}:{port} (outbound "
                                         f"include/exclude CIDRs and ports): these routes never apply there"))
     _check_route_rules(inputs, hosts, routed, findings)
     return findings

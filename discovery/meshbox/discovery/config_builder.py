@@ -33,14 +33,14 @@ from meshbox.discovery.security_policies import authorization_policies, effectiv
 DISABLE = security_pb2.PeerAuthentication.MutualTLS.DISABLE
 
 LOCALHOST = "127.0.0.1"
-
-
+# The address of the per-port egress listeners serving ServiceEntries without addresses.
+WILDCARD = "0.0.0.0"
 
 
 def service_domains(service: Service, port: int, *, same_namespace: bool) -> list[str]:
     """Host header values of a service's virtual host; the bare name only from its own namespace."""
     if service.hosts:
-        return [d for n in (*dict.fromkeys(service.hosts), service.cluster_ip) for d in (n, f"{n}:{port}")]
+        return [d for n in (*dict.fromkeys(service.hosts), service.cluster_ip) if n for d in (n, f"{n}:{port}")]
     names = [f"{service.name}.{service.namespace}", f"{service.name}.{service.namespace}.svc", service.fqdn,
              service.cluster_ip]
     if same_namespace:
@@ -179,15 +179,26 @@ class ConfigBuilder:
         route_configs: dict[int, pc.RouteConfiguration] = {}
         bound: set[tuple[str, int]] = set()
         others: list[OtherTarget] = []
+        egress_ports: set[int] = set()
         for service in sorted(self.registry.services, key=lambda s: (s.namespace, s.name)):
             rules = ordered_rules(self._rules, service)
+            # A ServiceEntry without an address: its HTTP ports are virtual hosts of the port's egress listener.
+            addressless = bool(service.hosts) and not service.cluster_ip
             for port in service.ports:
-                if (service.cluster_ip, port.port) in bound:
+                if addressless:
+                    if not is_http_port(port.name):
+                        if namespace == service.namespace:
+                            self.warnings.append(f"ServiceEntry {service.namespace}/{service.name}: port "
+                                                 f"{port.port} is not HTTP and the entry has no address; skipped")
+                        continue
+                    egress_ports.add(port.port)
+                elif (service.cluster_ip, port.port) in bound:
                     if namespace == service.namespace:
                         self.warnings.append(f"Service {service.namespace}/{service.name}: {service.cluster_ip}:"
                                              f"{port.port} is already another Service's; port skipped")
                     continue
-                bound.add((service.cluster_ip, port.port))
+                else:
+                    bound.add((service.cluster_ip, port.port))
                 name = cluster_name("outbound", port.port, "", service.fqdn)
                 endpoints = endpoints_for(self.registry, service, port)
                 policy = self.registry.destination_policies.get(service.fqdn)
@@ -219,7 +230,14 @@ class ConfigBuilder:
                 else:
                     listener.protocol = pc.TCP
                     listener.cluster = name
-                config.listeners.append(listener)
+                if not addressless:
+                    config.listeners.append(listener)
+        for port_number in sorted(egress_ports):
+            # Hosts no virtual host of the port answers go to their original destination (or 502 NR under
+            # REGISTRY_ONLY): the proxy applies the mesh's outbound traffic policy.
+            config.listeners.append(pc.Listener(name=f"{WILDCARD}_{port_number}", direction=pc.OUTBOUND,
+                                                address=WILDCARD, port=port_number, protocol=pc.HTTP,
+                                                route_config=str(port_number), pass_unknown_hosts=True))
         self._add_other_targets(config, others)
         config.route_configs.extend(route_configs[p] for p in sorted(route_configs))
         validate_proxy_config(config, source=f"outbound config for namespace {namespace}")

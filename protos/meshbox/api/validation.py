@@ -213,6 +213,11 @@ def validate_proxy_config(config: proxy_config_pb2.ProxyConfig, *, source: str =
                 raise ValidationError(f"unknown cluster {listener.cluster!r}", source=source, path=f"{path}.cluster")
         else:
             raise ValidationError("protocol must be HTTP or TCP", source=source, path=f"{path}.protocol")
+        if listener.pass_unknown_hosts and (listener.direction != proxy_config_pb2.OUTBOUND
+                                            or listener.protocol != proxy_config_pb2.HTTP
+                                            or listener.address not in ("", "0.0.0.0", "::")):
+            raise ValidationError("pass_unknown_hosts applies to OUTBOUND HTTP listeners on a wildcard address "
+                                  "(empty, 0.0.0.0 or ::) only", source=source, path=f"{path}.pass_unknown_hosts")
         _check_listener_security(listener, source=source, path=path)
 
 

@@ -22,6 +22,8 @@ from meshbox.proxy.authorization_compiler import compile_authorization
 from meshbox.proxy.resilience_compiler import compile_resilience, compile_retry
 from meshbox.proxy.route_actions_compiler import compile_route_actions
 from meshbox.proxy.snapshot import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT,
     DISABLE,
     INBOUND,
     OUTBOUND,
@@ -38,8 +40,6 @@ from meshbox.proxy.snapshot import (
 )
 from meshbox.proxy.upstream_hosts import HostRegistry
 
-DEFAULT_ROUTE_TIMEOUT = 15.0
-DEFAULT_CONNECT_TIMEOUT = 1.0
 _MODE = security_pb2.PeerAuthentication.MutualTLS
 MTLS_MODE = {_MODE.DISABLE: DISABLE, _MODE.PERMISSIVE: PERMISSIVE, _MODE.STRICT: STRICT}
 
@@ -153,4 +153,5 @@ def _listener(listener: pc.Listener, route_tables: dict[str, RouteTable],
         cluster=clusters.get(listener.cluster) if listener.protocol == pc.TCP else None,
         mtls=MTLS_MODE.get(listener.mtls_mode, DISABLE),
         authz=compile_authorization(listener.authorization_policies),
+        pass_unknown_hosts=listener.pass_unknown_hosts,
     )

@@ -33,9 +33,11 @@ from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
 from meshbox.proxy.outlier_detection import NO_ANSWER
+from meshbox.proxy.passthrough import passthrough_route
 from meshbox.proxy.retry_policy import CONNECT_FAILURE, TRY_TIMEOUT
 from meshbox.proxy.route_actions import MIRROR_BODY_LIMIT, PendingMirror, RouteActions, chosen_mirrors, mirror_copy
 from meshbox.proxy.route_match import match_route
+from meshbox.proxy.snapshot import ListenerRuntime, RouteRuntime
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -155,8 +157,10 @@ class ExchangeCore(ExchangeResilience):
         routes = listener.routes
         route = match_route(routes, host or b"", target, head.headers) if routes is not None else None
         if route is None:
-            self._local_reply(ex, 404, b"", "NR", now)
-            return
+            route = self._unknown_host(listener)
+            if route is None:
+                self._local_reply(ex, 502 if listener.pass_unknown_hosts else 404, b"", "NR", now)
+                return
         ex.route = route
         cluster = ex.cluster = route.single_cluster or route.pick_cluster()
         ex.upstream_cluster = cluster.name
@@ -180,6 +184,19 @@ class ExchangeCore(ExchangeResilience):
             self.actions.append((ARM, DELAY_TIMER, ex, route.delay))
             return
         self._connect(ex, now)
+
+    def _unknown_host(self, listener: ListenerRuntime) -> RouteRuntime | None:
+        """An egress listener's route for a host no virtual host answers: to the original destination
+        under ALLOW_ANY (see passthrough); None otherwise."""
+        if not listener.pass_unknown_hosts or self.ctx.registry_only:
+            return None
+        route = self.passthrough
+        if route is None:
+            dst = self.original_dst
+            if dst is None:
+                return None
+            route = self.passthrough = passthrough_route(self.ctx.workload, dst[0], dst[1])
+        return route
 
     def _route_actions(self, ex: Exchange, actions: RouteActions, headers: Headers, target: bytes,
                        now: float) -> tuple[Headers, bytes] | None:

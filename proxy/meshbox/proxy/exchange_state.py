@@ -29,7 +29,7 @@ from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.retry_policy import RESET
 from meshbox.proxy.route_actions import PendingMirror
-from meshbox.proxy.snapshot import ListenerRuntime
+from meshbox.proxy.snapshot import ListenerRuntime, RouteRuntime
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 # Idempotent methods (RFC 9110 9.2.2): the only ones sent again after a connection closed unanswered.
@@ -76,6 +76,10 @@ class ExchangeState:
         self.up_keep_alive = False
         # A mirror copy collecting its request's body (route_actions.PendingMirror), else None.
         self.mirroring: PendingMirror | None = None
+        # An egress listener's connection: where it was going (set by the I/O layer), and the route there
+        # that requests for unknown hosts take under ALLOW_ANY (made on the first such request).
+        self.original_dst: tuple[str, int] | None = None
+        self.passthrough: RouteRuntime | None = None
 
     def flush(self) -> None:
         """Turn what was written for the client since the last flush into one write action."""

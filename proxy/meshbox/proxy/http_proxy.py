@@ -45,6 +45,7 @@ from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.peer_metadata import peer_labels
 from meshbox.proxy.security_labels import RequestLabels
 from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
+from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_http import UpstreamHttp
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
@@ -82,6 +83,8 @@ class DownstreamHttp(asyncio.Protocol):
         # The verified client of a mutual TLS connection (set by the inbound TLS gate).
         self.peer: PeerIdentity | None = None
         self.labels = RequestLabels()
+        # Where an egress listener's connection was going (set by the capture listener; see passthrough).
+        self.original_dst: tuple[str, int] | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,6 +93,7 @@ class DownstreamHttp(asyncio.Protocol):
         core = self.core = ExchangeCore(self.ctx, self.listener, _peer(transport, "peername"),
                                         _peer(transport, "sockname"))
         core.peer = self.peer
+        core.original_dst = self.original_dst
         self.ctx.connections.add(self)
         core.watch()
         self.run(core)
@@ -434,9 +438,22 @@ class DownstreamHttp(asyncio.Protocol):
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.connection_deadlines.disarm(self, None)
-        h2 = Http2Downstream(ctx, core.current_listener(), core.remote, core.local, self.peer)
-        self.closed = True  # this protocol object is done; the HTTP/2 one owns the transport now
+        listener = core.current_listener()
+        self.closed = True  # this protocol object is done; the TCP or HTTP/2 one owns the transport now
         core.closed = True
+        if listener.pass_unknown_hosts:
+            # An egress listener has no route of its own address and HTTP/2 streams have no captured
+            # destination of their own: the connection goes at L4 where it was going (or NR).
+            ctx.stats.incr("downstream_cx_http2_tunnelled")
+            dst = core.original_dst
+            target = UpstreamHost(dst[0], dst[1]) if dst is not None and not ctx.registry_only else None
+            tcp = DownstreamTcp(ctx, ctx.unknown_labels[listener.direction], target=target, refuse_flag="NR")
+            transport.set_protocol(tcp)
+            tcp.connection_made(transport)
+            if not transport.is_closing():
+                tcp.data_received(data)
+            return
+        h2 = Http2Downstream(ctx, listener, core.remote, core.local, self.peer)
         transport.set_protocol(h2)
         h2.connection_made(transport)
         if not transport.is_closing():

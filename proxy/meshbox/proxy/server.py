@@ -63,6 +63,8 @@ class CaptureProtocol(asyncio.Protocol):
         proto: asyncio.Protocol
         if listener is not None:
             proto = protocol_for(ctx, listener)
+            if listener.pass_unknown_hosts and isinstance(proto, DownstreamHttp):
+                proto.original_dst = dst
         else:
             labels = ctx.unknown_labels[INBOUND if inbound else OUTBOUND]
             if self._is_loop(ip, port, sockname[0]) or ctx.registry_only:

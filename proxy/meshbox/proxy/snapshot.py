@@ -34,6 +34,9 @@ OUTBOUND = "OUTBOUND"
 DISABLE = "DISABLE"
 PERMISSIVE = "PERMISSIVE"
 STRICT = "STRICT"
+# Seconds of an unset Route.timeout and Cluster.connect_timeout.
+DEFAULT_ROUTE_TIMEOUT = 15.0
+DEFAULT_CONNECT_TIMEOUT = 1.0
 # Endpoints adopted between two yields to the event loop while a config is applied (a few ms of work).
 ADOPT_BATCH = 2000
 
@@ -304,13 +307,15 @@ class RouteTable:
 
 
 class ListenerRuntime:
-    """A listener: HTTP ones route with ``routes``, TCP ones forward to ``cluster``."""
+    """A listener: HTTP ones route with ``routes``, TCP ones forward to ``cluster``. ``pass_unknown_hosts``:
+    requests for hosts no virtual host answers go to the original destination (see passthrough)."""
 
-    __slots__ = ("address", "authz", "bind", "cluster", "direction", "http", "key", "mtls", "name", "port", "routes")
+    __slots__ = ("address", "authz", "bind", "cluster", "direction", "http", "key", "mtls", "name",
+                 "pass_unknown_hosts", "port", "routes")
 
     def __init__(self, *, name: str, direction: str, address: str, port: int, http: bool, bind: bool,
                  routes: RouteTable | None, cluster: ClusterRuntime | None, mtls: str = DISABLE,
-                 authz: Authorizer | None = None) -> None:
+                 authz: Authorizer | None = None, pass_unknown_hosts: bool = False) -> None:
         self.name = name
         self.direction = direction
         self.address = address
@@ -322,6 +327,7 @@ class ListenerRuntime:
         # Inbound: peer authentication mode, and the authorization policies (None: no policy, allow all).
         self.mtls = mtls
         self.authz = authz
+        self.pass_unknown_hosts = pass_unknown_hosts
         self.key = (direction, address, port)
 
 
@@ -373,12 +379,16 @@ class Snapshot:
 
     def match(self, ip: str, port: int, inbound: bool) -> ListenerRuntime | None:
         """The listener for an original destination: exact address first, then wildcard, preferring the
-        direction the connection came from."""
+        direction the connection came from. An egress listener (pass_unknown_hosts) never takes inbound
+        connections: they would be parsed as HTTP instead of passed on at L4."""
         candidates = self._exact.get((ip, port)) or self._wildcard.get(port)
         if not candidates:
             return None
         first, second = (INBOUND, OUTBOUND) if inbound else (OUTBOUND, INBOUND)
-        return candidates.get(first) or candidates.get(second)
+        listener = candidates.get(first) or candidates.get(second)
+        if listener is not None and inbound and listener.pass_unknown_hosts:
+            return None
+        return listener
 
     def bound_listeners(self) -> list[ListenerRuntime]:
         return [lis for lis in self.listeners if lis.bind]

@@ -3,8 +3,10 @@
 meshbox implements a host, one virtual address the proxy matches outbound connections against,
 ports, and endpoints by IP address (resolution STATIC) or by DNS name (resolution DNS or
 DNS_ROUND_ROBIN: the proxy resolves the name when it opens a connection, with the system resolver, so
-/etc/hosts applies; no endpoints means the host itself). Original-destination pass-through (resolution
-NONE), DYNAMIC_DNS and workload selection are refused by name.
+/etc/hosts applies; no endpoints means the host itself). Without an address, an entry of HTTP ports
+only is served by the port's wildcard egress listener, which picks it by the Host header (as Istio's
+0.0.0.0:port listener does); other protocols need an address to be matched by. Original-destination
+pass-through (resolution NONE), DYNAMIC_DNS and workload selection are refused by name.
 """
 
 from __future__ import annotations
@@ -72,10 +74,10 @@ def translate_service_entry(doc: Mapping[str, Any], *, source: str) -> tuple[Ser
     host = hosts[0].rstrip(".").lower() if hosts and check_host(r, hosts[0], "spec.hosts[0]") else ""
     addresses = r.strings(f.get("addresses"), "spec.addresses")
     address = addresses[0] if len(addresses) == 1 else ""
-    if len(addresses) != 1:
+    if len(addresses) > 1:
         r.refuse("spec.addresses", f"{len(addresses)} addresses: {MESH_TODO}; meshbox matches outbound "
                                    "connections by one virtual IP address per entry")
-    elif not _is_ip(address):
+    elif addresses and not _is_ip(address):
         r.refuse("spec.addresses[0]", f"{address!r} is not a single IP address; CIDR ranges: {MESH_TODO}")
     location = f.get("location", "MESH_EXTERNAL")
     if location not in ("MESH_EXTERNAL", "MESH_INTERNAL"):
@@ -86,7 +88,7 @@ def translate_service_entry(doc: Mapping[str, Any], *, source: str) -> tuple[Ser
                                     "use STATIC or DNS)")
     elif resolution not in DNS_RESOLUTIONS and resolution != "STATIC":
         r.invalid("spec.resolution", f"expected NONE, STATIC, DNS, DNS_ROUND_ROBIN or DYNAMIC_DNS, got {resolution!r}")
-    ports = _ports(r, f.get("ports"))
+    ports = _ports(r, f.get("ports"), addressless=not addresses)
     # Names are only a finding of their own under STATIC (a refused resolution is reported already).
     endpoints = _endpoints(r, f.get("endpoints"), {p.name for p in ports}, resolution != "STATIC")
     if not endpoints and resolution == "STATIC":
@@ -107,7 +109,7 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _ports(r: Reader, value: Any) -> tuple[EntryPort, ...]:
+def _ports(r: Reader, value: Any, *, addressless: bool) -> tuple[EntryPort, ...]:
     ports = []
     for i, item in enumerate(r.items(value, "spec.ports")):
         path = f"spec.ports[{i}]"
@@ -116,6 +118,10 @@ def _ports(r: Reader, value: Any) -> tuple[EntryPort, ...]:
         protocol = r.string(p.get("protocol"), f"{path}.protocol", required=True).upper()
         if protocol and protocol not in PROTOCOLS:
             r.invalid(f"{path}.protocol", f"expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        elif protocol and protocol != "HTTP" and addressless:
+            r.refuse(f"{path}.protocol", f"{protocol} without spec.addresses: {MESH_TODO}; an entry without an "
+                                         "address is picked by the Host header of HTTP/1.1 requests, so only "
+                                         "HTTP ports can be served (give the entry one address in spec.addresses)")
         target = r.integer(p["targetPort"], f"{path}.targetPort", low=1, high=65535) or 0 if "targetPort" in p else 0
         ports.append(EntryPort(r.string(p.get("name"), f"{path}.name", required=True), number, target,
                                protocol in L7_PROTOCOLS))

@@ -105,6 +105,7 @@ class Listener(_message.Message):
     BIND_FIELD_NUMBER: _builtins.int
     MTLS_MODE_FIELD_NUMBER: _builtins.int
     AUTHORIZATION_POLICIES_FIELD_NUMBER: _builtins.int
+    PASS_UNKNOWN_HOSTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     direction: Global___TrafficDirection.ValueType
     address: _builtins.str
@@ -122,6 +123,13 @@ class Listener(_message.Message):
     mtls_mode: _security_pb2.PeerAuthentication.MutualTLS.Mode.ValueType
     """INBOUND: the peer authentication mode of this port (discovery resolves the workload's
     PeerAuthentication, port level included). UNSET: plaintext only, as DISABLE.
+    """
+    pass_unknown_hosts: _builtins.bool
+    """OUTBOUND HTTP on a wildcard address (empty, 0.0.0.0 or ::) only: a request whose Host no
+    virtual host answers goes to the connection's original destination under the mesh's
+    ALLOW_ANY (Envoy's PassthroughCluster) and is answered 502 with flag NR under REGISTRY_ONLY
+    (or when there is no captured destination, as on a bound listener); false: 404 NR.
+    Discovery sets it on the per-port listeners of ServiceEntries without addresses.
     """
     @_builtins.property
     def authorization_policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedAuthorizationPolicy]:
@@ -142,10 +150,11 @@ class Listener(_message.Message):
         bind: _builtins.bool = ...,
         mtls_mode: _security_pb2.PeerAuthentication.MutualTLS.Mode.ValueType = ...,
         authorization_policies: _abc.Iterable[Global___NamedAuthorizationPolicy] | None = ...,
+        pass_unknown_hosts: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "authorization_policies", b"authorization_policies", "bind", b"bind", "cluster", b"cluster", "direction", b"direction", "mtls_mode", b"mtls_mode", "name", b"name", "port", b"port", "protocol", b"protocol", "route_config", b"route_config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "authorization_policies", b"authorization_policies", "bind", b"bind", "cluster", b"cluster", "direction", b"direction", "mtls_mode", b"mtls_mode", "name", b"name", "pass_unknown_hosts", b"pass_unknown_hosts", "port", b"port", "protocol", b"protocol", "route_config", b"route_config"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
