@@ -47,6 +47,7 @@ def test_running_proxy_maps_no_openssl_and_still_scrapes(kit: Any, proxy_cli: An
     status, body, maps = kit.run(main())
     assert status == 200 and b"# TYPE istio_requests_total counter" in body
     assert "libssl" not in maps and "/_ssl." not in maps
+    assert "libcrypto" not in maps and "/_hashlib." not in maps  # hashlib (3.4 MB resident) stays out too
     # Listening sockets bound by the proxy itself: no getaddrinfo, so no libuv worker threads.
     assert "Threads:\t1\n" in Path(f"/proc/{proc.pid}/status").read_text()
 

@@ -5,8 +5,11 @@ point at or after its hash, so adding or removing an endpoint moves only its sha
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
+
+# CPython's own BLAKE2, not hashlib: importing hashlib maps OpenSSL's libcrypto (3.4 MB resident) into
+# every proxy, which never uses it otherwise.
+from _blake2 import blake2b
 
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
@@ -19,7 +22,7 @@ MAX_RING_SIZE = 1 << 20
 
 def hash64(data: bytes) -> int:
     """A 64-bit hash, stable across processes and runs (unlike ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
 def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
