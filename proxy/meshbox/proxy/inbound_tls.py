@@ -27,7 +27,7 @@ import uvloop
 
 from meshbox.proxy.authorization import Request
 from meshbox.proxy.context import ProxyContext
-from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, peer_of_struct, preamble
+from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, preamble
 from meshbox.proxy.peer_identity import PeerIdentity, announce_peer
 from meshbox.proxy.peer_metadata import Peer
 from meshbox.proxy.snapshot import PERMISSIVE, STRICT, ListenerRuntime
@@ -208,11 +208,10 @@ class InboundGate(asyncio.Protocol):
         if reader is None or transport is None:
             return
         try:
-            done = reader.feed(data)
+            done = reader.read(data)
             if done is None:
                 return
-            struct, rest = done
-            named = peer_of_struct(struct)
+            named, rest = done
         except MalformedPreamble as exc:
             self._preamble_refused(str(exc))
             return

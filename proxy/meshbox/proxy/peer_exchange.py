@@ -82,6 +82,15 @@ class PreambleReader:
         self.buffer = b""
         return buffer[HEADER_SIZE:end], buffer[end:]
 
+    def read(self, data: bytes) -> tuple[Peer | None, bytes] | None:
+        """The peer the completed preamble names and the bytes after it, else None (needs more);
+        MalformedPreamble for a bad preamble or Struct."""
+        done = self.feed(data)
+        if done is None:
+            return None
+        struct, rest = done
+        return peer_of_struct(struct), rest
+
     def truncated(self) -> MalformedPreamble:
         """The error for a connection that ended inside the preamble."""
         return MalformedPreamble(f"connection ended after {len(self.buffer)} bytes of the preamble")

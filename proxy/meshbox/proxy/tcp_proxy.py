@@ -13,7 +13,7 @@ from typing import cast
 from meshbox.proxy.access_log import LogRecord
 from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.context import ProxyContext
-from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, peer_of_struct, preamble
+from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, preamble
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.peer_metadata import Peer, peer_labels
 from meshbox.proxy.security_labels import DESTINATION, with_security
@@ -275,11 +275,10 @@ class UpstreamTcp(asyncio.Protocol):
             self.down.write(data)
             return
         try:
-            done = reader.feed(data)
+            done = reader.read(data)
             if done is None:
                 return
-            struct, rest = done
-            peer = peer_of_struct(struct)
+            peer, rest = done
         except MalformedPreamble as exc:
             self.exchange = None
             self.down.upstream_preamble_refused(str(exc))
