@@ -16,12 +16,10 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, cast
 
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
-
 from meshbox.proxy.codec.events import Headers
 from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.h2_connection import DEFAULT_WINDOW, H2Connection
+from meshbox.proxy.h2_events import ENHANCE_YOUR_CALM, H2Error
 
 # A peer that lets this much pile up in the write buffer while it sends control frames is not reading.
 MAX_UNREAD_BYTES = 1 << 20
@@ -29,8 +27,6 @@ MAX_UNREAD_BYTES = 1 << 20
 # buffers for a slow reader on the other side (per connection: CONNECTION_WINDOW).
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1 << 20
-# h2's default; the connection window is raised from it once at start.
-DEFAULT_WINDOW = 65535
 
 OnSent = Callable[[int], None] | None
 
@@ -50,7 +46,7 @@ class OutStream:
 
 
 class H2Link(asyncio.Protocol):
-    """An HTTP/2 connection's transport, h2 state machine and flow-controlled send queues."""
+    """An HTTP/2 connection's transport, protocol state machine and flow-controlled send queues."""
 
     def __init__(self, ctx: ProxyContext, conn: H2Connection) -> None:
         self.ctx = ctx
@@ -106,7 +102,7 @@ class H2Link(asyncio.Protocol):
         data = b""
         with contextlib.suppress(H2Error):
             self.conn.clear_outbound_data_buffer()
-            self.conn.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM)
+            self.conn.close_connection(ENHANCE_YOUR_CALM)
             data = self.conn.data_to_send()
         if transport is not None:
             if data:

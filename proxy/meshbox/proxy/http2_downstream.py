@@ -5,23 +5,29 @@ An HTTP listener's connection becomes one of these when its first bytes are the 
 (``http_proxy`` sniffs them). Defences, each ending only the offending connection with GOAWAY
 ENHANCE_YOUR_CALM: rapid reset (CVE-2023-44487: mostly streams the client itself cancels), PING and
 SETTINGS floods, a peer that does not read its acknowledgements, a zero-window stall (``h2_link``);
-h2 itself bounds CONTINUATION frames and the decoded header list (HPACK bomb) and refuses streams over
-the concurrency limit.
+the connection (``h2_connection``) bounds CONTINUATION frames and the decoded header list (HPACK bomb)
+and refuses streams over the concurrency limit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import struct
 import time
 from typing import Any
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
+from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.h2_connection import H2Connection
+from meshbox.proxy.h2_events import (
+    CANCEL,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_HEADER_LIST_SIZE,
+    NO_ERROR,
+    REFUSED_STREAM,
     ConnectionTerminated,
     DataReceived,
+    Event,
+    H2Error,
     PingReceived,
     RemoteSettingsChanged,
     RequestReceived,
@@ -29,19 +35,15 @@ from h2.events import (
     StreamReset,
     TrailersReceived,
 )
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes, Settings
-
-from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.h2_link import STREAM_WINDOW, H2Link
 from meshbox.proxy.header_policy import end_to_end
 from meshbox.proxy.http2_stream import H2Stream
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.snapshot import ListenerRuntime
 
-MAX_CONCURRENT_STREAMS = 100
+STREAMS_PER_CONNECTION = 100
 # Decoded header list (names + values + 32 each, RFC 9113 6.5.2): as the HTTP/1.1 head limit.
-MAX_HEADER_LIST_SIZE = 64 * 1024
+HEADER_LIST_LIMIT = 64 * 1024
 # Rapid reset: after this many client resets of unfinished streams, if they are at least half of the
 # streams opened, the connection goes.
 RESET_FLOOR = 100
@@ -50,25 +52,13 @@ CONTROL_FRAMES_PER_SECOND = 100
 _monotonic = time.monotonic
 
 
-def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
-    """A GOAWAY frame (RFC 9113 6.8): 8 bytes of payload on stream 0."""
-    return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", last_stream_id & 0x7FFFFFFF, error_code)
-
-
 class Http2Downstream(H2Link):
     """A client's HTTP/2 connection on an HTTP listener."""
 
     def __init__(self, ctx: ProxyContext, listener: ListenerRuntime, remote: str | None, local: str | None,
                  peer: PeerIdentity | None) -> None:
-        # What the proxy sends was validated on the way in (by h2, from the peer it came from).
-        conn = H2Connection(H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
-                                            normalize_outbound_headers=False))
-        # Initial values (sent in the first SETTINGS and in force from the start), not updates.
-        conn.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        })
+        conn = H2Connection(False, {MAX_CONCURRENT_STREAMS: STREAMS_PER_CONNECTION,
+                                    MAX_HEADER_LIST_SIZE: HEADER_LIST_LIMIT, INITIAL_WINDOW_SIZE: STREAM_WINDOW})
         super().__init__(ctx, conn)
         self.listener = listener
         self.listener_snapshot = ctx.snapshot
@@ -97,7 +87,7 @@ class Http2Downstream(H2Link):
         try:
             events = self.conn.receive_data(data)
         except H2Error:
-            # h2 queued the GOAWAY naming the error (a CONTINUATION flood, an oversized header list, ...).
+            # The connection queued the GOAWAY naming the error (a CONTINUATION flood, an oversized header list, ...).
             self.ctx.stats.incr("downstream_cx_h2_protocol_error")
             self.write_out()
             self._end_all()
@@ -113,31 +103,30 @@ class Http2Downstream(H2Link):
         self.pump()
         self._watch_idle()
 
-    def _event(self, ev: Any, now: float) -> None:
-        kind = type(ev)
-        if kind is DataReceived:
+    def _event(self, ev: Event, now: float) -> None:
+        if isinstance(ev, DataReceived):
             st = self.streams.get(ev.stream_id)
             if st is None:
                 self._ack_orphan(ev.stream_id, ev.flow_controlled_length)
             else:
                 st.body(ev.data, ev.flow_controlled_length, now)
-        elif kind is RequestReceived:
+        elif isinstance(ev, RequestReceived):
             if self.going_away:
-                self.reset(ev.stream_id, ErrorCodes.REFUSED_STREAM)
+                self.reset(ev.stream_id, REFUSED_STREAM)
                 return
             st = H2Stream(self, ev.stream_id)
             self.streams[ev.stream_id] = st
             self.opened += 1
-            st.begin(ev.headers, ev.stream_ended is not None, now)
-        elif kind is StreamEnded:
+            st.begin(ev.headers, ev.stream_ended, now)
+        elif isinstance(ev, StreamEnded):
             st = self.streams.get(ev.stream_id)
             if st is not None:
                 st.end(now)
-        elif kind is TrailersReceived:
+        elif isinstance(ev, TrailersReceived):
             st = self.streams.get(ev.stream_id)
             if st is not None:
                 st.request_trailers = end_to_end(ev.headers)
-        elif kind is StreamReset:
+        elif isinstance(ev, StreamReset):
             st = self.streams.get(ev.stream_id)
             self.drop(ev.stream_id)
             if st is not None:
@@ -146,7 +135,7 @@ class Http2Downstream(H2Link):
                 if self.client_resets >= RESET_FLOOR and self.client_resets * 2 >= self.opened:
                     self.ctx.stats.incr("downstream_cx_h2_rapid_reset")
                     self._refuse()
-        elif kind is PingReceived or kind is RemoteSettingsChanged:
+        elif isinstance(ev, (PingReceived, RemoteSettingsChanged)):
             if now - self.control_since >= 1.0:
                 self.control_since = now
                 self.control_frames = 0
@@ -154,7 +143,7 @@ class Http2Downstream(H2Link):
             if self.control_frames > CONTROL_FRAMES_PER_SECOND:
                 self.ctx.stats.incr("downstream_cx_h2_control_flood")
                 self._refuse()
-        elif kind is ConnectionTerminated:
+        elif isinstance(ev, ConnectionTerminated):
             self.going_away = True
             self._close_when_idle()
 
@@ -174,7 +163,7 @@ class Http2Downstream(H2Link):
         """The connection is gone: every stream still in progress ends as a client reset (DC)."""
         now = _monotonic()
         for st in list(self.streams.values()):
-            st.reset_code = ErrorCodes.CANCEL
+            st.reset_code = CANCEL
             st.core.client_closed(now)
             st.run()
             st.finish()
@@ -222,9 +211,8 @@ class Http2Downstream(H2Link):
         self.going_away = True
         self.write_out()
         if self.transport is not None:
-            # Written by hand: h2's close_connection() would also end its own state machine, which then
-            # refuses the frames of the streams still allowed to finish (RFC 9113 6.8).
-            self.transport.write(goaway_frame(self.conn.highest_inbound_stream_id, ErrorCodes.NO_ERROR))
+            self.conn.close_connection(NO_ERROR)
+            self.write_out()
         self._close_when_idle()
 
     def close(self) -> None:

@@ -12,9 +12,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from h2.errors import ErrorCodes
-from h2.exceptions import H2Error
-
 from meshbox.proxy import grpc_status
 from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, RequestHead
 from meshbox.proxy.exchange import (
@@ -34,6 +31,7 @@ from meshbox.proxy.exchange import (
     Exchange,
 )
 from meshbox.proxy.exchange_core import ExchangeCore
+from meshbox.proxy.h2_events import CANCEL, INTERNAL_ERROR, NO_ERROR, H2Error
 from meshbox.proxy.h2_framing import H2RequestFraming, H2ResponseFraming
 from meshbox.proxy.security_labels import with_security
 from meshbox.proxy.snapshot import INBOUND
@@ -289,10 +287,10 @@ class H2Stream:
             return
         if self.end_sent:
             if not self.client_ended:
-                self.down.queue_reset_after_end(self.sid, ErrorCodes.NO_ERROR)
+                self.down.queue_reset_after_end(self.sid, NO_ERROR)
         else:
             self.end_sent = True
-            self.down.reset(self.sid, self.reset_code if self.reset_code is not None else ErrorCodes.CANCEL)
+            self.down.reset(self.sid, self.reset_code if self.reset_code is not None else CANCEL)
         self.finish()
 
     def finish(self) -> None:
@@ -353,6 +351,6 @@ class H2Stream:
 
     def abort(self) -> None:
         """After an internal error in one of this stream's callbacks: reset it."""
-        self.reset_code = ErrorCodes.INTERNAL_ERROR
+        self.reset_code = INTERNAL_ERROR
         self._close_down()
         self.down.pump()

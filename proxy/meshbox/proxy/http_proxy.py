@@ -429,7 +429,7 @@ class DownstreamHttp(asyncio.Protocol):
     def _serve_h2(self, data: bytes) -> None:
         """HTTP/2 with prior knowledge (gRPC without TLS): the connection is handed to an HTTP/2
         connection object (one exchange core per stream); this one is done."""
-        # Imported on the first HTTP/2 connection: a proxy that never sees one does not load h2.
+        # Imported on the first HTTP/2 connection: a proxy that never sees one does not load the HTTP/2 modules.
         from meshbox.proxy.http2_downstream import Http2Downstream
 
         transport = self.transport

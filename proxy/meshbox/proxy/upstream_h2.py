@@ -10,25 +10,27 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
+from meshbox.proxy.codec.events import END, Body, Headers, ResponseHead
+from meshbox.proxy.context import ProxyContext
+from meshbox.proxy.exchange_state import TERMINATION
+from meshbox.proxy.h2_connection import H2Connection
+from meshbox.proxy.h2_events import (
+    CANCEL,
+    ENABLE_PUSH,
+    INITIAL_WINDOW_SIZE,
     ConnectionTerminated,
     DataReceived,
+    Event,
+    H2Error,
+    PingReceived,
+    RemoteSettingsChanged,
     ResponseReceived,
     StreamEnded,
     StreamReset,
     TrailersReceived,
 )
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes, Settings
-
-from meshbox.proxy.codec.events import END, Body, Headers, ResponseHead
-from meshbox.proxy.context import ProxyContext
-from meshbox.proxy.exchange_state import TERMINATION
 from meshbox.proxy.h2_link import STREAM_WINDOW, H2Link
 from meshbox.proxy.header_policy import end_to_end
 from meshbox.proxy.snapshot import ClusterRuntime
@@ -161,10 +163,8 @@ class UpstreamH2Stream:
         if conn.streams.pop(self.sid, None) is not None:
             # Abandoned before its end: what it received will never be sent on.
             self.ack(self.unacked)
-        with contextlib.suppress(H2Error):
-            open_stream = conn.conn.streams.get(self.sid)
-            if open_stream is not None and not open_stream.closed:
-                conn.reset(self.sid, ErrorCodes.CANCEL if reset_code is None else reset_code)
+        if conn.conn.stream_is_open(self.sid):
+            conn.reset(self.sid, CANCEL if reset_code is None else reset_code)
         conn.pump()
         conn.idle_check()
 
@@ -173,11 +173,7 @@ class UpstreamH2(H2Link):
     """An HTTP/2 connection to one endpoint, shared by the calls of every client connection."""
 
     def __init__(self, ctx: ProxyContext, host: UpstreamHost, key: tuple[UpstreamHost, bool]) -> None:
-        conn = H2Connection(H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
-                                            normalize_outbound_headers=False))
-        conn.local_settings = Settings(client=True, initial_values={
-            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW, SettingCodes.ENABLE_PUSH: 0,
-        })
+        conn = H2Connection(True, {INITIAL_WINDOW_SIZE: STREAM_WINDOW, ENABLE_PUSH: 0})
         super().__init__(ctx, conn)
         self.host = host
         self.key = key
@@ -190,7 +186,7 @@ class UpstreamH2(H2Link):
     def has_room(self) -> bool:
         if self.closed or self.goaway:
             return False
-        limit = min(MAX_STREAMS_PER_CONNECTION, self.conn.remote_settings.max_concurrent_streams)
+        limit = min(MAX_STREAMS_PER_CONNECTION, self.conn.remote_max_concurrent_streams)
         return len(self.streams) + self.reserved < limit
 
     def new_stream(self, down: H2Stream) -> UpstreamH2Stream:
@@ -229,26 +225,27 @@ class UpstreamH2(H2Link):
             self._event(ev)
         self.pump()
 
-    def _event(self, ev: Any) -> None:
-        kind = type(ev)
-        if kind is ConnectionTerminated:
+    def _event(self, ev: Event) -> None:
+        if isinstance(ev, ConnectionTerminated):
             self.goaway = True
             self._forget()
-            last = ev.last_stream_id if ev.last_stream_id is not None else 0
+            last = ev.last_stream_id
             for unprocessed in [s for sid, s in self.streams.items() if sid > last]:
                 # Never processed by the upstream (RFC 9113 6.8).
                 self.fail_stream(unprocessed, "UC", 503, TERMINATION)
             self.idle_check()
             return
-        st = self.streams.get(getattr(ev, "stream_id", 0) or 0)
+        if isinstance(ev, (PingReceived, RemoteSettingsChanged)):
+            return
+        st = self.streams.get(ev.stream_id)
         if st is None:
-            if kind is DataReceived:
+            if isinstance(ev, DataReceived):
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             return
         down = st.down
         core = down.core
         now = _monotonic()
-        if kind is DataReceived:
+        if isinstance(ev, DataReceived):
             st.got_bytes = True
             st.unacked += ev.flow_controlled_length
             if ev.flow_controlled_length > len(ev.data):
@@ -257,20 +254,20 @@ class UpstreamH2(H2Link):
             if ex is None or ex.up is not st:
                 st.ack(st.unacked)
             core.response_events(st, [Body(ev.data)], now)
-        elif kind is ResponseReceived:
+        elif isinstance(ev, ResponseReceived):
             st.got_bytes = True
             headers = [h for h in ev.headers if h[0][:1] != b":"]
             status = int(_status(ev.headers))
-            ended = ev.stream_ended is not None
+            ended = ev.stream_ended
             head = ResponseHead(status, b"", b"2", headers, True, None, False, not ended)
             core.response_events(st, [head, END] if ended else [head], now)
-        elif kind is TrailersReceived:
+        elif isinstance(ev, TrailersReceived):
             down.response_trailers = end_to_end(ev.headers)
-        elif kind is StreamEnded:
+        elif isinstance(ev, StreamEnded):
             self.streams.pop(st.sid, None)
             core.response_events(st, [END], now)
             self.idle_check()
-        elif kind is StreamReset:
+        elif isinstance(ev, StreamReset):
             self.streams.pop(st.sid, None)
             down.reset_code = ev.error_code
             self.ctx.stats.incr("upstream_rq_h2_reset")
