@@ -21,7 +21,6 @@ _TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 _VALUE_OK: Final = bytes(b for b in range(256) if b not in (0, 10, 13))
 _CONNECTION_SPECIFIC: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                          b"upgrade"))
-_REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":path", b":authority"))
 _SP: Final = 32
 _HTAB: Final = 9
 
@@ -30,59 +29,87 @@ class Malformed(ValueError):
     """The header list breaks RFC 9113; the message says how."""
 
 
-def _regular(name: bytes, value: bytes, length: int) -> int:
-    """Check one regular field; the content-length so far (updated when this is one)."""
+# Field names already checked, and what they are; names repeat from request to request, so most are
+# looked up rather than scanned. Bounded: past _NAMES_KEPT, new names are checked every time.
+_PLAIN: Final = 0
+_TE: Final = 1
+_CONTENT_LENGTH: Final = 2
+_NAMES: Final[dict[bytes, int]] = {}
+_NAMES_KEPT: Final = 512
+_COLON: Final = 58
+_METHOD: Final = 1
+_SCHEME: Final = 2
+_PATH: Final = 4
+_AUTHORITY: Final = 8
+_PSEUDO_BITS: Final = {b":method": _METHOD, b":scheme": _SCHEME, b":path": _PATH, b":authority": _AUTHORITY}
+
+
+def _name_kind(name: bytes) -> int:
+    kind = _NAMES.get(name, -1)
+    if kind >= 0:
+        return kind
     if not name or name.translate(None, _TOKEN):
         raise Malformed(f"field name {name[:40]!r} is not a lowercase token")
+    if name in _CONNECTION_SPECIFIC:
+        raise Malformed(f"connection-specific field {name.decode()}")
+    kind = _TE if name == b"te" else _CONTENT_LENGTH if name == b"content-length" else _PLAIN
+    if len(_NAMES) < _NAMES_KEPT:
+        _NAMES[name] = kind
+    return kind
+
+
+def _regular(name: bytes, value: bytes, length: int) -> int:
+    """Check one regular field; the content-length so far (updated when this is one)."""
+    kind = _name_kind(name)
     if value:
         if value.translate(None, _VALUE_OK):
             raise Malformed(f"field {name.decode()} holds NUL, CR or LF")
         first, last = value[0], value[-1]
         if first in (_SP, _HTAB) or last in (_SP, _HTAB):
             raise Malformed(f"field {name.decode()} has surrounding whitespace")
-    if name in _CONNECTION_SPECIFIC:
-        raise Malformed(f"connection-specific field {name.decode()}")
-    if name == b"te" and value != b"trailers":
-        raise Malformed("te other than trailers")
-    if name == b"content-length":
-        if not value.isdigit() or len(value) > 18:
-            raise Malformed(f"content-length {value[:40]!r} is not a number")
-        declared = int(value)
-        if length != NO_LENGTH and declared != length:
-            raise Malformed("two different content-length values")
-        return declared
-    return length
+    if kind == _PLAIN:
+        return length
+    if kind == _TE:
+        if value != b"trailers":
+            raise Malformed("te other than trailers")
+        return length
+    if not value.isdigit() or len(value) > 18:
+        raise Malformed(f"content-length {value[:40]!r} is not a number")
+    declared = int(value)
+    if length != NO_LENGTH and declared != length:
+        raise Malformed("two different content-length values")
+    return declared
 
 
 def check_request(headers: Headers) -> int:
     """A request head: :method, :scheme and :path (only :authority for CONNECT), then regular fields."""
     method = b""
-    path = b""
-    seen: set[bytes] = set()
+    seen = 0
     length = NO_LENGTH
     regular = False
     for name, value in headers:
-        if name[:1] == b":":
+        if name and name[0] == _COLON:
+            bit = _PSEUDO_BITS.get(name, 0)
             if regular:
-                raise Malformed(f"pseudo-header {name.decode(errors='replace')} after a regular field")
-            if name not in _REQUEST_PSEUDO:
+                raise Malformed(f"pseudo-header {name[:40].decode(errors='replace')} after a regular field")
+            if not bit:
                 raise Malformed(f"pseudo-header {name[:40].decode(errors='replace')} not allowed in a request")
-            if name in seen:
+            if seen & bit:
                 raise Malformed(f"pseudo-header {name.decode()} twice")
-            seen.add(name)
+            seen |= bit
             if value.translate(None, _VALUE_OK):
                 raise Malformed(f"pseudo-header {name.decode()} holds NUL, CR or LF")
-            if name == b":method":
+            if bit == _METHOD:
                 method = value
-            elif name == b":path":
-                path = value
+            elif bit == _PATH and not value:
+                raise Malformed("empty :path")
         else:
             regular = True
             length = _regular(name, value, length)
     if method == b"CONNECT":
-        if b":scheme" in seen or b":path" in seen or b":authority" not in seen:
+        if seen != _METHOD | _AUTHORITY:
             raise Malformed("CONNECT needs :authority and no :scheme or :path")
-    elif not method or b":scheme" not in seen or not path:
+    elif seen & (_METHOD | _SCHEME | _PATH) != _METHOD | _SCHEME | _PATH:
         raise Malformed("request without :method, :scheme or :path")
     return length
 
@@ -91,15 +118,17 @@ def check_response(headers: Headers) -> tuple[int, int]:
     """A response head: exactly one 3-digit :status first. Returns (status, content-length)."""
     status = 0
     length = NO_LENGTH
-    for index, (name, value) in enumerate(headers):
-        if name[:1] == b":":
-            if name != b":status" or index != 0:
+    first = True
+    for name, value in headers:
+        if name and name[0] == _COLON:
+            if name != b":status" or not first:
                 raise Malformed(f"pseudo-header {name[:40].decode(errors='replace')} not allowed here")
             if len(value) != 3 or not value.isdigit():
                 raise Malformed(f":status {value[:40]!r} is not three digits")
             status = int(value)
         else:
             length = _regular(name, value, length)
+        first = False
     if not status:
         raise Malformed("response without :status")
     return status, length
@@ -108,6 +137,6 @@ def check_response(headers: Headers) -> tuple[int, int]:
 def check_trailers(headers: Headers) -> None:
     """Trailers: regular fields only."""
     for name, value in headers:
-        if name[:1] == b":":
+        if name and name[0] == _COLON:
             raise Malformed(f"pseudo-header {name[:40].decode(errors='replace')} in trailers")
         _regular(name, value, NO_LENGTH)

@@ -69,6 +69,17 @@ def _full_indexes() -> dict[bytes, dict[bytes, int]]:
 _NAME_INDEX: Final = _name_indexes()
 _FULL_INDEX: Final = _full_indexes()
 _NEVER_INDEXED: Final = frozenset((b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"))
+# Huffman-coded strings already decoded (clients send the same authority, path, content-type ... on every
+# request); emptied when full.
+_DECODED: Final[dict[bytes, bytes]] = {}
+_DECODED_KEPT: Final = 256
+# Per field name, the encoded start of a literal field (representation, then the name or its index).
+_NAME_PREFIX: Final[dict[bytes, bytes]] = {}
+_NAMES_KEPT: Final = 512
+# The length byte of a raw string shorter than 127 bytes.
+_SHORT_LENGTHS: Final = tuple(bytes((size,)) for size in range(127))
+# An indexed field of the static table.
+_INDEXED: Final = tuple(bytes((0x80 | index,)) for index in range(_STATIC_COUNT + 1))
 
 
 class HpackError(ValueError):
@@ -158,12 +169,19 @@ class HpackDecoder:
         if stop > len(block):
             raise HpackError("string longer than the rest of the block")
         self.pos = stop
-        if huffman:
+        coded = block[start:stop]
+        if not huffman:
+            return coded
+        decoded = _DECODED.get(coded)
+        if decoded is None:
             try:
-                return huffman_decode(block[start:stop])
+                decoded = huffman_decode(coded)
             except HuffmanError as exc:
                 raise HpackError(str(exc)) from None
-        return block[start:stop]
+            if len(_DECODED) >= _DECODED_KEPT:
+                _DECODED.clear()
+            _DECODED[coded] = decoded
+        return decoded
 
     def _entry(self, index: int) -> Header:
         if 0 < index <= _STATIC_COUNT:
@@ -228,17 +246,25 @@ class HpackEncoder:
             if values is not None:
                 index = values.get(value, 0)
                 if index:
-                    out.append(bytes((0x80 | index,)))
+                    out.append(_INDEXED[index])
                     continue
-            index = _NAME_INDEX.get(name, 0)
-            pattern = 0x10 if name in _NEVER_INDEXED else 0
-            if index:
-                out.append(bytes((pattern | index,)) if index < 15 else bytes((pattern | 15, index - 15)))
-            else:
-                out.append(bytes((pattern,)))
-                out.append(_integer_bytes(0, 7, len(name)))
-                out.append(name)
+            prefix = _NAME_PREFIX.get(name)
+            if prefix is None:
+                prefix = _literal_prefix(name)
+                if len(_NAME_PREFIX) < _NAMES_KEPT:
+                    _NAME_PREFIX[name] = prefix
+            out.append(prefix)
             size = len(value)
-            out.append(bytes((size,)) if size < 127 else _integer_bytes(0, 7, size))
+            out.append(_SHORT_LENGTHS[size] if size < 127 else _integer_bytes(0, 7, size))
             out.append(value)
         return b"".join(out)
+
+
+def _literal_prefix(name: bytes) -> bytes:
+    """The start of a literal field named ``name``: never indexed for credentials, else without indexing;
+    the static table's index of the name when it has one, else the name as a raw string."""
+    index = _NAME_INDEX.get(name, 0)
+    pattern = 0x10 if name in _NEVER_INDEXED else 0
+    if index:
+        return bytes((pattern | index,)) if index < 15 else bytes((pattern | 15, index - 15))
+    return bytes((pattern,)) + _integer_bytes(0, 7, len(name)) + name

@@ -114,7 +114,7 @@ _NEXT, _SYMBOL, _FLAGS, _ACCEPTING = _tables()
 def huffman_decode(data: bytes) -> bytes:
     """The string ``data`` encodes; HuffmanError when it is not a valid encoding."""
     nxt, symbol, flags = _NEXT, _SYMBOL, _FLAGS
-    out = bytearray()
+    out: list[int] = []
     state = 0
     for byte in data:
         index = (state << 4) | (byte >> 4)
