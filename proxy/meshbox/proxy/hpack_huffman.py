@@ -116,21 +116,19 @@ def huffman_decode(data: bytes) -> bytes:
     nxt, symbol, flags = _NEXT, _SYMBOL, _FLAGS
     out: list[int] = []
     state = 0
-    for byte in data:
-        index = (state << 4) | (byte >> 4)
+    # Nibble by nibble, high one first: one loop body, all native integer work once compiled.
+    at = 0
+    end = len(data) * 2
+    while at < end:
+        byte = data[at >> 1]
+        index = (state << 4) | ((byte & 15) if at & 1 else (byte >> 4))
         flag = flags[index]
         if flag:
             if flag == _FAILS:
                 raise HuffmanError("EOS inside a Huffman-coded string")
             out.append(symbol[index])
         state = nxt[index]
-        index = (state << 4) | (byte & 15)
-        flag = flags[index]
-        if flag:
-            if flag == _FAILS:
-                raise HuffmanError("EOS inside a Huffman-coded string")
-            out.append(symbol[index])
-        state = nxt[index]
+        at += 1
     if not _ACCEPTING[state]:
         raise HuffmanError("bad padding at the end of a Huffman-coded string")
     return bytes(out)
