@@ -68,8 +68,11 @@ class Pair:
     collecting each side's events and the frames ours sent; with ``auto_ack`` each side gives received
     DATA back to the other's windows as soon as it arrives."""
 
-    def __init__(self, ours_client: bool, ours_settings: dict[int, int] | None = None, auto_ack: bool = True) -> None:
+    def __init__(self, ours_client: bool, ours_settings: dict[int, int] | None = None, auto_ack: bool = True,
+                 cuts: list[int] | None = None) -> None:
         self.ours = H2Connection(ours_client, ours_settings or {})
+        # Ours reads what h2 sent in pieces of these sizes (then the rest at once).
+        self.cuts = cuts or []
         config = h2.config.H2Configuration(client_side=not ours_client, header_encoding=None)
         self.ref = h2.connection.H2Connection(config)
         self.auto_ack = auto_ack
@@ -91,13 +94,23 @@ class Pair:
                         self.ref.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             back = self.ref.data_to_send()
             if back:
-                for event in self.ours.receive_data(back):
+                for event in self._feed_ours(back):
                     self.ours_events.append(event)
                     if self.auto_ack and isinstance(event, ev.DataReceived):
                         self.ours.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if not out and not back:
                 return
         raise AssertionError("the two connections never went quiet")
+
+    def _feed_ours(self, data: bytes) -> list[Any]:
+        events = []
+        at = 0
+        for size in self.cuts:
+            if at >= len(data):
+                break
+            events += self.ours.receive_data(data[at:at + size])
+            at += size
+        return events + self.ours.receive_data(data[at:])
 
     def take(self) -> tuple[list[Any], list[Any]]:
         """(events ours reported, events h2 reported) since the last call."""
