@@ -18,6 +18,7 @@ from meshbox.proxy.h2_events import (
     ENABLE_PUSH,
     ENHANCE_YOUR_CALM,
     INITIAL_WINDOW_SIZE,
+    PROTOCOL_ERROR,
     REFUSED_STREAM,
     FlowControlError,
     H2Error,
@@ -269,6 +270,22 @@ def test_goaway_from_ours_names_the_last_stream() -> None:
     assert term.last_stream_id == 5 and term.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
 
 
+def test_goaway_from_h2_reaches_ours_as_server() -> None:
+    pair = Pair(ours_client=False)
+    pair.ref.send_headers(1, REQUEST, end_stream=True)
+    pair.pump()
+    pair.take()
+    pair.ref.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR, additional_data=b"why")
+    pair.pump()
+    ours, _ = pair.take()
+    assert [(type(e).__name__, e.error_code, e.last_stream_id) for e in ours] == [
+        ("ConnectionTerminated", PROTOCOL_ERROR, 0)]
+    assert pair.ours.goaway_received
+    # The stream in flight may still be answered.
+    pair.ours.send_headers(1, RESPONSE, end_stream=True)
+    assert pair.ours.streams == {}
+
+
 def test_rst_stream_both_ways() -> None:
     pair = Pair(ours_client=False)
     for sid in (1, 3, 5):
@@ -396,6 +413,18 @@ def test_client_goaway_from_the_server() -> None:
     assert [(e.error_code, e.last_stream_id) for e in ours] == [(0, 3)]
     with pytest.raises(H2Error, match="GOAWAY"):
         pair.ours.send_headers(pair.ours.get_next_available_stream_id(), REQUEST, end_stream=True)
+
+
+def test_client_goaway_from_ours() -> None:
+    pair = _client()
+    pair.ours.send_headers(1, REQUEST, end_stream=True)
+    pair.pump()
+    pair.ours.close_connection()
+    pair.pump()
+    _, ref = pair.take()
+    [term] = [e for e in ref if isinstance(e, h2.events.ConnectionTerminated)]
+    # A client names the last stream the server opened: none (no push).
+    assert (term.error_code, term.last_stream_id) == (0, 0)
 
 
 def test_client_rst_stream_both_ways() -> None:

@@ -17,6 +17,7 @@ from meshbox.proxy.h2_connection import (
     MAX_CONTINUATIONS,
     PADDED,
     PING,
+    PREFACE,
     PRIORITY,
     PRIORITY_FLAG,
     PUSH_PROMISE,
@@ -333,3 +334,59 @@ def test_client_data_before_the_response_head_and_informational_end() -> None:
     conn.data_to_send()
     resets(conn, frame(DATA, 0, 1, b"early"), 1, PROTOCOL_ERROR)
     resets(conn, frame(HEADERS, END_HEADERS | END_STREAM, 3, block([(b":status", b"103")])), 3, PROTOCOL_ERROR)
+
+
+# -- what must be ignored, not refused -------------------------------------------------------------
+
+def test_unknown_frames_settings_and_idle_priority_are_ignored() -> None:
+    """RFC 9113 4.1, 5.5, 6.3, 6.5.2: unknown frame types and settings, PRIORITY on an idle stream,
+    GOAWAY debug data and the stream id's reserved bit change nothing."""
+    conn = started_server()
+    events = conn.receive_data(frame(0xFA, 0xFF, 0, b"extension") + frame(0xFA, 0, 9, b"")
+                               + frame(PRIORITY, 0, 11, u32(0) + b"\x10"))
+    assert events == [] and conn.data_to_send() == b""
+    events = conn.receive_data(frame(SETTINGS, 0, 0, setting(0x99, 12345)))
+    assert [type(e).__name__ for e in events] == ["RemoteSettingsChanged"]
+    assert split_frames(conn.data_to_send()) == [Frame(SETTINGS, 1, 0, b"")]
+    # Stream 1 with the reserved bit set in its id is stream 1.
+    head = bytearray(frame(HEADERS, END_HEADERS | END_STREAM, 1, GET))
+    head[5] |= 0x80
+    assert [e.stream_id for e in conn.receive_data(bytes(head)) if isinstance(e, ev.RequestReceived)] == [1]
+    events = conn.receive_data(frame(GOAWAY, 0, 0, u32(1) + u32(0) + b"debug data"))
+    assert [(e.last_stream_id, e.error_code) for e in events if isinstance(e, ev.ConnectionTerminated)] == [(1, 0)]
+
+
+def test_late_frames_on_a_stream_ours_reset_are_ignored() -> None:
+    """After ours resets a stream the peer may still send on it (RFC 9113 5.1, closed): DATA is dropped
+    but owed back to the connection window; WINDOW_UPDATE, RST_STREAM and trailers change nothing."""
+    conn = _open()
+    conn.reset_stream(1)
+    assert split_frames(conn.data_to_send()) == [Frame(RST_STREAM, 0, 1, u32(8))]
+    late = (frame(DATA, 0, 1, b"in flight") + frame(WINDOW_UPDATE, 0, 1, u32(100)) + frame(RST_STREAM, 0, 1, u32(8))
+            + frame(HEADERS, END_HEADERS | END_STREAM, 1, block([(b"grpc-status", b"1")])))
+    assert conn.receive_data(late) == []
+    assert conn.data_to_send() == b""
+    assert conn.conn_recv_window + conn.conn_recv_unacked == 65535
+    # The HPACK state stayed in step: the next request decodes.
+    events = conn.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 3, GET))
+    assert [type(e).__name__ for e in events] == ["RequestReceived", "StreamEnded"]
+
+
+def test_padded_data_counts_its_padding_for_flow_control() -> None:
+    conn = _open()
+    [data] = conn.receive_data(frame(DATA, PADDED, 1, b"\x0aabc" + bytes(10)))
+    assert isinstance(data, ev.DataReceived)
+    assert (data.data, data.flow_controlled_length) == (b"abc", 14)
+    assert conn.conn_recv_window == 65535 - 14
+
+
+def test_preface_and_frames_arrive_byte_by_byte() -> None:
+    conn = H2Connection(False, {})
+    conn.initiate_connection()
+    conn.data_to_send()
+    stream = PREFACE + frame(SETTINGS, 0, 0) + frame(HEADERS, END_HEADERS | END_STREAM, 1, GET)
+    events = []
+    for at in range(len(stream)):
+        events += conn.receive_data(stream[at:at + 1])
+    assert [type(e).__name__ for e in events] == ["RemoteSettingsChanged", "RequestReceived", "StreamEnded"]
+    assert events[1].headers == REQUEST
