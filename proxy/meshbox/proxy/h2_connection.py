@@ -99,8 +99,8 @@ class _Failure(Exception):
 class Stream:
     """One stream's state: which directions are closed, windows, and the received length check."""
 
-    __slots__ = ("content_length", "head_received", "inbound", "received", "recv_closed", "recv_unacked",
-                 "recv_window", "send_closed", "send_window", "sid")
+    __slots__ = ("content_length", "head_received", "head_request", "inbound", "received", "recv_closed",
+                 "recv_unacked", "recv_window", "send_closed", "send_window", "sid")
 
     def __init__(self, sid: int, inbound: bool, send_window: int, recv_window: int) -> None:
         self.sid = sid
@@ -111,6 +111,7 @@ class Stream:
         self.recv_closed = False
         self.send_closed = False
         self.head_received = False
+        self.head_request = False
         self.content_length = NO_LENGTH
         self.received = 0
 
@@ -189,6 +190,7 @@ class H2Connection:
             if self.open_outbound >= self.remote_max_concurrent_streams:
                 raise H2Error("the peer's concurrent stream limit is reached")
             st = Stream(sid, False, self.remote_window, self.local_window)
+            st.head_request = (b":method", b"HEAD") in headers
             self.streams[sid] = st
             self.open_outbound += 1
             self.next_stream_id = sid + 2
@@ -465,8 +467,10 @@ class H2Connection:
                         raise Malformed("informational response ends the stream")
                     return
                 st.head_received = True
-                st.content_length = length
-                if end_stream and length > 0:
+                # A response to HEAD, or a 304, has no content whatever its content-length says
+                # (RFC 9113 8.1.1).
+                st.content_length = 0 if st.head_request or status == 304 else length
+                if end_stream and st.content_length > 0:
                     raise Malformed("content-length without the body")
                 events.append(ResponseReceived(sid, headers, end_stream))
             else:
