@@ -10,7 +10,8 @@ import h2.connection
 import h2.events
 
 from meshbox.proxy import h2_events as ev
-from meshbox.proxy.h2_connection import PREFACE, SETTINGS, H2Connection, frame
+from meshbox.proxy.h2_connection import H2Connection
+from meshbox.proxy.h2_frames import PREFACE, SETTINGS, frame
 from meshbox.proxy.hpack import HpackEncoder
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"svc.test")]

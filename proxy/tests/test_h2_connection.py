@@ -13,7 +13,6 @@ import h2.settings
 import pytest
 
 from meshbox.proxy import h2_events as ev
-from meshbox.proxy.h2_connection import CONTINUATION, HEADERS, WINDOW_UPDATE
 from meshbox.proxy.h2_events import (
     ENABLE_PUSH,
     ENHANCE_YOUR_CALM,
@@ -24,6 +23,7 @@ from meshbox.proxy.h2_events import (
     H2Error,
     StreamClosedError,
 )
+from meshbox.proxy.h2_frames import CONTINUATION, HEADERS, WINDOW_UPDATE
 from proxy.tests.h2_wire import POST, REQUEST, RESPONSE, Pair, body_of, kinds
 
 CLIENT_SETTINGS = {INITIAL_WINDOW_SIZE: 256 * 1024, ENABLE_PUSH: 0}

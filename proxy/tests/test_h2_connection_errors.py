@@ -7,7 +7,23 @@ from __future__ import annotations
 import pytest
 
 from meshbox.proxy import h2_events as ev
-from meshbox.proxy.h2_connection import (
+from meshbox.proxy.h2_connection import H2Connection
+from meshbox.proxy.h2_events import (
+    COMPRESSION_ERROR,
+    ENABLE_PUSH,
+    ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    INITIAL_WINDOW_SIZE,
+    MAX_CONCURRENT_STREAMS,
+    MAX_FRAME_SIZE,
+    MAX_HEADER_LIST_SIZE,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    STREAM_CLOSED,
+    H2Error,
+)
+from meshbox.proxy.h2_frames import (
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -24,23 +40,7 @@ from meshbox.proxy.h2_connection import (
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
-    H2Connection,
     frame,
-)
-from meshbox.proxy.h2_events import (
-    COMPRESSION_ERROR,
-    ENABLE_PUSH,
-    ENHANCE_YOUR_CALM,
-    FLOW_CONTROL_ERROR,
-    FRAME_SIZE_ERROR,
-    INITIAL_WINDOW_SIZE,
-    MAX_CONCURRENT_STREAMS,
-    MAX_FRAME_SIZE,
-    MAX_HEADER_LIST_SIZE,
-    PROTOCOL_ERROR,
-    REFUSED_STREAM,
-    STREAM_CLOSED,
-    H2Error,
 )
 from proxy.tests.h2_wire import POST, REQUEST, Frame, block, split_frames, started_client, started_server
 

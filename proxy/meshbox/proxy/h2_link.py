@@ -18,8 +18,9 @@ from typing import Any, cast
 
 from meshbox.proxy.codec.events import Headers
 from meshbox.proxy.context import ProxyContext
-from meshbox.proxy.h2_connection import DEFAULT_WINDOW, H2Connection
+from meshbox.proxy.h2_connection import H2Connection
 from meshbox.proxy.h2_events import ENHANCE_YOUR_CALM, H2Error
+from meshbox.proxy.h2_frames import DEFAULT_WINDOW
 
 # A peer that lets this much pile up in the write buffer while it sends control frames is not reading.
 MAX_UNREAD_BYTES = 1 << 20
