@@ -57,8 +57,8 @@ def _port(value: int | None, default: int, flag: str) -> int:
 @click.option("--request-idle-timeout", type=click.FloatRange(min=0), default=BODY_IDLE_TIMEOUT, show_default=True,
               help="Seconds a request body may go without progress (408 or reset, flag SI; 0 = off).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0), default=IDLE_TIMEOUT, show_default=True,
-              help="Seconds a kept-alive client connection may wait for its next request before it is closed "
-                   "(0 = off).")
+              help="Seconds a kept-alive client connection may wait for its next request before it is closed, "
+                   "and a pooled upstream HTTP/2 connection may stay without a stream (0 = off).")
 @click.option("--cert-dir", type=click.Path(file_okay=False),
               help="The agent's workload certificate directory (current/key.pem, cert-chain.pem, root-cert.pem): "
                    "enables mutual TLS (inbound per the listeners' mtls_mode, outbound per the clusters' tls). "

@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Any, Final, cast
 
+from meshbox.proxy.alpn import H2, HTTP11, selected
 from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import ProtocolError
 from meshbox.proxy.connection_slots import PendingOpen, close_idle_elsewhere, slot_freed, still_waiting
@@ -94,6 +95,13 @@ class DownstreamHttp(asyncio.Protocol):
                                         _peer(transport, "sockname"))
         core.peer = self.peer
         core.original_dst = self.original_dst
+        if self.peer is not None:
+            # Over mutual TLS the client's ALPN choice picks the codec (alpn); with none, the first bytes do.
+            protocol = selected(transport)
+            if protocol == H2:
+                self._serve_h2(b"")
+                return
+            self.sniffing = protocol != HTTP11
         self.ctx.connections.add(self)
         core.watch()
         self.run(core)
@@ -456,5 +464,5 @@ class DownstreamHttp(asyncio.Protocol):
         h2 = Http2Downstream(ctx, listener, core.remote, core.local, self.peer)
         transport.set_protocol(h2)
         h2.connection_made(transport)
-        if not transport.is_closing():
+        if data and not transport.is_closing():
             h2.data_received(data)

@@ -3,12 +3,13 @@
 An accepted connection on a listener with a peer authentication mode other than DISABLE is decided by
 its first bytes: a TLS record (0x16, handshake) puts the loop's own TLS protocol under the connection
 at once (the bytes already read are fed to it), for a TLS 1.3 server handshake requiring a client
-certificate that chains to the trust bundle; anything else is plaintext, which PERMISSIVE lets through
-and STRICT refuses (an access log line with flag ``NR``, as a listener without a plaintext filter chain
-does in Envoy, and a stderr line naming why). Reading the first bytes rather than peeking at them is
-deliberate: both asyncio and uvloop start reading an accepted connection right after
-``connection_made``, so a peek would race with them. A PERMISSIVE connection whose client stays silent
-for ``SILENT_CLIENT`` seconds is treated as plaintext (server-first protocols), as Istio does.
+certificate that chains to the trust bundle (the ALPN protocols it selects: alpn); anything else is
+plaintext, which PERMISSIVE lets through and STRICT refuses (an access log line with flag ``NR``, as a
+listener without a plaintext filter chain does in Envoy, and a stderr line naming why). Reading the
+first bytes rather than peeking at them is deliberate: both asyncio and uvloop start reading an accepted
+connection right after ``connection_made``, so a peek would race with them. A PERMISSIVE connection
+whose client stays silent for ``SILENT_CLIENT`` seconds is treated as plaintext (server-first
+protocols), as Istio does.
 
 At L4, the listener's authorization policies are checked here, once the peer is known; at L7 per
 request by the exchange core. A refused handshake (garbage, a truncated ClientHello, a forged, expired
@@ -25,6 +26,7 @@ from typing import Any, Protocol, cast
 
 import uvloop
 
+from meshbox.proxy.alpn import counter, selected
 from meshbox.proxy.authorization import Request
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, preamble
@@ -189,7 +191,11 @@ class InboundGate(asyncio.Protocol):
                 self.transport.abort()
 
     def tls_established(self, tls_transport: asyncio.Transport) -> None:
-        self.ctx.stats.incr("ssl_handshake")
+        stats = self.ctx.stats
+        stats.incr("ssl_handshake")
+        alpn_counter = counter("downstream", selected(tls_transport))
+        if alpn_counter is not None:
+            stats.incr(alpn_counter)
         peer = peer_of(tls_transport)
         if peer is not None:
             announce_peer("from", peer, f"{self.peer} to port {self.listener.port}")

@@ -1,7 +1,9 @@
 """HTTP/2 to upstream endpoints: a few connections per endpoint, each carrying many streams (one per
 call, so calls are balanced one by one, not per connection), and the stream handle the exchange core
 knows as ``up``. Response frames become the core's ResponseHead / Body / END; trailers ride on the
-client's stream; RST_STREAM and GOAWAY become the core's upstream failures.
+client's stream; RST_STREAM and GOAWAY become the core's upstream failures. A pooled connection with no
+stream for ``--idle-timeout`` sends GOAWAY, closes and leaves the pool. Over mutual TLS the connection
+offers ALPN ``h2`` (alpn).
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ class UpstreamH2Stream:
         conn = self.conn
         if not self.sid:
             conn.reserved = max(0, conn.reserved - 1)
+            conn.idle_check()
             return
         if conn.streams.pop(self.sid, None) is not None:
             # Abandoned before its end: what it received will never be sent on.
@@ -182,6 +185,7 @@ class UpstreamH2(H2Link):
         self.reserved = 0
         self.waiters: list[Waiter] = []
         self.streams: dict[int, UpstreamH2Stream] = {}
+        self.idle_key = (self, "idle")
 
     def has_room(self) -> bool:
         if self.closed or self.goaway:
@@ -196,7 +200,7 @@ class UpstreamH2(H2Link):
     async def connect(self, cluster: ClusterRuntime) -> None:
         try:
             async with asyncio.timeout(cluster.connect_timeout):
-                await open_upstream(self.ctx, lambda: self, cluster, self.host)
+                await open_upstream(self.ctx, lambda: self, cluster, self.host, http2=True)
         except (OSError, TimeoutError) as exc:
             self._forget()
             self.closed = True
@@ -208,6 +212,7 @@ class UpstreamH2(H2Link):
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             waiter(self, None)
+        self.idle_check()  # every caller may have given up while it connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn.initiate_connection()
@@ -291,6 +296,7 @@ class UpstreamH2(H2Link):
         self._forget()
         if self.stall_armed:
             self.ctx.connection_deadlines.disarm(self.stall_key, None)
+        self.ctx.connection_deadlines.disarm(self.idle_key, None)
         now = _monotonic()
         for st in list(self.streams.values()):
             self.streams.pop(st.sid, None)
@@ -298,17 +304,31 @@ class UpstreamH2(H2Link):
             st.down.run()
 
     def idle_check(self) -> None:
-        """A connection that can take no more streams (GOAWAY, draining, endpoint gone) closes once idle."""
+        """A connection that can take no more streams (GOAWAY, draining, endpoint gone) closes once idle;
+        another one that is idle closes if it stays so for ``--idle-timeout``."""
         if self.streams or self.reserved or self.closed:
             return
         if self.goaway or self.ctx.draining or self.host.retired:
-            self._forget()
-            with contextlib.suppress(H2Error):
-                self.conn.close_connection()
-            self.write_out()
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
+            self._close_idle()
+        elif self.ready and self.ctx.idle_timeout > 0:
+            self.ctx.connection_deadlines.arm(self.idle_key, self.ctx.idle_timeout, self._idle_fired)
+
+    def _idle_fired(self, key: Any) -> None:
+        if self.streams or self.reserved or self.closed:
+            return  # in use again: the next idle_check arms it anew
+        self.ctx.stats.incr("upstream_cx_idle_timeout")
+        self._close_idle()
+
+    def _close_idle(self) -> None:
+        """GOAWAY NO_ERROR, close, and out of the pool."""
+        self._forget()
+        self.ctx.connection_deadlines.disarm(self.idle_key, None)
+        with contextlib.suppress(H2Error):
+            self.conn.close_connection()
+        self.write_out()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     def _forget(self) -> None:
         conns = POOLS.get(self.key)

@@ -1,5 +1,6 @@
 """Opening an upstream connection: plaintext, or mutual TLS 1.3 with the workload certificate when the
-cluster says so for that endpoint, the server identified by its SPIFFE ID (never by host name)."""
+cluster says so for that endpoint, the server identified by its SPIFFE ID (never by host name), offering
+the ALPN protocol of what the connection will carry (alpn)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
+from meshbox.proxy.alpn import counter, selected
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.inbound_tls import peer_of, tls_failure_reason
 from meshbox.proxy.peer_identity import announce_peer
@@ -32,9 +34,11 @@ def failure_reason(exc: BaseException) -> str | None:
 
 
 async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: ClusterRuntime | None,
-                        host: UpstreamHost, peer_exchange: bool = False) -> tuple[asyncio.BaseTransport, P]:
-    """Connect to ``host`` for ``cluster``; raises OSError (UpstreamTlsFailure for TLS) on failure. With
-    ``peer_exchange`` (TCP) a TLS connection offers the metadata exchange's ALPN (peer_exchange)."""
+                        host: UpstreamHost, peer_exchange: bool = False,
+                        http2: bool = False) -> tuple[asyncio.BaseTransport, P]:
+    """Connect to ``host`` for ``cluster``; raises OSError (UpstreamTlsFailure for TLS) on failure. A TLS
+    connection offers the metadata exchange's ALPN with ``peer_exchange`` (TCP), ``h2`` with ``http2``,
+    else ``http/1.1``."""
     loop = ctx.loop
     if cluster is None or (host.address, host.port) not in cluster.tls_endpoints:
         return await loop.create_connection(factory, host.address, host.port)
@@ -44,7 +48,7 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
                                  "has no workload certificate (--cert-dir)")
     token = None
     try:
-        context = tls.client_context(peer_exchange)
+        context = tls.client_context(peer_exchange, http2)
         last = host.tls_last
         # A session resumes only with the context that made it (not across a certificate rotation).
         if last is not None and last[0] is context:
@@ -65,6 +69,9 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
         host.tls_last = (context, ssl_object)
         if ssl_object.session_reused:
             ctx.stats.incr("upstream_ssl_session_reused")
+        alpn_counter = counter("upstream", selected(transport))
+        if alpn_counter is not None:
+            ctx.stats.incr(alpn_counter)
     peer = peer_of(transport)
     uri = peer.uri if peer is not None else ""
     if cluster.sans and uri not in cluster.sans:

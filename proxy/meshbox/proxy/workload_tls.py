@@ -16,6 +16,7 @@ import sys
 import time
 from contextvars import ContextVar
 
+from meshbox.proxy.alpn import H2, HTTP11, SERVER_PROTOCOLS, client_protocol
 from meshbox.proxy.peer_exchange import ALPN as PEER_EXCHANGE
 
 KEY = "key.pem"
@@ -86,8 +87,8 @@ class WorkloadTls:
         self.cert_dir = cert_dir
         self.generation: str | None = None
         self._server: ssl.SSLContext | None = None
-        self._client: ssl.SSLContext | None = None
-        self._tcp_client: ssl.SSLContext | None = None
+        # Client contexts by the one ALPN protocol they offer (alpn.client_protocol).
+        self._clients: dict[str, ssl.SSLContext] = {}
         self._checked = 0.0
         self.reloads = 0
         # This workload's SPIFFE ID, from its certificate (None until one is loaded).
@@ -109,16 +110,16 @@ class WorkloadTls:
         if generation == self.generation and self._server is not None:
             return
         try:
-            # The server accepts the TCP metadata exchange when a client offers it; only TCP clients do.
-            server = _context(ssl.PROTOCOL_TLS_SERVER, generation, (PEER_EXCHANGE,))
-            client = _context(ssl.PROTOCOL_TLS_CLIENT, generation)
-            tcp_client = _context(ssl.PROTOCOL_TLS_CLIENT, generation, (PEER_EXCHANGE,))
+            # The server takes the TCP metadata exchange, h2 or http/1.1, whichever the client offers (alpn).
+            server = _context(ssl.PROTOCOL_TLS_SERVER, generation, SERVER_PROTOCOLS)
+            clients = {name: _context(ssl.PROTOCOL_TLS_CLIENT, generation, (name,))
+                       for name in (PEER_EXCHANGE, H2, HTTP11)}
         except CertificateUnavailable as exc:
             if self._server is None:
                 raise
             print(f"meshbox-proxy: keeping the previous workload certificate: {exc}", file=sys.stderr, flush=True)
             return
-        self._server, self._client, self._tcp_client, self.generation = server, client, tcp_client, generation
+        self._server, self._clients, self.generation = server, clients, generation
         self.identity = _own_identity(os.path.join(generation, CHAIN))
         self.reloads += 1
         print(f"meshbox-proxy: workload certificate loaded from {generation}", file=sys.stderr, flush=True)
@@ -128,9 +129,8 @@ class WorkloadTls:
         assert self._server is not None
         return self._server
 
-    def client_context(self, peer_exchange: bool = False) -> ssl.SSLContext:
-        """The client context; with ``peer_exchange`` the one offering the TCP metadata exchange's ALPN."""
+    def client_context(self, peer_exchange: bool = False, http2: bool = False) -> ssl.SSLContext:
+        """The client context offering the ALPN protocol of the connection: the TCP metadata exchange
+        (``peer_exchange``), ``h2`` (``http2``) or ``http/1.1``."""
         self.refresh()
-        context = self._tcp_client if peer_exchange else self._client
-        assert context is not None
-        return context
+        return self._clients[client_protocol(peer_exchange, http2)]
