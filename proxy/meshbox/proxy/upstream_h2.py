@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from meshbox.proxy.codec.events import END, Body, Headers, ResponseHead
 from meshbox.proxy.context import ProxyContext
