@@ -9,14 +9,9 @@ from pathlib import Path
 
 from .dialects import Dialect, Finding, Script, dialect
 from .driver import Report, run_scripts, stderr_trouble
+from .h2_client import PREAMBLE
 
 STDERR_SUSPECTS = 200  # scripts replayed, at most, to find those that make the proxy print a traceback
-
-
-def _smaller(script: Script, keep: list[int], *, half_close: bool, whole: bool) -> Script:
-    requests = [script.requests[i] for i in keep]
-    pieces = [r.data for r in requests] if script.sequential or not whole else [b"".join(r.data for r in requests)]
-    return replace(script, requests=requests, pieces=pieces, half_close=half_close)
 
 
 async def _shows(script: Script, kind: str, speaker: Dialect, workdir: Path, codec: str) -> bool:
@@ -37,7 +32,7 @@ async def minimal(seed: int, finding: Finding, speaker: Dialect, workdir: Path, 
     half_close = script.half_close
     best = script
     for flag in (False, True):  # first: can it go in one write, without the half-close?
-        candidate = _smaller(script, keep, half_close=half_close and flag, whole=True)
+        candidate = speaker.rebuild(script, keep, half_close and flag, True)
         if time.monotonic() < stop and await _shows(candidate, finding.kind, speaker, workdir, codec):
             best, half_close = candidate, candidate.half_close
             break
@@ -45,7 +40,7 @@ async def minimal(seed: int, finding: Finding, speaker: Dialect, workdir: Path, 
         if time.monotonic() > stop or len(keep) == 1:
             break
         trial = [k for k in keep if k != i]
-        candidate = _smaller(script, trial, half_close=half_close, whole=best is not script)
+        candidate = speaker.rebuild(script, trial, half_close, best is not script)
         if await _shows(candidate, finding.kind, speaker, workdir, codec):
             keep, best = trial, candidate
     return best, True
@@ -75,9 +70,12 @@ def show(script: Script) -> str:
              f"{', half-closed' if script.half_close else ''}, {len(script.pieces)} writes):"]
     if len(script.pieces) > 1:
         lines.append(f"    written in pieces of {', '.join(str(len(p)) for p in script.pieces)} bytes")
+    if script.protocol == "h2":
+        lines.append(f"    preface and SETTINGS: {script.pieces[0][:len(PREAMBLE)]!r}")
     for r in script.requests:
         data = r.data if len(r.data) <= 600 else r.data[:500] + b"...<%d bytes>..." % len(r.data) + r.data[-60:]
-        lines.append(f"    [{r.mutation}, expects {r.expect.value}] {data!r}")
+        stream = f"stream {r.sid}, " if r.sid else ""
+        lines.append(f"    [{stream}{r.mutation}, expects {r.expect.value}] {data!r}")
     return "\n".join(lines)
 
 
