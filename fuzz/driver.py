@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .capture_backend import CaptureBackend
 from .dialects import Dialect, Finding, Outcome, Script, dialect
+from .known_bugs import split_known
 from .oracle import judge_backend, judge_process
 from .proxy_process import ProxyProcess, start_proxy
 
@@ -39,6 +40,7 @@ class Report:
     elapsed: float = 0.0
     timed_out: bool = False  # the time bound stopped the run before the request count
     findings: list[Finding] = field(default_factory=list)
+    known: dict[str, int] = field(default_factory=dict)  # findings of known_bugs entries, by bug
     # Scripts in flight (or just finished) when the proxy's stderr grew: where to look for the culprit.
     stderr_suspects: list[int] = field(default_factory=list)
 
@@ -72,7 +74,9 @@ class Report:
                 f"at the backend ({self.malformed_forwarded} of them broken ones, in a legal form), "
                 f"{self.canaries} canaries; {self.elapsed:.1f}s"
                 + ("; STOPPED BY THE TIME BOUND" if self.timed_out else "")
-                + f"; {len(self.findings)} findings")
+                + f"; {len(self.findings)} findings"
+                + (f" (and known proxy bugs: {', '.join(f'{k} x{n}' for k, n in sorted(self.known.items()))})"
+                   if self.known else ""))
 
     def by_kind(self) -> dict[str, list[Finding]]:
         groups: dict[str, list[Finding]] = defaultdict(list)
@@ -82,8 +86,10 @@ class Report:
 
 
 async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "httptools",
-                   protocol: str = "http/1.1", concurrency: int = 96, time_limit: float = 300.0) -> Report:
-    """Fuzz until ``requests`` requests were sent (or ``time_limit`` seconds passed), then judge the run."""
+                   protocol: str = "http/1.1", concurrency: int = 96, time_limit: float = 300.0,
+                   fail_on_known: bool = False) -> Report:
+    """Fuzz until ``requests`` requests were sent (or ``time_limit`` seconds passed), then judge the run.
+    Findings of bugs on record (``known_bugs``) are counted apart unless ``fail_on_known``."""
     speaker = dialect(protocol)
     report = Report(seed, codec, protocol, requests)
     backend = await CaptureBackend().start()
@@ -125,6 +131,8 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
     report.backend_requests = len(backend.received)
     report.malformed_forwarded = sum(1 for r in backend.received if r.rid in broken_ids)
     report.findings += judge_backend(backend, proxy.access_log.read_bytes())
+    if not fail_on_known:
+        report.findings, report.known = split_known(report.findings)
     return report
 
 

@@ -49,6 +49,8 @@ class H2Session:
         self.reader = f.FrameReader(MAX_FRAME_ACCEPTED)
         self.decoder = Decoder()
         self.decoder.max_header_list_size = 1 << 20
+        # A script may raise SETTINGS_HEADER_TABLE_SIZE (any 32-bit value is legal): let the proxy use it.
+        self.decoder.max_allowed_table_size = 1 << 32
         self.streams: dict[int, StreamSeen] = {}
         self.goaway: tuple[int, int] | None = None  # (last stream id, error code)
         self.settings_seen = False

@@ -24,7 +24,7 @@ from .wire import Expect, Request
 
 STREAM_COUNTS = (0, 1, 1, 2, 3, 5, 8, 16, 24, 32, 48, 64, 80, 90)
 MALFORMED_SHARE = 0.6
-WAIT_SHARE = 0.3  # scripts that wait for the valid streams' answers before the broken one
+WAIT_SHARE = 0.5  # scripts that wait for the valid streams' answers before the broken one
 BODY_BUDGET = 60_000  # request body bytes per connection: inside the default 65,535 connection window
 _ID = re.compile(rb"fz(\d+)-(\d+)-\d+s?$")
 
@@ -190,6 +190,8 @@ async def _settle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, se
     def done() -> bool:
         if session.problem or out.closed:
             return True
+        if not session.settings_seen:
+            return False  # the server's preface (RFC 9113 §3.4) is owed on every connection
         if session.goaway is not None and session.goaway[1] != f.NO_ERROR:
             return False  # the connection must close after an error GOAWAY (RFC 9113 §5.4.1)
         return all(session.settled(r.sid, out.closed) for r in sent if r.opens)

@@ -174,8 +174,10 @@ def _stream_ids(rng: random.Random, t: H2Template) -> Broken:
         unused, t.sid = t.sid, (1 << 31) - 1  # legal; then any new stream id is too low
         return Broken([*t.frames(), f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, unused,
                                             f.header_block(base_headers("fz-after-max")))])
-    elif kind == "decreasing" and t.sid > 2:
-        t.sid -= 2
+    elif kind == "decreasing":  # a higher stream first, then this never-used lower one
+        higher = f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, t.sid + 2,
+                         f.header_block(base_headers(f"fz-higher-{t.sid}")))
+        return Broken([higher, *t.frames()])
     else:
         return Broken([*t.frames(), *t.frames()])  # the same stream id opened twice
     return Broken(t.frames())
@@ -326,11 +328,11 @@ MUTATION_NAMES = sorted(MUTATIONS)
 
 
 def mutated_stream(rng: random.Random, rid: str, sid: int) -> tuple[Request, bool, int]:
-    """A broken request stream: the request, whether what follows may be swallowed, and the stream id
-    the next request must exceed (a mutation may use several)."""
+    """A broken request stream: the request, whether what follows may be swallowed, and the last
+    stream id it may have touched (a mutation may use a few above its own)."""
     name = rng.choice(MUTATION_NAMES)
     t = H2Template(sid, base_headers(rid))
     broken = MUTATIONS[name](rng, t)
     frames = tuple(broken.frames)
     req = Request(rid, b"".join(frames), Expect.ANY, name, sid=t.sid, frames=frames, opens=broken.opens)
-    return req, broken.swallows, max(sid, t.sid)
+    return req, broken.swallows, max(sid, t.sid) + 2 * 6
