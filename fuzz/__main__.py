@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--h2-share", type=float, default=0.5,
                         help="with --protocol both, the share of the requests sent over HTTP/2 (default 0.5)")
     parser.add_argument("--concurrency", type=int, default=96, help="HTTP/1.1 connections in flight (default 96)")
-    parser.add_argument("--h2-concurrency", type=int, default=48,
-                        help="HTTP/2 connections in flight (default 48; each carries up to 90 streams)")
+    parser.add_argument("--h2-concurrency", type=int, default=24,
+                        help="HTTP/2 connections in flight (default 24; each carries up to 90 streams)")
     parser.add_argument("--fail-on-known", action="store_true",
                         help="fail on findings of the proxy bugs on record (fuzz/known_bugs.py) too")
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds before the run stops early")

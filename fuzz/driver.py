@@ -34,6 +34,7 @@ class Report:
     resets: int = 0  # of those, closes the client saw as a TCP reset (unread answers may be lost)
     backend_requests: int = 0
     malformed_forwarded: int = 0  # broken requests whose id reached the backend (in a legal form, or a finding)
+    forwarded_mutations: dict[str, int] = field(default_factory=dict)  # those, by the mutation that broke them
     goaways: int = 0  # HTTP/2: connections that got GOAWAY
     stream_resets: int = 0  # HTTP/2: streams the proxy reset
     canaries: int = 0  # health-check connections run beside the fuzz (each must be answered)
@@ -96,7 +97,7 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
     proxy = await asyncio.to_thread(start_proxy, workdir, backend.port, codec)
     started = time.monotonic()
     active: dict[int, float] = {}  # script index -> when it ended (0.0: still running)
-    broken_ids: set[str] = set()
+    broken_ids: dict[str, str] = {}  # id -> mutation
     try:
         indexes = itertools.count()
 
@@ -106,7 +107,7 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
                     report.timed_out = True
                     return
                 script = speaker.script(seed, next(indexes))
-                broken_ids.update(r.rid for r in script.requests if r.malformed)
+                broken_ids.update((r.rid, r.mutation) for r in script.requests if r.malformed)
                 report.requests += len(script.requests)  # counted when made, so workers stop at the target
                 active[script.index] = 0.0
                 outcome = await speaker.run(script, proxy.port)
@@ -129,7 +130,11 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
         await asyncio.to_thread(proxy.stop)
         backend.close()
     report.backend_requests = len(backend.received)
-    report.malformed_forwarded = sum(1 for r in backend.received if r.rid in broken_ids)
+    for r in backend.received:
+        mutation = broken_ids.get(r.rid or "")
+        if mutation is not None:
+            report.malformed_forwarded += 1
+            report.forwarded_mutations[mutation] = report.forwarded_mutations.get(mutation, 0) + 1
     report.findings += judge_backend(backend, proxy.access_log.read_bytes())
     if not fail_on_known:
         report.findings, report.known = split_known(report.findings)

@@ -25,6 +25,7 @@ from .wire import Expect, Request
 STREAM_COUNTS = (0, 1, 1, 2, 3, 5, 8, 16, 24, 32, 48, 64, 80, 90)
 MALFORMED_SHARE = 0.6
 WAIT_SHARE = 0.5  # scripts that wait for the valid streams' answers before the broken one
+STREAM_PATIENCE = 0.02  # seconds of settle time per stream of the script, beyond the HTTP/1.1 SETTLE
 BODY_BUDGET = 60_000  # request body bytes per connection: inside the default 65,535 connection window
 _ID = re.compile(rb"fz(\d+)-(\d+)-\d+s?$")
 
@@ -76,6 +77,8 @@ class Http2:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         hangs = sum(1 for r in script.requests if b"/h/hang/" in r.data or b"/h/slow/" in r.data)
+        # Many streams on one connection are many exchanges for the proxy: a little more time each.
+        patience = SETTLE + ROUTE_TIMEOUT * (1 + hangs) + STREAM_PATIENCE * len(script.requests)
         sent: list[Request] = []
         by_piece = _requests_by_piece(script)
         # ACKs owed to the proxy go out only between frames: after the preamble, at the wait, and at the
@@ -87,8 +90,7 @@ class Http2:
                 if n == 1 or n == script.wait_before:
                     _reply(writer, session)
                 if n and n == script.wait_before:
-                    deadline = time.monotonic() + SETTLE + ROUTE_TIMEOUT * (1 + hangs)
-                    await _settle(reader, writer, session, out, sent, deadline)
+                    await _settle(reader, writer, session, out, sent, time.monotonic() + patience)
                     if out.closed or out.stuck or session.problem or session.goaway:
                         break
                 writer.write(piece)
@@ -103,7 +105,7 @@ class Http2:
             session.may_reply = True
             _reply(writer, session)
         if not (out.closed or out.stuck or session.problem):
-            await _settle(reader, writer, session, out, sent, last_sent + SETTLE + ROUTE_TIMEOUT * (1 + hangs))
+            await _settle(reader, writer, session, out, sent, last_sent + patience)
         out.waited = time.monotonic() - last_sent
         out.sending = last_sent - first_sent
         out.answered = sum(1 for st in session.streams.values() if st.ended)

@@ -14,7 +14,9 @@ from .hostile_h2 import HOSTILE_H2
 from .wire import Expect, Request
 
 AUTHORITY = b"svc"
-HOSTILE_KINDS = sorted(HOSTILE_H2)
+# "hang" holds its whole connection's script until the route timeout fires: rare, or the run idles.
+HOSTILE_KINDS = sorted(k for k in HOSTILE_H2 if k != "hang")
+HANG_SHARE = 0.03
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -179,7 +181,8 @@ def valid_stream(rng: random.Random, rid: str, sid: int, body_budget: int) -> tu
         t.headers[2] = (b":authority", b"nowhere.example")
         expect = Expect.LOCAL
     elif variant == "hostile":
-        t.headers[3] = (b":path", b"/h/%s/%s" % (rng.choice(HOSTILE_KINDS).encode(), rid.encode()))
+        kind = "hang" if rng.random() < HANG_SHARE else rng.choice(HOSTILE_KINDS)
+        t.headers[3] = (b":path", b"/h/%s/%s" % (kind.encode(), rid.encode()))
         expect = Expect.HOSTILE
     elif variant == "unknown_frame":
         # A frame type nobody registered (not ALTSVC 0xa, ORIGIN 0xc, PRIORITY_UPDATE 0x10, which h2

@@ -54,7 +54,7 @@ def test_fuzzed_requests_find_no_crash_stall_desync_or_smuggling(tmp_path: Path)
 
 
 def test_fuzzed_http2_streams_find_no_crash_stall_or_malformed_forwarding(tmp_path: Path) -> None:
-    report = uvloop.run(run_fuzz(H2_REQUESTS, SEED, tmp_path / "run", protocol="h2", concurrency=48, time_limit=90))
+    report = uvloop.run(run_fuzz(H2_REQUESTS, SEED, tmp_path / "run", protocol="h2", concurrency=24, time_limit=90))
     print(report.summary())
     if report.findings:
         pytest.fail(f"{report.summary()}\n{uvloop.run(explain(report, tmp_path, examples=1, budget=60))}\n"
