@@ -187,8 +187,8 @@ def valid_stream(rng: random.Random, rid: str, sid: int, body_budget: int) -> tu
     elif variant == "unknown_frame":
         # A frame type nobody registered (not ALTSVC 0xa, ORIGIN 0xc, PRIORITY_UPDATE 0x10, which h2
         # parses): a server must ignore it (RFC 9113 §5.5).
-        kind = rng.randint(0x20, 0xEF)
-        t.extra_before.append(f.frame(kind, rng.randrange(256), rng.choice((0, sid)), rng.randbytes(20)))
+        unknown = rng.randint(0x20, 0xEF)
+        t.extra_before.append(f.frame(unknown, rng.randrange(256), rng.choice((0, sid)), rng.randbytes(20)))
     elif variant == "ping_between":
         t.extra_before.append(f.ping(rng.randbytes(8)))
     elif variant == "window_update":
