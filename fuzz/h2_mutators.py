@@ -177,7 +177,9 @@ def _stream_ids(rng: random.Random, t: H2Template) -> Broken:
     elif kind == "decreasing":  # a higher stream first, then this never-used lower one
         higher = f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, t.sid + 2,
                          f.header_block(base_headers(f"fz-higher-{t.sid}")))
-        return Broken([higher, *t.frames()])
+        frames = [higher, *t.frames()]
+        t.sid += 2  # the highest stream it opened (the proxy may answer it)
+        return Broken(frames)
     else:
         return Broken([*t.frames(), *t.frames()])  # the same stream id opened twice
     return Broken(t.frames())

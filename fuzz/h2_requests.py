@@ -44,7 +44,9 @@ class H2Template:
     def block_frames(self, block: bytes, end_stream: bool, priority: bool = False) -> list[bytes]:
         """HEADERS (plus CONTINUATION) frames carrying one header block, kept as one unit: nothing may
         come between them (RFC 9113 §6.10)."""
-        cuts = sorted(random.Random(len(block)).sample(range(1, len(block)), min(self.block_splits, len(block) - 1))) \
+        # Cut points from the block itself: the same template always gives the same frames.
+        cutter = random.Random(len(block) * 31 + self.sid)
+        cuts = sorted(cutter.sample(range(1, len(block)), min(self.block_splits, len(block) - 1))) \
             if self.block_splits and len(block) > 1 else []
         edges = [0, *cuts, len(block)]
         pieces = [block[a:b] for a, b in itertools.pairwise(edges)]
