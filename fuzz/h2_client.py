@@ -58,6 +58,7 @@ class H2Session:
         self.block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
         self.replies = bytearray()  # ACKs owed, written by the runner only between frames
         self.may_reply = False  # the runner's writes are done: ACKs go out as they arise
+        self.must_close = False  # the script broke the preface: the proxy owes only the connection's end
 
     def stream(self, sid: int) -> StreamSeen:
         st = self.streams.get(sid)

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from . import h2_frames as f
 from .dialects import Finding, Outcome, Script, script_rng
-from .h2_client import PREAMBLE, H2Session, StreamSeen
+from .h2_client import CLIENT_SETTINGS, PREAMBLE, H2Session, StreamSeen
 from .h2_mutators import mutated_stream
 from .h2_requests import H2Template, base_headers, grpc_message, valid_stream
 from .h2_rules import response_problems
@@ -25,6 +25,19 @@ from .wire import Expect, Request
 STREAM_COUNTS = (0, 1, 1, 2, 3, 5, 8, 16, 24, 32, 48, 64, 80, 90)
 MALFORMED_SHARE = 0.6
 WAIT_SHARE = 0.5  # scripts that wait for the valid streams' answers before the broken one
+BAD_PREFACE_SHARE = 0.03
+# Connection starts that are not the HTTP/2 client preface followed by SETTINGS (RFC 9113 §3.4).
+BAD_PREAMBLES = (
+    ("ping_first", f.PREFACE + f.ping() + CLIENT_SETTINGS),
+    ("data_first", f.PREFACE + f.frame(f.DATA, 0, 1, b"x") + CLIENT_SETTINGS),
+    ("settings_ack_first", f.PREFACE + f.frame(f.SETTINGS, f.ACK, 0) + CLIENT_SETTINGS),
+    ("truncated", f.PREFACE[:-3]),
+    ("one_byte_off", f.PREFACE[:-1] + b"\r" + CLIENT_SETTINGS),
+    ("http1_version", b"PRI * HTTP/1.1\r\n\r\nSM\r\n\r\n" + CLIENT_SETTINGS),
+    ("lowercase", f.PREFACE.lower() + CLIENT_SETTINGS),
+    ("no_sm", b"PRI * HTTP/2.0\r\n\r\n" + CLIENT_SETTINGS),
+)
+FRAME_LEVEL_PREFACES = {"ping_first", "data_first", "settings_ack_first"}
 STREAM_PATIENCE = 0.02  # seconds of settle time per stream of the script, beyond the HTTP/1.1 SETTLE
 BODY_BUDGET = 60_000  # request body bytes per connection: inside the default 65,535 connection window
 _ID = re.compile(rb"fz(\d+)-(\d+)-\d+s?$")
@@ -52,6 +65,13 @@ class Http2:
                     _, r = valid_stream(rng, f"fz{seed}-{index}-{len(valid) + len(tail)}", sid, budget // 4)
                     tail.append(replace(r, opens=r.opens and not swallows))
                     sid += 2
+        if rng.random() < BAD_PREFACE_SHARE:
+            name, preamble = rng.choice(BAD_PREAMBLES)
+            # Nothing after a broken preface is a stream: the proxy must only end the connection.
+            first = Request(f"fz{seed}-{index}-p", preamble, Expect.ANY, f"bad_preface:{name}", opens=False)
+            requests = [first, *(replace(r, expect=Expect.ANY, opens=False) for r in valid + tail)]
+            pieces = [preamble, *_layout(rng, requests[1:])]
+            return Script(seed, index, self.name, requests, [p for p in pieces if p])
         wait = bool(valid and tail and rng.random() < WAIT_SHARE)
         pieces = [PREAMBLE, *_layout(rng, valid)]
         wait_before = len(pieces) if wait else 0
@@ -62,7 +82,8 @@ class Http2:
     def rebuild(self, script: Script, keep: list[int], half_close: bool, whole: bool) -> Script:
         """The script with only the requests in ``keep``, each stream's frames in order, in one write."""
         requests = [script.requests[i] for i in keep]
-        return replace(script, requests=requests, pieces=[PREAMBLE + b"".join(r.data for r in requests)],
+        head = b"" if requests and _bad_preface(requests[0]) else PREAMBLE
+        return replace(script, requests=requests, pieces=[head + b"".join(r.data for r in requests)],
                        sequential=False, wait_before=0, half_close=False)
 
     def canary(self, seed: int, n: int) -> Script:
@@ -83,7 +104,13 @@ class Http2:
         by_piece = _requests_by_piece(script)
         # ACKs owed to the proxy go out only between frames: after the preamble, at the wait, and at the
         # end unless the script ends inside a frame (a reply would become part of it).
-        clean_end = not any(r.mutation in ("truncated_frame", "byte_noise") for r in script.requests)
+        clean_end = not any(r.mutation in ("truncated_frame", "byte_noise") or _bad_preface(r) for r in script.requests)
+        session.must_close = bool(script.requests) and _bad_preface(script.requests[0])
+        if session.must_close:
+            # Bytes that are no preface are refused at once or by the head timeout (2 s); a preface with
+            # the wrong first frame is refused at once by a strict peer.
+            frame_level = script.requests[0].mutation.split(":")[1] in FRAME_LEVEL_PREFACES
+            patience = 2.0 if frame_level else SETTLE
         first_sent = last_sent = time.monotonic()
         try:
             for n, piece in enumerate(script.pieces):
@@ -190,7 +217,9 @@ async def _settle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, se
                   sent: list[Request], deadline: float) -> None:
     """Read until every stream the proxy must settle is settled (and after an error GOAWAY, the close)."""
     def done() -> bool:
-        if session.problem or out.closed:
+        if session.must_close or out.closed:
+            return out.closed
+        if session.problem:
             return True
         if not session.settings_seen:
             return False  # the server's preface (RFC 9113 §3.4) is owed on every connection
@@ -204,6 +233,10 @@ async def _settle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, se
             out.stuck = True
             return
         await _pump(reader, writer, session, out, remaining)
+
+
+def _bad_preface(r: Request) -> bool:
+    return r.mutation.startswith("bad_preface:")
 
 
 def _expected_body(r: Request, rid: bytes) -> bytes:
@@ -229,6 +262,17 @@ def judge_h2(out: Outcome) -> list[Finding]:
     def finding(kind: str, detail: str) -> None:
         found.append(Finding(kind, detail, s.index))
 
+    if session.must_close:
+        # After a broken preface the proxy owes nothing but the end of the connection (it may even have
+        # answered in HTTP/1.1, having taken the bytes for an HTTP/1.1 request).
+        if out.stuck:
+            mutation = s.requests[0].mutation
+            if session.settings_seen and mutation.split(":")[1] in FRAME_LEVEL_PREFACES:
+                finding("lenient-preface", f"the proxy kept a connection whose preface is not followed by "
+                                           f"SETTINGS ({mutation}; RFC 9113 §3.4: a PROTOCOL_ERROR)")
+            else:
+                finding("stuck", f"no close {out.waited:.1f}s after a broken preface ({mutation})")
+        return found
     if session.problem:
         finding("malformed-response", session.problem)
     requests = {r.sid: r for r in s.requests}

@@ -43,6 +43,12 @@ def _ping_flood_on_first_read() -> Script:
     return _script(9001, [_request(1, "fz0-9001-0", "ping_flood", Expect.ANY, [f.ping() * 150], opens=False)])
 
 
+def _ping_before_settings() -> Script:
+    data = f.PREFACE + f.ping()
+    return Script(0, 9005, "h2", [Request("fz0-9005-p", data, Expect.ANY, "bad_preface:ping_first", opens=False)],
+                  [data])
+
+
 def _header_edit(index: int, name: bytes, value: bytes, mutation: str) -> Script:
     rid = f"fz0-{index}-0"
     t = H2Template(1, [(n, value if n == name else v) for n, v in base_headers(rid)])
@@ -62,6 +68,7 @@ def _window_update_zero() -> Script:
 REGRESSIONS = (
     Regression("rapid-reset-on-first-read", _rapid_reset_on_first_read(), "h2-preface-dropped"),
     Regression("ping-flood-on-first-read", _ping_flood_on_first_read(), "h2-preface-dropped"),
+    Regression("ping-before-settings", _ping_before_settings(), "h2-preface-lenient"),
     Regression("space-in-path", _header_edit(9002, b":path", b"/v/a b", "space_in_path"), "h2-path-not-checked"),
     Regression("method-not-token", _header_edit(9003, b":method", b"G T", "bad_method"), "h2-method-not-token"),
     Regression("crlf-in-path", _header_edit(9004, b":path", b"/v/x HTTP/1.1\r\nx-fz-smuggled: 1\r\nx: y",

@@ -24,6 +24,9 @@ KNOWN_BUGS = (
              "a connection ended on its first read (rapid reset, SETTINGS/PING flood) gets GOAWAY without the "
              "server's SETTINGS preface (RFC 9113 §3.4): H2Link.abort_connection clears h2's outbound buffer, "
              "which still holds the SETTINGS queued by connection_made"),
+    KnownBug("h2-preface-lenient", "lenient-preface", re.compile(r"ping_first|settings_ack_first"),
+             "a client preface followed by PING or SETTINGS ACK instead of SETTINGS is accepted (h2 does not "
+             "check it), where RFC 9113 §3.4 makes it a connection error PROTOCOL_ERROR"),
     KnownBug("h2-path-not-checked", "upstream-malformed", re.compile(r":path with control or space octets"),
              "an HTTP/2 request whose :path holds a space (or another octet no URI has) is forwarded as is, "
              "not refused as malformed"),
