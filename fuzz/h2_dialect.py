@@ -104,7 +104,8 @@ class Http2:
         by_piece = _requests_by_piece(script)
         # ACKs owed to the proxy go out only between frames: after the preamble, at the wait, and at the
         # end unless the script ends inside a frame (a reply would become part of it).
-        clean_end = not any(r.mutation in ("truncated_frame", "byte_noise") or _bad_preface(r) for r in script.requests)
+        clean_end = not any(r.mutation in ("truncated_frame", "byte_noise") or _bad_preface(r)
+                            for r in script.requests)
         session.must_close = bool(script.requests) and _bad_preface(script.requests[0])
         if session.must_close:
             # Bytes that are no preface are refused at once or by the head timeout (2 s); a preface with
@@ -131,7 +132,7 @@ class Http2:
         if clean_end:
             session.may_reply = True
             _reply(writer, session)
-        if not (out.closed or out.stuck or session.problem):
+        if not (out.closed or out.stuck or (session.problem and not session.must_close)):
             await _settle(reader, writer, session, out, sent, last_sent + patience)
         out.waited = time.monotonic() - last_sent
         out.sending = last_sent - first_sent
