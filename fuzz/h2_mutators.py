@@ -167,7 +167,11 @@ def _control_on_stream(rng: random.Random, t: H2Template) -> Broken:
 
 
 def _stream_ids(rng: random.Random, t: H2Template) -> Broken:
-    kind = rng.choice(("even", "decreasing", "reuse", "max"))
+    kind = rng.choice(("even", "decreasing", "reuse", "max", "data_idle", "window_idle"))
+    if kind in ("data_idle", "window_idle"):  # frames for a stream nobody opened yet (RFC 9113 §5.1)
+        idle = t.sid + 2 * rng.randint(1, 4)
+        bad = f.frame(f.DATA, 0, idle, b"idle") if kind == "data_idle" else f.window_update(idle, 100)
+        return Broken([bad, *t.frames()])
     if kind == "even":
         t.sid += 1
     elif kind == "max":
