@@ -15,7 +15,7 @@ help:
 	@echo "make demo    run the tutorial on a local mesh (network namespaces; needs root)"
 	@echo "make test    run the whole test suite (lint, type check, unit, integration, e2e)"
 	@echo "make bench   run the benchmarks and print a table of ratios"
-	@echo "make fuzz    fuzz a real meshbox-proxy (FUZZ_N=100000 requests, FUZZ_SEED=1) and print the findings"
+	@echo "make fuzz    fuzz a real meshbox-proxy over HTTP/1.1 and HTTP/2 (FUZZ_N=100000 requests, half each; FUZZ_SEED=1) and print the counts and findings"
 	@echo "make proto   regenerate meshbox.api from protos/"
 	@echo "make lint    ruff + mypy"
 	@echo "make images  build the container images (podman, else docker; IMAGES_ARGS=--local-base offline)"
@@ -61,7 +61,8 @@ demo: venv
 bench: venv
 	$(PY) bench/run.py
 
-# The external fuzz of the proxy (fuzz/, beside bench/); CI runs a smaller one in proxy/tests/test_fuzz.py.
+# The external fuzz of the proxy (fuzz/, beside bench/), HTTP/1.1 then HTTP/2 (h2c), FUZZ_N requests in all
+# (FUZZ_ARGS="--h2-share 0.3" or "--protocol h2" to change the split); CI runs a smaller one in proxy/tests/test_fuzz.py.
 FUZZ_N ?= 100000
 FUZZ_SEED ?= 1
 fuzz: venv

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import h11
 
+from .h2_capture import H2Upstream
+from .h2_frames import PREFACE
 from .hostile_responses import answer_for
 
 RAW_KEEP = 64 * 1024  # bytes of each upstream connection kept for reports
@@ -25,6 +27,8 @@ class Received:
     conn: int  # which upstream connection carried it
     index: int  # its position on that connection
     ids: tuple[str, ...] = ()  # every x-request-id it carried
+    protocol: str = "http/1.1"
+    problems: tuple[str, ...] = ()  # HTTP/2: why the request as received is malformed (RFC 9113 §8)
 
 
 @dataclass
@@ -34,7 +38,8 @@ class BackendStats:
 
 
 class CaptureBackend:
-    """An HTTP/1.1 server on 127.0.0.1 that records what it receives."""
+    """An HTTP/1.1 and h2c server on 127.0.0.1 (the HTTP/2 preface decides per connection) that records
+    what it receives."""
 
     def __init__(self) -> None:
         self.received: list[Received] = []
@@ -69,6 +74,8 @@ class _Upstream(asyncio.Protocol):
         self.busy = False  # a request is being answered (later or never): hold further bytes
         self.held = b""
         self.transport: asyncio.Transport | None = None
+        self.h2: H2Upstream | None = None
+        self.sniffed: bytes | None = b""  # first bytes, until they tell HTTP/2 from HTTP/1.1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -79,6 +86,18 @@ class _Upstream(asyncio.Protocol):
             raw += data[:RAW_KEEP - len(raw)]
         if self.transport is None or self.transport.is_closing():
             return  # closed after a parse error: the rest of the bytes are kept above, not parsed
+        if self.h2 is not None:
+            self.h2.receive(data)
+            return
+        if self.sniffed is not None:
+            self.sniffed += data
+            if PREFACE.startswith(self.sniffed):
+                return  # not enough to tell yet
+            data, self.sniffed = self.sniffed, None
+            if data.startswith(PREFACE):
+                self.h2 = H2Upstream(self.backend, self.conn, self.transport)
+                self.h2.receive(data)
+                return
         if self.busy:
             self.held += data
             return

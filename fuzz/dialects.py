@@ -1,19 +1,13 @@
-"""The protocols the fuzz speaks to the proxy, one ``Dialect`` each. HTTP/1.1 is the only one today.
-
-Extension point for HTTP/2 (issue #14): the proxy handles h2c at L7 now; an ``h2`` dialect (a
-module beside ``http1_dialect``, not written yet) that builds scripts of HTTP/2 frames (with the ``h2`` package for the
-well-formed parts, raw frames for the hostile ones: rapid reset, CONTINUATION flood, HPACK bomb, SETTINGS
-and PING floods, zero windows), runs them over a socket and judges each stream, then register it in
-``DIALECTS``. The capture backend, the proxy process and the whole-run oracle (crashes, stderr,
-smuggling by x-request-id) are protocol-neutral and stay as they are. Until it exists asking for ``h2``
-is an error saying so (the attack shapes are covered by proxy/tests/test_h2_attacks.py meanwhile).
-"""
+"""The protocols the fuzz speaks to the proxy, one ``Dialect`` each: HTTP/1.1 (``http1_dialect``) and
+HTTP/2 with prior knowledge (``h2_dialect``: frames and HPACK built by hand). The capture backend, the
+proxy process and the whole-run oracle (crashes, stderr, smuggling by x-request-id, what reached the
+backend) are shared by both."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .response_reader import Response
 from .wire import Request
@@ -31,6 +25,7 @@ class Script:
     half_close: bool = False  # shutdown(SHUT_WR) after the last piece
     sequential: bool = False  # wait for each answer before sending the next request (else pipelined)
     slow_pieces: bool = False  # pause a few milliseconds between pieces
+    wait_before: int = 0  # HTTP/2: before writing this piece, wait until the streams sent are settled
 
     @property
     def data(self) -> bytes:
@@ -51,6 +46,8 @@ class Outcome:
     sent: int = 0  # bytes the client managed to write
     sending: float = 0.0  # seconds from the first write to the last
     waited: float = 0.0  # seconds from the last byte sent to the end
+    answered: int = 0  # HTTP/2: streams that got a complete response
+    detail: Any = None  # what the dialect's judge needs beyond this (HTTP/2: the client's session)
 
 
 @dataclass
@@ -73,20 +70,32 @@ class Dialect(Protocol):
 
     def judge(self, outcome: Outcome) -> list[Finding]: ...
 
+    def rebuild(self, script: Script, keep: list[int], half_close: bool, whole: bool) -> Script:
+        """The script with only the requests at ``keep`` (for the minimiser); ``whole``: in one write."""
+        ...
+
+    def canary(self, seed: int, n: int) -> Script:
+        """A connection with one well-formed request that must be answered (the run's n-th health check)."""
+        ...
+
 
 def script_rng(seed: int, index: int) -> random.Random:
     """The random source of one script: a script can be rebuilt alone from (seed, index)."""
     return random.Random(f"meshbox-fuzz/{seed}/{index}")
 
 
+PROTOCOLS = ("http/1.1", "h2")
+ALIASES = {"http1": "http/1.1", "h1": "http/1.1", "h2c": "h2", "http/2": "h2", "http2": "h2"}
+
+
 def dialect(name: str) -> Dialect:
-    """The dialect called ``name``; a clear error for protocols the proxy does not handle at L7 yet."""
+    """The dialect called ``name`` (``http/1.1`` or ``h2``, or an alias such as ``h2c``)."""
+    from .h2_dialect import Http2
     from .http1_dialect import Http1
 
-    dialects: dict[str, Dialect] = {"http/1.1": Http1()}
-    if name in dialects:
-        return dialects[name]
-    if name in ("h2", "h2c", "http/2"):
-        raise NotImplementedError("HTTP/2 fuzzing is not implemented yet: the proxy speaks h2c at L7 (issue #14) "
-                                  "but no h2 dialect is written; add one here (see this module's docstring)")
-    raise ValueError(f"unknown protocol {name!r} (known: {', '.join(dialects)})")
+    name = ALIASES.get(name, name)
+    if name == "http/1.1":
+        return Http1()
+    if name == "h2":
+        return Http2()
+    raise ValueError(f"unknown protocol {name!r} (known: {', '.join(PROTOCOLS)})")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .capture_backend import CaptureBackend
 from .dialects import Dialect, Finding, Outcome, Script, dialect
+from .known_bugs import split_known
 from .oracle import judge_backend, judge_process
 from .proxy_process import ProxyProcess, start_proxy
 
@@ -32,9 +33,15 @@ class Report:
     closed_by_proxy: int = 0
     resets: int = 0  # of those, closes the client saw as a TCP reset (unread answers may be lost)
     backend_requests: int = 0
+    malformed_forwarded: int = 0  # broken requests whose id reached the backend (in a legal form, or a finding)
+    forwarded_mutations: dict[str, int] = field(default_factory=dict)  # those, by the mutation that broke them
+    goaways: int = 0  # HTTP/2: connections that got GOAWAY
+    stream_resets: int = 0  # HTTP/2: streams the proxy reset
+    canaries: int = 0  # health-check connections run beside the fuzz (each must be answered)
     elapsed: float = 0.0
     timed_out: bool = False  # the time bound stopped the run before the request count
     findings: list[Finding] = field(default_factory=list)
+    known: dict[str, int] = field(default_factory=dict)  # findings of known_bugs entries, by bug
     # Scripts in flight (or just finished) when the proxy's stderr grew: where to look for the culprit.
     stderr_suspects: list[int] = field(default_factory=list)
 
@@ -45,19 +52,32 @@ class Report:
         self.pipelined += len(script.requests) > 1 and not script.sequential
         self.sequential += script.sequential
         self.half_closed += script.half_close
-        self.answers += len(outcome.responses)
+        self.answers += len(outcome.responses) + outcome.answered
         self.closed_by_proxy += outcome.closed
         self.resets += outcome.reset
+        session = outcome.detail
+        if session is not None:
+            self.goaways += session.goaway is not None
+            self.stream_resets += sum(1 for st in session.streams.values() if st.reset is not None and not st.ended)
 
     def summary(self) -> str:
+        if self.protocol == "h2":
+            shape = (f"{self.pipelined} with several streams, {self.sequential} waiting for answers before a "
+                     f"broken stream")
+            ends = f"{self.goaways} GOAWAYs, {self.stream_resets} streams reset, "
+        else:
+            shape = f"{self.pipelined} pipelined, {self.sequential} sequential, {self.half_closed} half-closed"
+            ends = ""
         return (f"fuzz seed={self.seed} protocol={self.protocol} codec={self.codec}: {self.requests} requests "
                 f"({self.malformed} malformed, {self.requests - self.malformed} well-formed variants) on "
-                f"{self.connections} connections ({self.pipelined} pipelined, {self.sequential} sequential, "
-                f"{self.half_closed} half-closed); {self.answers} answers, {self.closed_by_proxy} connections closed "
-                f"by the proxy ({self.resets} seen as a reset), {self.backend_requests} requests at the backend; "
-                f"{self.elapsed:.1f}s"
+                f"{self.connections} connections ({shape}); {self.answers} answers, {ends}{self.closed_by_proxy} "
+                f"connections closed by the proxy ({self.resets} seen as a reset), {self.backend_requests} requests "
+                f"at the backend ({self.malformed_forwarded} of them broken ones, in a legal form), "
+                f"{self.canaries} canaries; {self.elapsed:.1f}s"
                 + ("; STOPPED BY THE TIME BOUND" if self.timed_out else "")
-                + f"; {len(self.findings)} findings")
+                + f"; {len(self.findings)} findings"
+                + (f" (and known proxy bugs: {', '.join(f'{k} x{n}' for k, n in sorted(self.known.items()))})"
+                   if self.known else ""))
 
     def by_kind(self) -> dict[str, list[Finding]]:
         groups: dict[str, list[Finding]] = defaultdict(list)
@@ -67,14 +87,17 @@ class Report:
 
 
 async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "httptools",
-                   protocol: str = "http/1.1", concurrency: int = 96, time_limit: float = 300.0) -> Report:
-    """Fuzz until ``requests`` requests were sent (or ``time_limit`` seconds passed), then judge the run."""
+                   protocol: str = "http/1.1", concurrency: int = 96, time_limit: float = 300.0,
+                   fail_on_known: bool = False) -> Report:
+    """Fuzz until ``requests`` requests were sent (or ``time_limit`` seconds passed), then judge the run.
+    Findings of bugs on record (``known_bugs``) are counted apart unless ``fail_on_known``."""
     speaker = dialect(protocol)
     report = Report(seed, codec, protocol, requests)
     backend = await CaptureBackend().start()
     proxy = await asyncio.to_thread(start_proxy, workdir, backend.port, codec)
     started = time.monotonic()
     active: dict[int, float] = {}  # script index -> when it ended (0.0: still running)
+    broken_ids: dict[str, str] = {}  # id -> mutation
     try:
         indexes = itertools.count()
 
@@ -84,6 +107,7 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
                     report.timed_out = True
                     return
                 script = speaker.script(seed, next(indexes))
+                broken_ids.update((r.rid, r.mutation) for r in script.requests if r.malformed)
                 report.requests += len(script.requests)  # counted when made, so workers stop at the target
                 active[script.index] = 0.0
                 outcome = await speaker.run(script, proxy.port)
@@ -93,10 +117,12 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
                 report.findings += speaker.judge(outcome)
 
         watcher = asyncio.create_task(_watch_stderr(proxy, active, report))
+        canaries = asyncio.create_task(_canaries(speaker, seed, proxy.port, report))
         try:
             await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
             watcher.cancel()
+            canaries.cancel()
         report.elapsed = time.monotonic() - started
         await asyncio.sleep(0.2)  # let the last exchanges reach the log
         report.findings += await asyncio.to_thread(judge_process, proxy)
@@ -104,8 +130,25 @@ async def run_fuzz(requests: int, seed: int, workdir: Path, *, codec: str = "htt
         await asyncio.to_thread(proxy.stop)
         backend.close()
     report.backend_requests = len(backend.received)
+    for r in backend.received:
+        mutation = broken_ids.get(r.rid or "")
+        if mutation is not None:
+            report.malformed_forwarded += 1
+            report.forwarded_mutations[mutation] = report.forwarded_mutations.get(mutation, 0) + 1
     report.findings += judge_backend(backend, proxy.access_log.read_bytes())
+    if not fail_on_known:
+        report.findings, report.known = split_known(report.findings)
     return report
+
+
+async def _canaries(speaker: Dialect, seed: int, port: int, report: Report) -> None:
+    """Every second, a connection with one well-formed request beside the fuzz: it must be answered
+    (whatever the fuzzed connections did, other clients keep being served)."""
+    for n in itertools.count():
+        await asyncio.sleep(1.0)
+        outcome = await speaker.run(speaker.canary(seed, n), port)
+        report.canaries += 1
+        report.findings += [Finding("canary", f"canary {n} ({f.kind}): {f.detail}") for f in speaker.judge(outcome)]
 
 
 async def _watch_stderr(proxy: ProxyProcess, active: dict[int, float], report: Report) -> None:

@@ -11,13 +11,14 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from .dialects import Finding, Outcome, Script, script_rng
 from .hostile_responses import FORGED_ID
 from .proxy_process import ROUTE_TIMEOUT, SETTLE
 from .request_mutators import mutated_request, valid_request
 from .response_reader import MalformedResponse, ResponseReader
-from .wire import Expect, Request
+from .wire import Expect, Request, Template
 
 _SCRIPT_ID = re.compile(rb"fz(\d+)-(\d+)-\d+s?$")
 PIPELINE_LENGTHS = (0, 0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 8, 10, 16, 24)
@@ -89,6 +90,17 @@ class Http1:
 
     def judge(self, outcome: Outcome) -> list[Finding]:
         return judge_http1(outcome)
+
+    def rebuild(self, script: Script, keep: list[int], half_close: bool, whole: bool) -> Script:
+        requests = [script.requests[i] for i in keep]
+        pieces = [r.data for r in requests] if script.sequential or not whole else [b"".join(r.data for r in requests)]
+        return replace(script, requests=requests, pieces=pieces, half_close=half_close)
+
+    def canary(self, seed: int, n: int) -> Script:
+        rid = f"fz{seed}-canary{n}-0"
+        data = Template(target=b"/v/" + rid.encode(), headers=[(b"host", b"svc"), (b"x-request-id", rid.encode())]
+                        ).serialize()
+        return Script(seed, -1, self.name, [Request(rid, data, Expect.BACKEND, "valid:canary")], [data])
 
 
 def _first_malformed(requests: list[Request]) -> int:

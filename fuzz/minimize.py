@@ -9,14 +9,9 @@ from pathlib import Path
 
 from .dialects import Dialect, Finding, Script, dialect
 from .driver import Report, run_scripts, stderr_trouble
+from .h2_client import PREAMBLE
 
 STDERR_SUSPECTS = 200  # scripts replayed, at most, to find those that make the proxy print a traceback
-
-
-def _smaller(script: Script, keep: list[int], *, half_close: bool, whole: bool) -> Script:
-    requests = [script.requests[i] for i in keep]
-    pieces = [r.data for r in requests] if script.sequential or not whole else [b"".join(r.data for r in requests)]
-    return replace(script, requests=requests, pieces=pieces, half_close=half_close)
 
 
 async def _shows(script: Script, kind: str, speaker: Dialect, workdir: Path, codec: str) -> bool:
@@ -27,27 +22,37 @@ async def _shows(script: Script, kind: str, speaker: Dialect, workdir: Path, cod
 async def minimal(seed: int, finding: Finding, speaker: Dialect, workdir: Path, codec: str,
                   budget: float) -> tuple[Script, bool]:
     """The smallest variant of the finding's script that still shows it, and whether it reproduced alone
-    at all (False: the original script, which needs the concurrency of the full run)."""
+    at all (False: the original script, which needs the concurrency of the full run). Requests are
+    dropped in halves, then quarters, ... down to one at a time (as delta debugging does), so a script
+    of 90 HTTP/2 streams shrinks within a few dozen replays."""
     assert finding.conn is not None
     script = speaker.script(seed, finding.conn)
     stop = time.monotonic() + budget
-    if not await _shows(script, finding.kind, speaker, workdir, codec):
-        return script, False
     keep = list(range(len(script.requests)))
     half_close = script.half_close
     best = script
+    if not await _shows(script, finding.kind, speaker, workdir, codec):
+        # Written all at once, the proxy reads it in one go, as it may under the load of the full run.
+        best = speaker.rebuild(script, keep, half_close, True)
+        if not await _shows(best, finding.kind, speaker, workdir, codec):
+            return script, False
     for flag in (False, True):  # first: can it go in one write, without the half-close?
-        candidate = _smaller(script, keep, half_close=half_close and flag, whole=True)
+        candidate = speaker.rebuild(script, keep, half_close and flag, True)
         if time.monotonic() < stop and await _shows(candidate, finding.kind, speaker, workdir, codec):
             best, half_close = candidate, candidate.half_close
             break
-    for i in reversed(range(len(script.requests))):
-        if time.monotonic() > stop or len(keep) == 1:
+    chunk = max(1, len(keep) // 2)
+    while time.monotonic() < stop and len(keep) > 1:
+        at = len(keep) - chunk
+        while at >= 0 and time.monotonic() < stop and len(keep) > 1:
+            trial = keep[:at] + keep[at + chunk:]
+            candidate = speaker.rebuild(script, trial, half_close, best is not script)
+            if trial and await _shows(candidate, finding.kind, speaker, workdir, codec):
+                keep, best = trial, candidate
+            at -= chunk
+        if chunk == 1:
             break
-        trial = [k for k in keep if k != i]
-        candidate = _smaller(script, trial, half_close=half_close, whole=best is not script)
-        if await _shows(candidate, finding.kind, speaker, workdir, codec):
-            keep, best = trial, candidate
+        chunk //= 2
     return best, True
 
 
@@ -75,9 +80,17 @@ def show(script: Script) -> str:
              f"{', half-closed' if script.half_close else ''}, {len(script.pieces)} writes):"]
     if len(script.pieces) > 1:
         lines.append(f"    written in pieces of {', '.join(str(len(p)) for p in script.pieces)} bytes")
+    if script.protocol == "h2":
+        lines.append(f"    preface and SETTINGS: {script.pieces[0][:len(PREAMBLE)]!r}")
     for r in script.requests:
+        if r.sid and not r.malformed and len(script.requests) > 3:
+            # HTTP/2: a long script's well-formed streams in brief (rebuild them with --replay).
+            lines.append(f"    [stream {r.sid}, {r.mutation}, expects {r.expect.value}] {len(r.data)} bytes: "
+                         f"{r.data[:60]!r}...")
+            continue
         data = r.data if len(r.data) <= 600 else r.data[:500] + b"...<%d bytes>..." % len(r.data) + r.data[-60:]
-        lines.append(f"    [{r.mutation}, expects {r.expect.value}] {data!r}")
+        stream = f"stream {r.sid}, " if r.sid else ""
+        lines.append(f"    [{stream}{r.mutation}, expects {r.expect.value}] {data!r}")
     return "\n".join(lines)
 
 

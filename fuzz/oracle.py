@@ -66,9 +66,14 @@ def judge_backend(backend: CaptureBackend, access_log: bytes) -> list[Finding]:
                                               f"handled it {logged[r.rid.encode('latin-1')]} times ({where})",
                                  script_of(r, backend)))
             seen[r.rid] = 0  # reported once
+    for r in backend.received:
+        if r.problems:
+            found.append(Finding("upstream-malformed", f"the proxy forwarded an HTTP/2 request no HTTP/2 client may "
+                                                       f"send ({'; '.join(r.problems)}); upstream connection "
+                                                       f"{r.conn}, id {r.rid!r}", script_of(r, backend)))
     for conn, complaint in backend.stats.parse_errors:
         last = next((r for r in reversed(backend.received) if r.conn == conn), None)
-        found.append(Finding("upstream-garbage", f"the proxy sent bytes a strict HTTP/1.1 parser rejects on upstream "
+        found.append(Finding("upstream-garbage", f"the proxy sent bytes a strict parser (h11, h2) rejects on upstream "
                                                  f"connection {conn}: {complaint}; bytes: "
                                                  f"{backend.raw_bytes(conn)[-300:]!r}",
                              script_of(last, backend) if last else None))

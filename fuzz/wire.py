@@ -73,6 +73,12 @@ class Request:
     may_close: bool = False  # the proxy may close the connection after (or instead of) answering it
     last: bool = False  # it asks the proxy to close after it: a client sends nothing more (RFC 9112 §9.6)
     embedded: tuple[str, ...] = ()  # ids of requests hidden in its body as smuggling bait
+    # HTTP/2 only: the stream it opens, its frames (each header block one unit), and whether the proxy
+    # must settle that stream (answer, reset, or GOAWAY): not when the client reset it or the proxy
+    # cannot have read it as a stream (a truncated frame, a length that swallows what follows).
+    sid: int = 0
+    frames: tuple[bytes, ...] = ()
+    opens: bool = True
 
     @property
     def malformed(self) -> bool:
