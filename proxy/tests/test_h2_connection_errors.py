@@ -128,6 +128,37 @@ def test_goaway_names_the_last_stream_the_peer_opened() -> None:
     refuses(conn, frame(PING, 0, 0, b"short"), FRAME_SIZE_ERROR, "PING payload", 7)
 
 
+def test_the_first_frame_after_the_preface_must_be_settings() -> None:
+    """RFC 9113 3.4 (found by the fuzz): a PING or a SETTINGS ACK first is a PROTOCOL_ERROR."""
+    for first in (frame(PING, 0, 0, bytes(8)), frame(SETTINGS, 1, 0)):
+        conn = H2Connection(False, {})
+        conn.initiate_connection()
+        conn.data_to_send()
+        refuses(conn, PREFACE + first, PROTOCOL_ERROR, "first frame is not SETTINGS")
+
+
+def test_a_connection_refused_on_its_first_read_still_sends_its_settings_first() -> None:
+    """The caller drops what is queued before its GOAWAY (``clear_outbound_data_buffer``): the proxy's own
+    SETTINGS stays, so the GOAWAY is not the first frame the peer sees (found by the fuzz)."""
+    conn = H2Connection(False, {MAX_CONCURRENT_STREAMS: 7})
+    conn.initiate_connection()
+    conn.receive_data(PREFACE + frame(SETTINGS, 0, 0) + frame(PING, 0, 0, bytes(8)))
+    conn.clear_outbound_data_buffer()
+    conn.close_connection(ENHANCE_YOUR_CALM)
+    frames = split_frames(conn.data_to_send())
+    assert frames[0] == Frame(SETTINGS, 0, 0, setting(MAX_CONCURRENT_STREAMS, 7))
+    assert frames[1:] == [Frame(GOAWAY, 0, 0, u32(0) + u32(ENHANCE_YOUR_CALM))]
+    # Once sent, the greeting is not sent again.
+    conn.clear_outbound_data_buffer()
+    assert conn.data_to_send() == b""
+
+
+def test_priority_of_the_wrong_size_on_an_idle_stream_ends_the_connection() -> None:
+    """No RST_STREAM may name an idle stream, so the FRAME_SIZE_ERROR takes the connection (found by the
+    fuzz: the stream was reset, then opened by its HEADERS and answered after its reset)."""
+    refuses(_open(), frame(PRIORITY, 0, 15, bytes(2)), FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes", 1)
+
+
 def test_bad_preface() -> None:
     for start in (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", b"PRX"):
         conn = H2Connection(False, {})
@@ -214,6 +245,15 @@ _BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/")]
     [(b":method", b"CONNECT"), (b":authority", b"a:443"), (b":path", b"/")],
     [(b":method", b"CONNECT")],
     [*_BASE[:2], (b":path", b"/\r\nx")],
+    # Pseudo-headers that would not make a valid HTTP/1.1 request line or Host (found by the fuzz).
+    [*_BASE[:2], (b":path", b"/v/a b")],
+    [*_BASE[:2], (b":path", b"/caf\xc3\xa9")],
+    [*_BASE[:2], (b":path", b"relative")],
+    [(b":method", b"G T"), *_BASE[1:]],
+    [(b":method", b""), *_BASE[1:]],
+    [_BASE[0], (b":scheme", b"ht tp"), _BASE[2]],
+    [*_BASE, (b":authority", b"a b")],
+    [*_BASE, (b":authority", b"host/path")],
 ], ids=lambda h: repr(h[-1]))
 def test_malformed_request_heads_are_reset(headers: list[tuple[bytes, bytes]]) -> None:
     conn = _open()

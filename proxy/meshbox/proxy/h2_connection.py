@@ -41,6 +41,7 @@ class H2Connection(H2Receiver):
         if self.client:
             self.out.append(PREFACE)
         self.out.append(frame(SETTINGS, 0, 0, payload))
+        self.greeting = len(self.out)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
@@ -48,10 +49,13 @@ class H2Connection(H2Receiver):
             return b""
         data = b"".join(self.out)
         self.out.clear()
+        self.greeting = 0
         return data
 
     def clear_outbound_data_buffer(self) -> None:
-        self.out.clear()
+        """Drop what is queued, except the proxy's preface and first SETTINGS: a GOAWAY must not be the
+        first frame the peer sees (RFC 9113 3.4)."""
+        del self.out[self.greeting:]
 
     def get_next_available_stream_id(self) -> int:
         if self.next_stream_id > MAX_WINDOW:

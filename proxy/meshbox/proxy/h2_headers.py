@@ -17,6 +17,12 @@ from meshbox.proxy.h2_events import Headers
 
 NO_LENGTH: Final = -1
 _TOKEN: Final = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+# What the request pseudo-headers may hold, so that they make a valid HTTP/1.1 request line and Host
+# (RFC 9110 5.6.2 token, RFC 3986 scheme, authority and path characters).
+_METHOD_OK: Final = _TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SCHEME_OK: Final = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-."
+_AUTHORITY_OK: Final = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]")
+_PATH_OK: Final = bytes(range(0x21, 0x7F))
 # Every byte but NUL, CR and LF: what translate() deletes from a value leaves only the forbidden ones.
 _VALUE_OK: Final = bytes(b for b in range(256) if b not in (0, 10, 13))
 _CONNECTION_SPECIFIC: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -97,12 +103,9 @@ def check_request(headers: Headers) -> int:
             if seen & bit:
                 raise Malformed(f"pseudo-header {name.decode()} twice")
             seen |= bit
-            if value.translate(None, _VALUE_OK):
-                raise Malformed(f"pseudo-header {name.decode()} holds NUL, CR or LF")
+            _check_pseudo(bit, value)
             if bit == _METHOD:
                 method = value
-            elif bit == _PATH and not value:
-                raise Malformed("empty :path")
         else:
             regular = True
             length = _regular(name, value, length)
@@ -112,6 +115,20 @@ def check_request(headers: Headers) -> int:
     elif seen & (_METHOD | _SCHEME | _PATH) != _METHOD | _SCHEME | _PATH:
         raise Malformed("request without :method, :scheme or :path")
     return length
+
+
+def _check_pseudo(bit: int, value: bytes) -> None:
+    if bit == _PATH:
+        if value.translate(None, _PATH_OK) or not (value[:1] == b"/" or value == b"*"):
+            raise Malformed(f":path {value[:40]!r} is not an origin-form path or *")
+    elif bit == _METHOD:
+        if not value or value.translate(None, _METHOD_OK):
+            raise Malformed(f":method {value[:40]!r} is not a token")
+    elif bit == _AUTHORITY:
+        if value.translate(None, _AUTHORITY_OK):
+            raise Malformed(f":authority {value[:40]!r} holds characters no host and port has")
+    elif not value or value.translate(None, _SCHEME_OK):
+        raise Malformed(f":scheme {value[:40]!r} is not a scheme")
 
 
 def check_response(headers: Headers) -> tuple[int, int]:

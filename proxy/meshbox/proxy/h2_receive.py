@@ -101,6 +101,10 @@ class H2Receiver(H2State):
         return events
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes, events: list[Event]) -> None:
+        if self.settings_due:
+            if kind != SETTINGS or flags & ACK:
+                raise ConnectionFailure(PROTOCOL_ERROR, "the first frame is not SETTINGS")
+            self.settings_due = False
         if self.block_sid and kind != CONTINUATION:
             raise ConnectionFailure(PROTOCOL_ERROR, "a header block was interrupted by another frame")
         if kind == DATA:
@@ -134,7 +138,11 @@ class H2Receiver(H2State):
             if not sid:
                 raise ConnectionFailure(PROTOCOL_ERROR, "PRIORITY on stream 0")
             if len(payload) != 5:
-                self._stream_error(sid, FRAME_SIZE_ERROR, events)
+                if sid in self.streams:
+                    self._stream_error(sid, FRAME_SIZE_ERROR, events)
+                elif self._idle(sid):
+                    # No RST_STREAM may name an idle stream: the error takes the connection (RFC 9113 5.4.1).
+                    raise ConnectionFailure(FRAME_SIZE_ERROR, "PRIORITY payload is not 5 bytes")
         elif kind == PUSH_PROMISE:
             raise ConnectionFailure(PROTOCOL_ERROR, "PUSH_PROMISE (push is not allowed)")
 

@@ -77,6 +77,10 @@ class H2State:
         self.out: list[bytes] = []
         self.pending = b""
         self.preface_due = not client
+        # The peer's first frame must be a SETTINGS (RFC 9113 3.4).
+        self.settings_due = True
+        # Entries of ``out`` that are the proxy's own preface and first SETTINGS, not handed out yet.
+        self.greeting = 0
         self.goaway_received = False
         self.failed = False
         # A header block being continued: its stream, fragments, END_STREAM flag and frame count.
