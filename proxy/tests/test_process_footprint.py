@@ -165,10 +165,11 @@ def test_stand_in_is_not_installed_once_asyncio_is_loaded() -> None:
     assert sys.modules["ssl"] is ssl and hasattr(ssl, "OPENSSL_VERSION")
 
 
-async def _loaded_modules(kit: Any, config: Any, tmp_path: Path, port: int,
-                          targets: list[str]) -> tuple[list[int], set[str]]:
-    """Run the proxy command with ``config`` (written to a --config file), send a GET for each target
-    through ``port``, quit it through the admin API: the statuses, and the modules the proxy had loaded."""
+async def _loaded_modules(kit: Any, config: Any, tmp_path: Path, port: int, targets: list[str],
+                          *args: str) -> tuple[list[int], set[str]]:
+    """Run the proxy command with ``config`` (written to a --config file) and ``args``, send a GET for
+    each target through ``port``, quit it through the admin API: the statuses, and the modules the proxy
+    had loaded."""
     from google.protobuf import json_format
 
     config_path = tmp_path / f"modules-{port}.yaml"
@@ -176,7 +177,7 @@ async def _loaded_modules(kit: Any, config: Any, tmp_path: Path, port: int,
     listing = tmp_path / f"modules-{port}.txt"
     with (tmp_path / f"modules-{port}.log").open("w") as out:
         proc = subprocess.Popen([sys.executable, "-c", _WITH_MODULE_LIST, str(listing), "--config", str(config_path),
-                                 "--admin-port", "0", "--outbound-port", "0"],
+                                 "--admin-port", "0", "--outbound-port", "0", *args],
                                 stdout=out, stderr=subprocess.PIPE, text=True)
     try:
         admin = await asyncio.to_thread(kit.admin_port, proc)
@@ -194,9 +195,24 @@ async def _loaded_modules(kit: Any, config: Any, tmp_path: Path, port: int,
     return statuses, set(listing.read_text().split())
 
 
+def _workload_certificate(directory: Path) -> Path:
+    """A workload certificate directory (the agent's three files) for ``--cert-dir``."""
+    from conftest import Pki  # type: ignore[import-not-found]  # the root conftest's test PKI
+
+    pki = Pki()
+    root, root_key = pki.root("footprint root")
+    leaf, key = pki.leaf(root, root_key, uris=("spiffe://cluster.local/ns/default/sa/footprint",))
+    directory.mkdir()
+    (directory / "key.pem").write_bytes(pki.key_pem(key))
+    (directory / "cert-chain.pem").write_bytes(pki.pem(leaf))
+    (directory / "root-cert.pem").write_bytes(pki.pem(root))
+    return directory
+
+
 def test_config_driven_modules_load_only_for_a_config_that_uses_them(kit: Any, tmp_path: Path) -> None:
     """A plain HTTP config leaves the resilience, route-action and authorization modules out of the
-    proxy process; a config with retries, circuit breakers, outlier detection, consistent hashing,
+    proxy process (one with a workload certificate: TLS loaded, the stand-in not even imported); a config
+    with retries, circuit breakers, outlier detection, consistent hashing,
     header operations, a rate limit and an authorization policy has them loaded, and works."""
     route = {"clusters": [{"cluster": "a", "weight": 100}],
              "retries": {"attempts": 2, "retry_on": ["5xx"]},
@@ -210,7 +226,8 @@ def test_config_driven_modules_load_only_for_a_config_that_uses_them(kit: Any, t
         try:
             port = kit.free_port()
             plain = kit.http_config(port, {"a": [backend.port]})
-            plain_statuses, plain_modules = await _loaded_modules(kit, plain, tmp_path, port, ["/"])
+            plain_statuses, plain_modules = await _loaded_modules(
+                kit, plain, tmp_path, port, ["/"], "--cert-dir", str(_workload_certificate(tmp_path / "certs")))
             port = kit.free_port()
             used = kit.http_config(port, {"a": [backend.port]}, routes=[route], direction="INBOUND", lb="RING_HASH")
             used.listeners[0].authorization_policies.add().CopyFrom(_message(deny, "NamedAuthorizationPolicy"))
@@ -225,8 +242,8 @@ def test_config_driven_modules_load_only_for_a_config_that_uses_them(kit: Any, t
 
     plain_statuses, plain_modules, used_statuses, used_modules = kit.run(main())
     assert plain_statuses == [200]
-    assert "meshbox.proxy.http_proxy" in plain_modules and "meshbox.proxy.snapshot" in plain_modules
-    unexpected = plain_modules & {*CONFIG_DRIVEN, *NEVER_IN_PROXY}
+    assert {"meshbox.proxy.http_proxy", "meshbox.proxy.workload_tls", "ssl"} <= plain_modules
+    unexpected = plain_modules & {*CONFIG_DRIVEN, *NEVER_IN_PROXY, "meshbox.proxy.tls_stand_in"}
     assert not unexpected, sorted(unexpected)
     assert used_statuses == [200, 403]
     assert set(CONFIG_DRIVEN) <= used_modules, sorted(set(CONFIG_DRIVEN) - used_modules)
