@@ -14,8 +14,11 @@ request of the meshbox pair with mTLS vs in plaintext (target <= 1.3x), requests
 connection each, so one (resumed) TLS handshake between the proxies per request, vs nginx doing
 the same (target >= 0.5x; the meshbox client side is an L4 listener, the only way it opens an
 upstream connection per request), and the resident memory of the server-side meshbox proxy with
-TLS loaded vs without (target <= 30 MB). MESHBOX_BENCH_SECONDS
-(default 5) sets the length of each wrk run.
+TLS loaded vs without (target <= 30 MB). MESHBOX_BENCH_SECONDS (default 5) sets the length of each
+pair's measurement. Every pair gets a one-second warm-up run first (the keep-alive rows then measure
+established connections, not handshakes), and the two pairs the CPU row compares are measured
+alternately, half the time each (mTLS, plaintext, plaintext, mTLS), so that drift in the machine's
+load weighs on both.
 """
 
 from __future__ import annotations
@@ -148,16 +151,49 @@ def _pairs(tmp: Path, backend: int, cpu: int, stack: contextlib.ExitStack) -> li
     return pairs
 
 
-def _wrk_new_connections(port: int, cpu: int) -> WrkResult:
+def _wrk_new_connections(port: int, cpu: int, seconds: int) -> WrkResult:
     """wrk with ``Connection: close``: every request on a new client connection, so the client proxy opens
     a new TLS connection to the server proxy for each (meshbox: its L4 listener; nginx: upstream
     ``keepalive_requests 1``)."""
-    argv = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency",
+    argv = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency",
             "-H", "Connection: close", f"http://127.0.0.1:{port}/"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=SECONDS + 30)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[:500]}")
     return parse_wrk_output(done.stdout)
+
+
+@dataclass
+class Load:
+    """What the runs of one pair added up to: requests, seconds of wrk, CPU seconds of both its proxies."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+
+
+def _run(key: str, pair: Pair, client_cpu: int, seconds: int, load: Load) -> None:
+    """One wrk run through ``pair``, added to ``load`` (both proxies' CPU: the client and the server leg)."""
+    before = tree_cpu_seconds(pair.client.pid) + tree_cpu_seconds(pair.server.pid)
+    if key.endswith("-newconn"):
+        result = _wrk_new_connections(pair.client.port, client_cpu, seconds)
+    else:
+        result = run_wrk(pair.client.port, CONNECTIONS, seconds, client_cpu)
+    used = tree_cpu_seconds(pair.client.pid) + tree_cpu_seconds(pair.server.pid) - before
+    if result.non_2xx or result.socket_errors:
+        raise BenchError(f"{key}: {result.non_2xx} non-2xx answers, {result.socket_errors} socket errors")
+    load.requests += result.requests
+    load.seconds += result.duration_s
+    load.cpu += used
+
+
+def _schedule(keys: list[str]) -> list[tuple[str, int]]:
+    """The measured runs: the two meshbox keep-alive pairs that the CPU row compares alternate (mTLS,
+    plaintext, plaintext, mTLS; half the time each), so a change in the machine's load weighs on both
+    alike; the other pairs run once."""
+    half = max(1, math.ceil(SECONDS / 2))
+    compared = [("meshbox-mtls", half), ("meshbox-plain", half), ("meshbox-plain", half), ("meshbox-mtls", half)]
+    return compared + [(key, SECONDS) for key in keys if key not in ("meshbox-mtls", "meshbox-plain")]
 
 
 def _row(metric: str, value: float, unit: str, baseline: str, baseline_value: float, target: str,
@@ -176,19 +212,15 @@ def rows() -> list[dict[str, object]]:
         stack.callback(backend.stop)
         wait_until_serving(backend)
         pairs = {p.key: p for p in _pairs(tmp, backend.port, proxy_cpu, stack)}
-        rps: dict[str, float] = {}
-        cpu_us: dict[str, float] = {}
+        # A warm-up run per pair first: the keep-alive rows then count requests on established
+        # connections only, not the TLS handshakes between the proxies (nor first-use costs).
         for key, pair in pairs.items():
-            before = tree_cpu_seconds(pair.client.pid) + tree_cpu_seconds(pair.server.pid)
-            if key.endswith("-newconn"):
-                result = _wrk_new_connections(pair.client.port, client_cpu)
-            else:
-                result = run_wrk(pair.client.port, CONNECTIONS, SECONDS, client_cpu)
-            used = tree_cpu_seconds(pair.client.pid) + tree_cpu_seconds(pair.server.pid) - before
-            if result.non_2xx or result.socket_errors:
-                raise BenchError(f"{key}: {result.non_2xx} non-2xx answers, {result.socket_errors} socket errors")
-            rps[key] = result.rps
-            cpu_us[key] = used / max(result.requests, 1) * 1e6
+            _run(key, pair, client_cpu, 1, Load())
+        loads = {key: Load() for key in pairs}
+        for key, seconds in _schedule(list(pairs)):
+            _run(key, pairs[key], client_cpu, seconds, loads[key])
+        rps = {key: load.requests / load.seconds for key, load in loads.items()}
+        cpu_us = {key: load.cpu / max(load.requests, 1) * 1e6 for key, load in loads.items()}
         rss = {key: tree_rss_bytes(pairs[key].server.pid) / 1e6 for key in ("meshbox-mtls", "meshbox-plain")}
     through = rps["meshbox-mtls"] / rps["nginx-mtls"]
     cpu_ratio = cpu_us["meshbox-mtls"] / cpu_us["meshbox-plain"]

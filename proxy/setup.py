@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import runpy
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 
 def _ext_modules() -> list:
@@ -18,18 +18,21 @@ def _ext_modules() -> list:
         return []
     from mypyc.build import mypycify
 
+    # glibc's malloc_trim and mallopt without ctypes (startup_memory falls back to ctypes without it).
+    glibc_malloc = Extension("meshbox.proxy.glibc_malloc", ["meshbox/proxy/glibc_malloc.c"])
+
     hot_path = runpy.run_path("meshbox/proxy/hot_path.py")["HOT_PATH"]
     # mypy's flags first. Explicit package bases: "meshbox" is a namespace package rooted here (the
     # build must not depend on a mypy config found in a parent directory). Missing imports (meshbox.api
     # when this distribution is built alone) are typed as Any rather than failing the build.
-    return mypycify(
+    return [glibc_malloc, *mypycify(
         ["--explicit-package-bases", "--ignore-missing-imports", "--python-version", "3.11",
          *(name.replace(".", "/") + ".py" for name in hot_path)],
         opt_level="3",
         debug_level="0",
         # The runtime library shared by the compiled modules: meshbox/proxy/hot_path__mypyc*.so.
         group_name="meshbox.proxy.hot_path",
-    )
+    )]
 
 
 setup(ext_modules=_ext_modules())

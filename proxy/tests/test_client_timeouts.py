@@ -10,7 +10,7 @@ from typing import Any
 import h11
 import pytest
 
-from meshbox.proxy.retry_policy import RETRY_BODY_LIMIT
+from meshbox.proxy.attempt_outcomes import RETRY_BODY_LIMIT
 
 
 def _flag_of(kit: Any, line: str) -> tuple[int, str]:

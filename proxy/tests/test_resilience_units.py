@@ -7,13 +7,14 @@ import random
 from collections import Counter
 
 from meshbox.api.retry_on import GRPC_RETRY_ON
+from meshbox.proxy.attempt_outcomes import CONNECT_FAILURE, NO_ANSWER, RESET, TRY_TIMEOUT
 from meshbox.proxy.circuit_breaker import BreakerSettings, ClusterLimits
 from meshbox.proxy.cluster_resilience import ClusterGuard, ResilienceSettings
 from meshbox.proxy.consistent_hash import COOKIE, HashKey, HashRing, client_ip, cookie_value
 from meshbox.proxy.load_balancer import random_choice
 from meshbox.proxy.metrics import Stats
-from meshbox.proxy.outlier_detection import NO_ANSWER, OutlierDetector, OutlierSettings
-from meshbox.proxy.retry_policy import CONNECT_FAILURE, RESET, TRY_TIMEOUT, compile_retry_policy
+from meshbox.proxy.outlier_detection import OutlierDetector, OutlierSettings
+from meshbox.proxy.retry_policy import compile_retry_policy
 from meshbox.proxy.snapshot import make_picker
 from meshbox.proxy.upstream_hosts import UpstreamHost
 

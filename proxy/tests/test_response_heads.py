@@ -66,3 +66,12 @@ def test_response_heads_byte_for_byte(kit: Any, tmp_path: Path, codec: str) -> N
         assert data10.endswith(b"\r\n\r\nnope")
 
     kit.run(main())
+
+
+def test_reason_phrases_are_those_of_http_status() -> None:
+    """The proxy's own table (kept out of the proxy's memory: no enum) says what http.HTTPStatus says."""
+    from http import HTTPStatus
+
+    from meshbox.proxy.codec.reason_phrases import REASONS
+
+    assert {s.value: s.phrase.encode() for s in HTTPStatus} == REASONS

@@ -265,7 +265,7 @@ def test_unappliable_actions_are_refused(kit: Any, field: str, value: Any, error
 
 
 def test_mirror_copies_bodies_up_to_the_limit(kit: Any, tmp_path: Path) -> None:
-    from meshbox.proxy.route_actions import MIRROR_BODY_LIMIT
+    from meshbox.proxy.attempt_outcomes import MIRROR_BODY_LIMIT
 
     async def main() -> tuple[list[Any], Any, str]:
         main_backend = await kit.Backend("main").start()

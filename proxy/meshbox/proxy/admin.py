@@ -7,14 +7,12 @@ browser visit cannot reconfigure or stop the proxy.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Protocol
 
 from meshbox.proxy.codec import get_codec
 from meshbox.proxy.codec.events import END, Body, ProtocolError, RequestHead
 from meshbox.proxy.codec.heads import reason_phrase
 from meshbox.proxy.codec.writer import response_head_bytes
-from meshbox.proxy.compile_child import compile_in_child
 from meshbox.proxy.listen_socket import listening_socket
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.snapshot import ConfigRejected, Snapshot, Workload
@@ -146,6 +144,8 @@ class AdminServer:
             if not request_id:
                 return _reply(400, b"say which request: /requests?id=X-REQUEST-ID\n")
             found = await c.requests(request_id)
+            import json  # admin-only, as below: kept out of the proxy until an operator asks
+
             return _reply(200, json.dumps({"requests": found}, indent=2).encode() + b"\n", b"application/json")
         if path == b"/drain_listeners":
             await c.drain()
@@ -159,6 +159,8 @@ class AdminServer:
 
     async def _apply(self, body: bytes | bytearray) -> list[bytes]:
         try:
+            from meshbox.proxy.compile_child import compile_in_child
+
             snapshot = await compile_in_child(body, self.workload)
             version = await self.controller.apply(snapshot)
         except ConfigRejected as exc:
@@ -169,5 +171,7 @@ class AdminServer:
 def config_dump(config: bytes | None, version: int, ports: dict[str, int]) -> bytes:
     """The body of GET /config_dump: ``version``, the actual ``ports`` and the applied ``config`` (the
     ProxyConfig as JSON, pre-serialized in the compiling child: Snapshot.dump)."""
+    import json
+
     head = json.dumps({"version": version, "ports": ports}, indent=2)[:-2]
     return b'%s,\n  "config": %s\n}\n' % (head.encode(), b"null" if config is None else config)

@@ -35,6 +35,10 @@ class BreakerSettings:
         return bool(self.max_connections or self.max_requests or self.budget_percent is not None)
 
 
+# The settings of a cluster without circuit breakers of its own.
+NO_LIMITS = BreakerSettings()
+
+
 class ClusterLimits:
     """The counts behind a cluster's limits (one per cluster of a serving snapshot).
 

@@ -7,11 +7,10 @@ Clusters without any of these have no guard: the exchange core tests one attribu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from meshbox.proxy.circuit_breaker import BreakerSettings, ClusterLimits
+from meshbox.proxy.circuit_breaker import NO_LIMITS, BreakerSettings, ClusterLimits
 from meshbox.proxy.consistent_hash import DEFAULT_RING_SIZE, HashKey, HashRing
 from meshbox.proxy.metrics import Stats
 from meshbox.proxy.outlier_detection import OutlierDetector, OutlierSettings
@@ -76,7 +75,7 @@ class ClusterGuard:
         return self.picker()
 
     def report(self, host: UpstreamHost | None, status: int, now: float, stats: Stats) -> None:
-        """An attempt's outcome on ``host`` (status, or outlier_detection.NO_ANSWER), counted in ``stats``
+        """An attempt's outcome on ``host`` (status, or attempt_outcomes.NO_ANSWER), counted in ``stats``
         when it ejects the host."""
         outlier = self.outlier
         if outlier is None or host is None or not outlier.report(host, status, now):
@@ -112,33 +111,12 @@ class ClusterGuard:
 
 
 
-def carry_over(before: Mapping[str, Any], after: Mapping[str, Any], stats: Stats) -> None:
-    """A new config replaces the clusters ``before`` with ``after`` (name → ClusterRuntime): a cluster
-    whose settings did not change keeps its counts (one ClusterLimits for the requests of both
-    configs) and its ejections (discovery pushes a new config on any change in the mesh). The
-    ejections gauge follows what is ejected now."""
-    ejected_before = sum(len(c.guard.outlier.ejected) for c in before.values()
-                         if c.guard is not None and c.guard.outlier is not None)
-    for name, cluster in after.items():
-        old = before.get(name)
-        if old is None or old.resilience != cluster.resilience:
-            continue
-        cluster.limits = old.limits
-        if cluster.guard is not None and old.guard is not None:
-            cluster.guard.limits = old.limits
-            cluster.guard.inherit(old.guard)
-    ejected_after = sum(len(c.guard.outlier.ejected) for c in after.values()
-                        if c.guard is not None and c.guard.outlier is not None)
-    if ejected_after != ejected_before:
-        stats.incr("outlier_detection_ejections_active", ejected_after - ejected_before)
-
-
-def resilience_lines(name: str, settings: ResilienceSettings, limits: ClusterLimits,
+def resilience_lines(name: str, settings: ResilienceSettings | None, limits: ClusterLimits,
                      guard: ClusterGuard | None) -> list[str]:
     """A cluster's admin /clusters lines about its limits and ejections (none for a cluster that has
     neither settings of its own nor a retry overflow to show)."""
     lines = []
-    if settings.breaker != BreakerSettings() or limits.retry_overflow:
+    if (settings is not None and settings.breaker != NO_LIMITS) or limits.retry_overflow:
         lines += limits.lines(name)
     if guard is not None and guard.outlier is not None:
         lines += guard.outlier.lines(name)

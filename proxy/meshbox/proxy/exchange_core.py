@@ -10,8 +10,9 @@ ProtocolError, and the upstream side the ResponseHead / Body / END of its parser
 from __future__ import annotations
 
 import random
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from meshbox.proxy.attempt_outcomes import CONNECT_FAILURE, MIRROR_BODY_LIMIT, NO_ANSWER, TRY_TIMEOUT
 from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, RequestHead, Tunnel
 from meshbox.proxy.exchange import (
     ARM,
@@ -32,12 +33,12 @@ from meshbox.proxy.exchange_resilience import ExchangeResilience
 from meshbox.proxy.exchange_state import BODY, HEAD, IDLE, NO_TIMER
 from meshbox.proxy.header_policy import absolute_form, request_headers_out
 from meshbox.proxy.inbound_policy import inbound_request_check
-from meshbox.proxy.outlier_detection import NO_ANSWER
-from meshbox.proxy.passthrough import passthrough_route
-from meshbox.proxy.retry_policy import CONNECT_FAILURE, TRY_TIMEOUT
-from meshbox.proxy.route_actions import MIRROR_BODY_LIMIT, PendingMirror, RouteActions, chosen_mirrors, mirror_copy
 from meshbox.proxy.route_match import match_route
 from meshbox.proxy.snapshot import ListenerRuntime, RouteRuntime
+
+if TYPE_CHECKING:
+    # Loaded with a config that has route actions (their snapshot objects import the module).
+    from meshbox.proxy.route_actions import PendingMirror, RouteActions
 
 _CONNECT_FAILURE = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 # Buffer at most this much request body while no upstream connection is attached yet.
@@ -195,6 +196,8 @@ class ExchangeCore(ExchangeResilience):
             dst = self.original_dst
             if dst is None:
                 return None
+            from meshbox.proxy.passthrough import passthrough_route  # egress listeners only
+
             route = self.passthrough = passthrough_route(self.ctx.workload, dst[0], dst[1])
         return route
 
@@ -219,6 +222,8 @@ class ExchangeCore(ExchangeResilience):
         assert cluster is not None
         headers, target = actions.edit_request(cluster.name, headers, target)
         if actions.mirrors:
+            from meshbox.proxy.route_actions import chosen_mirrors
+
             self._mirror(ex, chosen_mirrors(actions.mirrors), target, headers)
         return headers, target
 
@@ -227,6 +232,8 @@ class ExchangeCore(ExchangeResilience):
         head, route = ex.head, ex.route
         if not clusters or head is None or route is None:
             return
+        from meshbox.proxy.route_actions import PendingMirror, mirror_copy
+
         if ex.request_done:
             data = mirror_copy(head.method, target, headers, None)
             for cluster in clusters:

@@ -9,14 +9,17 @@ legacy retries (failed connects, per-try timeouts), which go through :meth:`_may
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
-from meshbox.proxy.cluster_resilience import ClusterGuard
+from meshbox.proxy.attempt_outcomes import NO_ANSWER, RETRY_BODY_LIMIT
 from meshbox.proxy.codec.events import ResponseHead
 from meshbox.proxy.exchange import ARM, CLOSE_UP, DELAY_TIMER, OPEN, ROUTE_TIMER, Exchange
 from meshbox.proxy.exchange_state import ExchangeState
-from meshbox.proxy.outlier_detection import NO_ANSWER
-from meshbox.proxy.retry_policy import RETRY_BODY_LIMIT
 from meshbox.proxy.snapshot import RouteRuntime
+
+if TYPE_CHECKING:
+    # Loaded with a config whose clusters have resilience settings (see snapshot.ClusterRuntime).
+    from meshbox.proxy.cluster_resilience import ClusterGuard
 
 OVERFLOW = b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
 # Exchange.held bits: what the exchange counts against its cluster's limits until it is logged.

@@ -4,8 +4,9 @@ sockets, no clock; inputs carry ``now``, effects are actions appended to ``actio
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from meshbox.proxy.attempt_outcomes import RESET
 from meshbox.proxy.codec.events import END, Body, Headers, ProtocolError, ResponseHead, Tunnel
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import (
@@ -27,9 +28,10 @@ from meshbox.proxy.exchange import (
 )
 from meshbox.proxy.framing import HTTP1, Http1Framing
 from meshbox.proxy.peer_identity import PeerIdentity
-from meshbox.proxy.retry_policy import RESET
-from meshbox.proxy.route_actions import PendingMirror
 from meshbox.proxy.snapshot import ListenerRuntime, RouteRuntime
+
+if TYPE_CHECKING:
+    from meshbox.proxy.route_actions import PendingMirror
 
 TERMINATION = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 # Idempotent methods (RFC 9110 9.2.2): the only ones sent again after a connection closed unanswered.

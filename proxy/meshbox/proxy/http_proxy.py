@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshbox.proxy.alpn import H2, HTTP11, selected
 from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import ProtocolError
-from meshbox.proxy.connection_slots import PendingOpen, close_idle_elsewhere, slot_freed, still_waiting
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import (
     ARM,
@@ -41,7 +40,6 @@ from meshbox.proxy.exchange import (
     Exchange,
 )
 from meshbox.proxy.exchange_core import ExchangeCore
-from meshbox.proxy.mirroring import send_mirror
 from meshbox.proxy.peer_identity import PeerIdentity
 from meshbox.proxy.peer_metadata import peer_labels
 from meshbox.proxy.security_labels import RequestLabels
@@ -50,6 +48,10 @@ from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_http import UpstreamHttp
 from meshbox.proxy.upstream_tls import failure_reason, open_upstream
+
+if TYPE_CHECKING:
+    # Loaded for clusters with connection limits only (circuit breaking).
+    from meshbox.proxy.connection_slots import PendingOpen
 
 # What an HTTP/2 client with prior knowledge (e.g. gRPC without TLS) sends first.
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -233,6 +235,8 @@ class DownstreamHttp(asyncio.Protocol):
                 self.tunnel = tunnel
                 tunnel.tunnel_to(self, action[2])
             elif op == MIRROR:
+                from meshbox.proxy.mirroring import send_mirror  # routes with mirrors only
+
                 send_mirror(ctx, action[1], action[2], action[3])
         actions.clear()
 
@@ -335,6 +339,8 @@ class DownstreamHttp(asyncio.Protocol):
         assert cluster is not None
         stats = self.ctx.stats
         stats.incr("upstream_cx_overflow")
+        from meshbox.proxy.connection_slots import PendingOpen, close_idle_elsewhere, still_waiting
+
         if not cluster.limits.queue(PendingOpen(self, core, ex, host), still_waiting):
             core.overflowed(ex, _monotonic())
             return
@@ -358,6 +364,8 @@ class DownstreamHttp(asyncio.Protocol):
                 _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host, limits), ex.cluster, host)
         except (OSError, TimeoutError) as exc:
             if limits is not None:
+                from meshbox.proxy.connection_slots import slot_freed
+
                 limits.cx_active -= 1
                 slot_freed(limits)
             ex.upstream_failure_reason = failure_reason(exc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-from meshbox.proxy.authorization import Request
 from meshbox.proxy.codec.events import RequestHead
 from meshbox.proxy.exchange import Exchange
 from meshbox.proxy.peer_identity import PeerIdentity
@@ -21,6 +20,8 @@ def inbound_request_check(peer: PeerIdentity | None, listener: ListenerRuntime, 
     authz = listener.authz
     if authz is None:
         return False
+    from meshbox.proxy.authorization import Request  # loaded with the first listener that has policies
+
     method = head.method.decode("latin-1")
     path = head.target.decode("latin-1")
     reason = authz.check(Request(peer.principal if peer else "", peer.namespace if peer else "", listener.port,

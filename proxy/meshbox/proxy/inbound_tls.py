@@ -27,7 +27,6 @@ from typing import Any, Protocol, cast
 import uvloop
 
 from meshbox.proxy.alpn import counter, selected
-from meshbox.proxy.authorization import Request
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.peer_exchange import MalformedPreamble, PreambleReader, negotiated, preamble
 from meshbox.proxy.peer_identity import PeerIdentity, announce_peer
@@ -257,6 +256,8 @@ class InboundGate(asyncio.Protocol):
             # Only an L4 connection labels its metrics with it (HTTP has the exchange in its headers).
             setattr(proto, "exchanged_peer", exchanged)  # noqa: B010
         if not listener.http and listener.authz is not None:
+            from meshbox.proxy.authorization import Request  # loaded with the first listener that has policies
+
             reason = listener.authz.check(Request(peer.principal if peer else "", peer.namespace if peer else "",
                                                   listener.port))
             if reason is not None:

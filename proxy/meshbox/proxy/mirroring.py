@@ -9,7 +9,7 @@ by piece as it arrives (never buffered).
 
 Counters (``meshbox_proxy_<name>_total``): ``mirror_requests`` sent, ``mirror_dropped`` over the limit,
 ``mirror_failed`` (connect error, timeout, or no endpoint), ``mirror_skipped_body`` (a request body
-over route_actions.MIRROR_BODY_LIMIT: the copy would have to hold it).
+over attempt_outcomes.MIRROR_BODY_LIMIT: the copy would have to hold it).
 """
 
 from __future__ import annotations

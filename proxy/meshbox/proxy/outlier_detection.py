@@ -9,9 +9,6 @@ from dataclasses import dataclass
 
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
-# An attempt that got no answer (failed connect, reset, timeout) counts as this status, as Envoy
-# counts local-origin errors when it does not split them out.
-NO_ANSWER = 503
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 # Envoy's max_ejection_time default: an ejection never lasts longer (unless the base time does).
 MAX_EJECTION_TIME = 300.0
@@ -54,7 +51,8 @@ class OutlierDetector:
         self.ejections_total = 0
 
     def report(self, host: UpstreamHost, status: int, now: float) -> bool:
-        """One attempt's outcome on ``host`` (its status, or NO_ANSWER). True: ``host`` was just ejected."""
+        """One attempt's outcome on ``host`` (its status, or attempt_outcomes.NO_ANSWER). True: ``host`` was
+        just ejected."""
         record = self.records.get(host)
         if record is None or host in self.ejected:
             return False

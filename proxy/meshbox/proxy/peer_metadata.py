@@ -41,6 +41,8 @@ _APP_KEYS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 Peer = tuple[str, str, str]  # (workload, namespace, app)
 _PARSED: dict[bytes, Peer | None] = {}
 _LABELS: dict[tuple[tuple[str, ...], Peer], tuple[str, ...]] = {}
+# Mutual TLS identity → the namespace it names: a connection's peer repeats on every request over it.
+_NAMESPACES: dict[str, str] = {}
 _CACHE_MAX = 4096
 
 
@@ -279,7 +281,11 @@ class PeerMetadata:
     def believed(self, peer: Peer | None, peer_uri: str | None) -> Peer | None:
         """``peer``, unless it claims another namespace than the mutual TLS identity ``peer_uri`` names."""
         if peer is not None and peer_uri is not None:
-            namespace = namespace_of(peer_uri)
+            namespace = _NAMESPACES.get(peer_uri)
+            if namespace is None:
+                if len(_NAMESPACES) >= _CACHE_MAX:
+                    _NAMESPACES.clear()
+                namespace = _NAMESPACES[peer_uri] = namespace_of(peer_uri)
             if namespace and namespace != peer[1]:
                 self.stats.incr("peer_metadata_namespace_mismatch")
                 return None

@@ -26,7 +26,8 @@ def compile_retry(retries: pc.RetryPolicy) -> RetryPolicy | None:
                                 _seconds(retries.backoff_base_interval), _seconds(retries.backoff_max_interval))
 
 
-def compile_resilience(cluster: pc.Cluster) -> ResilienceSettings:
+def compile_resilience(cluster: pc.Cluster) -> ResilienceSettings | None:
+    """None when the cluster has none of its own (the proxy then never loads cluster_resilience)."""
     cb = cluster.circuit_breakers
     budget = cb.retry_budget if cb.HasField("retry_budget") else None
     breaker = BreakerSettings(
@@ -56,4 +57,5 @@ def compile_resilience(cluster: pc.Cluster) -> ResilienceSettings:
         elif kind == "use_source_ip" and hp.use_source_ip:
             hash_on = (SOURCE_IP, "")
         ring_size = hp.minimum_ring_size or DEFAULT_RING_SIZE
-    return ResilienceSettings(breaker=breaker, outlier=outlier, hash_on=hash_on, ring_size=ring_size)
+    settings = ResilienceSettings(breaker=breaker, outlier=outlier, hash_on=hash_on, ring_size=ring_size)
+    return None if settings == ResilienceSettings() else settings

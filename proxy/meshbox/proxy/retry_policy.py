@@ -7,18 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-# What went wrong with an attempt, as bits a policy retries.
-CONNECT_FAILURE: Final = 1
-# The connection closed or reset before the response head.
-RESET: Final = 2
-# The per-try timeout expired before the response head.
-TRY_TIMEOUT: Final = 4
+from meshbox.proxy.attempt_outcomes import CONNECT_FAILURE, REFUSED_STREAM, RESET, TRY_TIMEOUT
+
+# What went wrong with an attempt (CONNECT_FAILURE, RESET, TRY_TIMEOUT, REFUSED_STREAM: attempt_outcomes),
+# and what a response says, as bits a policy retries.
 STATUS_5XX: Final = 8
 GATEWAY_ERROR: Final = 16
 RETRIABLE_4XX: Final = 32
 RETRIABLE_STATUS: Final = 64
-# HTTP/2 REFUSED_STREAM (the upstream did not process the request): reported by an HTTP/2 upstream.
-REFUSED_STREAM: Final = 128
 # Bits that test the response head (status or grpc-status), as opposed to a failed attempt.
 RESPONSE_BITS: Final = STATUS_5XX | GATEWAY_ERROR | RETRIABLE_4XX | RETRIABLE_STATUS
 
@@ -39,8 +35,6 @@ DEFAULT_BITS: Final = CONNECT_FAILURE | TRY_TIMEOUT
 GATEWAY_STATUSES = frozenset({502, 503, 504})
 # Envoy's default backoff: 25 ms base interval, at most 10 times that.
 DEFAULT_BASE_INTERVAL = 0.025
-# Request body kept per request to send again on a retry; a longer body is not retried.
-RETRY_BODY_LIMIT = 64 * 1024
 GRPC_STATUS = b"grpc-status"
 
 

@@ -13,14 +13,13 @@ import random
 import re
 from typing import Any
 
+from meshbox.proxy.attempt_outcomes import MIRROR_BODY_LIMIT
 from meshbox.proxy.codec.events import Headers, ResponseHead
 from meshbox.proxy.header_policy import request_head_out
 from meshbox.proxy.rate_limit import TokenBucket
 
 # Envoy's suffix on the host of a mirrored request, so the mirror can tell shadow traffic apart.
 SHADOW_SUFFIX = b"-shadow"
-# A mirror copies request bodies up to this size (held while the body arrives); larger ones are not copied.
-MIRROR_BODY_LIMIT = 64 * 1024
 
 
 class HeaderOps:

@@ -25,7 +25,6 @@ import uvloop
 from meshbox.proxy import startup_memory
 from meshbox.proxy.access_log import AccessLog
 from meshbox.proxy.admin import AdminServer, config_dump
-from meshbox.proxy.cluster_resilience import resilience_lines
 from meshbox.proxy.codec import get_codec
 from meshbox.proxy.context import BODY_IDLE_TIMEOUT, HEAD_TIMEOUT, IDLE_TIMEOUT, ProxyContext
 from meshbox.proxy.metrics import Stats
@@ -134,7 +133,10 @@ class LocalController:
                 prefix = f"{cluster.name}::{host.host}"
                 lines += [f"{prefix}::weight::{weight}", f"{prefix}::rq_active::{host.active}",
                           f"{prefix}::cx_idle::{len(host.idle)}"]
-            lines += resilience_lines(cluster.name, cluster.resilience, cluster.limits, cluster.guard)
+            if cluster.resilience is not None or cluster.limits.retry_overflow:
+                from meshbox.proxy.cluster_resilience import resilience_lines  # loaded for such clusters only
+
+                lines += resilience_lines(cluster.name, cluster.resilience, cluster.limits, cluster.guard)
         return "".join(line + "\n" for line in lines)
 
     async def stats(self) -> list[Stats]:

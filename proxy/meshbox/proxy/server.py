@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from meshbox.proxy.cluster_resilience import carry_over
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.http_proxy import DownstreamHttp
 from meshbox.proxy.inbound_tls import InboundGate
 from meshbox.proxy.listen_socket import listening_socket
+from meshbox.proxy.metrics import Stats
 from meshbox.proxy.original_dst import original_dst
-from meshbox.proxy.snapshot import DISABLE, INBOUND, OUTBOUND, ConfigRejected, ListenerRuntime, Snapshot
+from meshbox.proxy.snapshot import (
+    DISABLE,
+    INBOUND,
+    OUTBOUND,
+    ClusterRuntime,
+    ConfigRejected,
+    ListenerRuntime,
+    Snapshot,
+)
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
@@ -77,10 +84,9 @@ class CaptureProtocol(asyncio.Protocol):
     def _is_loop(self, ip: str, port: int, local_ip: str) -> bool:
         if port not in self.ctx.capture_ports:
             return False
-        try:
-            loopback = ipaddress.ip_address(ip).is_loopback
-        except ValueError:
-            loopback = False
+        # Loopback: 127.0.0.0/8 or ::1, as the kernel formats them (the ipaddress module would cost
+        # this process about 0.2 MB for this one test).
+        loopback = ip.startswith("127.") or ip == "::1"
         return loopback or ip in (local_ip, self.ctx.pod_ip, "0.0.0.0")
 
 
@@ -205,6 +211,27 @@ class ProxyServer:
         """Actual ports (useful when 0 asked for an ephemeral one)."""
         bound = {f"{k[0]}:{k[1]}": srv.sockets[0].getsockname()[1] for k, srv in self.bound.items() if srv.sockets}
         return {"outbound": self.outbound_port, "inbound": self.inbound_port or self.outbound_port, **bound}
+
+
+def carry_over(before: Mapping[str, ClusterRuntime], after: Mapping[str, ClusterRuntime], stats: Stats) -> None:
+    """A new config replaces the clusters ``before`` with ``after``: a cluster whose resilience settings
+    did not change keeps its counts (one ClusterLimits for the requests of both configs) and its
+    ejections (discovery pushes a new config on any change in the mesh). The ejections gauge follows
+    what is ejected now."""
+    ejected_before = sum(len(c.guard.outlier.ejected) for c in before.values()
+                         if c.guard is not None and c.guard.outlier is not None)
+    for name, cluster in after.items():
+        old = before.get(name)
+        if old is None or old.resilience != cluster.resilience:
+            continue
+        cluster.limits = old.limits
+        if cluster.guard is not None and old.guard is not None:
+            cluster.guard.limits = old.limits
+            cluster.guard.inherit(old.guard)
+    ejected_after = sum(len(c.guard.outlier.ejected) for c in after.values()
+                        if c.guard is not None and c.guard.outlier is not None)
+    if ejected_after != ejected_before:
+        stats.incr("outlier_detection_ejections_active", ejected_after - ejected_before)
 
 
 def announce(kind: str, host: str, port: int) -> None:

@@ -15,15 +15,21 @@ import itertools
 import random
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
-from meshbox.proxy.authorization import Authorizer
-from meshbox.proxy.circuit_breaker import ClusterLimits
-from meshbox.proxy.cluster_resilience import ClusterGuard, ResilienceSettings
+from meshbox.proxy.circuit_breaker import NO_LIMITS, ClusterLimits
 from meshbox.proxy.load_balancer import Picker, least_request, random_choice, round_robin
-from meshbox.proxy.retry_policy import RetryPolicy
-from meshbox.proxy.route_actions import RouteActions
 from meshbox.proxy.route_match import match_route
 from meshbox.proxy.upstream_hosts import HostRegistry, UpstreamHost
+
+if TYPE_CHECKING:
+    # A config that uses them brings these modules in: unpickling its snapshot imports them. A proxy
+    # whose config has no authorization policy, resilience setting, retry policy or route action never
+    # loads them (tests/test_process_footprint.py).
+    from meshbox.proxy.authorization import Authorizer
+    from meshbox.proxy.cluster_resilience import ClusterGuard, ResilienceSettings
+    from meshbox.proxy.retry_policy import RetryPolicy
+    from meshbox.proxy.route_actions import RouteActions
 
 # A listener's traffic direction: the names of meshbox.api.v1.TrafficDirection values (config_compiler
 # sets them from the message); they key the per-direction metric labels.
@@ -81,8 +87,10 @@ def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> P
     return round_robin(hosts, weights)
 
 
-ClusterState = tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]],
-                     list[Workload | None], frozenset[tuple[str, int]], frozenset[str], ResilienceSettings]
+# A string: ResilienceSettings is only imported for type checking.
+ClusterState: TypeAlias = ("tuple[str, str, float, str, list[tuple[str, int]], list[int],"
+                           " dict[str, tuple[str, ...]], list[Workload | None], frozenset[tuple[str, int]],"
+                           " frozenset[str], ResilienceSettings | None]")
 
 
 def _unadopted() -> UpstreamHost | None:
@@ -113,17 +121,20 @@ class ClusterRuntime:
         # Endpoints reached over mutual TLS, and the SPIFFE IDs their servers may present (empty: any).
         self.tls_endpoints = tls_endpoints
         self.sans = sans
-        # Circuit breakers, outlier detection, consistent hashing (cluster_resilience).
-        self.resilience = resilience if resilience is not None else ResilienceSettings()
+        # Circuit breakers, outlier detection, consistent hashing (cluster_resilience); None: none set.
+        self.resilience = resilience
         self._index()
 
     def _index(self) -> None:
         self.pick: Picker = make_picker(self.policy, self.hosts, self.weights)
         # Counts for the limits (retries are limited on every cluster); a guard only when configured.
-        self.limits = ClusterLimits(self.resilience.breaker)
-        self.guard: ClusterGuard | None = ClusterGuard(
-            self.resilience, self.policy, self.hosts, self.weights, self.limits, make_picker,
-        ) if self.resilience.guarded else None
+        resilience = self.resilience
+        self.limits = ClusterLimits(resilience.breaker if resilience is not None else NO_LIMITS)
+        self.guard: ClusterGuard | None = None
+        if resilience is not None and resilience.guarded:
+            from meshbox.proxy.cluster_resilience import ClusterGuard
+
+            self.guard = ClusterGuard(resilience, self.policy, self.hosts, self.weights, self.limits, make_picker)
         # Outbound labels per host whose workload is known: computed once here, looked up per request.
         base = self.labels[OUTBOUND]
         self.by_host: dict[UpstreamHost, tuple[str, ...]] = {
@@ -152,7 +163,7 @@ class ClusterRuntime:
         self.hosts = []
         self.pick = _unadopted
         self.by_host = {}
-        self.limits = ClusterLimits(self.resilience.breaker)
+        self.limits = ClusterLimits(self.resilience.breaker if self.resilience is not None else NO_LIMITS)
         self.guard = None
 
     def adopt(self, registry: HostRegistry) -> None:

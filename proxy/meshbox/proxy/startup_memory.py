@@ -9,19 +9,36 @@ collections (and forked workers' copy-on-write pages) do not walk them again.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+
+
+def _glibc_functions() -> tuple[Callable[[], object], Callable[[int, int], object]]:
+    """malloc_trim(0) and mallopt: from the small C extension the compiled build has, else through
+    ctypes (a pure-Python build), else two no-ops (not glibc)."""
+    try:
+        from meshbox.proxy import glibc_malloc
+    except ImportError:
+        pass
+    else:
+        return glibc_malloc.trim, glibc_malloc.set_option
+    import ctypes
+
+    libc = ctypes.CDLL(None)  # the C library the interpreter itself uses
+    try:
+        malloc_trim, mallopt = libc.malloc_trim, libc.mallopt
+    except AttributeError:
+        return (lambda: False), (lambda param, value: False)
+    return (lambda: malloc_trim(0)), mallopt
+
+
+_trim, _mallopt = _glibc_functions()
 
 
 def trim() -> None:
     """Return the C heap's free memory to the kernel (glibc only; a no-op elsewhere)."""
-    try:
-        malloc_trim = ctypes.CDLL(None).malloc_trim  # the C library the interpreter itself uses
-    except AttributeError:
-        return  # not glibc
-    malloc_trim(0)
+    _trim()
 
 
 def import_in_stages(modules: Iterable[str]) -> None:
@@ -49,9 +66,5 @@ def keep_tls_buffers_on_the_heap() -> None:
     read. Above glibc's default mmap threshold (128 KiB, which does not rise for these shrunk chunks)
     that is an mmap, an mremap and an munmap per read, about 20 us. With a 1 MiB threshold the buffers
     come from the heap; the untouched part of a buffer never becomes resident. glibc only."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except AttributeError:
-        return
-    mallopt(_M_MMAP_THRESHOLD, TLS_HEAP_THRESHOLD)
-    mallopt(_M_TRIM_THRESHOLD, TLS_HEAP_THRESHOLD)
+    _mallopt(_M_MMAP_THRESHOLD, TLS_HEAP_THRESHOLD)
+    _mallopt(_M_TRIM_THRESHOLD, TLS_HEAP_THRESHOLD)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import ProtocolError
-from meshbox.proxy.connection_slots import hand_over, slot_freed
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import Exchange
 from meshbox.proxy.upstream_hosts import UpstreamHost
@@ -99,7 +98,9 @@ class UpstreamHttp(asyncio.Protocol):
         if self in host.idle:
             host.idle.remove(self)
         limits = self.limits
-        if limits is not None:
+        if limits is not None:  # a cluster with connection limits (circuit breaking): loaded for it only
+            from meshbox.proxy.connection_slots import slot_freed
+
             self.limits = None
             limits.cx_active -= 1
             slot_freed(limits)
@@ -141,8 +142,11 @@ class UpstreamHttp(asyncio.Protocol):
     def release(self) -> None:
         """Back to the host's idle pool (or closed when the proxy is draining or the host left the config)."""
         self.down = None
-        if self.limits is not None and not self.closed and hand_over(self, self.limits):
-            return
+        if self.limits is not None and not self.closed:
+            from meshbox.proxy.connection_slots import hand_over
+
+            if hand_over(self, self.limits):
+                return
         if self.closed or self.ctx.draining or self.host.retired or len(self.host.idle) >= MAX_IDLE_PER_HOST:
             self.close()
             return

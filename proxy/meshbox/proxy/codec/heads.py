@@ -8,10 +8,10 @@ a missing or repeated Host, too many headers, an Upgrade request with a body.
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import Final
 
 from meshbox.proxy.codec.events import Headers, ProtocolError, RequestHead, ResponseHead
+from meshbox.proxy.codec.reason_phrases import REASONS
 from meshbox.proxy.header_policy import connection_tokens
 
 # Envoy's defaults: 60 KiB of request headers, at most 100 of them.
@@ -22,8 +22,6 @@ VERSIONS: Final = frozenset({b"1.1", b"1.0"})
 _MAX_CONTENT_LENGTH_DIGITS: Final = 18
 # A byte value, not b",": `b"," in data` first tries b"," as an integer and formats a TypeError (about 4x slower).
 _COMMA: Final = ord(",")
-# Standard reason phrases by status code (what the proxy sends, whatever the upstream said).
-REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 def reason_phrase(status: int) -> bytes:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import httptools
 
 from meshbox.proxy.codec.events import END, Body, Event, Headers, ProtocolError, ResponseHead, Tunnel
-from meshbox.proxy.codec.heads import MAX_HEAD_BYTES, REASONS, request_head, response_head
+from meshbox.proxy.codec.heads import MAX_HEAD_BYTES, request_head, response_head
+from meshbox.proxy.codec.reason_phrases import REASONS
 
 
 class _Stop(Exception):
