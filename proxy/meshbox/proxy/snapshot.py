@@ -95,13 +95,16 @@ class ClusterRuntime:
     _app (:meth:`request_labels`)."""
 
     __slots__ = ("by_host", "connect_timeout", "endpoints", "guard", "hosts", "labels", "limits", "name", "pick",
-                 "policy", "resilience", "sans", "service", "tls_endpoints", "weights", "workloads")
+                 "http1_upstream", "policy", "resilience", "sans", "service", "tls_endpoints", "weights",
+                 "workloads")
 
     def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
                  weights: list[int], workload: Workload, workloads: list[Workload | None] | None = None,
                  tls_endpoints: frozenset[tuple[str, int]] = frozenset(), sans: frozenset[str] = frozenset(),
-                 resilience: ResilienceSettings | None = None) -> None:
+                 resilience: ResilienceSettings | None = None, http1_upstream: bool = False) -> None:
         self.name = name
+        # HTTP/2 clients' requests go to the endpoints over HTTP/1.1 (upstream protocol HTTP1).
+        self.http1_upstream = http1_upstream
         self.service = service
         self.connect_timeout = connect_timeout
         self.policy = policy
