@@ -14,6 +14,8 @@ from h2.errors import ErrorCodes
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, WindowUpdated
 
 from meshbox.api.v1 import proxy_config_pb2 as pc
+from meshbox.proxy.http2_downstream import Http2Downstream
+from meshbox.proxy.http2_to_http1 import RESPONSE_HIGH
 from proxy.tests.h2_kit import H2Client
 
 FORMAT = "%REQ(:METHOD)% %REQ(:PATH)% %PROTOCOL% %RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_SENT%\n"
@@ -29,7 +31,8 @@ def _in_thread(fn: Any, *args: Any) -> Any:
     return asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-def _get(port: int, path: str, extra: list[tuple[str, str]] | None = None, method: str = "GET") -> list[tuple[str, str]]:
+def _get(port: int, path: str, extra: list[tuple[str, str]] | None = None,
+         method: str = "GET") -> list[tuple[str, str]]:
     return [(":method", method), (":scheme", "http"), (":authority", f"app.example:{port}"), (":path", path),
             *(extra or [])]
 
@@ -43,7 +46,7 @@ def _answer(client: H2Client, sid: int) -> tuple[dict[str, str], bytes, StreamRe
         if getattr(e, "stream_id", None) != sid:
             continue
         if isinstance(e, ResponseReceived):
-            head = dict(e.headers)
+            head = {str(n): str(v) for n, v in e.headers}
         elif isinstance(e, DataReceived):
             body += e.data
         elif isinstance(e, StreamReset):
@@ -155,23 +158,34 @@ def test_big_response_is_held_back_by_the_client_window(kit: Any, tmp_path: Path
             stalled = written[0]
             received = len(_answer(client, sid)[1])
             assert received <= 65535  # h2's default stream window, never re-opened so far
-            print("STALLED", stalled)
+            # The proxy stopped reading the upstream with at most one read past its limit waiting; the
+            # upstream's writes stalled in the sockets' buffers, far short of the body.
+            (down,) = [c for c in p.ctx.connections if isinstance(c, Http2Downstream)]
+            bridge = down.streams[sid].http1
+            assert bridge is not None and bridge.up_paused is not None
+            assert bridge.queued <= RESPONSE_HIGH + 256 * 1024
             assert stalled < total // 2, f"the upstream wrote {stalled} of {total} bytes to a stalled client"
 
+            acked = [0]
+
             def drain(events: list[Any]) -> bool:
-                for e in events[drain.seen:]:
+                for e in events[acked[0]:]:
                     if isinstance(e, DataReceived) and e.flow_controlled_length:
                         client.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
-                drain.seen = len(events)
+                acked[0] = len(events)
                 client.flush()
                 return client.finished(sid)
 
-            drain.seen = 0  # type: ignore[attr-defined]
+            # A wide window from now on (h2's default 64 KiB would make this a few hundred round trips).
+            client.conn.increment_flow_control_window(8 << 20, sid)
+            client.conn.increment_flow_control_window(8 << 20)
+            client.flush()
             await _in_thread(client.read, drain, 20)
+            assert "downstream_cx_h2_unread_overflow" not in p.ctx.stats.counters
             lines = await p.wait_log(1)
             client.close()
         backend.close()
-        head, body, reset = _answer(client, sid)
+        _, body, reset = _answer(client, sid)
         assert reset is None and len(body) == total and body.count(b"z") == total
         assert lines == [f"GET /big HTTP/2 200 - {total}"]
 
@@ -183,8 +197,12 @@ def test_big_request_body_flows_under_the_proxy_window(kit: Any, tmp_path: Path)
     go out upstream, and the backend gets all of them."""
     total = 1024 * 1024
 
+    async def count(backend: Any, req: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%d" % (len(b"%d" % len(req.body)), len(req.body)))
+        return True
+
     async def main() -> None:
-        backend = await kit.Backend("app").start()
+        backend = await kit.Backend("app", count).start()
         port = kit.free_port()
         async with kit.proxy(_config(kit, port, backend.port), tmp_path):
             client = await _in_thread(H2Client, port)
@@ -196,8 +214,8 @@ def test_big_request_body_flows_under_the_proxy_window(kit: Any, tmp_path: Path)
                 while sent < total and time.monotonic() < deadline and not client.finished(sid):
                     window = min(client.conn.local_flow_control_window(sid), client.conn.max_outbound_frame_size)
                     if window <= 0:
-                        count = len(client.events)
-                        client.read(lambda evs: any(isinstance(e, WindowUpdated) for e in evs[count:]), 5)
+                        seen = len(client.events)
+                        client.read(lambda evs, seen=seen: any(isinstance(e, WindowUpdated) for e in evs[seen:]), 5)
                         continue
                     size = min(window, total - sent)
                     client.conn.send_data(sid, b"u" * size)
@@ -211,7 +229,7 @@ def test_big_request_body_flows_under_the_proxy_window(kit: Any, tmp_path: Path)
             client.close()
         backend.close()
         head, body, reset = _answer(client, sid)
-        assert reset is None and head[":status"] == "200"
+        assert reset is None and head[":status"] == "200" and body == b"%d" % total
         assert len(backend.requests[0].body) == total
 
     kit.run(main())
@@ -263,7 +281,7 @@ def test_unspecified_and_http2_clusters_keep_http2_upstream(kit: Any, tmp_path: 
             async with kit.proxy(_config(kit, port, backend.port, protocol), tmp_path):
                 client = await _in_thread(H2Client, port)
                 sid = client.request(_get(port, "/x"))
-                await _in_thread(client.read, lambda _: client.finished(sid))
+                await _in_thread(client.read, lambda _, c=client, s=sid: c.finished(s))
                 client.close()
             head, _, _ = _answer(client, sid)
             assert head.get(":status") != "200"

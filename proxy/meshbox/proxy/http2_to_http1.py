@@ -51,6 +51,7 @@ class H2ToHttp1:
         self.writes_paused = False
         # Response bytes queued on the client's stream and not sent yet; whether the upstream is not read.
         self.queued = 0
+        self.leaving = 0
         self.up_paused: UpstreamHttp | None = None
 
     # -- the request as HTTP/1.1 (for the stream's request framing) --------------------------------
@@ -101,7 +102,7 @@ class H2ToHttp1:
             up = action[1]
             up.write(action[2])
             self._sent_up()
-        elif op == RELEASE or op == CLOSE_UP:
+        elif op in (RELEASE, CLOSE_UP):
             up = action[1]
             self._read_up(up)
             if op == RELEASE:
@@ -129,8 +130,17 @@ class H2ToHttp1:
                 transport.pause_reading()
 
     def sent(self, size: int) -> None:
-        """``size`` bytes of the response left for the client (or were dropped with the stream)."""
-        self.queued -= size
+        """``size`` bytes of the response went into the client connection's frames (or were dropped with the
+        stream). Counted off on the next turn of the event loop, after they were written to its socket: one
+        read event of the upstream may deliver many reads in a row, and what they send on within that turn
+        must count against RESPONSE_HIGH, or a wide client window would let megabytes pile up unwritten."""
+        if not self.leaving:
+            self.stream.ctx.loop.call_soon(self._left)
+        self.leaving += size
+
+    def _left(self) -> None:
+        self.queued -= self.leaving
+        self.leaving = 0
         up = self.up_paused
         if up is not None and self.queued <= RESPONSE_LOW:
             self._read_up(up)

@@ -94,9 +94,8 @@ class ClusterRuntime:
     says serve each endpoint: outbound requests to such a host report it as destination_workload/_namespace/
     _app (:meth:`request_labels`)."""
 
-    __slots__ = ("by_host", "connect_timeout", "endpoints", "guard", "hosts", "labels", "limits", "name", "pick",
-                 "http1_upstream", "policy", "resilience", "sans", "service", "tls_endpoints", "weights",
-                 "workloads")
+    __slots__ = ("by_host", "connect_timeout", "endpoints", "guard", "hosts", "http1_upstream", "labels", "limits",
+                 "name", "pick", "policy", "resilience", "sans", "service", "tls_endpoints", "weights", "workloads")
 
     def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
                  weights: list[int], workload: Workload, workloads: list[Workload | None] | None = None,
