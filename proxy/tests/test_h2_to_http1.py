@@ -291,3 +291,24 @@ def test_unspecified_and_http2_clusters_keep_http2_upstream(kit: Any, tmp_path: 
         assert all(raw.startswith(b"PRI * HTTP/2.0\r\n\r\nSM") for raw in backend.raw)
 
     kit.run(main())
+
+
+def test_standalone_process_sends_http2_streams_as_http11(kit: Any, proxy_cli: Any, tmp_path: Path) -> None:
+    """The real process (compiled build, config compiled in its child and handed over): the cluster's
+    upstream protocol survives the hand-over."""
+
+    async def main() -> None:
+        backend = await kit.Backend("app").start()
+        port = kit.free_port()
+        proc = await kit.standalone(proxy_cli, _config(kit, port, backend.port), tmp_path, port=port)
+        client = await _in_thread(H2Client, port)
+        sid = client.request(_get(port, "/standalone"))
+        await _in_thread(client.read, lambda _: client.finished(sid))
+        client.close()
+        backend.close()
+        head, body, reset = _answer(client, sid)
+        assert reset is None and head[":status"] == "200" and json.loads(body)["target"] == "/standalone"
+        proc.terminate()
+        assert "Traceback" not in proc.communicate(timeout=5)[1]
+
+    kit.run(main())

@@ -82,7 +82,7 @@ def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> P
 
 
 ClusterState = tuple[str, str, float, str, list[tuple[str, int]], list[int], dict[str, tuple[str, ...]],
-                     list[Workload | None], frozenset[tuple[str, int]], frozenset[str], ResilienceSettings]
+                     list[Workload | None], frozenset[tuple[str, int]], frozenset[str], ResilienceSettings, bool]
 
 
 def _unadopted() -> UpstreamHost | None:
@@ -146,11 +146,11 @@ class ClusterRuntime:
     # them twice would double the work of applying a huge config).
     def __getstate__(self) -> ClusterState:
         return (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-                self.workloads, self.tls_endpoints, self.sans, self.resilience)
+                self.workloads, self.tls_endpoints, self.sans, self.resilience, self.http1_upstream)
 
     def __setstate__(self, state: ClusterState) -> None:
         (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-         self.workloads, self.tls_endpoints, self.sans, self.resilience) = state
+         self.workloads, self.tls_endpoints, self.sans, self.resilience, self.http1_upstream) = state
         self.hosts = []
         self.pick = _unadopted
         self.by_host = {}
