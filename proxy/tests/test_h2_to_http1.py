@@ -133,6 +133,35 @@ def test_concurrent_streams_each_get_their_own_answer(kit: Any, tmp_path: Path) 
     kit.run(main())
 
 
+def test_streams_wait_for_the_clusters_connection_limit(kit: Any, tmp_path: Path) -> None:
+    """max_connections 1, max_pending_requests 1: of three streams at once one is served, one waits for the
+    connection to be released to it (connection_slots hand-over), one is refused 503 UO."""
+
+    async def slow_echo(backend: Any, req: Any, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.1)
+        return await kit.echo(backend, req, writer)
+
+    async def main() -> None:
+        backend = await kit.Backend("app", slow_echo).start()
+        port = kit.free_port()
+        config = _config(kit, port, backend.port)
+        config.clusters[0].circuit_breakers.max_connections = 1
+        config.clusters[0].circuit_breakers.max_pending_requests = 1
+        async with kit.proxy(config, tmp_path, fmt=FORMAT) as p:
+            client = await _in_thread(H2Client, port)
+            sids = [client.request(_get(port, f"/limit/{i}")) for i in range(3)]
+            await _in_thread(client.read, lambda _: all(client.finished(s) for s in sids))
+            lines = await p.wait_log(3)
+            client.close()
+        backend.close()
+        statuses = sorted(_answer(client, s)[0][":status"] for s in sids)
+        assert statuses == ["200", "200", "503"]
+        assert backend.connections == 1 and len(backend.requests) == 2
+        assert sum(" 503 UO " in line for line in lines) == 1
+
+    kit.run(main())
+
+
 def test_big_response_is_held_back_by_the_client_window(kit: Any, tmp_path: Path) -> None:
     """A client that reads but opens no window: the proxy stops reading the upstream (its writes stall far
     short of the body), then delivers the whole body once the client reads and acknowledges."""
