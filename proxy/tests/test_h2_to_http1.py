@@ -299,6 +299,29 @@ def test_upstream_closing_mid_response_resets_the_stream(kit: Any, tmp_path: Pat
     kit.run(main())
 
 
+def test_body_longer_than_its_content_length_never_reaches_the_upstream(kit: Any, tmp_path: Path) -> None:
+    """A request whose DATA runs past its content-length (an HTTP/1.1 request smuggled behind it, were the
+    bytes forwarded) is reset; the upstream connection never carries the extra bytes."""
+
+    async def main() -> None:
+        backend = await kit.Backend("app").start()
+        port = kit.free_port()
+        async with kit.proxy(_config(kit, port, backend.port), tmp_path):
+            client = await _in_thread(H2Client, port)
+            smuggled = b"12345GET /smuggled HTTP/1.1\r\nhost: app\r\n\r\n"
+            sid = client.request(_get(port, "/outer", [("content-length", "5")], "POST"), smuggled)
+            await _in_thread(client.read, lambda _: client.finished(sid))
+            ok = client.request(_get(port, "/after"))
+            await _in_thread(client.read, lambda _: client.finished(ok))
+            client.close()
+        backend.close()
+        assert _answer(client, sid)[2] is not None
+        assert [r.target for r in backend.requests] == [b"/after"]
+        assert not any(b"/smuggled" in raw for raw in backend.raw)
+
+    kit.run(main())
+
+
 def test_unspecified_and_http2_clusters_keep_http2_upstream(kit: Any, tmp_path: Path) -> None:
     """UNSPECIFIED (the client's protocol) and HTTP2 send an HTTP/2 client's streams upstream over HTTP/2:
     an HTTP/1.1-only backend then sees the HTTP/2 preface, not a request (what issue 14 was about)."""
