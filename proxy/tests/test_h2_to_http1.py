@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, WindowUpdated
 
+from conftest import need  # type: ignore[import-not-found]
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.proxy.http2_downstream import Http2Downstream
 from meshbox.proxy.http2_to_http1 import RESPONSE_HIGH
@@ -362,5 +365,32 @@ def test_standalone_process_sends_http2_streams_as_http11(kit: Any, proxy_cli: A
         assert reset is None and head[":status"] == "200" and json.loads(body)["target"] == "/standalone"
         proc.terminate()
         assert "Traceback" not in proc.communicate(timeout=5)[1]
+
+    kit.run(main())
+
+
+def test_curl_with_prior_knowledge_reaches_an_http11_app(kit: Any, proxy_cli: Any, tmp_path: Path) -> None:
+    """Issue 14's report: `curl --http2-prior-knowledge` through the proxy to an HTTP/1.1-only app on a port
+    named `http` (the tutorial's echoserver), here the suite's h11 backend behind a standalone proxy."""
+    curl = shutil.which("curl")
+    need(curl is not None, "needs curl with HTTP/2 (make bootstrap installs it)")
+    assert curl is not None
+
+    async def main() -> None:
+        backend = await kit.Backend("app").start()
+        port = kit.free_port()
+        proc = await kit.standalone(proxy_cli, _config(kit, port, backend.port), tmp_path, port=port)
+        result = await asyncio.to_thread(
+            subprocess.run, [curl, "-sS", "--http2-prior-knowledge", "-D", "-", "--max-time", "5",
+                             "--data-binary", "from curl", f"http://127.0.0.1:{port}/echo"],
+            capture_output=True, text=True, timeout=10)
+        backend.close()
+        proc.terminate()
+        assert "Traceback" not in proc.communicate(timeout=5)[1]
+        assert result.returncode == 0, result.stderr
+        head, _, body = result.stdout.partition("\n\n")  # (text mode: CRLF read as LF)
+        assert head.startswith("HTTP/2 200")
+        seen = json.loads(body)
+        assert (seen["method"], seen["target"], seen["body"]) == ("POST", "/echo", "from curl")
 
     kit.run(main())
