@@ -97,6 +97,14 @@ def test_clean_manifests_exit_zero(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "no problems found\n")
 
 
+def test_app_protocol_says_the_protocol_instead_of_the_name(tmp_path: Path) -> None:
+    write_bookinfo(tmp_path)
+    reviews = tmp_path / "reviews.yaml"
+    reviews.write_text(reviews.read_text().replace("    name: http\n", "    name: web\n    appProtocol: http\n", 1))
+    result = run("-f", str(tmp_path))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "no problems found\n")
+
+
 def test_errors_exit_one_with_one_line_per_finding(tmp_path: Path) -> None:
     write_bookinfo(tmp_path)
     broken = tmp_path / "broken.yaml"

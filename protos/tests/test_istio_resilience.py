@@ -201,3 +201,24 @@ def test_proxy_config_rules_on_the_new_fields() -> None:
     rule.retries.retriable_status_codes.append(42)
     with pytest.raises(ValidationError):
         validate_route_rule(rule)
+
+
+def test_upstream_protocol_settings() -> None:
+    dr, findings = _dr("{connectionPool: {http: {useClientProtocol: true}}}")
+    assert findings == [] and dr.spec.policy.upstream_protocol == pc.USE_CLIENT
+    for policy in ("DEFAULT", "DO_NOT_UPGRADE"):
+        dr, findings = _dr(f"{{connectionPool: {{http: {{h2UpgradePolicy: {policy}}}}}}}")
+        assert findings == [] and dr.spec.policy.upstream_protocol == pc.UPSTREAM_PROTOCOL_UNSPECIFIED
+    # useClientProtocol makes h2UpgradePolicy ineffective (Istio), so UPGRADE is not refused beside it.
+    dr, findings = _dr("{connectionPool: {http: {h2UpgradePolicy: UPGRADE, useClientProtocol: true}}}")
+    assert findings == [] and dr.spec.policy.upstream_protocol == pc.USE_CLIENT
+    _, findings = _dr("{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}")
+    assert only(findings) == [("MB0105", "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+                               "not implemented by meshbox's proxy yet: HTTP/1.1 clients are not upgraded to "
+                               "HTTP/2 upstream")]
+    _, findings = _dr("{connectionPool: {http: {h2UpgradePolicy: SOMETIMES, useClientProtocol: 1}}}")
+    assert [(path, message) for _, path, message in only(findings)] == [
+        ("spec.trafficPolicy.connectionPool.http.useClientProtocol", "expected true or false, got 1"),
+        ("spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+         "'SOMETIMES' is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE"),
+    ]

@@ -391,6 +391,7 @@ class Kit:
 
     Backend = Backend
     Client = Client
+    echo = staticmethod(echo)
     run = staticmethod(run)
     free_port = staticmethod(free_port)
     get = staticmethod(get)

@@ -111,6 +111,7 @@ class ServiceFacts:
     address: str
     selector: Mapping[str, str]
     ports: dict[int, str]  # number → name
+    http_ports: frozenset[int]  # routed at L7 (by name or appProtocol)
 
 
 def check_services(inputs: Inputs, findings: list[Finding]) -> list[ServiceFacts]:
@@ -127,7 +128,8 @@ def check_services(inputs: Inputs, findings: list[Finding]) -> list[ServiceFacts
             continue  # headless: no virtual IP, nothing to route
         spec = _labels(item.doc.get("spec"))
         for i, port in enumerate(spec.get("ports") or []):
-            if isinstance(port, Mapping) and port.get("protocol", "TCP") == "TCP" and (
+            # An appProtocol says the protocol instead of the name (meshbox.api.protocols).
+            if isinstance(port, Mapping) and port.get("protocol", "TCP") == "TCP" and not port.get("appProtocol") and (
                     problem := port_name_problem(str(port.get("name") or ""))):
                 findings.append(Finding(Code.PORT_NAME, item.source, resource, f"spec.ports[{i}].name", problem))
         if service.selector and inputs.workloads and not any(
@@ -135,7 +137,8 @@ def check_services(inputs: Inputs, findings: list[Finding]) -> list[ServiceFacts
             findings.append(Finding(Code.SELECTS_NOTHING, item.source, resource, "spec.selector",
                                     f"no workload in these files has labels {dict(service.selector)}"))
         facts.append(ServiceFacts(service.fqdn, service.namespace, service.cluster_ip, service.selector,
-                                  {p.port: p.name for p in service.ports}))
+                                  {p.port: p.name for p in service.ports},
+                                  frozenset(p.port for p in service.ports if is_http_port(p.name, p.app_protocol))))
     return facts
 
 
@@ -178,8 +181,7 @@ def analyze(paths: tuple[str, ...], mesh_config: str | None) -> list[Finding]:
         findings.append(Finding(Code.INVALID_MESH_CONFIG, mesh_config or "<defaults>", "MeshConfig", "", str(exc)))
     inputs = read_inputs(paths, findings)
     services = check_services(inputs, findings)
-    hosts = {s.fqdn: HostPorts(frozenset(s.ports), frozenset(p for p, n in s.ports.items() if is_http_port(n)))
-             for s in services}
+    hosts = {s.fqdn: HostPorts(frozenset(s.ports), s.http_ports) for s in services}
     addresses = {s.fqdn: s.address for s in services}
     entries: list[ServiceEntry] = _translated(inputs.istio["ServiceEntry"], translate_service_entry, findings)
     for entry in entries:

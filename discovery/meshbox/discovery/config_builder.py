@@ -12,7 +12,7 @@ from meshbox.api.defaults import ROOT_NAMESPACE
 from meshbox.api.identity import WorkloadIdentity
 from meshbox.api.kube.endpoints import matches, port_endpoints, resolve_target, selects
 from meshbox.api.kube.objects import Pod, Service, ServicePort
-from meshbox.api.protocols import is_http_port
+from meshbox.api.protocols import is_http_port, upstream_protocol
 from meshbox.api.v1 import discovery_pb2, security_pb2
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.validation import validate_proxy_config
@@ -157,7 +157,8 @@ class ConfigBuilder:
             labels = dict(other.labels)
             endpoints = [e for e in endpoints_for(self.registry, service, port) if matches(labels, e.labels)]
             policy = subset_policy(self.registry.destination_policies.get(other.host), other.subset)
-            config.clusters.append(cluster_for(other.cluster, other.host, policy))
+            config.clusters.append(cluster_for(other.cluster, other.host, policy,
+                                               upstream_protocol(port.name, port.app_protocol)))
             config.endpoints.append(pc.ClusterLoadAssignment(cluster_name=other.cluster, endpoints=endpoints))
 
     def build(self, node: discovery_pb2.Node) -> pc.ProxyConfig:
@@ -186,7 +187,7 @@ class ConfigBuilder:
             addressless = bool(service.hosts) and not service.cluster_ip
             for port in service.ports:
                 if addressless:
-                    if not is_http_port(port.name):
+                    if not is_http_port(port.name, port.app_protocol):
                         if namespace == service.namespace:
                             self.warnings.append(f"ServiceEntry {service.namespace}/{service.name}: port "
                                                  f"{port.port} is not HTTP and the entry has no address; skipped")
@@ -202,7 +203,8 @@ class ConfigBuilder:
                 name = cluster_name("outbound", port.port, "", service.fqdn)
                 endpoints = endpoints_for(self.registry, service, port)
                 policy = self.registry.destination_policies.get(service.fqdn)
-                cluster = cluster_for(name, service.fqdn, policy.policy if policy else None)
+                cluster = cluster_for(name, service.fqdn, policy.policy if policy else None,
+                                      upstream_protocol(port.name, port.app_protocol))
                 tls = None
                 if self.trust_domain is not None:
                     tls = upstream_tls(self.registry, endpoints, self.trust_domain)
@@ -211,7 +213,7 @@ class ConfigBuilder:
                 config.endpoints.append(pc.ClusterLoadAssignment(cluster_name=name, endpoints=endpoints))
                 listener = pc.Listener(name=f"{service.cluster_ip}_{port.port}", direction=pc.OUTBOUND,
                                        address=service.cluster_ip, port=port.port)
-                if is_http_port(port.name):
+                if is_http_port(port.name, port.app_protocol):
                     listener.protocol = pc.HTTP
                     listener.route_config = str(port.port)
                     routes = build_port_routes(service, port.port, rules, endpoints, policy)
@@ -269,14 +271,15 @@ class ConfigBuilder:
                     continue
                 seen.add(target)
                 name = cluster_name("inbound", target, "", service.fqdn)
-                config.clusters.append(pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=service.fqdn))
+                config.clusters.append(pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=service.fqdn,
+                                              upstream_protocol=upstream_protocol(port.name, port.app_protocol)))
                 config.endpoints.append(pc.ClusterLoadAssignment(
                     cluster_name=name, endpoints=[pc.Endpoint(address=LOCALHOST, port=target)]))
                 listener = pc.Listener(name=f"{pod_ip}_{target}", direction=pc.INBOUND, address=pod_ip, port=target)
                 if secure:
                     listener.mtls_mode = modes.for_port(target)
                     listener.authorization_policies.extend(authz)
-                if is_http_port(port.name):
+                if is_http_port(port.name, port.app_protocol):
                     listener.protocol = pc.HTTP
                     listener.route_config = name
                     route = pc.Route(match=pc.RouteMatch(), clusters=[pc.WeightedCluster(cluster=name, weight=100)])

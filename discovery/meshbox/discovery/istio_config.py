@@ -54,9 +54,11 @@ class IstioConfig:
 def entry_as_service(entry: ServiceEntry) -> tuple[Service, list[EndpointSet]]:
     """A ServiceEntry as a Service at its address with one endpoint set per endpoint.
 
-    Port names carry the protocol as the seed's naming rule reads it (http-*: L7, tcp-*: L4).
+    Port names carry the protocol as the seed's naming rule reads it (http-*: L7, tcp-*: L4), and an L7 port's
+    appProtocol the entry's protocol (http, http2, grpc: which HTTP version goes upstream).
     """
-    ports = tuple(ServicePort(f"{'http' if p.http else 'tcp'}-{p.name}", p.number, p.target or p.number)
+    ports = tuple(ServicePort(f"{'http' if p.http else 'tcp'}-{p.name}", p.number, p.target or p.number,
+                              p.protocol.lower() if p.http else "")
                   for p in entry.ports)
     service = Service(entry.host, entry.namespace, entry.address, {}, ports, hosts=(entry.fqdn, entry.host))
     sets = []

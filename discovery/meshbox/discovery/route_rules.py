@@ -14,6 +14,7 @@ from typing import Any
 from meshbox.api.kube.endpoints import matches
 from meshbox.api.kube.objects import ObjectError, Service, object_label
 from meshbox.api.loader import ConfigError, parse_route_rule
+from meshbox.api.protocols import upstream_protocol
 from meshbox.api.v1 import proxy_config_pb2 as pc
 from meshbox.api.v1 import routing_pb2
 from meshbox.api.validation import ValidationError
@@ -95,18 +96,28 @@ def subset_policy(policy: routing_pb2.DestinationPolicySpec | None, subset: str)
     return policy.policy
 
 
-def cluster_for(name: str, fqdn: str, policy: routing_pb2.ClusterPolicy | None) -> pc.Cluster:
-    """A cluster with a DestinationRule's load balancer, connect timeout, circuit breakers, outlier
-    detection and hash policy, when it sets them."""
-    cluster = pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=fqdn)
+def cluster_for(name: str, fqdn: str, policy: routing_pb2.ClusterPolicy | None,
+                protocol: pc.UpstreamProtocol.ValueType = pc.UPSTREAM_PROTOCOL_UNSPECIFIED) -> pc.Cluster:
+    """A cluster speaking the port's ``protocol`` upstream, with a DestinationRule's load balancer, connect
+    timeout, circuit breakers, outlier detection, hash policy and upstream protocol, when it sets them."""
+    cluster = pc.Cluster(name=name, lb_policy=pc.ROUND_ROBIN, service=fqdn, upstream_protocol=protocol)
     if policy is not None:
         cluster.lb_policy = policy.lb_policy or cluster.lb_policy
+        cluster.upstream_protocol = policy.upstream_protocol or cluster.upstream_protocol
         if policy.HasField("connect_timeout"):
             cluster.connect_timeout.CopyFrom(policy.connect_timeout)
         for part in ("circuit_breakers", "outlier_detection", "hash_policy"):
             if policy.HasField(part):
                 getattr(cluster, part).CopyFrom(getattr(policy, part))
     return cluster
+
+
+def port_protocol(service: Service, port: int) -> pc.UpstreamProtocol.ValueType:
+    """The upstream HTTP version of ``service``'s port numbered ``port`` (see meshbox.api.protocols)."""
+    for p in service.ports:
+        if p.port == port:
+            return upstream_protocol(p.name, p.app_protocol)
+    return pc.UPSTREAM_PROTOCOL_UNSPECIFIED
 
 
 def build_port_routes(
@@ -152,7 +163,7 @@ def build_port_routes(
     clusters, assignments = [], []
     for name, labels in subsets.items():
         cname = cluster_name("outbound", port, name, service.fqdn)
-        clusters.append(cluster_for(cname, service.fqdn, subset_policy(policy, name)))
+        clusters.append(cluster_for(cname, service.fqdn, subset_policy(policy, name), port_protocol(service, port)))
         chosen = [e for e in endpoints if matches(labels, e.labels)]
         assignments.append(pc.ClusterLoadAssignment(cluster_name=cname, endpoints=chosen))
     return PortRoutes(routes, clusters, assignments, others)

@@ -84,7 +84,7 @@ def _snapshot(config: pc.ProxyConfig, workload: Workload) -> Snapshot:
             pc.LbPolicy.Name(c.lb_policy or pc.ROUND_ROBIN), [hosts.get(ep.address, ep.port) for ep in eps],
             [ep.weight or 1 for ep in eps], workload, [_endpoint_workload(ep) for ep in eps],
             tls_endpoints=_tls_endpoints(c.tls, eps), sans=frozenset(c.tls.subject_alt_names),
-            resilience=compile_resilience(c))
+            resilience=compile_resilience(c), http1_upstream=c.upstream_protocol == pc.HTTP1)
     route_tables = {
         rc.name: RouteTable(rc.name, [(list(vh.domains), [_route(r, clusters) for r in vh.routes])
                                       for vh in rc.virtual_hosts])

@@ -12,6 +12,7 @@ from meshbox.proxy.codec.events import Headers, ResponseHead
 from meshbox.proxy.exchange import Exchange
 from meshbox.proxy.framing import Http1Framing
 from meshbox.proxy.header_policy import end_to_end
+from meshbox.proxy.http2_to_http1 import H2ToHttp1
 
 if TYPE_CHECKING:
     from meshbox.proxy.http2_stream import H2Stream
@@ -72,20 +73,30 @@ class H2ResponseFraming(Http1Framing):
 
 
 class H2RequestFraming(Http1Framing):
-    """Towards upstream: the request head and body wait on the stream for the upstream stream to send."""
+    """Towards upstream: the request head and body wait on the stream for the upstream stream to send;
+    HTTP/1.1 bytes instead when the route's cluster is spoken to over HTTP/1.1 (http2_to_http1)."""
 
     def __init__(self, stream: H2Stream) -> None:
         self.stream = stream
 
     def request_head(self, ex: Exchange, target: bytes, headers: Headers) -> bytes:
-        self.stream.target = target
-        self.stream.up_headers = headers
+        stream = self.stream
+        cluster = ex.cluster
+        if cluster is not None and cluster.http1_upstream:
+            http1 = stream.http1 = H2ToHttp1(stream)
+            return http1.request_head(ex, target, headers)
+        stream.target = target
+        stream.up_headers = headers
         return b""
 
     def request_body(self, ex: Exchange, data: bytes) -> bytes:
-        self.stream.record_body(data)
+        stream = self.stream
+        if stream.http1 is not None:
+            return stream.http1.request_body(data)
+        stream.record_body(data)
         return data
 
     def request_end(self, ex: Exchange) -> bytes:
-        self.stream.request_end_seen = True
-        return b""
+        stream = self.stream
+        stream.request_end_seen = True
+        return stream.http1.request_end() if stream.http1 is not None else b""

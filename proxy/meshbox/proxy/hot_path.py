@@ -16,6 +16,7 @@ HOT_PATH = (
     "meshbox.proxy.exchange_resilience",
     "meshbox.proxy.exchange_state",
     "meshbox.proxy.upstream_http",
+    "meshbox.proxy.upstream_http_open",
     "meshbox.proxy.header_policy",
     "meshbox.proxy.framing",
     "meshbox.proxy.tcp_proxy",
@@ -52,6 +53,7 @@ HOT_PATH = (
     "meshbox.proxy.http2_stream",
     "meshbox.proxy.http2_downstream",
     "meshbox.proxy.upstream_h2",
+    "meshbox.proxy.http2_to_http1",
 )
 
 

@@ -33,6 +33,7 @@ from meshbox.proxy.exchange import (
 from meshbox.proxy.exchange_core import ExchangeCore
 from meshbox.proxy.h2_events import CANCEL, INTERNAL_ERROR, NO_ERROR, H2Error
 from meshbox.proxy.h2_framing import H2RequestFraming, H2ResponseFraming
+from meshbox.proxy.http2_to_http1 import H2ToHttp1
 from meshbox.proxy.security_labels import with_security
 from meshbox.proxy.snapshot import INBOUND
 from meshbox.proxy.upstream_h2 import UpstreamH2, UpstreamH2Stream, acquire
@@ -77,6 +78,8 @@ class H2Stream:
         self.body_copy_size = 0
         # The RST_STREAM code of the upstream stream, passed on to the client.
         self.reset_code: int | None = None
+        # Set when the route's cluster is spoken to over HTTP/1.1 (see http2_to_http1).
+        self.http1: H2ToHttp1 | None = None
 
     # -- from the client ---------------------------------------------------------------------------
     def begin(self, headers: Headers, ended: bool, now: float) -> None:
@@ -174,6 +177,9 @@ class H2Stream:
     def send_body(self, data: bytes, up: object | None) -> None:
         if self.end_sent:
             return
+        if self.http1 is not None:
+            self.http1.queue_body(data, up)
+            return
         on_sent = up.ack if isinstance(up, UpstreamH2Stream) else None
         self.down.queue_data(self.sid, data, on_sent)
 
@@ -209,10 +215,13 @@ class H2Stream:
             core.flush()
         actions = core.actions
         ctx = self.ctx
+        http1 = self.http1
         i = 0
         while i < len(actions):
             action = actions[i]
             i += 1
+            if http1 is not None and http1.carry(action):
+                continue
             op: int = action[0]
             kind: int
             if op == START_UP:

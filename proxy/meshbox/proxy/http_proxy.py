@@ -15,7 +15,6 @@ import time
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from meshbox.proxy.alpn import H2, HTTP11, selected
-from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import ProtocolError
 from meshbox.proxy.context import ProxyContext
 from meshbox.proxy.exchange import (
@@ -47,7 +46,7 @@ from meshbox.proxy.snapshot import INBOUND, ListenerRuntime
 from meshbox.proxy.tcp_proxy import DownstreamTcp
 from meshbox.proxy.upstream_hosts import UpstreamHost
 from meshbox.proxy.upstream_http import UpstreamHttp
-from meshbox.proxy.upstream_tls import failure_reason, open_upstream
+from meshbox.proxy.upstream_http_open import open_http1, open_new
 
 if TYPE_CHECKING:
     # Loaded for clusters with connection limits only (circuit breaking).
@@ -218,7 +217,7 @@ class DownstreamHttp(asyncio.Protocol):
             elif op == LOG:
                 self._log(action[1], action[2])
             elif op == OPEN:
-                self._open(core, action[1], action[2], action[3])
+                open_http1(self, core, action[1], action[2], action[3])
             elif op == RELEASE:
                 cast(UpstreamHttp, action[1]).release()
             elif op == CLOSE_UP:
@@ -290,90 +289,14 @@ class DownstreamHttp(asyncio.Protocol):
             if tracer is not None:
                 tracer.finish(ex, span, ex.upstream_cluster or "", elapsed_ms)
 
-    def _open(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, fresh: bool) -> None:
-        """An idle pooled connection to ``host`` (most recently used first) unless ``fresh``, else a new one."""
-        idle = host.idle
-        cluster = ex.cluster
-        assert cluster is not None
-        limits = cluster.limits
-        if limits.per_connection:
-            # Only a connection holding one of this cluster's slots (not one pooled before its limits).
-            if not fresh and self._reuse_counted(core, ex, host, limits):
-                return
-        else:
-            while idle and not fresh:
-                up = cast(UpstreamHttp, idle.pop())
-                if not up.closed:
-                    up.reused = True
-                    core.attached(ex, up, _monotonic())
-                    return
-        if limits.max_connections and not limits.connection_allowed():
-            self._queue(core, ex, host)
-            return
-        self._open_new(core, ex, host)
-
-    @staticmethod
-    def _reuse_counted(core: ExchangeCore, ex: Exchange, host: UpstreamHost, limits: ClusterLimits) -> bool:
-        idle = host.idle
-        for i in range(len(idle) - 1, -1, -1):
-            up = cast(UpstreamHttp, idle[i])
-            if up.limits is limits and not up.closed:
-                del idle[i]
-                up.reused = True
-                core.attached(ex, up, _monotonic())
-                return True
-        return False
-
-    def _open_new(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
-        cluster = ex.cluster
-        assert cluster is not None
-        limits = cluster.limits if cluster.limits.per_connection else None
-        if limits is not None:
-            # Counted now, not once connected: the next request must see the slot taken.
-            limits.cx_active += 1
-        self.ctx.loop.create_task(self._connect(core, ex, host, cluster.connect_timeout, limits))
-
-    def _queue(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost) -> None:
-        """No connection slot left (max_connections): wait as pending, or 503 UO when too many wait."""
-        cluster = ex.cluster
-        assert cluster is not None
-        stats = self.ctx.stats
-        stats.incr("upstream_cx_overflow")
-        from meshbox.proxy.connection_slots import PendingOpen, close_idle_elsewhere, still_waiting
-
-        if not cluster.limits.queue(PendingOpen(self, core, ex, host), still_waiting):
-            core.overflowed(ex, _monotonic())
-            return
-        core.queued(ex)
-        close_idle_elsewhere(cluster.hosts, cluster.limits)
-
     def open_pending(self, entry: PendingOpen) -> None:
         """A connection slot freed for the pending request ``entry``."""
-        self._open_new(entry.core, entry.ex, entry.host)
+        open_new(self, entry.core, entry.ex, entry.host)
 
     def attach_pending(self, entry: PendingOpen, up: UpstreamHttp) -> None:
         """A connection to its host was released for the pending request ``entry``."""
         entry.core.attached(entry.ex, up, _monotonic())
         self.run(entry.core)
-
-    async def _connect(self, core: ExchangeCore, ex: Exchange, host: UpstreamHost, timeout: float,
-                       limits: ClusterLimits | None) -> None:
-        ctx = self.ctx
-        try:
-            async with asyncio.timeout(timeout):
-                _, up = await open_upstream(ctx, lambda: UpstreamHttp(ctx, host, limits), ex.cluster, host)
-        except (OSError, TimeoutError) as exc:
-            if limits is not None:
-                from meshbox.proxy.connection_slots import slot_freed
-
-                limits.cx_active -= 1
-                slot_freed(limits)
-            ex.upstream_failure_reason = failure_reason(exc)
-            core.connect_failed(ex, _monotonic())
-            self.run(core)
-            return
-        core.attached(ex, up, _monotonic())
-        self.run(core)
 
     # -- plumbing ----------------------------------------------------------------------------------
     def busy(self) -> bool:

@@ -90,7 +90,7 @@ def make_picker(policy: str, hosts: list[UpstreamHost], weights: list[int]) -> P
 # A string: ResilienceSettings is only imported for type checking.
 ClusterState: TypeAlias = ("tuple[str, str, float, str, list[tuple[str, int]], list[int],"
                            " dict[str, tuple[str, ...]], list[Workload | None], frozenset[tuple[str, int]],"
-                           " frozenset[str], ResilienceSettings | None]")
+                           " frozenset[str], ResilienceSettings | None, bool]")
 
 
 def _unadopted() -> UpstreamHost | None:
@@ -102,14 +102,16 @@ class ClusterRuntime:
     says serve each endpoint: outbound requests to such a host report it as destination_workload/_namespace/
     _app (:meth:`request_labels`)."""
 
-    __slots__ = ("by_host", "connect_timeout", "endpoints", "guard", "hosts", "labels", "limits", "name", "pick",
-                 "policy", "resilience", "sans", "service", "tls_endpoints", "weights", "workloads")
+    __slots__ = ("by_host", "connect_timeout", "endpoints", "guard", "hosts", "http1_upstream", "labels", "limits",
+                 "name", "pick", "policy", "resilience", "sans", "service", "tls_endpoints", "weights", "workloads")
 
     def __init__(self, name: str, service: str, connect_timeout: float, policy: str, hosts: list[UpstreamHost],
                  weights: list[int], workload: Workload, workloads: list[Workload | None] | None = None,
                  tls_endpoints: frozenset[tuple[str, int]] = frozenset(), sans: frozenset[str] = frozenset(),
-                 resilience: ResilienceSettings | None = None) -> None:
+                 resilience: ResilienceSettings | None = None, http1_upstream: bool = False) -> None:
         self.name = name
+        # HTTP/2 clients' requests go to the endpoints over HTTP/1.1 (upstream protocol HTTP1).
+        self.http1_upstream = http1_upstream
         self.service = service
         self.connect_timeout = connect_timeout
         self.policy = policy
@@ -155,11 +157,11 @@ class ClusterRuntime:
     # them twice would double the work of applying a huge config).
     def __getstate__(self) -> ClusterState:
         return (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-                self.workloads, self.tls_endpoints, self.sans, self.resilience)
+                self.workloads, self.tls_endpoints, self.sans, self.resilience, self.http1_upstream)
 
     def __setstate__(self, state: ClusterState) -> None:
         (self.name, self.service, self.connect_timeout, self.policy, self.endpoints, self.weights, self.labels,
-         self.workloads, self.tls_endpoints, self.sans, self.resilience) = state
+         self.workloads, self.tls_endpoints, self.sans, self.resilience, self.http1_upstream) = state
         self.hosts = []
         self.pick = _unadopted
         self.by_host = {}

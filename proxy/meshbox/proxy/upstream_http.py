@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from meshbox.proxy.circuit_breaker import ClusterLimits
 from meshbox.proxy.codec.events import ProtocolError
@@ -14,11 +14,35 @@ from meshbox.proxy.exchange import Exchange
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
 if TYPE_CHECKING:
-    from meshbox.proxy.http_proxy import DownstreamHttp
+    from meshbox.proxy.exchange_core import ExchangeCore
 
 # Kept-alive upstream connections per endpoint beyond this are closed instead of pooled.
 MAX_IDLE_PER_HOST: Final = 128
 _monotonic: Final = time.monotonic
+
+
+class Http1Client(Protocol):
+    """What an upstream connection needs of the side serving its exchange's client: an HTTP/1.1 client
+    connection (http_proxy.DownstreamHttp) or an HTTP/2 stream sent on as HTTP/1.1 (http2_to_http1)."""
+
+    core: ExchangeCore | None
+    transport: asyncio.Transport | None
+    eof: bool
+
+    def run(self, core: ExchangeCore) -> None:
+        """Carry out the core's actions."""
+
+    def pause_reading(self) -> None:
+        """The upstream connection's writes are backed up: stop taking request bytes from the client."""
+
+    def resume_reading(self) -> None:
+        """They drained: take request bytes again."""
+
+    def tunnel_data(self, data: bytes) -> None:
+        """Bytes from upstream after a 101 (Upgrade)."""
+
+    def tunnel_closed(self, ex: Exchange) -> None:
+        """The upstream side of the tunnel closed."""
 
 
 class UpstreamHttp(asyncio.Protocol):
@@ -31,7 +55,7 @@ class UpstreamHttp(asyncio.Protocol):
         self.limits = limits
         self.requests = 0
         self.transport: asyncio.Transport | None = None
-        self.down: DownstreamHttp | None = None
+        self.down: Http1Client | None = None
         self.parser: Any = None
         self.closed = False
         self.reused = False
@@ -43,7 +67,7 @@ class UpstreamHttp(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
 
-    def start(self, down: DownstreamHttp, ex: Exchange) -> None:
+    def start(self, down: Http1Client, ex: Exchange) -> None:
         """Carry ``ex`` for ``down`` (the START_UP action, before its request bytes)."""
         head = ex.head
         assert head is not None
@@ -135,7 +159,7 @@ class UpstreamHttp(asyncio.Protocol):
         if self.down is not None:
             self.down.resume_reading()
 
-    def tunnel_to(self, down: DownstreamHttp, ex: Exchange) -> None:
+    def tunnel_to(self, down: Http1Client, ex: Exchange) -> None:
         self.tunnel_exchange = ex
         self.down = down
 

@@ -37,6 +37,7 @@ class EntryPort:
     number: int
     target: int  # the endpoints' port when they do not name one; 0: the same number
     http: bool
+    protocol: str = ""  # as written in the entry, upper-case (HTTP2, GRPC: HTTP/2 upstream)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _ports(r: Reader, value: Any, *, addressless: bool) -> tuple[EntryPort, ...]
                                          "HTTP ports can be served (give the entry one address in spec.addresses)")
         target = r.integer(p["targetPort"], f"{path}.targetPort", low=1, high=65535) or 0 if "targetPort" in p else 0
         ports.append(EntryPort(r.string(p.get("name"), f"{path}.name", required=True), number, target,
-                               protocol in L7_PROTOCOLS))
+                               protocol in L7_PROTOCOLS, protocol))
     if not ports:
         r.invalid("spec.ports", "at least one port is required")
     return tuple(ports)

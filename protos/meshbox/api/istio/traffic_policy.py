@@ -1,5 +1,5 @@
 """The resilience parts of an Istio DestinationRule's trafficPolicy → meshbox ClusterPolicy fields:
-connectionPool (circuit breakers and connect timeout), outlierDetection, retryBudget and
+connectionPool (circuit breakers, connect timeout, the upstream HTTP version), outlierDetection, retryBudget and
 loadBalancer.consistentHash. Istio's defaults are filled in here, so the proxy's fields mean what
 they say."""
 
@@ -13,8 +13,9 @@ from meshbox.api.v1 import routing_pb2
 
 _UINT32 = 2**32 - 1
 _TCP_REFUSED = {"tcpKeepalive": PROXY_TODO, "maxConnectionDuration": PROXY_TODO, "idleTimeout": PROXY_TODO}
-_HTTP_REFUSED = {"idleTimeout": PROXY_TODO, "h2UpgradePolicy": PROXY_TODO, "useClientProtocol": PROXY_TODO,
-                 "maxConcurrentStreams": PROXY_TODO}
+_HTTP_REFUSED = {"idleTimeout": PROXY_TODO, "maxConcurrentStreams": PROXY_TODO}
+# H2UpgradePolicy: DEFAULT and DO_NOT_UPGRADE leave the Service port's protocol in charge.
+_H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
 _OUTLIER_REFUSED = {"splitExternalLocalOriginErrors": PROXY_TODO, "consecutiveLocalOriginFailures": PROXY_TODO}
 _HASH_REFUSED = {"httpQueryParameterName": PROXY_TODO,
                  "maglev": f"{PROXY_TODO} (it hashes on a ring: use ringHash)"}
@@ -41,12 +42,33 @@ def connection_pool(r: Reader, data: Any, path: str, out: routing_pb2.ClusterPol
     if "http" in pool:
         where = f"{path}.http"
         http = r.fields(pool["http"], where, "ConnectionPoolSettings.HTTPSettings",
-                        ("http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries"),
-                        _HTTP_REFUSED)
+                        ("http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries",
+                         "h2UpgradePolicy", "useClientProtocol"), _HTTP_REFUSED)
         cb.max_pending_requests = _count(r, http, "http1MaxPendingRequests", where)
         cb.max_requests = _count(r, http, "http2MaxRequests", where)
         cb.max_requests_per_connection = _count(r, http, "maxRequestsPerConnection", where)
         cb.max_retries = _count(r, http, "maxRetries", where)
+        out.upstream_protocol = upstream_protocol(r, http, where)
+
+
+def upstream_protocol(r: Reader, http: dict[str, Any], path: str) -> pc.UpstreamProtocol.ValueType:
+    """useClientProtocol: true → USE_CLIENT (it makes h2UpgradePolicy ineffective, as in Istio); otherwise
+    UNSPECIFIED: the port's own protocol. h2UpgradePolicy DEFAULT / DO_NOT_UPGRADE keep that; UPGRADE (HTTP/1.1
+    clients over HTTP/2) is refused: the proxy does not carry an HTTP/1.1 request on an HTTP/2 stream yet."""
+    use_client = http.get("useClientProtocol", False)
+    if not isinstance(use_client, bool):
+        r.invalid(f"{path}.useClientProtocol", f"expected true or false, got {use_client!r}")
+        use_client = False
+    if "h2UpgradePolicy" in http:
+        where = f"{path}.h2UpgradePolicy"
+        policy = r.string(http["h2UpgradePolicy"], where)
+        if policy and policy not in _H2_UPGRADE_POLICIES:
+            r.invalid(where, f"{policy!r} is not one of {', '.join(_H2_UPGRADE_POLICIES)}")
+        elif policy == "UPGRADE" and not use_client:
+            r.refuse(where, f"{PROXY_TODO}: HTTP/1.1 clients are not upgraded to HTTP/2 upstream")
+    if use_client:
+        return pc.USE_CLIENT
+    return pc.UPSTREAM_PROTOCOL_UNSPECIFIED
 
 
 def outlier_detection(r: Reader, data: Any, path: str, out: pc.OutlierDetection) -> None:

@@ -33,6 +33,7 @@ class ServicePort:
     name: str
     port: int
     target_port: int | str  # a number, or the name of a container port
+    app_protocol: str = ""  # spec.ports[].appProtocol (says the protocol instead of the name)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ def parse_service(doc: Mapping[str, Any], *, source: str, allocates_ip: bool = F
             target = int(target)
         if not isinstance(target, str):
             target = r.port(target, f"{path}.targetPort")
-        ports.append(ServicePort(r.string(item.get("name"), f"{path}.name"), port, target))
+        ports.append(ServicePort(r.string(item.get("name"), f"{path}.name"), port, target,
+                                 r.string(item.get("appProtocol"), f"{path}.appProtocol")))
     selector = r.labels(spec.get("selector"), "spec.selector")
     return Service(name, namespace, cluster_ip, selector, tuple(ports))
 

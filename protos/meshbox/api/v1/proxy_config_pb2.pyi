@@ -87,6 +87,46 @@ RING_HASH: LbPolicy.ValueType  # 4
 """Consistent hashing on a ring (Cluster.hash_policy gives the key; no key: RANDOM)."""
 Global___LbPolicy: _TypeAlias = LbPolicy  # noqa: Y015
 
+class _UpstreamProtocol:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UpstreamProtocolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpstreamProtocol.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPSTREAM_PROTOCOL_UNSPECIFIED: _UpstreamProtocol.ValueType  # 0
+    """The client's own: HTTP/1.1 clients go upstream over HTTP/1.1, HTTP/2 clients over HTTP/2
+    (what a proxy configuration written without this field always did).
+    """
+    HTTP1: _UpstreamProtocol.ValueType  # 1
+    """HTTP/1.1 whatever the client speaks: each HTTP/2 stream becomes one HTTP/1.1 request on a
+    pooled HTTP/1.1 connection (a port named http*).
+    """
+    HTTP2: _UpstreamProtocol.ValueType  # 2
+    """HTTP/2 (h2c, or ALPN h2 over TLS) whatever the client speaks (ports named http2* / grpc*, or
+    h2UpgradePolicy UPGRADE).
+    """
+    USE_CLIENT: _UpstreamProtocol.ValueType  # 3
+    """The client's own, set explicitly (DestinationRule useClientProtocol: true)."""
+
+class UpstreamProtocol(_UpstreamProtocol, metaclass=_UpstreamProtocolEnumTypeWrapper):
+    """Which HTTP version the proxy speaks to a cluster's endpoints."""
+
+UPSTREAM_PROTOCOL_UNSPECIFIED: UpstreamProtocol.ValueType  # 0
+"""The client's own: HTTP/1.1 clients go upstream over HTTP/1.1, HTTP/2 clients over HTTP/2
+(what a proxy configuration written without this field always did).
+"""
+HTTP1: UpstreamProtocol.ValueType  # 1
+"""HTTP/1.1 whatever the client speaks: each HTTP/2 stream becomes one HTTP/1.1 request on a
+pooled HTTP/1.1 connection (a port named http*).
+"""
+HTTP2: UpstreamProtocol.ValueType  # 2
+"""HTTP/2 (h2c, or ALPN h2 over TLS) whatever the client speaks (ports named http2* / grpc*, or
+h2UpgradePolicy UPGRADE).
+"""
+USE_CLIENT: UpstreamProtocol.ValueType  # 3
+"""The client's own, set explicitly (DestinationRule useClientProtocol: true)."""
+Global___UpstreamProtocol: _TypeAlias = UpstreamProtocol  # noqa: Y015
+
 @_typing.final
 class Listener(_message.Message):
     """A virtual listener: the proxy matches each captured connection's original
@@ -876,11 +916,16 @@ class Cluster(_message.Message):
     CIRCUIT_BREAKERS_FIELD_NUMBER: _builtins.int
     OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
     HASH_POLICY_FIELD_NUMBER: _builtins.int
+    UPSTREAM_PROTOCOL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     lb_policy: Global___LbPolicy.ValueType
     service: _builtins.str
     """The Kubernetes-style service this cluster stands for, e.g.
     "service-two.default.svc.cluster.local" (used in logs and metrics).
+    """
+    upstream_protocol: Global___UpstreamProtocol.ValueType
+    """The HTTP version spoken to the endpoints of an HTTP cluster (Istio's rule: the Service port's
+    protocol, then a DestinationRule's h2UpgradePolicy / useClientProtocol).
     """
     @_builtins.property
     def connect_timeout(self) -> _duration_pb2.Duration:
@@ -907,10 +952,11 @@ class Cluster(_message.Message):
         circuit_breakers: Global___CircuitBreakers | None = ...,
         outlier_detection: Global___OutlierDetection | None = ...,
         hash_policy: Global___HashPolicy | None = ...,
+        upstream_protocol: Global___UpstreamProtocol.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "outlier_detection", b"outlier_detection", "tls", b"tls"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "lb_policy", b"lb_policy", "name", b"name", "outlier_detection", b"outlier_detection", "service", b"service", "tls", b"tls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "lb_policy", b"lb_policy", "name", b"name", "outlier_detection", b"outlier_detection", "service", b"service", "tls", b"tls", "upstream_protocol", b"upstream_protocol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -243,7 +243,12 @@ class ClusterPolicy(_message.Message):
     CIRCUIT_BREAKERS_FIELD_NUMBER: _builtins.int
     OUTLIER_DETECTION_FIELD_NUMBER: _builtins.int
     HASH_POLICY_FIELD_NUMBER: _builtins.int
+    UPSTREAM_PROTOCOL_FIELD_NUMBER: _builtins.int
     lb_policy: _proxy_config_pb2.LbPolicy.ValueType
+    upstream_protocol: _proxy_config_pb2.UpstreamProtocol.ValueType
+    """h2UpgradePolicy UPGRADE: HTTP2; useClientProtocol: USE_CLIENT; unset / DEFAULT / DO_NOT_UPGRADE:
+    UNSPECIFIED (the Service port's protocol decides).
+    """
     @_builtins.property
     def connect_timeout(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -260,10 +265,11 @@ class ClusterPolicy(_message.Message):
         circuit_breakers: _proxy_config_pb2.CircuitBreakers | None = ...,
         outlier_detection: _proxy_config_pb2.OutlierDetection | None = ...,
         hash_policy: _proxy_config_pb2.HashPolicy | None = ...,
+        upstream_protocol: _proxy_config_pb2.UpstreamProtocol.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "outlier_detection", b"outlier_detection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "lb_policy", b"lb_policy", "outlier_detection", b"outlier_detection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit_breakers", b"circuit_breakers", "connect_timeout", b"connect_timeout", "hash_policy", b"hash_policy", "lb_policy", b"lb_policy", "outlier_detection", b"outlier_detection", "upstream_protocol", b"upstream_protocol"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
