@@ -430,3 +430,15 @@ def test_preface_and_frames_arrive_byte_by_byte() -> None:
         events += conn.receive_data(stream[at:at + 1])
     assert [type(e).__name__ for e in events] == ["RemoteSettingsChanged", "RequestReceived", "StreamEnded"]
     assert events[1].headers == REQUEST
+
+
+def test_a_stream_opened_below_the_highest_id_is_refused_as_closed() -> None:
+    """RFC 9113 5.1.1: a HEADERS on a lower id than one the client already opened names a closed stream.
+    It gets RST_STREAM STREAM_CLOSED (found by the fuzz: streams interleaved out of order were dropped
+    without a word and the client waited for answers); the connection goes on."""
+    conn = _open()
+    opened = conn.receive_data(frame(HEADERS, END_HEADERS | END_STREAM, 9, GET))
+    assert [e.stream_id for e in opened if isinstance(e, ev.RequestReceived)] == [9]
+    conn.data_to_send()
+    resets(conn, frame(HEADERS, END_HEADERS | END_STREAM, 5, GET), 5, STREAM_CLOSED)
+    still_works(conn)

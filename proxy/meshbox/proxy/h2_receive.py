@@ -226,7 +226,12 @@ class H2Receiver(H2State):
                 return
             if self._idle(sid) or not sid & 1:
                 raise ConnectionFailure(PROTOCOL_ERROR, f"HEADERS on stream {sid}, which the peer may not open")
-            return  # a stream that is over (a late frame after a reset): ignored, HPACK state kept
+            # A closed stream. One that just closed (late trailers after a reset) is ignored (RFC 9113 5.1);
+            # a lower id than one the peer already opened (closed implicitly, 5.1.1) or one closed long ago
+            # gets STREAM_CLOSED, so a client that opened streams out of order does not wait for an answer.
+            if sid not in self.closed_recently:
+                self._stream_error(sid, STREAM_CLOSED, events)
+            return
         if st.recv_closed:
             self._stream_error(sid, STREAM_CLOSED, events)
             return

@@ -5,6 +5,8 @@ it, ``h2_connection`` adds the calls that send."""
 
 from __future__ import annotations
 
+from typing import Final
+
 from meshbox.proxy.h2_events import (
     INITIAL_WINDOW_SIZE,
     MAX_CONCURRENT_STREAMS,
@@ -24,6 +26,9 @@ from meshbox.proxy.h2_frames import (
 )
 from meshbox.proxy.h2_headers import NO_LENGTH
 from meshbox.proxy.hpack import HpackDecoder, HpackEncoder
+
+# How many closed stream ids a connection remembers (at least its concurrent streams).
+CLOSED_KEPT: Final = 128
 
 
 class Stream:
@@ -81,6 +86,8 @@ class H2State:
         self.settings_due = True
         # Entries of ``out`` that are the proxy's own preface and first SETTINGS, not handed out yet.
         self.greeting = 0
+        # The last streams that closed, oldest first: late frames on them are ignored (RFC 9113 5.1).
+        self.closed_recently: dict[int, None] = {}
         self.goaway_received = False
         self.failed = False
         # A header block being continued: its stream, fragments, END_STREAM flag and frame count.
@@ -124,6 +131,10 @@ class H2State:
                 self.open_inbound -= 1
             else:
                 self.open_outbound -= 1
+            closed = self.closed_recently
+            closed[st.sid] = None
+            if len(closed) > CLOSED_KEPT:
+                del closed[next(iter(closed))]
 
     def _goaway(self, code: int) -> bytes:
         return frame(GOAWAY, 0, 0, self.highest_inbound_stream_id.to_bytes(4, "big") + code.to_bytes(4, "big"))
