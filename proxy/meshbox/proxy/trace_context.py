@@ -98,7 +98,7 @@ def incoming(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext | None:
     with empty ids carries at most a sampling decision (``b3: 0`` or ``x-b3-sampled`` alone, or only
     invalid trace headers: their sampling decision is None)."""
     traceparent: bytes | None = None
-    tracestate: list[bytes] = []
+    tracestate: list[bytes] | None = None  # a list only when there is one (most requests have none)
     single: bytes | None = None
     b3_trace: bytes | None = None
     b3_span: bytes | None = None
@@ -112,7 +112,10 @@ def incoming(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext | None:
         if name == b"traceparent":
             traceparent = value if traceparent is None else b""  # two traceparents: invalid
         elif name == b"tracestate":
-            tracestate.append(value)
+            if tracestate is None:
+                tracestate = [value]
+            else:
+                tracestate.append(value)
         elif name == b"b3":
             single = value
         elif name == b"x-b3-traceid":
