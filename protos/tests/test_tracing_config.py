@@ -36,7 +36,7 @@ def test_pieces_and_encode_write_the_same_line_and_decode_reads_it() -> None:
                                    ((b"http.url", b"http://%s%s"), (b"http.status_code", b"%s")), name=b"%s/*")
     values = (b"client", trace, span, parent, b"10", b"20", b"svc", b"svc", b"/x", b"200")
     assert len(pieces) == len(values) + 1
-    line = b"".join(p + v for p, v in zip(pieces, values)) + pieces[-1]
+    line = b"".join(p + v for p, v in zip(pieces[:-1], values, strict=True)) + pieces[-1]
     assert line == span_wire.encode(b"client", trace, span, parent, 10, 20, b"svc/*",
                                     [(b"component", b"proxy"), (b"pct", b"50%s"), (b"http.url", b"http://svc/x"),
                                      (b"http.status_code", b"200")])
