@@ -10,13 +10,15 @@ multi-header form (plus the single ``b3`` header when the request came with one)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
-_HEX = frozenset(b"0123456789abcdef")
-_ZERO_TRACE = b"0" * 32
-_ZERO_SPAN = b"0" * 16
-TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+# Final: compiled code reads these as C statics, not from the module's dict per header.
+_HEX: Final = frozenset(b"0123456789abcdef")
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_SPAN: Final = b"0" * 16
+TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
                            b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"))
 
 

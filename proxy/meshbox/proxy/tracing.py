@@ -4,10 +4,10 @@ attributes, handed to the agent without ever blocking the request path.
 :meth:`Tracer.start` is called where the upstream request headers are built: it continues the incoming
 trace (our span is a child of the sender's) or starts one (sampled at the configured rate), and returns
 the headers with our span's context. :meth:`Tracer.finish` is called with the access log record: a
-sampled span is encoded (``meshbox.api.span_wire``) into a bounded buffer, sent in batches over a Unix
-datagram socket to the agent (a non-blocking ``send`` at most every ``FLUSH_SECONDS``, or at once when
-a datagram's worth of spans waits). A full buffer, or an agent that is not there or not reading, drops spans and
-counts them (``meshbox_proxy_tracing_spans_dropped_total``); requests never wait for any of it.
+sampled span is encoded (one join of its values with ``meshbox.api.span_wire`` line pieces made once)
+into a bounded buffer, sent in batches over a Unix datagram socket to the agent (a non-blocking ``send``
+at most every ``FLUSH_SECONDS``, or at once when a datagram's worth of spans waits). A full buffer, or an
+agent that is not there or not reading, drops spans and counts them (``meshbox_proxy_tracing_spans_dropped_total``); requests never wait for any of it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from meshbox.proxy.trace_context import Headers, incoming, outgoing
 _PROTOCOLS: Final[dict[str | None, bytes]] = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0"}
 # A byte value, not b"\t": `b"\t" in data` first tries b"\t" as an integer and formats a TypeError.
 _TAB: Final = ord("\t")
+_INBOUND: Final[str] = INBOUND
 BUFFER_LIMIT: Final = 4096
 # span_wire.MAX_DATAGRAM as a C constant (meshbox.api is not compiled: its names are untyped objects here).
 MAX_DATAGRAM: Final[int] = span_wire.MAX_DATAGRAM
@@ -41,6 +42,7 @@ _rand: Final = random.Random()
 # Decimal forms of the small numbers most spans carry (status codes, empty and small bodies), made on
 # first use: a list index instead of formatting an int.
 SMALL_NUMBERS: Final = 1024
+CLUSTER_PARTS: Final = 1024
 _decimals: Final[list[bytes | None]] = [None] * SMALL_NUMBERS
 
 
@@ -106,6 +108,11 @@ class Tracer:
              (b"request_size", b"%s"), (b"response_size", b"%s"), (b"upstream_cluster", b"%s"),
              (b"upstream_cluster.name", b"%s"), (b"user_agent", b"%s"), (b"upstream_host", b"%s")),
             name=b"%s/*")
+        # The line's start for each kind, and per cluster the bytes from the cluster's name to the user
+        # agent's value: fewer pieces to join per span.
+        self.client_head = self.pieces[0] + b"client" + self.pieces[1]
+        self.server_head = self.pieces[0] + b"server" + self.pieces[1]
+        self.cluster_parts: dict[str, bytes] = {}
         # Whether new traces are always / never sampled (no random number drawn then).
         self.sample_all = sampling_percentage >= 100
         self.sample_none = sampling_percentage <= 0
@@ -120,7 +127,7 @@ class Tracer:
     def start(self, record: LogRecord, headers: Headers, direction: str) -> tuple[Headers, Span]:
         """``headers`` carrying our new span's context, and that span."""
         context = incoming(record.request_headers)
-        kind = b"server" if direction == INBOUND else b"client"
+        kind = b"server" if direction == _INBOUND else b"client"
         ids = self.ids
         span_id = ids.take(16)
         tracestate: bytes | None = None
@@ -155,16 +162,18 @@ class Tracer:
         if _TAB in authority or _TAB in path or _TAB in agent or _TAB in request_id:
             # Header values may hold tabs (HTAB is legal in field values); the wire format separates with them.
             authority, path, agent, request_id = (clean(authority), clean(path), clean(agent), clean(request_id))
-        name = cluster.encode()
+        part = self.cluster_parts.get(cluster)
+        if part is None:
+            part = self._cluster_part(cluster)
         p = self.pieces
         # One join of the pieces and values: cheaper than a %-template of twenty fields.
         line = b"".join([
-            p[0], span.kind, p[1], span.trace_id, p[2], span.span_id, p[3], span.parent_id, p[4], b"%d" % start_ns,
-            p[5], b"%d" % (start_ns + int(elapsed_ms * 1e6)), p[6], authority, p[7], request_id, p[8], authority,
-            p[9], path, p[10], record.method or b"", p[11], _PROTOCOLS.get(record.protocol, b"-"), p[12],
-            decimal(record.response_code), p[13], record.response_flags.encode(), p[14],
-            decimal(record.bytes_received), p[15], decimal(record.bytes_sent), p[16], name, p[17], name, p[18],
-            agent, p[19], (record.upstream_host or "-").encode(), p[20]])
+            self.server_head if span.kind == b"server" else self.client_head, span.trace_id, p[2], span.span_id,
+            p[3], span.parent_id, p[4], b"%d" % start_ns, p[5], b"%d" % (start_ns + int(elapsed_ms * 1e6)), p[6],
+            authority, p[7], request_id, p[8], authority, p[9], path, p[10], record.method or b"", p[11],
+            _PROTOCOLS.get(record.protocol, b"-"), p[12], decimal(record.response_code), p[13],
+            record.response_flags.encode(), p[14], decimal(record.bytes_received), p[15],
+            decimal(record.bytes_sent), part, agent, p[19], (record.upstream_host or "-").encode(), p[20]])
         if self.buffered + len(line) > MAX_DATAGRAM:
             # A datagram's worth waits: one send now (rather than two, or a small one, later).
             self.flush()
@@ -173,6 +182,17 @@ class Tracer:
         if not self.flush_armed:
             self.flush_armed = True
             self.loop.call_later(FLUSH_SECONDS, self._flush_timer)
+
+    def _cluster_part(self, cluster: str) -> bytes:
+        """The line's bytes from the key before the cluster's name to the user agent's value, kept for the
+        next spans of ``cluster`` (at most CLUSTER_PARTS clusters: past that, the kept ones are forgotten)."""
+        p = self.pieces
+        name = cluster.encode()
+        part = p[16] + name + p[17] + name + p[18]
+        if len(self.cluster_parts) >= CLUSTER_PARTS:
+            self.cluster_parts.clear()
+        self.cluster_parts[cluster] = part
+        return part
 
     def _flush_timer(self) -> None:
         # The one armed timer; a flush of a full datagram in between leaves it armed (no timer per send).
