@@ -7,7 +7,8 @@ the headers with our span's context. :meth:`Tracer.finish` is called with the ac
 sampled span is encoded (one join of its values with ``meshbox.api.span_wire`` line pieces made once)
 into a bounded buffer, sent in batches over a Unix datagram socket to the agent (a non-blocking ``send``
 at most every ``FLUSH_SECONDS``, or at once when a datagram's worth of spans waits). A full buffer, or an
-agent that is not there or not reading, drops spans and counts them (``meshbox_proxy_tracing_spans_dropped_total``); requests never wait for any of it.
+agent that is not there or not reading, drops spans and counts them
+(``meshbox_proxy_tracing_spans_dropped_total``); requests never wait for any of it.
 """
 
 from __future__ import annotations
