@@ -253,3 +253,20 @@ def test_span_line_is_the_wire_format_with_every_attribute(tmp_path: Path, code:
     assert decoded.kind == "server" and decoded.parent_id == bytes.fromhex(SPAN.decode())
     assert decoded.end_ns - decoded.start_ns == 12_500_000
     assert dict(decoded.attributes)["http.status_code"] == str(code)
+
+
+@pytest.mark.parametrize(("flags", "sampled"), [(b"00", False), (b"01", True), (b"02", False), (b"03", True),
+                                                (b"0f", True), (b"fe", False), (b"ff", True)])
+def test_sampled_is_bit_zero_of_the_flags(flags: bytes, sampled: bool) -> None:
+    context = parse_traceparent(b"00-" + TRACE + b"-" + SPAN + b"-" + flags)
+    assert context is not None and context.sampled is sampled
+
+
+@pytest.mark.parametrize("value", [
+    b"00-" + TRACE[:-1] + b"-" + b"-" + SPAN + b"-01",          # a fourth separator inside the trace id
+    b"00-" + TRACE + b"-" + SPAN[:-1] + b"x-01",                # a non-hex digit
+    b"0-0" + TRACE + b"-" + SPAN + b"-01",                      # the first separator misplaced
+    b"00-" + TRACE + b"-" + SPAN + b"-0F",                      # uppercase flags
+])
+def test_traceparent_with_separators_or_digits_out_of_place_is_invalid(value: bytes) -> None:
+    assert len(value) == 55 and parse_traceparent(value) is None
