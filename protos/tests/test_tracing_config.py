@@ -30,17 +30,19 @@ def test_bad_tracing_config_is_refused_naming_the_field(text: str, message: str)
         parse_mesh_config(text)
 
 
-def test_template_and_encode_write_the_same_line_and_decode_reads_it() -> None:
+def test_pieces_and_encode_write_the_same_line_and_decode_reads_it() -> None:
     trace, span, parent = b"4bf92f3577b34da6a3ce929d0e0e4736", b"00f067aa0ba902b7", b"1111111111111111"
-    template = span_wire.line_template(((b"component", b"proxy"), (b"pct", b"50%")),
-                                       ((b"http.url", b"http://%s%s"), (b"http.status_code", b"%d")))
-    line = template % (b"client", trace, span, parent, 10, 20, b"svc/*", b"svc", b"/x", 200)
+    pieces = span_wire.line_pieces(((b"component", b"proxy"), (b"pct", b"50%s")),
+                                   ((b"http.url", b"http://%s%s"), (b"http.status_code", b"%s")), name=b"%s/*")
+    values = (b"client", trace, span, parent, b"10", b"20", b"svc", b"svc", b"/x", b"200")
+    assert len(pieces) == len(values) + 1
+    line = b"".join(p + v for p, v in zip(pieces[:-1], values, strict=True)) + pieces[-1]
     assert line == span_wire.encode(b"client", trace, span, parent, 10, 20, b"svc/*",
-                                    [(b"component", b"proxy"), (b"pct", b"50%"), (b"http.url", b"http://svc/x"),
+                                    [(b"component", b"proxy"), (b"pct", b"50%s"), (b"http.url", b"http://svc/x"),
                                      (b"http.status_code", b"200")])
     (decoded,) = span_wire.decode(line)
     assert decoded.trace_id.hex() == trace.decode() and decoded.parent_id.hex() == parent.decode()
-    assert decoded.attributes == (("component", "proxy"), ("pct", "50%"), ("http.url", "http://svc/x"),
+    assert decoded.attributes == (("component", "proxy"), ("pct", "50%s"), ("http.url", "http://svc/x"),
                                   ("http.status_code", "200"))
     assert next(span_wire.decode(span_wire.encode(b"server", trace, span, b"", 1, 2, b"a\tb", []))).name == "a b"
     for bad in (b"2\tclient\t" + trace + b"\t" + span + b"\t\t1\t2\tn\n", b"1\tclient\tzz\t" + span + b"\t\t1\t2\tn\n",

@@ -198,3 +198,75 @@ def test_spans_leave_in_full_datagrams(tmp_path: Path) -> None:
     assert all(len(d) <= span_wire.MAX_DATAGRAM for d in datagrams)
     assert all(len(d) + line_size > span_wire.MAX_DATAGRAM for d in datagrams[:-1])
     assert all(b"svc x/*" in line for line in lines)  # the tab in the authority cleaned
+
+
+def _receive_all(sink: socket.socket) -> list[bytes]:
+    sink.setblocking(False)
+    datagrams = []
+    while True:
+        try:
+            datagrams.append(sink.recv(1 << 17))
+        except BlockingIOError:
+            return datagrams
+
+
+@pytest.mark.parametrize(("code", "received", "sent", "protocol"), [
+    (200, 0, 400, "HTTP/1.1"),
+    (503, 1023, 1024, "HTTP/1.0"),      # either side of the small numbers kept in decimal
+    (201, 5_000_000, 0, "HTTP/2"),      # a protocol the line writes as "-"
+])
+def test_span_line_is_the_wire_format_with_every_attribute(tmp_path: Path, code: int, received: int, sent: int,
+                                                           protocol: str) -> None:
+    """The line the tracer builds (pieces joined with the values) is byte for byte what
+    span_wire.encode writes for the same span, and the agent's decode reads every attribute back."""
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(tmp_path / "spans.sock"))
+    loop = asyncio.new_event_loop()
+    try:
+        tracer = Tracer(loop, Stats(), 100, str(tmp_path / "spans.sock"), Workload("w", "ns", "app"))
+        record = LogRecord(None, None)
+        record.request_headers = [(b"traceparent", VALID)]
+        record.start_time = 1765000000.25
+        record.method, record.path, record.authority = b"POST", b"/a?b=1", b"svc.ns:8080"
+        record.protocol, record.response_code, record.response_flags = protocol, code, "UF"
+        record.bytes_received, record.bytes_sent = received, sent
+        record.request_id, record.user_agent, record.upstream_host = b"rid\t1", b"curl/8", "10.0.0.7:8080"
+        _, span = tracer.start(record, [], INBOUND)
+        tracer.finish(record, span, "inbound|8080||", 12.5)
+        tracer.flush()
+    finally:
+        loop.close()
+    (datagram,) = _receive_all(sink)
+    sink.close()
+    start = int(1765000000.25 * 1e9)
+    expected = span_wire.encode(b"server", TRACE, span.span_id, SPAN, start, start + 12_500_000, b"svc.ns:8080/*", [
+        (b"component", b"proxy"), (b"node_id", b"w.ns"), (b"istio.canonical_service", b"app"),
+        (b"istio.namespace", b"ns"), (b"downstream_cluster", b"-"), (b"guid:x-request-id", b"rid 1"),
+        (b"http.url", b"http://svc.ns:8080/a?b=1"), (b"http.method", b"POST"),
+        (b"http.protocol", protocol.encode() if protocol != "HTTP/2" else b"-"),
+        (b"http.status_code", b"%d" % code), (b"response_flags", b"UF"), (b"request_size", b"%d" % received),
+        (b"response_size", b"%d" % sent), (b"upstream_cluster", b"inbound|8080||"),
+        (b"upstream_cluster.name", b"inbound|8080||"), (b"user_agent", b"curl/8"),
+        (b"upstream_host", b"10.0.0.7:8080")])
+    assert datagram == expected
+    (decoded,) = span_wire.decode(datagram)
+    assert decoded.kind == "server" and decoded.parent_id == bytes.fromhex(SPAN.decode())
+    assert decoded.end_ns - decoded.start_ns == 12_500_000
+    assert dict(decoded.attributes)["http.status_code"] == str(code)
+
+
+@pytest.mark.parametrize(("flags", "sampled"), [(b"00", False), (b"01", True), (b"02", False), (b"03", True),
+                                                (b"0f", True), (b"fe", False), (b"ff", True)])
+def test_sampled_is_bit_zero_of_the_flags(flags: bytes, sampled: bool) -> None:
+    context = parse_traceparent(b"00-" + TRACE + b"-" + SPAN + b"-" + flags)
+    assert context is not None and context.sampled is sampled
+
+
+@pytest.mark.parametrize("value", [
+    b"00-" + TRACE[:-1] + b"-" + b"-" + SPAN + b"-01",          # a fourth separator inside the trace id
+    b"00-" + TRACE + b"-" + SPAN[:-1] + b"x-01",                # a non-hex digit
+    b"0-0" + TRACE + b"-" + SPAN + b"-01",                      # the first separator misplaced
+    b"00-" + TRACE + b"-" + SPAN + b"-0F",                      # uppercase flags
+])
+def test_traceparent_with_separators_or_digits_out_of_place_is_invalid(value: bytes) -> None:
+    assert len(value) == 55 and parse_traceparent(value) is None

@@ -43,15 +43,38 @@ def clean(value: bytes) -> bytes:
     return value
 
 
-def line_template(constants: Sequence[tuple[bytes, bytes]], values: Sequence[tuple[bytes, bytes]]) -> bytes:
-    """A ``%``-template of a span line for a writer that sends the same attributes every time: the
-    ``constants`` (key, value) written in, then ``values`` (key, its ``%`` pattern, e.g. ``%s``, ``%d``,
-    ``http://%s%s``) filled per span. Its placeholders, in order: kind, trace id, span id, parent id,
-    start, end (``%d``), name, then those of ``values``; what fills them must be free of tabs and
-    newlines (see ``clean``). Same result as ``encode``."""
-    head = b"\t".join([VERSION, b"%s", b"%s", b"%s", b"%s", b"%d", b"%d", b"%s"])
-    fixed = b"".join(b"\t%s\t%s" % (k, clean(v).replace(b"%", b"%%")) for k, v in constants)
-    return head + fixed + b"".join(b"\t%s\t%s" % (k, pattern) for k, pattern in values) + b"\n"
+def line_pieces(constants: Sequence[tuple[bytes, bytes]], values: Sequence[tuple[bytes, bytes]],
+                name: bytes = b"%s") -> tuple[bytes, ...]:
+    """The fixed bytes of a span line, for a writer that sends the same attributes every time: the line is
+    ``pieces[0] + v0 + pieces[1] + v1 + ... + v(n-1) + pieces[n]`` (one ``b"".join``), the values ``v``
+    being, in order: kind, trace id, span id, parent id, start, end (decimal), the ``%s`` of ``name``
+    (e.g. ``%s/*``), then those of ``values`` (key, a pattern with ``%s`` where a value goes, e.g.
+    ``%s`` or ``http://%s%s``); the ``constants`` (key, value) are written in. What fills a ``%s`` must
+    be free of tabs and newlines (see ``clean``). Same line as ``encode``."""
+    pieces = [VERSION + b"\t", b"\t", b"\t", b"\t", b"\t", b"\t"]
+    # The bytes since the last value (here: end's tab); every %s closes a piece.
+    current = b"\t"
+    for literal, last in _split(name):
+        current += literal
+        if not last:
+            pieces.append(current)
+            current = b""
+    current += b"".join(b"\t%s\t%s" % (k, clean(v)) for k, v in constants)
+    for key, pattern in values:
+        current += b"\t" + key + b"\t"
+        for literal, last in _split(pattern):
+            current += literal
+            if not last:
+                pieces.append(current)
+                current = b""
+    pieces.append(current + b"\n")
+    return tuple(pieces)
+
+
+def _split(pattern: bytes) -> list[tuple[bytes, bool]]:
+    """The literals of ``pattern`` around its ``%s``, each with whether it is the last one."""
+    literals = pattern.split(b"%s")
+    return [(literal, i == len(literals) - 1) for i, literal in enumerate(literals)]
 
 
 def encode(kind: bytes, trace_id: bytes, span_id: bytes, parent_id: bytes, start_ns: int, end_ns: int,

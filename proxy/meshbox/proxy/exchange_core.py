@@ -139,10 +139,11 @@ class ExchangeCore(ExchangeResilience):
             kept.append(rid)
             ex.request_headers = kept
         ex.request_id = request_id
+        headers = self.ctx.peer_metadata.request(ex, headers, listener.direction, self.peer)
         tracer = self.ctx.tracer
         if tracer is not None:
+            # After the peer metadata: its scan of the headers for its own need not pass the trace headers.
             headers, ex.span = tracer.start(ex, headers, listener.direction)
-        headers = self.ctx.peer_metadata.request(ex, headers, listener.direction, self.peer)
         target = head.target
         if target[:1] != b"/" and target != b"*":
             # Absolute form (RFC 9112 3.2.2): route by the target's authority, forward in origin form.

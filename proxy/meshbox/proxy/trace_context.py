@@ -10,13 +10,17 @@ multi-header form (plus the single ``b3`` header when the request came with one)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
-_HEX = frozenset(b"0123456789abcdef")
-_ZERO_TRACE = b"0" * 32
-_ZERO_SPAN = b"0" * 16
-TRACE_HEADERS = frozenset((b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+# Final: compiled code reads these as C statics, not from the module's dict per header.
+_HEX_DIGITS: Final = b"0123456789abcdef"
+_ODD_HEX_DIGITS: Final = b"13579bdf"
+_DASH: Final = ord("-")
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_SPAN: Final = b"0" * 16
+TRACE_HEADERS: Final = frozenset((b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid",
                            b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags"))
 
 
@@ -36,7 +40,8 @@ class TraceContext:
 
 
 def _is_hex(value: bytes, length: int) -> bool:
-    return len(value) == length and all(c in _HEX for c in value)
+    # One C pass deleting the lowercase hex digits, rather than a set test per byte.
+    return len(value) == length and not value.translate(None, _HEX_DIGITS)
 
 
 def parse_traceparent(value: bytes) -> TraceContext | None:
@@ -44,16 +49,19 @@ def parse_traceparent(value: bytes) -> TraceContext | None:
     version ``ff``, uppercase or non-hex digits, an all-zero trace or parent id, a version 00 header of
     another length; a future version may be longer only after a ``-``."""
     value = value.strip(b" \t")
-    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
+    if len(value) < 55:
         return None
-    version, trace_id, span_id, flags = value[:2], value[3:35], value[36:52], value[53:55]
-    if not (_is_hex(version, 2) and _is_hex(trace_id, 32) and _is_hex(span_id, 16) and _is_hex(flags, 2)):
+    head = value if len(value) == 55 else value[:55]
+    # One C pass: without its lowercase hex digits, the head must be exactly its three separators.
+    if head.translate(None, _HEX_DIGITS) != b"---" or head[2] != _DASH or head[35] != _DASH or head[52] != _DASH:
         return None
+    version, trace_id, span_id = value[:2], value[3:35], value[36:52]
     if version == b"ff" or trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    if len(value) > 55 and (version == b"00" or value[55:56] != b"-"):
+    if len(value) > 55 and (version == b"00" or value[55] != _DASH):
         return None
-    return TraceContext(trace_id, span_id, bool(int(flags, 16) & 1))
+    # Sampled is bit 0 of the flags: the low bit of their second hex digit.
+    return TraceContext(trace_id, span_id, value[54] in _ODD_HEX_DIGITS)
 
 
 def _b3_trace_id(value: bytes) -> bytes | None:
@@ -98,7 +106,7 @@ def incoming(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext | None:
     with empty ids carries at most a sampling decision (``b3: 0`` or ``x-b3-sampled`` alone, or only
     invalid trace headers: their sampling decision is None)."""
     traceparent: bytes | None = None
-    tracestate: list[bytes] = []
+    tracestate: list[bytes] | None = None  # a list only when there is one (most requests have none)
     single: bytes | None = None
     b3_trace: bytes | None = None
     b3_span: bytes | None = None
@@ -112,7 +120,10 @@ def incoming(headers: Sequence[tuple[bytes, bytes]]) -> TraceContext | None:
         if name == b"traceparent":
             traceparent = value if traceparent is None else b""  # two traceparents: invalid
         elif name == b"tracestate":
-            tracestate.append(value)
+            if tracestate is None:
+                tracestate = [value]
+            else:
+                tracestate.append(value)
         elif name == b"b3":
             single = value
         elif name == b"x-b3-traceid":
