@@ -93,14 +93,7 @@ def test_requests_from_h2_arrive_exactly(messages: list[dict[str, Any]], cuts: l
     _send_all(pair, ref.local_flow_control_window, sends)
     pair.pump()
     ours, _ = pair.take()
-    for index, msg in enumerate(messages):
-        sid = 2 * index + 1
-        mine = [e for e in ours if getattr(e, "stream_id", None) == sid]
-        assert isinstance(mine[0], ev.RequestReceived) and mine[0].headers[4:] == msg["fields"]
-        assert b"".join(e.data for e in mine if isinstance(e, ev.DataReceived)) == msg["body"]
-        assert [e.headers for e in mine if isinstance(e, ev.TrailersReceived)] == (
-            [msg["trailers"]] if msg["trailers"] else [])
-        assert isinstance(mine[-1], ev.StreamEnded)
+    _assert_received(ours, messages, ev.RequestReceived, 4)
     assert pair.ours.streams.keys() == {2 * i + 1 for i in range(len(messages))}
 
 
@@ -163,12 +156,18 @@ def test_responses_from_h2_reach_ours_as_client_exactly(messages: list[dict[str,
     _send_all(pair, ref.local_flow_control_window, sends)
     pair.pump()
     ours, _ = pair.take()
+    _assert_received(ours, messages, ev.ResponseReceived, 1)
+    assert pair.ours.streams == {}
+
+
+def _assert_received(ours: list[Any], messages: list[dict[str, Any]], head: type, pseudo: int) -> None:
+    """Each message arrived whole on its stream (1, 3, 5, ...): its head (after ``pseudo`` pseudo-header
+    fields), its body, its trailers if any, then the end."""
     for index, msg in enumerate(messages):
         sid = 2 * index + 1
         mine = [e for e in ours if getattr(e, "stream_id", None) == sid]
-        assert isinstance(mine[0], ev.ResponseReceived) and mine[0].headers[1:] == msg["fields"]
+        assert isinstance(mine[0], head) and mine[0].headers[pseudo:] == msg["fields"]
         assert b"".join(e.data for e in mine if isinstance(e, ev.DataReceived)) == msg["body"]
         assert [e.headers for e in mine if isinstance(e, ev.TrailersReceived)] == (
             [msg["trailers"]] if msg["trailers"] else [])
         assert isinstance(mine[-1], ev.StreamEnded)
-    assert pair.ours.streams == {}
