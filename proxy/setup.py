@@ -20,12 +20,14 @@ def _ext_modules() -> list:
 
     # glibc's malloc_trim and mallopt without ctypes (startup_memory falls back to ctypes without it).
     glibc_malloc = Extension("meshbox.proxy.glibc_malloc", ["meshbox/proxy/glibc_malloc.c"])
+    # TLS records in one C call each way (tls_layer falls back to tls_records_pure without it).
+    tls_records = Extension("meshbox.proxy.tls_records", ["meshbox/proxy/tls_records.c"], libraries=["ssl", "crypto"])
 
     hot_path = runpy.run_path("meshbox/proxy/hot_path.py")["HOT_PATH"]
     # mypy's flags first. Explicit package bases: "meshbox" is a namespace package rooted here (the
     # build must not depend on a mypy config found in a parent directory). Missing imports (meshbox.api
     # when this distribution is built alone) are typed as Any rather than failing the build.
-    return [glibc_malloc, *mypycify(
+    return [glibc_malloc, tls_records, *mypycify(
         ["--explicit-package-bases", "--ignore-missing-imports", "--python-version", "3.11",
          *(name.replace(".", "/") + ".py" for name in hot_path)],
         opt_level="3",

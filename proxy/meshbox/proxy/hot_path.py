@@ -54,6 +54,7 @@ HOT_PATH = (
     "meshbox.proxy.http2_downstream",
     "meshbox.proxy.upstream_h2",
     "meshbox.proxy.http2_to_http1",
+    "meshbox.proxy.tls_layer",
 )
 
 

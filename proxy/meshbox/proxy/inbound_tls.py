@@ -1,7 +1,7 @@
 """The inbound side of mutual TLS: tell TLS from plaintext, terminate TLS, apply the port's policy.
 
 An accepted connection on a listener with a peer authentication mode other than DISABLE is decided by
-its first bytes: a TLS record (0x16, handshake) puts the loop's own TLS protocol under the connection
+its first bytes: a TLS record (0x16, handshake) puts the proxy's TLS layer (tls_layer) under the connection
 at once (the bytes already read are fed to it), for a TLS 1.3 server handshake requiring a client
 certificate that chains to the trust bundle (the ALPN protocols it selects: alpn); anything else is
 plaintext, which PERMISSIVE lets through and STRICT refuses (an access log line with flag ``NR``, as a
@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any, Protocol, cast
-
-import uvloop
 
 from meshbox.proxy.alpn import counter, selected
 from meshbox.proxy.context import ProxyContext
@@ -74,15 +71,6 @@ class _Handshaken(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gate._decide()
-
-
-def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
-    """The loop's own TLS protocol (uvloop's compiled one under uvloop)."""
-    if isinstance(loop, uvloop.Loop):
-        # Looked up by name: uvloop ships no stubs for it, and the proxy's compiled build may type-check
-        # this module before uvloop is installed.
-        return vars(uvloop.loop)["SSLProtocol"]
-    return sslproto.SSLProtocol
 
 
 class InboundGate(asyncio.Protocol):
@@ -167,19 +155,14 @@ class InboundGate(asyncio.Protocol):
             _say(f"TLS connection from {self.peer} closed: {exc}")
             transport.abort()
             return
-        waiter = ctx.loop.create_future()
+        from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object  # loads the TLS records code: TLS only
+
+        waiter: asyncio.Future[None] = ctx.loop.create_future()
         waiter.add_done_callback(self._handshake_done)
-        layer = _tls_protocol_class(ctx.loop)(ctx.loop, _Handshaken(self), context, waiter, server_side=True,
-                                              call_connection_made=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        layer = TlsLayer(ctx.loop, new_ssl_object(context, True), _Handshaken(self), waiter, HANDSHAKE_TIMEOUT)
         transport.set_protocol(layer)
         layer.connection_made(transport)
-        view = memoryview(first)
-        while view and not transport.is_closing():
-            buf = layer.get_buffer(len(view))
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            layer.buffer_updated(n)
-            view = view[n:]
+        layer.data_received(first)
 
     def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
         exc = None if waiter.cancelled() else waiter.exception()

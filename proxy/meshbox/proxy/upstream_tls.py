@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from meshbox.proxy.alpn import counter, selected
 from meshbox.proxy.context import ProxyContext
-from meshbox.proxy.inbound_tls import peer_of, tls_failure_reason
+from meshbox.proxy.inbound_tls import HANDSHAKE_TIMEOUT, peer_of, tls_failure_reason
 from meshbox.proxy.peer_identity import announce_peer
 from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
-from meshbox.proxy.workload_tls import RESUME
+
+if TYPE_CHECKING:
+    import ssl
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -33,6 +35,25 @@ def failure_reason(exc: BaseException) -> str | None:
     return exc.reason if isinstance(exc, UpstreamTlsFailure) else None
 
 
+async def _connect_tls(ctx: ProxyContext, factory: Callable[[], P], host: UpstreamHost, context: ssl.SSLContext,
+                       session: ssl.SSLSession | None) -> tuple[asyncio.BaseTransport, P]:
+    """A TCP connection to ``host`` with the proxy's TLS layer under ``factory()``'s protocol, once its
+    handshake is done (resuming ``session`` when given)."""
+    from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object  # loads the TLS records code: TLS only
+
+    loop = ctx.loop
+    proto = factory()
+    waiter: asyncio.Future[None] = loop.create_future()
+    layer = TlsLayer(loop, new_ssl_object(context, False, session), proto, waiter, HANDSHAKE_TIMEOUT)
+    await loop.create_connection(lambda: layer, host.address, host.port)
+    try:
+        await waiter
+    except BaseException:
+        layer.abort()
+        raise
+    return cast(asyncio.BaseTransport, layer), proto
+
+
 async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: ClusterRuntime | None,
                         host: UpstreamHost, peer_exchange: bool = False,
                         http2: bool = False) -> tuple[asyncio.BaseTransport, P]:
@@ -46,24 +67,18 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
     if tls is None:
         raise UpstreamTlsFailure(f"cluster {cluster.name} requires mutual TLS to {host.host} and this proxy "
                                  "has no workload certificate (--cert-dir)")
-    token = None
     try:
         context = tls.client_context(peer_exchange, http2)
         last = host.tls_last
         # A session resumes only with the context that made it (not across a certificate rotation).
-        if last is not None and last[0] is context:
-            token = RESUME.set(getattr(last[1], "session", None))
-        transport, proto = await loop.create_connection(factory, host.address, host.port, ssl=context,
-                                                        server_hostname="")
+        session = getattr(last[1], "session", None) if last is not None and last[0] is context else None
+        transport, proto = await _connect_tls(ctx, factory, host, context, session)
     except TimeoutError:
         raise
     except OSError as exc:
         reason = tls_failure_reason(exc)
         ctx.stats.incr("upstream_ssl_handshake_error")
         raise UpstreamTlsFailure(f"TLS error: {reason}") from None
-    finally:
-        if token is not None:
-            RESUME.reset(token)
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is not None:
         host.tls_last = (context, ssl_object)

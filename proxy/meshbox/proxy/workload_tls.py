@@ -14,7 +14,6 @@ import os
 import ssl
 import sys
 import time
-from contextvars import ContextVar
 
 from meshbox.proxy.alpn import H2, HTTP11, SERVER_PROTOCOLS, client_protocol
 from meshbox.proxy.peer_exchange import ALPN as PEER_EXCHANGE
@@ -31,22 +30,8 @@ class CertificateUnavailable(OSError):
     """No usable workload certificate (yet): the message names the file and the cause."""
 
 
-# The TLS session to resume on the client connection being made (set around create_connection by
-# upstream_tls; a context variable, so concurrent connects to different hosts do not mix them up).
-RESUME: ContextVar[ssl.SSLSession | None] = ContextVar("meshbox_tls_resume", default=None)
-
-
-class ResumingContext(ssl.SSLContext):
-    """A client context whose new connections resume the session in RESUME: asyncio and uvloop make the
-    SSL object themselves (wrap_bio) and take no session."""
-
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
-                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
-        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session=session or RESUME.get())
-
-
 def _context(side: ssl._SSLMethod, directory: str, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
-    ctx = ResumingContext(side) if side == ssl.PROTOCOL_TLS_CLIENT else ssl.SSLContext(side)
+    ctx = ssl.SSLContext(side)
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
