@@ -36,7 +36,7 @@ def failure_reason(exc: BaseException) -> str | None:
 
 
 async def _connect_tls(ctx: ProxyContext, factory: Callable[[], P], host: UpstreamHost, context: ssl.SSLContext,
-                       session: ssl.SSLSession | None) -> tuple[asyncio.BaseTransport, P]:
+                       session: ssl.SSLSession | None) -> tuple[asyncio.Transport, P]:
     """A TCP connection to ``host`` with the proxy's TLS layer under ``factory()``'s protocol, once its
     handshake is done (resuming ``session`` when given)."""
     from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object  # loads the TLS records code: TLS only
@@ -51,7 +51,7 @@ async def _connect_tls(ctx: ProxyContext, factory: Callable[[], P], host: Upstre
     except BaseException:
         layer.abort()
         raise
-    return cast(asyncio.BaseTransport, layer), proto
+    return cast(asyncio.Transport, layer), proto
 
 
 async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: ClusterRuntime | None,
