@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -26,6 +27,7 @@ try:
         TlsFailed,
         keep_buffers,
         read_records,
+        records_of,
         shutdown_records,
         write_records,
     )
@@ -35,6 +37,7 @@ except ImportError:  # a pure-Python build (MESHBOX_PROXY_PURE=1)
         TlsFailed,
         keep_buffers,
         read_records,
+        records_of,
         shutdown_records,
         write_records,
     )
@@ -55,6 +58,10 @@ def new_ssl_object(context: ssl.SSLContext, server_side: bool,
     return ssl_object
 
 
+def _not_connected(data: bytes) -> None:
+    raise ConnectionError("the TLS layer has no TCP transport yet")
+
+
 class TlsLayer(asyncio.Protocol):
     """One TLS connection: ``ssl_object`` (new_ssl_object) over the TCP transport it is connected to, for
     ``app``, the protocol above; ``waiter`` learns how the handshake ended."""
@@ -63,7 +70,11 @@ class TlsLayer(asyncio.Protocol):
                  waiter: asyncio.Future[None], handshake_timeout: float) -> None:
         self.loop = loop
         self.ssl_object = ssl_object
+        self.records = records_of(ssl_object)
         self.app: Any = app
+        # Bound once, called per record: the protocol above's data_received, the TCP transport's write.
+        self.deliver: Callable[[bytes], object] = app.data_received
+        self.send: Callable[[bytes], object] = _not_connected
         self.waiter = waiter
         self.handshake_timeout = handshake_timeout
         self.raw: Any = None
@@ -79,6 +90,7 @@ class TlsLayer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.raw = transport
+        self.send = self.raw.write
         self.timer = self.loop.call_later(self.handshake_timeout, self._handshake_late)
         if not self.ssl_object.server_side:
             self._handshake(b"")  # the ClientHello
@@ -86,7 +98,7 @@ class TlsLayer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state == OPEN:
             try:
-                plaintext = read_records(self.ssl_object, data)
+                plaintext = read_records(self.records, data)
             except TlsClosed as end:
                 self._ended(end.args[0], None)
                 return
@@ -94,7 +106,7 @@ class TlsLayer(asyncio.Protocol):
                 self._ended(failed.args[1], ConnectionAbortedError(f"TLS record refused: {failed.args[0]}"))
                 return
             if plaintext:
-                self.app.data_received(plaintext)
+                self.deliver(plaintext)
         elif self.state == HANDSHAKE:
             self._handshake(data)
 
@@ -141,7 +153,7 @@ class TlsLayer(asyncio.Protocol):
         if self.waiter.cancelled():  # whoever waited for the connection gave up on it
             self.abort()
             return
-        keep_buffers(self.ssl_object)
+        keep_buffers(self.records)
         self.state, self.connected = OPEN, True
         self.waiter.set_result(None)
         self.app.connection_made(self)
@@ -192,11 +204,11 @@ class TlsLayer(asyncio.Protocol):
         if self.state != OPEN or self.closing or not data:
             return
         try:
-            out = write_records(self.ssl_object, data)
+            out = write_records(self.records, data)
         except TlsFailed:
             self.abort()
             return
-        self.raw.write(out)
+        self.send(out)
 
     def writelines(self, chunks: Any) -> None:
         self.write(b"".join(chunks))
@@ -212,7 +224,7 @@ class TlsLayer(asyncio.Protocol):
             return
         self.closing = True
         if self.state == OPEN:
-            out = shutdown_records(self.ssl_object)
+            out = shutdown_records(self.records)
             if out:
                 self.raw.write(out)
         self.raw.close()
@@ -248,6 +260,7 @@ class TlsLayer(asyncio.Protocol):
 
     def set_protocol(self, protocol: Any) -> None:
         self.app = protocol
+        self.deliver = protocol.data_received
 
     def get_protocol(self) -> Any:
         return self.app

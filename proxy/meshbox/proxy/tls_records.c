@@ -6,7 +6,8 @@
  * (BIO write, read loop, SSL write, BIO read). Here a call runs OpenSSL's loop itself and reports the
  * ordinary "need more bytes" as a return value; Python exceptions are left for the end of a connection.
  *
- * The SSL pointer is read from CPython's _ssl._SSLSocket (SSLObject._sslobj), whose C struct is private:
+ * The SSL pointer is read from CPython's _ssl._SSLSocket (SSLObject._sslobj: the handle records_of gives),
+ * whose C struct is private:
  * its head (object header, socket weakref, SSL pointer) is the same in CPython 3.8 to 3.13, the build
  * refuses other versions, and module initialisation checks the layout on a fresh object (the SSL's read
  * BIO must be the MemoryBIO it was made with) before any call can use it. The handshake, certificate
@@ -46,20 +47,29 @@ static PyObject *TlsFailed;     /* a record failed: args (reason, plaintext befo
 static char scratch[65536];
 
 static SSL *
-ssl_of(PyObject *ssl_object)
+ssl_of(PyObject *handle)
 {
-    PyObject *sock = PyObject_GetAttr(ssl_object, sslobj_attr);
-    if (sock == NULL)
-        return NULL;
-    if (Py_TYPE(sock) != ssl_socket_type) {
-        PyErr_Format(PyExc_TypeError, "expected an ssl.SSLObject, got %.100s", Py_TYPE(ssl_object)->tp_name);
-        Py_DECREF(sock);
+    if (Py_TYPE(handle) != ssl_socket_type) {
+        PyErr_Format(PyExc_TypeError, "expected the handle records_of() gives, got %.100s", Py_TYPE(handle)->tp_name);
         return NULL;
     }
-    SSL *ssl = ((SslSocketHead *)sock)->ssl;
-    /* The SSLObject holds its _SSLSocket for as long as the caller holds the SSLObject. */
-    Py_DECREF(sock);
-    return ssl;
+    return ((SslSocketHead *)handle)->ssl;
+}
+
+PyDoc_STRVAR(records_of_doc,
+"records_of(ssl_object) -> handle\n\n"
+"What the other functions take for ``ssl_object`` (an ssl.SSLObject on memory BIOs): its _ssl._SSLSocket,\n"
+"looked up once per connection rather than once per record. Valid while the SSLObject lives.");
+
+static PyObject *
+records_of(PyObject *self, PyObject *ssl_object)
+{
+    PyObject *sock = PyObject_GetAttr(ssl_object, sslobj_attr);
+    if (sock != NULL && Py_TYPE(sock) != ssl_socket_type) {
+        PyErr_Format(PyExc_TypeError, "expected an ssl.SSLObject, got %.100s", Py_TYPE(ssl_object)->tp_name);
+        Py_CLEAR(sock);
+    }
+    return sock;
 }
 
 /* OpenSSL's reason for the last error, as the ssl module words it ("decryption failed or bad record mac"). */
@@ -105,7 +115,7 @@ raise_end(PyObject *type, PyObject *reason, PyObject *plaintext)
 }
 
 PyDoc_STRVAR(read_records_doc,
-"read_records(ssl_object, data) -> bytes\n\n"
+"read_records(handle, data) -> bytes\n\n"
 "Feed ``data`` (ciphertext) to the TLS connection and return all the plaintext it completes (b'' while a\n"
 "record is still partial). Raises TlsClosed(plaintext) on the peer's close_notify and\n"
 "TlsFailed(reason, plaintext) on a record that fails, ``plaintext`` being what came before it.");
@@ -114,7 +124,7 @@ static PyObject *
 read_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "read_records(ssl_object, data) takes 2 arguments");
+        PyErr_SetString(PyExc_TypeError, "read_records(handle, data) takes 2 arguments");
         return NULL;
     }
     SSL *ssl = ssl_of(args[0]);
@@ -193,7 +203,7 @@ take_output(SSL *ssl)
 }
 
 PyDoc_STRVAR(write_records_doc,
-"write_records(ssl_object, data) -> bytes\n\n"
+"write_records(handle, data) -> bytes\n\n"
 "Encrypt ``data`` (plaintext; may be empty) and return all the ciphertext waiting to be sent, including\n"
 "what reading produced (a session ticket, a key update). Raises TlsFailed(reason, b'') when OpenSSL\n"
 "refuses the write (the connection already failed or was shut down).");
@@ -202,7 +212,7 @@ static PyObject *
 write_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "write_records(ssl_object, data) takes 2 arguments");
+        PyErr_SetString(PyExc_TypeError, "write_records(handle, data) takes 2 arguments");
         return NULL;
     }
     SSL *ssl = ssl_of(args[0]);
@@ -232,15 +242,15 @@ write_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 PyDoc_STRVAR(keep_buffers_doc,
-"keep_buffers(ssl_object)\n\n"
+"keep_buffers(handle)\n\n"
 "Keep the connection's record buffers between records. The ssl module sets SSL_MODE_RELEASE_BUFFERS,\n"
 "which frees them after every record and allocates them again for the next (about 17 KiB each way):\n"
 "for a connection that carries a record every few microseconds that is a malloc and a free per record.");
 
 static PyObject *
-keep_buffers(PyObject *self, PyObject *ssl_object)
+keep_buffers(PyObject *self, PyObject *handle)
 {
-    SSL *ssl = ssl_of(ssl_object);
+    SSL *ssl = ssl_of(handle);
     if (ssl == NULL)
         return NULL;
     SSL_clear_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
@@ -248,14 +258,14 @@ keep_buffers(PyObject *self, PyObject *ssl_object)
 }
 
 PyDoc_STRVAR(shutdown_records_doc,
-"shutdown_records(ssl_object) -> bytes\n\n"
+"shutdown_records(handle) -> bytes\n\n"
 "Start the TLS shutdown and return the ciphertext to send: close_notify and anything written before it.\n"
 "Does not wait for the peer's close_notify (the connection closes after sending it).");
 
 static PyObject *
-shutdown_records(PyObject *self, PyObject *ssl_object)
+shutdown_records(PyObject *self, PyObject *handle)
 {
-    SSL *ssl = ssl_of(ssl_object);
+    SSL *ssl = ssl_of(handle);
     if (ssl == NULL)
         return NULL;
     ERR_clear_error();
@@ -312,6 +322,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
+    {"records_of", records_of, METH_O, records_of_doc},
     {"read_records", (PyCFunction)(void (*)(void))read_records, METH_FASTCALL, read_records_doc},
     {"write_records", (PyCFunction)(void (*)(void))write_records, METH_FASTCALL, write_records_doc},
     {"shutdown_records", shutdown_records, METH_O, shutdown_records_doc},

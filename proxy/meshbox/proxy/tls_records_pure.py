@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from typing import cast
 
 
 class TlsClosed(Exception):
@@ -20,12 +21,18 @@ def _bios(ssl_object: ssl.SSLObject) -> tuple[ssl.MemoryBIO, ssl.MemoryBIO]:
     return ssl_object.incoming, ssl_object.outgoing  # type: ignore[attr-defined]
 
 
+def records_of(ssl_object: ssl.SSLObject) -> object:
+    """The handle the other functions take: here the SSLObject itself."""
+    return ssl_object
+
+
 def _reason(exc: ssl.SSLError) -> str:
     return (exc.reason or str(exc)).replace("_", " ").lower()
 
 
-def read_records(ssl_object: ssl.SSLObject, data: bytes) -> bytes:
+def read_records(handle: object, data: bytes) -> bytes:
     """Feed ciphertext; return the plaintext it completes (see tls_records.read_records)."""
+    ssl_object = cast(ssl.SSLObject, handle)
     incoming, _ = _bios(ssl_object)
     if data:
         incoming.write(data)
@@ -44,8 +51,9 @@ def read_records(ssl_object: ssl.SSLObject, data: bytes) -> bytes:
         raise TlsFailed(_reason(exc), b"".join(chunks)) from None
 
 
-def write_records(ssl_object: ssl.SSLObject, data: bytes | bytearray | memoryview) -> bytes:
+def write_records(handle: object, data: bytes | bytearray | memoryview) -> bytes:
     """Encrypt plaintext; return all the ciphertext waiting to be sent."""
+    ssl_object = cast(ssl.SSLObject, handle)
     _, outgoing = _bios(ssl_object)
     if data:
         try:
@@ -55,12 +63,13 @@ def write_records(ssl_object: ssl.SSLObject, data: bytes | bytearray | memoryvie
     return outgoing.read()
 
 
-def keep_buffers(ssl_object: ssl.SSLObject) -> None:
+def keep_buffers(handle: object) -> None:
     """Nothing: the ssl module has no way to keep the record buffers (tls_records.keep_buffers)."""
 
 
-def shutdown_records(ssl_object: ssl.SSLObject) -> bytes:
+def shutdown_records(handle: object) -> bytes:
     """Send close_notify without waiting for the peer's; the ciphertext to send."""
+    ssl_object = cast(ssl.SSLObject, handle)
     _, outgoing = _bios(ssl_object)
     # SSLWantReadError: waiting for the peer's close_notify; another SSLError: the connection failed.
     with contextlib.suppress(ssl.SSLError):
