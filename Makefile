@@ -37,7 +37,7 @@ $(VENV)/.installed: $(foreach d,$(DISTS),$(d)/pyproject.toml) requirements-dev.t
 	@touch $@ $(VENV)/.proxy-compiled
 
 # The proxy's compiled modules sit beside their sources and shadow them: rebuild when a source changes.
-$(VENV)/.proxy-compiled: $(VENV)/.installed proxy/setup.py $(wildcard proxy/meshbox/proxy/*.py proxy/meshbox/proxy/*.c proxy/meshbox/proxy/codec/*.py)
+$(VENV)/.proxy-compiled: $(VENV)/.installed proxy/setup.py $(wildcard proxy/meshbox/proxy/*.py proxy/meshbox/proxy/*.c proxy/meshbox/proxy/*.h proxy/meshbox/proxy/codec/*.py)
 	@echo "compiling the proxy's hot path (mypyc; log: $(VENV)/install.log)"
 	@$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e ./proxy >> $(VENV)/install.log 2>&1 \
 	  || { tail -n 30 $(VENV)/install.log; echo "compiling the proxy failed: see $(VENV)/install.log"; exit 1; }

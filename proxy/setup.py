@@ -21,7 +21,10 @@ def _ext_modules() -> list:
     # glibc's malloc_trim and mallopt without ctypes (startup_memory falls back to ctypes without it).
     glibc_malloc = Extension("meshbox.proxy.glibc_malloc", ["meshbox/proxy/glibc_malloc.c"])
     # TLS records in one C call each way (tls_layer falls back to tls_records_pure without it).
-    tls_records = Extension("meshbox.proxy.tls_records", ["meshbox/proxy/tls_records.c"], libraries=["ssl", "crypto"])
+    tls_records = Extension("meshbox.proxy.tls_records",
+                            [f"meshbox/proxy/{name}.c" for name in ("tls_records", "tls13_stream", "tls13_protection")],
+                            depends=[f"meshbox/proxy/{name}.h" for name in ("tls_records", "tls13_protection")],
+                            libraries=["ssl", "crypto"])
 
     hot_path = runpy.run_path("meshbox/proxy/hot_path.py")["HOT_PATH"]
     # mypy's flags first. Explicit package bases: "meshbox" is a namespace package rooted here (the

@@ -25,7 +25,7 @@ try:
     from meshbox.proxy.tls_records import (
         TlsClosed,
         TlsFailed,
-        keep_buffers,
+        after_handshake,
         read_records,
         records_of,
         shutdown_records,
@@ -35,7 +35,7 @@ except ImportError:  # a pure-Python build (MESHBOX_PROXY_PURE=1)
     from meshbox.proxy.tls_records_pure import (  # type: ignore[assignment]
         TlsClosed,
         TlsFailed,
-        keep_buffers,
+        after_handshake,
         read_records,
         records_of,
         shutdown_records,
@@ -85,6 +85,8 @@ class TlsLayer(asyncio.Protocol):
         # Why a record failed: what the protocol above gets in connection_lost.
         self.failure: Exception | None = None
         self.timer: asyncio.TimerHandle | None = None
+        # True once the records are sealed and opened by tls_records itself (after_handshake).
+        self.own_records = False
 
     # The TCP transport's side.
 
@@ -148,12 +150,14 @@ class TlsLayer(asyncio.Protocol):
             self._send_handshake()  # the alert that says why
             self._handshake_failed(exc)
             return
-        self._send_handshake()
+        flushed = ssl_object.outgoing.read()  # type: ignore[attr-defined]
+        self.own_records = after_handshake(self.records, flushed)
+        if flushed and not self.raw.is_closing():
+            self.raw.write(flushed)
         self._cancel_timer()
         if self.waiter.cancelled():  # whoever waited for the connection gave up on it
             self.abort()
             return
-        keep_buffers(self.records)
         self.state, self.connected = OPEN, True
         self.waiter.set_result(None)
         self.app.connection_made(self)

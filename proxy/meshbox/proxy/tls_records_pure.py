@@ -63,8 +63,9 @@ def write_records(handle: object, data: bytes | bytearray | memoryview) -> bytes
     return outgoing.read()
 
 
-def keep_buffers(handle: object) -> None:
-    """Nothing: the ssl module has no way to keep the record buffers (tls_records.keep_buffers)."""
+def after_handshake(handle: object, flushed: bytes) -> bool:
+    """False: the records stay with the ssl module (tls_records.after_handshake)."""
+    return False
 
 
 def shutdown_records(handle: object) -> bytes:
