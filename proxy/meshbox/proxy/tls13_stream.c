@@ -100,7 +100,13 @@ PyObject *
 tls13_stream_read(Records *r, const unsigned char *data, size_t len)
 {
     if (r->failed)
-        return refuse("the connection is closed or failed");
+        return refuse("the connection already failed");
+    if (r->got_close) {
+        PyObject *empty = PyBytes_FromStringAndSize(NULL, 0);
+        PyObject *result = empty == NULL ? NULL : tls_records_raise(NULL, empty);
+        Py_XDECREF(empty);
+        return result;
+    }
     const unsigned char *src = data;
     size_t src_len = len;
     if (r->in_len > 0) {
@@ -144,7 +150,7 @@ tls13_stream_read(Records *r, const unsigned char *data, size_t len)
             r->mirror = 0;
             plain_len += content_len;
         } else if (type == TLS13_HANDSHAKE) {
-            error = r->mirror ? give_to_openssl(r, record, TLS13_HEADER + body)
+            error = content_len == 0 ? "empty handshake record" : r->mirror ? give_to_openssl(r, record, TLS13_HEADER + body)
                               : post_handshake(r, plain + plain_len, content_len);
         } else if (type == TLS13_ALERT) {
             r->mirror = 0;
@@ -168,8 +174,13 @@ tls13_stream_read(Records *r, const unsigned char *data, size_t len)
         return NULL;
     if (error == NULL && !closed)
         return out;
-    PyObject *result = closed ? tls_records_raise(NULL, out) : fail(r, error, out);
-    r->failed = 1;
+    PyObject *result;
+    if (closed) {
+        r->got_close = 1;
+        result = tls_records_raise(NULL, out);
+    } else {
+        result = fail(r, error, out);
+    }
     Py_DECREF(out);
     return result;
 }
@@ -177,8 +188,8 @@ tls13_stream_read(Records *r, const unsigned char *data, size_t len)
 PyObject *
 tls13_stream_write(Records *r, const unsigned char *data, size_t len)
 {
-    if (r->failed)
-        return refuse("the connection is closed or failed");
+    if (r->failed || r->sent_close)
+        return refuse(r->failed ? "the connection already failed" : "the connection was shut down");
     size_t sealed = len > 0 ? tls13_sealed_size(len) : 0;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(r->pending_len + sealed));
     if (out == NULL)
@@ -198,9 +209,9 @@ PyObject *
 tls13_stream_shutdown(Records *r)
 {
     static const unsigned char close_notify[2] = {1, 0};
-    if (r->failed)
+    if (r->failed || r->sent_close)
         return PyBytes_FromStringAndSize(NULL, 0);
-    r->failed = 1;
+    r->sent_close = 1;
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(r->pending_len + tls13_sealed_size(2)));
     if (out == NULL)
         return NULL;

@@ -128,11 +128,13 @@ static PyObject *
 records_of(PyObject *self, PyObject *ssl_object)
 {
     PyObject *sock = PyObject_GetAttr(ssl_object, sslobj_attr);
-    if (sock == NULL)
+    if (sock == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
+        PyErr_Clear();
+    else if (sock == NULL)
         return NULL;
-    if (Py_TYPE(sock) != ssl_socket_type) {
+    if (sock == NULL || Py_TYPE(sock) != ssl_socket_type) {
         PyErr_Format(PyExc_TypeError, "expected an ssl.SSLObject, got %.100s", Py_TYPE(ssl_object)->tp_name);
-        Py_DECREF(sock);
+        Py_XDECREF(sock);
         return NULL;
     }
     Records *r = PyObject_New(Records, &RecordsType);

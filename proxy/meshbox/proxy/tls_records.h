@@ -19,7 +19,9 @@ typedef struct {
     int own;                        /* records go through rd/wr, no longer through OpenSSL */
     int mirror;                     /* own, client side: handshake records (session tickets) also go to
                                        OpenSSL, until the first record of another type */
-    int failed;                     /* own: a record failed or close_notify was sent; nothing more moves */
+    int failed;                     /* own: a record failed; nothing more moves */
+    int got_close;                  /* own: the peer's close_notify came; nothing more is read */
+    int sent_close;                 /* own: ours went out; nothing more is written */
     unsigned int secrets;           /* CLIENT_SECRET | SERVER_SECRET: traffic secrets seen in the handshake */
     size_t client_secret_len, server_secret_len;
     unsigned char client_secret[EVP_MAX_MD_SIZE];
