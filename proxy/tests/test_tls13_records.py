@@ -10,9 +10,9 @@ cipher suites stay on OpenSSL's record layer; a record that fails says why and m
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import shutil
-import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import pytest
 import uvloop
 
 from conftest import Pki, free_port, need  # type: ignore[import-not-found]
-from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object
+from meshbox.proxy.tls_layer import TlsLayer
 from meshbox.proxy.tls_records import (
     TlsClosed,
     TlsFailed,
@@ -58,35 +58,37 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkloadTls, W
 
 
 class Side:
-    """One end of an in-memory connection: its SSLObject, its records and whether they are ours."""
+    """One end of an in-memory connection: its C SSL object, its records and whether they are ours."""
 
-    def __init__(self, ssl_object: ssl.SSLObject, own: bool) -> None:
-        self.ssl_object, self.records, self.want_own = ssl_object, records_of(ssl_object), own
+    def __init__(self, context: Any, server_side: bool, own: bool, session: Any = None) -> None:
+        self.incoming, self.outgoing = _ssl.MemoryBIO(), _ssl.MemoryBIO()
+        self.ssl_object = context._wrap_bio(self.incoming, self.outgoing, server_side, None, session=session)
+        self.records = records_of(self.ssl_object, self.incoming, self.outgoing)
+        self.want_own = own
         self.own: bool | None = None  # after_handshake's answer
 
 
 def handshake(identities: Any, own_client: bool, own_server: bool,
-              session: ssl.SSLSession | None = None) -> tuple[Side, Side, bytes]:
+              session: _ssl.SSLSession | None = None) -> tuple[Side, Side, bytes]:
     """A mutual TLS 1.3 handshake through memory BIOs; each side's records ours or OpenSSL's as asked.
     Returns (client, server, bytes still on their way to the client: the session tickets)."""
     client_tls, server_tls, _ = identities
-    client = Side(new_ssl_object(client_tls.client_context(), False, session), own_client)
-    server = Side(new_ssl_object(server_tls.server_context(), True), own_server)
+    client = Side(client_tls.client_context(), False, own_client, session)
+    server = Side(server_tls.server_context(), True, own_server)
     to = {id(client): b"", id(server): b""}
     peer = {id(client): server, id(server): client}
     for _ in range(6):
         for side in (client, server):
             if side.own is not None:
                 continue
-            obj = side.ssl_object
-            obj.incoming.write(to[id(side)])  # type: ignore[attr-defined]
+            side.incoming.write(to[id(side)])
             to[id(side)] = b""
             try:
-                obj.do_handshake()
-            except ssl.SSLWantReadError:
-                to[id(peer[id(side)])] += obj.outgoing.read()  # type: ignore[attr-defined]
+                side.ssl_object.do_handshake()
+            except _ssl.SSLWantReadError:
+                to[id(peer[id(side)])] += side.outgoing.read()
                 continue
-            flushed = obj.outgoing.read()  # type: ignore[attr-defined]
+            flushed = side.outgoing.read()
             side.own = after_handshake(side.records, flushed) if side.want_own else False
             to[id(peer[id(side)])] += flushed
     assert client.own is not None and server.own is not None, "the handshake did not finish"
@@ -167,7 +169,7 @@ def test_handle_type_is_checked(identities: Any) -> None:
     with pytest.raises(TypeError):
         read_records(object(), b"")
     with pytest.raises(TypeError):
-        records_of(object())  # type: ignore[arg-type]
+        records_of(object(), _ssl.MemoryBIO(), _ssl.MemoryBIO())
 
 
 class Echo(asyncio.Protocol):
@@ -209,8 +211,7 @@ def test_openssl_s_client_with_key_updates(identities: Any, suite: str, own: boo
         loop = asyncio.get_running_loop()
 
         def layer() -> TlsLayer:
-            return TlsLayer(loop, new_ssl_object(server_tls.server_context(), True), Echo(seen, layers),
-                            loop.create_future(), 5.0)
+            return TlsLayer(loop, server_tls.server_context(), True, Echo(seen, layers), loop.create_future(), 5.0)
 
         server = await loop.create_server(layer, "127.0.0.1", port)
         try:

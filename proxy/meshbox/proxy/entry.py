@@ -1,9 +1,9 @@
 """The meshbox-proxy command, arranged so the long-running process stays small.
 
-The proxy process never loads OpenSSL (see tls_stand_in) unless it is given a workload certificate
-(``--cert-dir``) and never imports click or protobuf: a forked
-child parses the command line (printing help or errors itself), loads and compiles the config files,
-and sends the resolved Options, the config as a compiled Snapshot, back through a pipe; only then does
+The proxy process never imports the ``ssl`` module (see tls_stand_in; with a workload certificate,
+``--cert-dir``, its TLS layer loads OpenSSL through ``_ssl`` alone) and never imports click or protobuf:
+a forked child parses the command line (printing help or errors itself), loads and compiles the config
+files, and sends the resolved Options, the config as a compiled Snapshot, back through a pipe; only then does
 this process import the data plane and run it. Memory a Python process has touched is not given back,
 so this keeps about 2 MB of option parsing and 4 MB of protobuf out of the proxy for good (admin
 POST /config compiles in a child too: compile_child).
@@ -14,9 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-
-TLS = b"T"
-PLAINTEXT = b"P"
 
 
 def _parse_in_child() -> bytes:
@@ -32,8 +29,6 @@ def _parse_in_child() -> bytes:
 
             def handoff(options: object) -> None:
                 with os.fdopen(write_end, "wb") as out:
-                    # The first byte says whether the proxy needs the real ssl module (read before unpickling).
-                    out.write(TLS if getattr(options, "cert_dir", None) else PLAINTEXT)
                     out.write(pickle.dumps(options))
 
             cli_main(obj=handoff)
@@ -56,11 +51,9 @@ def _parse_in_child() -> bytes:
 
 def main() -> None:
     data = _parse_in_child()
-    if data[:1] != TLS:
-        from meshbox.proxy import tls_stand_in  # not even imported by a proxy that runs TLS
+    from meshbox.proxy import tls_stand_in
 
-        tls_stand_in.install()
-    data = data[1:]
+    tls_stand_in.install()
     from meshbox.proxy import startup_memory
 
     # The largest imports one at a time: the peak is then the largest stage, not their garbage added up.

@@ -155,11 +155,11 @@ class InboundGate(asyncio.Protocol):
             _say(f"TLS connection from {self.peer} closed: {exc}")
             transport.abort()
             return
-        from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object  # loads the TLS records code: TLS only
+        from meshbox.proxy.tls_layer import TlsLayer  # loads the TLS records code: TLS only
 
         waiter: asyncio.Future[None] = ctx.loop.create_future()
         waiter.add_done_callback(self._handshake_done)
-        layer = TlsLayer(ctx.loop, new_ssl_object(context, True), _Handshaken(self), waiter, HANDSHAKE_TIMEOUT)
+        layer = TlsLayer(ctx.loop, context, True, _Handshaken(self), waiter, HANDSHAKE_TIMEOUT)
         transport.set_protocol(layer)
         layer.connection_made(transport)
         layer.data_received(first)

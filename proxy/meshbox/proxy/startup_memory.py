@@ -62,9 +62,10 @@ TLS_HEAP_THRESHOLD = 1 << 20
 
 
 def keep_tls_buffers_on_the_heap() -> None:
-    """The event loop's TLS layer reads each record into a fresh 256 KiB buffer, shrunk to the data
-    read. Above glibc's default mmap threshold (128 KiB, which does not rise for these shrunk chunks)
-    that is an mmap, an mremap and an munmap per read, about 20 us. With a 1 MiB threshold the buffers
-    come from the heap; the untouched part of a buffer never becomes resident. glibc only."""
+    """The TLS layer decrypts each read (up to the loop's 256 KiB) into a buffer sized to the ciphertext,
+    then shrinks it to the plaintext. Above glibc's default mmap threshold (128 KiB, which does not rise
+    for these shrunk chunks) that is an mmap, an mremap and an munmap per large read. With a 1 MiB
+    threshold the buffers come from the heap; the untouched part of a buffer never becomes resident.
+    glibc only."""
     _mallopt(_M_MMAP_THRESHOLD, TLS_HEAP_THRESHOLD)
     _mallopt(_M_TRIM_THRESHOLD, TLS_HEAP_THRESHOLD)

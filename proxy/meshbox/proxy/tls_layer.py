@@ -1,25 +1,28 @@
 """TLS under a proxy connection: the protocol of the TCP transport and the transport of the protocol above.
 
-The proxy's own TLS layer, in place of the event loop's (uvloop's SSLProtocol): the handshake runs on an
-ssl.SSLObject over memory BIOs, so the ssl module does the certificate work, and once it is done every
-record goes through tls_records, one call per read and per write (why: docs/security.md, "mutual TLS
-cost"). Application data is handed up as it is decrypted and written down as it is encrypted: no buffer
-of its own, so flow control is the TCP transport's, passed through both ways.
+The proxy's own TLS layer, in place of the event loop's (uvloop's SSLProtocol): the handshake runs on
+CPython's C SSL object (``_ssl``, what ssl.SSLObject wraps) over memory BIOs, so OpenSSL does the
+certificate work, and once it is done every record goes through tls_records, one call per read and per
+write (why: docs/security.md, "mutual TLS cost"). ``get_extra_info("ssl_object")`` is that C object: it
+answers ``getpeercert()``, ``version()``, ``selected_alpn_protocol()``, ``session`` and
+``session_reused`` as an ssl.SSLObject does. Application data is handed up as it is decrypted and written
+down as it is encrypted: no buffer of its own, so flow control is the TCP transport's, passed through
+both ways.
 
 Semantics follow asyncio's TLS transports: the protocol above is connected when the handshake is done
 (``waiter`` gets the result, or the handshake's exception); an EOF or the peer's close_notify reaches it
 as ``eof_received`` and then the connection closes (TLS has no half-close, so ``can_write_eof`` is
 False); ``close`` sends close_notify, then closes the TCP connection once its buffer is written.
 
-Imported only by a proxy that has a workload certificate: it loads the real ssl module.
+Imported only by a proxy that has a workload certificate: it loads OpenSSL.
 """
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
-import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 try:
     from meshbox.proxy.tls_records import (
@@ -47,30 +50,24 @@ OPEN = 1
 CLOSED = 2
 
 
-def new_ssl_object(context: ssl.SSLContext, server_side: bool,
-                   session: ssl.SSLSession | None = None) -> ssl.SSLObject:
-    """An SSLObject on two fresh memory BIOs (kept on it as ``incoming`` and ``outgoing``)."""
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    ssl_object = context.wrap_bio(incoming, outgoing, server_side=server_side, session=session)
-    # The handshake and the pure-Python record functions reach the BIOs through the object.
-    setattr(ssl_object, "incoming", incoming)  # noqa: B010
-    setattr(ssl_object, "outgoing", outgoing)  # noqa: B010
-    return ssl_object
-
-
 def _not_connected(data: bytes) -> None:
     raise ConnectionError("the TLS layer has no TCP transport yet")
 
 
 class TlsLayer(asyncio.Protocol):
-    """One TLS connection: ``ssl_object`` (new_ssl_object) over the TCP transport it is connected to, for
-    ``app``, the protocol above; ``waiter`` learns how the handshake ended."""
+    """One TLS connection of ``context`` (an ``_ssl._SSLContext``, a client one resuming ``session`` when
+    given) over the TCP transport it is connected to, for ``app``, the protocol above; ``waiter`` learns
+    how the handshake ended."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ssl_object: ssl.SSLObject, app: Any,
-                 waiter: asyncio.Future[None], handshake_timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, context: _ssl._SSLContext, server_side: bool, app: Any,
+                 waiter: asyncio.Future[None], handshake_timeout: float,
+                 session: _ssl.SSLSession | None = None) -> None:
         self.loop = loop
-        self.ssl_object = ssl_object
-        self.records = records_of(ssl_object)
+        self.incoming = _ssl.MemoryBIO()
+        self.outgoing = _ssl.MemoryBIO()
+        self.ssl_object: Any = cast(Any, context)._wrap_bio(self.incoming, self.outgoing, server_side, None,
+                                                            session=session)
+        self.records = records_of(self.ssl_object, self.incoming, self.outgoing)
         self.app: Any = app
         # Bound once, called per record: the protocol above's data_received, the TCP transport's write.
         self.deliver: Callable[[bytes], object] = app.data_received
@@ -140,17 +137,17 @@ class TlsLayer(asyncio.Protocol):
     def _handshake(self, data: bytes) -> None:
         ssl_object = self.ssl_object
         if data:
-            ssl_object.incoming.write(data)  # type: ignore[attr-defined]
+            self.incoming.write(data)
         try:
             ssl_object.do_handshake()
-        except ssl.SSLWantReadError:
+        except _ssl.SSLWantReadError:
             self._send_handshake()
             return
-        except (ssl.SSLError, OSError) as exc:
+        except (_ssl.SSLError, OSError) as exc:
             self._send_handshake()  # the alert that says why
             self._handshake_failed(exc)
             return
-        flushed = ssl_object.outgoing.read()  # type: ignore[attr-defined]
+        flushed = self.outgoing.read()
         self.own_records = after_handshake(self.records, flushed)
         if flushed and not self.raw.is_closing():
             self.raw.write(flushed)
@@ -166,7 +163,7 @@ class TlsLayer(asyncio.Protocol):
             self.data_received(b"")
 
     def _send_handshake(self) -> None:
-        out = self.ssl_object.outgoing.read()  # type: ignore[attr-defined]
+        out = self.outgoing.read()
         if out and not self.raw.is_closing():
             self.raw.write(out)
 

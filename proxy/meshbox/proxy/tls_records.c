@@ -9,7 +9,7 @@
  * OpenSSL keeps the certificates, the session and everything the ssl module reports about the
  * connection. Any other connection keeps OpenSSL's record layer, driven here without exceptions.
  *
- * The SSL pointer is read from CPython's _ssl._SSLSocket (SSLObject._sslobj), whose C struct is private:
+ * The SSL pointer is read from CPython's _ssl._SSLSocket (what ssl.SSLObject wraps), whose C struct is private:
  * its head (object header, socket weakref, SSL pointer) is the same in CPython 3.8 to 3.13, the build
  * refuses other versions, and module initialisation checks the layout on a fresh object (the SSL's read
  * BIO must be the MemoryBIO it was made with) before any call can use it. The key-log callback this
@@ -39,7 +39,7 @@ typedef struct {
 } MemoryBioHead;
 
 static PyTypeObject *ssl_socket_type;
-static PyObject *sslobj_attr;   /* "_sslobj" */
+static PyTypeObject *memory_bio_type;
 static int ex_index = -1;       /* the SSL's Records, for the key-log callback */
 PyObject *TlsClosed;            /* the peer sent close_notify: args (plaintext before it,) */
 PyObject *TlsFailed;            /* a record failed: args (reason, plaintext before it) */
@@ -120,33 +120,31 @@ keylog(const SSL *ssl, const char *line)
 }
 
 PyDoc_STRVAR(records_of_doc,
-"records_of(ssl_object) -> handle\n\n"
-"The records of ``ssl_object`` (an ssl.SSLObject on memory BIOs, before its handshake): what the other\n"
-"functions take. Valid while the SSLObject lives.");
+"records_of(ssl_object, incoming, outgoing) -> handle\n\n"
+"The records of ``ssl_object`` (an _ssl._SSLSocket made on the memory BIOs ``incoming`` and\n"
+"``outgoing``, before its handshake): what the other functions take. Valid while ``ssl_object`` lives.");
 
 static PyObject *
-records_of(PyObject *self, PyObject *ssl_object)
+records_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *sock = PyObject_GetAttr(ssl_object, sslobj_attr);
-    if (sock == NULL && PyErr_ExceptionMatches(PyExc_AttributeError))
-        PyErr_Clear();
-    else if (sock == NULL)
-        return NULL;
-    if (sock == NULL || Py_TYPE(sock) != ssl_socket_type) {
-        PyErr_Format(PyExc_TypeError, "expected an ssl.SSLObject, got %.100s", Py_TYPE(ssl_object)->tp_name);
-        Py_XDECREF(sock);
-        return NULL;
-    }
+    if (nargs != 3)
+        return PyErr_Format(PyExc_TypeError, "records_of(ssl_object, incoming, outgoing) takes 3 arguments");
+    PyObject *sock = args[0];
+    if (Py_TYPE(sock) != ssl_socket_type || Py_TYPE(args[1]) != memory_bio_type || Py_TYPE(args[2]) != memory_bio_type)
+        return PyErr_Format(PyExc_TypeError, "expected an _ssl._SSLSocket and its two _ssl.MemoryBIO, got %.100s",
+                            Py_TYPE(sock)->tp_name);
+    SSL *ssl = ((SslSocketHead *)sock)->ssl;
+    if (SSL_get_rbio(ssl) != ((MemoryBioHead *)args[1])->bio || SSL_get_wbio(ssl) != ((MemoryBioHead *)args[2])->bio)
+        return PyErr_Format(PyExc_ValueError, "the memory BIOs are not the ones this SSL object was made on");
     Records *r = PyObject_New(Records, &RecordsType);
-    if (r == NULL) {
-        Py_DECREF(sock);
+    if (r == NULL)
         return NULL;
-    }
     memset((char *)r + sizeof(PyObject), 0, sizeof(Records) - sizeof(PyObject));
+    Py_INCREF(sock);
     r->sock = sock;
-    r->ssl = ((SslSocketHead *)sock)->ssl;
-    SSL_set_ex_data(r->ssl, ex_index, r);
-    SSL_CTX_set_keylog_callback(SSL_get_SSL_CTX(r->ssl), keylog);
+    r->ssl = ssl;
+    SSL_set_ex_data(ssl, ex_index, r);
+    SSL_CTX_set_keylog_callback(SSL_get_SSL_CTX(ssl), keylog);
     return (PyObject *)r;
 }
 
@@ -239,8 +237,11 @@ failure_reason(SSL *ssl, int ret)
     static char text[64];
     unsigned long code = ERR_peek_last_error();
     const char *reason = code ? ERR_reason_error_string(code) : NULL;
-    if (reason == NULL) {
-        snprintf(text, sizeof(text), "TLS error %d", SSL_get_error(ssl, ret));
+    int error = SSL_get_error(ssl, ret);
+    if (reason == NULL && error == SSL_ERROR_SYSCALL) {
+        reason = "eof occurred in violation of protocol";  /* the ssl module's words */
+    } else if (reason == NULL) {
+        snprintf(text, sizeof(text), "TLS error %d", error);
         reason = text;
     }
     ERR_clear_error();
@@ -415,35 +416,30 @@ shutdown_records(PyObject *self, PyObject *handle)
     return take_output(r->ssl);
 }
 
+/* Check the struct layout on a fresh client object before trusting it. */
 static int
 check_layout(void)
 {
     int ok = 0;
-    PyObject *ssl_module = NULL, *context = NULL, *incoming = NULL, *outgoing = NULL, *ssl_object = NULL;
-    PyObject *sock = NULL;
-    ssl_module = PyImport_ImportModule("ssl");
-    if (ssl_module == NULL)
+    PyObject *module = NULL, *context = NULL, *incoming = NULL, *outgoing = NULL, *sock = NULL;
+    module = PyImport_ImportModule("_ssl");
+    if (module == NULL)
         goto done;
-    PyObject *client = PyObject_GetAttrString(ssl_module, "PROTOCOL_TLS_CLIENT");
-    if (client == NULL)
-        goto done;
-    context = PyObject_CallMethod(ssl_module, "SSLContext", "O", client);
-    Py_DECREF(client);
-    incoming = PyObject_CallMethod(ssl_module, "MemoryBIO", NULL);
-    outgoing = PyObject_CallMethod(ssl_module, "MemoryBIO", NULL);
+    context = PyObject_CallMethod(module, "_SSLContext", "i", 16);  /* PROTOCOL_TLS_CLIENT */
+    incoming = PyObject_CallMethod(module, "MemoryBIO", NULL);
+    outgoing = PyObject_CallMethod(module, "MemoryBIO", NULL);
     if (context == NULL || incoming == NULL || outgoing == NULL)
         goto done;
-    ssl_object = PyObject_CallMethod(context, "wrap_bio", "OOOs", incoming, outgoing, Py_False, "layout.check");
-    if (ssl_object == NULL)
-        goto done;
-    sock = PyObject_GetAttr(ssl_object, sslobj_attr);
+    sock = PyObject_CallMethod(context, "_wrap_bio", "OOOs", incoming, outgoing, Py_False, "layout.check");
     if (sock == NULL)
         goto done;
     ssl_socket_type = Py_TYPE(sock);
+    memory_bio_type = Py_TYPE(incoming);
     Py_INCREF(ssl_socket_type);
+    Py_INCREF(memory_bio_type);
     SSL *ssl = ((SslSocketHead *)sock)->ssl;
-    if (strcmp(ssl_socket_type->tp_name, "_ssl._SSLSocket") != 0 || ssl == NULL
-            || SSL_get_rbio(ssl) != ((MemoryBioHead *)incoming)->bio
+    if (strcmp(ssl_socket_type->tp_name, "_ssl._SSLSocket") != 0 || strcmp(memory_bio_type->tp_name, "_ssl.MemoryBIO") != 0
+            || ssl == NULL || SSL_get_rbio(ssl) != ((MemoryBioHead *)incoming)->bio
             || SSL_get_wbio(ssl) != ((MemoryBioHead *)outgoing)->bio || SSL_is_server(ssl)) {
         PyErr_SetString(PyExc_ImportError,
                         "tls_records: this Python's _ssl._SSLSocket does not have the layout it reads");
@@ -452,16 +448,15 @@ check_layout(void)
     ok = 1;
 done:
     Py_XDECREF(sock);
-    Py_XDECREF(ssl_object);
     Py_XDECREF(outgoing);
     Py_XDECREF(incoming);
     Py_XDECREF(context);
-    Py_XDECREF(ssl_module);
+    Py_XDECREF(module);
     return ok ? 0 : -1;
 }
 
 static PyMethodDef methods[] = {
-    {"records_of", records_of, METH_O, records_of_doc},
+    {"records_of", (PyCFunction)(void (*)(void))records_of, METH_FASTCALL, records_of_doc},
     {"after_handshake", (PyCFunction)(void (*)(void))after_handshake, METH_FASTCALL, after_handshake_doc},
     {"read_records", (PyCFunction)(void (*)(void))read_records, METH_FASTCALL, read_records_doc},
     {"write_records", (PyCFunction)(void (*)(void))write_records, METH_FASTCALL, write_records_doc},
@@ -477,8 +472,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit_tls_records(void)
 {
-    sslobj_attr = PyUnicode_InternFromString("_sslobj");
-    if (sslobj_attr == NULL || check_layout() < 0 || PyType_Ready(&RecordsType) < 0)
+    if (check_layout() < 0 || PyType_Ready(&RecordsType) < 0)
         return NULL;
     ex_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
     if (ex_index < 0) {

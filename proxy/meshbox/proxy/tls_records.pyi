@@ -1,6 +1,7 @@
 """Types of the tls_records C extension (tls_records.c)."""
 
-import ssl
+import _ssl
+from typing import Any
 
 class TlsClosed(Exception):
     """The peer closed TLS (close_notify); args: (plaintext before it,)."""
@@ -8,7 +9,7 @@ class TlsClosed(Exception):
 class TlsFailed(Exception):
     """A TLS record failed; args: (reason, plaintext before it)."""
 
-def records_of(ssl_object: ssl.SSLObject, /) -> object: ...
+def records_of(ssl_object: Any, incoming: _ssl.MemoryBIO, outgoing: _ssl.MemoryBIO, /) -> object: ...
 def after_handshake(handle: object, flushed: bytes, /) -> bool: ...
 def read_records(handle: object, data: bytes, /) -> bytes: ...
 def write_records(handle: object, data: bytes | bytearray | memoryview, /) -> bytes: ...

@@ -16,7 +16,7 @@ from meshbox.proxy.snapshot import ClusterRuntime
 from meshbox.proxy.upstream_hosts import UpstreamHost
 
 if TYPE_CHECKING:
-    import ssl
+    import _ssl
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -35,16 +35,16 @@ def failure_reason(exc: BaseException) -> str | None:
     return exc.reason if isinstance(exc, UpstreamTlsFailure) else None
 
 
-async def _connect_tls(ctx: ProxyContext, factory: Callable[[], P], host: UpstreamHost, context: ssl.SSLContext,
-                       session: ssl.SSLSession | None) -> tuple[asyncio.Transport, P]:
+async def _connect_tls(ctx: ProxyContext, factory: Callable[[], P], host: UpstreamHost, context: _ssl._SSLContext,
+                       session: _ssl.SSLSession | None) -> tuple[asyncio.Transport, P]:
     """A TCP connection to ``host`` with the proxy's TLS layer under ``factory()``'s protocol, once its
     handshake is done (resuming ``session`` when given)."""
-    from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object  # loads the TLS records code: TLS only
+    from meshbox.proxy.tls_layer import TlsLayer  # loads the TLS records code: TLS only
 
     loop = ctx.loop
     proto = factory()
     waiter: asyncio.Future[None] = loop.create_future()
-    layer = TlsLayer(loop, new_ssl_object(context, False, session), proto, waiter, HANDSHAKE_TIMEOUT)
+    layer = TlsLayer(loop, context, False, proto, waiter, HANDSHAKE_TIMEOUT, session)
     await loop.create_connection(lambda: layer, host.address, host.port)
     try:
         await waiter
