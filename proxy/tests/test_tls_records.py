@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -39,14 +40,19 @@ IMPLEMENTATIONS = [
 BAD_MAC = "decryption failed or bad record mac"
 
 
-@pytest.fixture(scope="module")
-def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkloadTls, WorkloadTls]:
-    """(client, server) workload certificates of one mesh root, as the proxy loads them."""
-    pki, base = Pki(), tmp_path_factory.mktemp("tls-records")
+def workload_identities(base: Path) -> tuple[WorkloadTls, WorkloadTls]:
+    """(client, server) workload certificates of one mesh root, written under ``base`` in the agent's
+    layout and loaded as the proxy loads them (the client offers http/1.1 unless asked otherwise)."""
+    pki = Pki()
     root, root_key = pki.root("records root")
     client = write_identity(pki, base / "client", root, root_key, CLIENT_ID)
     server = write_identity(pki, base / "server", root, root_key, SERVER_ID)
     return WorkloadTls(str(client)), WorkloadTls(str(server))
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkloadTls, WorkloadTls]:
+    return workload_identities(tmp_path_factory.mktemp("tls-records"))
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
