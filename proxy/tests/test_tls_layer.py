@@ -1,5 +1,5 @@
 """The proxy's TLS layer (tls_layer.TlsLayer) on real TCP sockets on 127.0.0.1 under uvloop, with mutual
-TLS 1.3 certificates made by `cryptography` (test_tls_records.workload_identities).
+TLS 1.3 certificates made by `cryptography` (tls_kit.workload_identities).
 
 Both sides of the layer are run against each other and against a stdlib peer (blocking ``ssl`` module
 sockets in a thread: plain OpenSSL, which also tells a clean TLS EOF from a ragged one): the handshake,
@@ -14,17 +14,27 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object
+from meshbox.proxy.tls_layer import new_ssl_object
 from meshbox.proxy.workload_tls import WorkloadTls
 from proxy.tests.test_mutual_tls import CLIENT_ID, SERVER_ID
-from proxy.tests.test_tls_records import workload_identities
+from proxy.tests.tls_kit import (
+    WAIT,
+    App,
+    LayerServer,
+    layer_client,
+    new_layer,
+    recv_exactly,
+    recv_until_eof,
+    silent_server,
+    stdlib_client,
+    stdlib_context,
+    workload_identities,
+)
 
-WAIT = 5.0  # seconds any single step may take
 REQUEST = b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
@@ -32,152 +42,6 @@ RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 @pytest.fixture(scope="module")
 def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkloadTls, WorkloadTls]:
     return workload_identities(tmp_path_factory.mktemp("tls-layer"))
-
-
-class App(asyncio.Protocol):
-    """The protocol above the layer: records every call in order; answers data with ``reply(data)``."""
-
-    def __init__(self, reply: Callable[[bytes], bytes] | None = None) -> None:
-        self.reply = reply
-        self.transport: Any = None
-        self.events: list[str] = []
-        self.data = bytearray()
-        self.changed = asyncio.Event()
-        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.events.append("made")
-
-    def data_received(self, data: bytes) -> None:
-        self.events.append("data")
-        self.data += data
-        self.changed.set()
-        if self.reply is not None:
-            self.transport.write(self.reply(data))
-
-    def eof_received(self) -> bool:
-        self.events.append("eof")
-        return False
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.events.append("lost")
-        self.lost.set_result(exc)
-
-    def pause_writing(self) -> None:
-        self.events.append("pause_writing")
-        self.changed.set()
-
-    def resume_writing(self) -> None:
-        self.events.append("resume_writing")
-        self.changed.set()
-
-    async def until(self, done: Callable[[], bool]) -> None:
-        async with asyncio.timeout(WAIT):
-            while not done():
-                self.changed.clear()
-                await self.changed.wait()
-
-    def life(self) -> list[str]:
-        """The connection's events without flow control, consecutive data merged."""
-        merged: list[str] = []
-        for event in self.events:
-            if event in ("made", "data", "eof", "lost") and not (event == "data" and merged[-1:] == ["data"]):
-                merged.append(event)
-        return merged
-
-
-def new_layer(context: ssl.SSLContext, server_side: bool, app: App,
-              timeout: float = WAIT) -> tuple[TlsLayer, asyncio.Future[None]]:
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    return TlsLayer(loop, new_ssl_object(context, server_side), app, waiter, timeout), waiter
-
-
-class LayerServer:
-    """A TCP server on 127.0.0.1 putting a server-side TlsLayer under a new App on each connection."""
-
-    def __init__(self, context: ssl.SSLContext, reply: Callable[[bytes], bytes] | None = None,
-                 timeout: float = WAIT) -> None:
-        self.context, self.reply, self.timeout = context, reply, timeout
-        self.sides: list[tuple[TlsLayer, App, asyncio.Future[None]]] = []
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def __aenter__(self) -> LayerServer:
-        self.server = await asyncio.get_running_loop().create_server(self._accept, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        for layer, _, _ in self.sides:
-            layer.abort()
-
-    def _accept(self) -> TlsLayer:
-        app = App(self.reply)
-        layer, waiter = new_layer(self.context, True, app, self.timeout)
-        self.sides.append((layer, app, waiter))
-        return layer
-
-    async def side(self, index: int) -> tuple[TlsLayer, App]:
-        """The layer and app of the index-th connection, once its handshake is done."""
-        async with asyncio.timeout(WAIT):
-            while len(self.sides) <= index:
-                await asyncio.sleep(0.005)
-        layer, app, waiter = self.sides[index]
-        await asyncio.wait_for(waiter, WAIT)
-        return layer, app
-
-
-async def layer_client(context: ssl.SSLContext, port: int, timeout: float = WAIT) -> tuple[TlsLayer, App]:
-    """A client-side TlsLayer connected to ``port``, its handshake done."""
-    app = App()
-    layer, waiter = new_layer(context, False, app, timeout)
-    await asyncio.get_running_loop().create_connection(lambda: layer, "127.0.0.1", port)
-    await asyncio.wait_for(waiter, WAIT)
-    return layer, app
-
-
-def stdlib_context(identity: WorkloadTls, server_side: bool, http2: bool = False) -> ssl.SSLContext:
-    """A fresh context of ``identity``'s certificate for a stdlib peer, which reports a TCP EOF without
-    close_notify as an error: CPython sets OP_IGNORE_UNEXPECTED_EOF by default, which hides it."""
-    own = WorkloadTls(identity.cert_dir)
-    context = own.server_context() if server_side else own.client_context(http2=http2)
-    context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
-    return context
-
-
-def stdlib_client(context: ssl.SSLContext, port: int, rcvbuf: int = 0) -> ssl.SSLSocket:
-    """A blocking stdlib TLS client, handshake done (run it in a thread); reports ragged EOFs."""
-    raw = socket.socket()
-    raw.settimeout(WAIT)
-    if rcvbuf:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    raw.connect(("127.0.0.1", port))
-    return context.wrap_socket(raw, suppress_ragged_eofs=False)
-
-
-def recv_exactly(tls: ssl.SSLSocket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = tls.recv(min(size - len(data), 1 << 20))
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(data)} of {size} bytes")
-        data += chunk
-    return bytes(data)
-
-
-def recv_until_eof(tls: ssl.SSLSocket) -> tuple[bytes, str]:
-    """Everything until the end, and how it ended: "close_notify" (a clean TLS EOF) or the exception."""
-    data = bytearray()
-    try:
-        while chunk := tls.recv(65536):
-            data += chunk
-    except (OSError, ssl.SSLError) as exc:
-        return bytes(data), type(exc).__name__
-    return bytes(data), "close_notify"
 
 
 def upper(data: bytes) -> bytes:
@@ -299,22 +163,6 @@ def test_layer_server_against_a_stdlib_client(kit: Any, identities: Any, ending:
             assert layer.get_extra_info("peername") == address
 
     kit.run(main(), 20)
-
-
-async def silent_server(received: list[bytes], close_after: int | None = None) -> asyncio.Server:
-    """A plain TCP server that never answers: it records what arrives until EOF, or closes once
-    ``close_after`` bytes came."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        data = b""
-        while chunk := await reader.read(65536):
-            data += chunk
-            if close_after is not None and len(data) >= close_after:
-                break
-        received.append(data)
-        writer.close()
-
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
 def test_a_server_that_never_answers_times_the_handshake_out(kit: Any, identities: Any) -> None:

@@ -15,7 +15,6 @@ import os
 import socket
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -23,10 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Pki  # type: ignore[import-not-found]
 from meshbox.proxy.tls_layer import new_ssl_object
 from meshbox.proxy.workload_tls import WorkloadTls
-from proxy.tests.test_mutual_tls import CLIENT_ID, SERVER_ID, write_identity
+from proxy.tests.tls_kit import workload_identities
 
 C_RECORDS = "meshbox.proxy.tls_records"
 PURE_RECORDS = "meshbox.proxy.tls_records_pure"
@@ -38,16 +36,6 @@ IMPLEMENTATIONS = [
 ]
 # What OpenSSL says of a record whose authentication tag does not verify.
 BAD_MAC = "decryption failed or bad record mac"
-
-
-def workload_identities(base: Path) -> tuple[WorkloadTls, WorkloadTls]:
-    """(client, server) workload certificates of one mesh root, written under ``base`` in the agent's
-    layout and loaded as the proxy loads them (the client offers http/1.1 unless asked otherwise)."""
-    pki = Pki()
-    root, root_key = pki.root("records root")
-    client = write_identity(pki, base / "client", root, root_key, CLIENT_ID)
-    server = write_identity(pki, base / "server", root, root_key, SERVER_ID)
-    return WorkloadTls(str(client)), WorkloadTls(str(server))
 
 
 @pytest.fixture(scope="module")
