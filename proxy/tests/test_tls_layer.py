@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,10 +45,6 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkloadTls, W
     return workload_identities(tmp_path_factory.mktemp("tls-layer"))
 
 
-def upper(data: bytes) -> bytes:
-    return data.upper()
-
-
 def test_layer_client_and_layer_server(kit: Any, identities: Any) -> None:
     """Layer against layer: both handshakes complete, data crosses both ways, each side shows the ALPN
     choice, the peer's certificate and the TCP addresses; the client's close reaches the server's app as
@@ -55,7 +52,7 @@ def test_layer_client_and_layer_server(kit: Any, identities: Any) -> None:
     client_tls, server_tls = identities
 
     async def main() -> None:
-        async with LayerServer(server_tls.server_context(), upper) as server:
+        async with LayerServer(server_tls.server_context(), bytes.upper) as server:
             client, client_app = await layer_client(client_tls.client_context(), server.port)
             layer, app = await server.side(0)
             client.write(b"hello")
@@ -122,10 +119,6 @@ def test_layer_client_against_a_stdlib_server(kit: Any, identities: Any) -> None
         listener.close()
 
 
-def upper_ping(data: bytes) -> bytes:
-    return b"PING" if data == b"ping" else b""
-
-
 @pytest.mark.parametrize("ending", ["close_notify", "tcp_eof"])
 def test_layer_server_against_a_stdlib_client(kit: Any, identities: Any, ending: str) -> None:
     """Against plain OpenSSL as the client: data both ways, ALPN h2 selected, the peer's address passed
@@ -152,7 +145,7 @@ def test_layer_server_against_a_stdlib_client(kit: Any, identities: Any, ending:
             tls.close()
 
     async def main() -> None:
-        async with LayerServer(server_tls.server_context(), upper_ping) as server:
+        async with LayerServer(server_tls.server_context(), lambda d: d.upper() if d == b"ping" else b"") as server:
             address, echoed, how = await asyncio.wait_for(asyncio.to_thread(talk, server.port), WAIT)
             layer, app = await server.side(0)
             assert (echoed, how) == (b"PING", "close_notify")
@@ -248,10 +241,7 @@ def test_the_client_closing_during_the_handshake_fails_the_server(kit: Any, iden
             if how == "rst":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
-            async with asyncio.timeout(WAIT):
-                while not server.sides:
-                    await asyncio.sleep(0.005)
-            _, app, waiter = server.sides[0]
+            _, app, waiter = await server.accepted(0)
             with pytest.raises(ConnectionResetError if how == "fin" else OSError):
                 await asyncio.wait_for(waiter, WAIT)
             assert app.events == []
@@ -266,7 +256,7 @@ def test_garbage_after_the_handshake_fails_that_connection_only(kit: Any, identi
     client_tls, server_tls = identities
 
     async def main() -> None:
-        async with LayerServer(server_tls.server_context(), upper) as server:
+        async with LayerServer(server_tls.server_context(), bytes.upper) as server:
             spoiled = await asyncio.to_thread(stdlib_client, client_tls.client_context(), server.port)
             healthy = await asyncio.to_thread(stdlib_client, client_tls.client_context(), server.port)
             try:
@@ -365,5 +355,51 @@ def test_data_in_the_flight_that_ends_the_handshake_is_delivered(kit: Any, ident
                 assert bytes(app.data) == b"in the same flight"
             finally:
                 writer.close()
+
+    kit.run(main(), 20)
+
+
+def test_a_foreign_certificate_fails_both_handshakes_with_the_alert_sent(kit: Any, identities: Any,
+                                                                         tmp_path: Path) -> None:
+    """A client of another mesh root: its waiter fails verifying the server's certificate, and the alert
+    it sends tells the server why (unknown CA), rather than a bare EOF; neither app is connected."""
+    _, server_tls = identities
+    foreign_client, _ = workload_identities(tmp_path, "another mesh root")
+
+    async def main() -> None:
+        async with LayerServer(server_tls.server_context()) as server:
+            app = App()
+            layer, waiter = new_layer(foreign_client.client_context(), False, app)
+            await asyncio.get_running_loop().create_connection(lambda: layer, "127.0.0.1", server.port)
+            with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
+                await asyncio.wait_for(waiter, WAIT)
+            _, server_app, server_waiter = await server.accepted(0)
+            with pytest.raises(ssl.SSLError, match="alert unknown ca"):
+                await asyncio.wait_for(server_waiter, WAIT)
+            assert app.events == [] and server_app.events == []
+
+    kit.run(main(), 20)
+
+
+def test_a_session_from_one_connection_resumes_the_next(kit: Any, identities: Any) -> None:
+    """The session ticket the client layer read after its first exchange resumes a second connection
+    (new_ssl_object(..., session)): both sides see it reused, and data crosses."""
+    client_tls, server_tls = identities
+
+    async def main() -> None:
+        async with LayerServer(server_tls.server_context(), bytes.upper) as server:
+            first, first_app = await layer_client(client_tls.client_context(), server.port)
+            first.write(b"one")
+            await first_app.until(lambda: len(first_app.data) == 3)
+            session = first.get_extra_info("ssl_object").session
+            first.close()
+            layer, app = await layer_client(client_tls.client_context(), server.port, session)
+            second, _ = await server.side(1)
+            assert layer.get_extra_info("ssl_object").session_reused
+            assert second.get_extra_info("ssl_object").session_reused
+            layer.write(b"two")
+            await app.until(lambda: len(app.data) == 3)
+            assert bytes(app.data) == b"TWO"
+            layer.close()
 
     kit.run(main(), 20)

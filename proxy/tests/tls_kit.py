@@ -19,11 +19,11 @@ from proxy.tests.test_mutual_tls import CLIENT_ID, SERVER_ID, write_identity
 WAIT = 5.0  # seconds any single step may take
 
 
-def workload_identities(base: Path) -> tuple[WorkloadTls, WorkloadTls]:
-    """(client, server) workload certificates of one mesh root, written under ``base`` in the agent's
+def workload_identities(base: Path, root_name: str = "tls test root") -> tuple[WorkloadTls, WorkloadTls]:
+    """(client, server) workload certificates of a new mesh root, written under ``base`` in the agent's
     layout and loaded as the proxy loads them (the client offers http/1.1 unless asked otherwise)."""
     pki = Pki()
-    root, root_key = pki.root("tls test root")
+    root, root_key = pki.root(root_name)
     client = write_identity(pki, base / "client", root, root_key, CLIENT_ID)
     server = write_identity(pki, base / "server", root, root_key, SERVER_ID)
     return WorkloadTls(str(client)), WorkloadTls(str(server))
@@ -82,11 +82,11 @@ class App(asyncio.Protocol):
         return merged
 
 
-def new_layer(context: ssl.SSLContext, server_side: bool, app: App,
-              timeout: float = WAIT) -> tuple[TlsLayer, asyncio.Future[None]]:
+def new_layer(context: ssl.SSLContext, server_side: bool, app: App, timeout: float = WAIT,
+              session: ssl.SSLSession | None = None) -> tuple[TlsLayer, asyncio.Future[None]]:
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-    return TlsLayer(loop, new_ssl_object(context, server_side), app, waiter, timeout), waiter
+    return TlsLayer(loop, new_ssl_object(context, server_side, session), app, waiter, timeout), waiter
 
 
 class LayerServer:
@@ -116,20 +116,25 @@ class LayerServer:
         self.sides.append((layer, app, waiter))
         return layer
 
-    async def side(self, index: int) -> tuple[TlsLayer, App]:
-        """The layer and app of the index-th connection, once its handshake is done."""
+    async def accepted(self, index: int) -> tuple[TlsLayer, App, asyncio.Future[None]]:
+        """The layer, app and handshake waiter of the index-th connection, once it is accepted."""
         async with asyncio.timeout(WAIT):
             while len(self.sides) <= index:
                 await asyncio.sleep(0.005)
-        layer, app, waiter = self.sides[index]
+        return self.sides[index]
+
+    async def side(self, index: int) -> tuple[TlsLayer, App]:
+        """The layer and app of the index-th connection, once its handshake is done."""
+        layer, app, waiter = await self.accepted(index)
         await asyncio.wait_for(waiter, WAIT)
         return layer, app
 
 
-async def layer_client(context: ssl.SSLContext, port: int, timeout: float = WAIT) -> tuple[TlsLayer, App]:
-    """A client-side TlsLayer connected to ``port``, its handshake done."""
+async def layer_client(context: ssl.SSLContext, port: int,
+                       session: ssl.SSLSession | None = None) -> tuple[TlsLayer, App]:
+    """A client-side TlsLayer connected to ``port`` (resuming ``session``), its handshake done."""
     app = App()
-    layer, waiter = new_layer(context, False, app, timeout)
+    layer, waiter = new_layer(context, False, app, session=session)
     await asyncio.get_running_loop().create_connection(lambda: layer, "127.0.0.1", port)
     await asyncio.wait_for(waiter, WAIT)
     return layer, app
