@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from meshbox.proxy.tls_layer import new_ssl_object
 from meshbox.proxy.workload_tls import WorkloadTls
 from proxy.tests.test_mutual_tls import CLIENT_ID, SERVER_ID
 from proxy.tests.tls_kit import (
     WAIT,
     App,
     LayerServer,
+    MemoryEnd,
     layer_client,
     new_layer,
     recv_exactly,
@@ -229,10 +229,10 @@ def test_the_client_closing_during_the_handshake_fails_the_server(kit: Any, iden
     """A client that sends half a real ClientHello and closes (FIN) or aborts (RST): the server's waiter
     gets ConnectionResetError (an OSError for the RST) at once, and its app is never connected."""
     client_tls, server_tls = identities
-    hello_maker = new_ssl_object(client_tls.client_context(), False)
+    hello_maker = MemoryEnd(client_tls.client_context())
     with pytest.raises(ssl.SSLWantReadError):
-        hello_maker.do_handshake()
-    hello = hello_maker.outgoing.read()  # type: ignore[attr-defined]
+        hello_maker.ssl_object.do_handshake()
+    hello = hello_maker.outgoing.read()
 
     async def main() -> None:
         async with LayerServer(server_tls.server_context(), timeout=60) as server:
@@ -257,8 +257,8 @@ def test_garbage_after_the_handshake_fails_that_connection_only(kit: Any, identi
 
     async def main() -> None:
         async with LayerServer(server_tls.server_context(), bytes.upper) as server:
-            spoiled = await asyncio.to_thread(stdlib_client, client_tls.client_context(), server.port)
-            healthy = await asyncio.to_thread(stdlib_client, client_tls.client_context(), server.port)
+            spoiled = await asyncio.to_thread(stdlib_client, stdlib_context(client_tls, server_side=False), server.port)
+            healthy = await asyncio.to_thread(stdlib_client, stdlib_context(client_tls, server_side=False), server.port)
             try:
                 _, spoiled_app = await server.side(0)
                 await server.side(1)
@@ -285,7 +285,8 @@ def test_writing_to_a_peer_that_does_not_read_pauses_the_app(kit: Any, identitie
 
     async def main() -> None:
         async with LayerServer(server_tls.server_context()) as server:
-            tls = await asyncio.to_thread(stdlib_client, client_tls.client_context(), server.port, 65536)
+            context = stdlib_context(client_tls, server_side=False)
+            tls = await asyncio.to_thread(stdlib_client, context, server.port, 65536)
             try:
                 layer, app = await server.side(0)
                 layer.set_write_buffer_limits(high=256 << 10)
@@ -335,21 +336,21 @@ def test_data_in_the_flight_that_ends_the_handshake_is_delivered(kit: Any, ident
         async with LayerServer(server_tls.server_context()) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             try:
-                client = new_ssl_object(client_tls.client_context(), False)
+                client = MemoryEnd(client_tls.client_context())
                 with pytest.raises(ssl.SSLWantReadError):
-                    client.do_handshake()
-                writer.write(client.outgoing.read())  # type: ignore[attr-defined]
+                    client.ssl_object.do_handshake()
+                writer.write(client.outgoing.read())
                 while True:
                     flight = await asyncio.wait_for(reader.read(65536), WAIT)
                     assert flight, "the server closed during the handshake"
-                    client.incoming.write(flight)  # type: ignore[attr-defined]
+                    client.incoming.write(flight)
                     try:
-                        client.do_handshake()
+                        client.ssl_object.do_handshake()
                         break
                     except ssl.SSLWantReadError:
                         continue
-                client.write(b"in the same flight")
-                writer.write(client.outgoing.read())  # type: ignore[attr-defined]
+                client.ssl_object.write(b"in the same flight")
+                writer.write(client.outgoing.read())
                 _, app = await server.side(0)
                 await app.until(lambda: len(app.data) == 18)
                 assert bytes(app.data) == b"in the same flight"
@@ -383,7 +384,7 @@ def test_a_foreign_certificate_fails_both_handshakes_with_the_alert_sent(kit: An
 
 def test_a_session_from_one_connection_resumes_the_next(kit: Any, identities: Any) -> None:
     """The session ticket the client layer read after its first exchange resumes a second connection
-    (new_ssl_object(..., session)): both sides see it reused, and data crosses."""
+    (TlsLayer(..., session)): both sides see it reused, and data crosses."""
     client_tls, server_tls = identities
 
     async def main() -> None:

@@ -4,6 +4,7 @@ that records every call, a server of layers, and blocking stdlib (plain OpenSSL)
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import socket
 import ssl
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Pki  # type: ignore[import-not-found]
-from meshbox.proxy.tls_layer import TlsLayer, new_ssl_object
+from meshbox.proxy.alpn import H2, HTTP11, SERVER_PROTOCOLS
+from meshbox.proxy.tls_layer import TlsLayer
 from meshbox.proxy.workload_tls import WorkloadTls
 from proxy.tests.test_mutual_tls import CLIENT_ID, SERVER_ID, write_identity
 
@@ -82,11 +84,20 @@ class App(asyncio.Protocol):
         return merged
 
 
-def new_layer(context: ssl.SSLContext, server_side: bool, app: App, timeout: float = WAIT,
-              session: ssl.SSLSession | None = None) -> tuple[TlsLayer, asyncio.Future[None]]:
+def new_layer(context: Any, server_side: bool, app: App, timeout: float = WAIT,
+              session: Any = None) -> tuple[TlsLayer, asyncio.Future[None]]:
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-    return TlsLayer(loop, new_ssl_object(context, server_side, session), app, waiter, timeout), waiter
+    return TlsLayer(loop, context, server_side, app, waiter, timeout, session), waiter
+
+
+class MemoryEnd:
+    """A client SSL object of ``context`` on memory BIOs, driven by the test itself (a peer that does
+    what no library client does: stop half-way, coalesce records)."""
+
+    def __init__(self, context: Any) -> None:
+        self.incoming, self.outgoing = _ssl.MemoryBIO(), _ssl.MemoryBIO()
+        self.ssl_object = context._wrap_bio(self.incoming, self.outgoing, False, None)
 
 
 class LayerServer:
@@ -141,10 +152,17 @@ async def layer_client(context: ssl.SSLContext, port: int,
 
 
 def stdlib_context(identity: WorkloadTls, server_side: bool, http2: bool = False) -> ssl.SSLContext:
-    """A fresh context of ``identity``'s certificate for a stdlib peer, which reports a TCP EOF without
-    close_notify as an error: CPython sets OP_IGNORE_UNEXPECTED_EOF by default, which hides it."""
-    own = WorkloadTls(identity.cert_dir)
-    context = own.server_context() if server_side else own.client_context(http2=http2)
+    """A context of the ssl module with ``identity``'s certificate, set as the proxy sets its own, for a
+    stdlib peer, which reports a TCP EOF without close_notify as an error: CPython sets
+    OP_IGNORE_UNEXPECTED_EOF by default, which hides it."""
+    directory = Path(identity.cert_dir) / "current"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = False
+    context.load_verify_locations(cafile=directory / "root-cert.pem")
+    context.load_cert_chain(directory / "cert-chain.pem", directory / "key.pem")
+    context.set_alpn_protocols(list(SERVER_PROTOCOLS) if server_side else [H2 if http2 else HTTP11])
     context.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
     return context
 

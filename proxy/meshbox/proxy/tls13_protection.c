@@ -154,18 +154,29 @@ tls13_seal(tls13_direction *d, unsigned char type, const unsigned char *in, size
 }
 
 const char *
+tls13_check_header(const unsigned char *header)
+{
+    /* Checked in OpenSSL's order, so the same bytes are refused in the same words. */
+    if (header[1] != 3 || header[2] != 3)
+        return "wrong version number";
+    if (header[0] != TLS13_APPLICATION_DATA)
+        return header[0] == TLS13_ALERT ? "unencrypted alert after the handshake" : "unexpected record type";
+    size_t body = ((size_t)header[3] << 8) | header[4];
+    if (body > TLS13_MAX_CIPHERTEXT)
+        return "record overflow";
+    if (body < 1 + TLS13_TAG)
+        return "record too short";
+    return NULL;
+}
+
+const char *
 tls13_open(tls13_direction *d, const unsigned char *record, size_t record_len, unsigned char *out,
            size_t *content_len, unsigned char *type)
 {
-    if (record[0] != TLS13_APPLICATION_DATA)
-        return record[0] == TLS13_ALERT ? "unencrypted alert after the handshake" : "unexpected record type";
-    if (record[1] != 3 || record[2] != 3)
-        return "wrong version number";
+    const char *wrong = tls13_check_header(record);
+    if (wrong != NULL)
+        return wrong;
     size_t body = record_len - TLS13_HEADER;
-    if (body < 1 + TLS13_TAG)
-        return "record too short";
-    if (body > TLS13_MAX_CIPHERTEXT)
-        return "record overflow";
     if (d->seq == UINT64_MAX)
         return "sequence number exhausted";
     unsigned char nonce[TLS13_IV];

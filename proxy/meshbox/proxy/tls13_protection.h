@@ -49,6 +49,10 @@ size_t tls13_sealed_size(size_t len);
  * success. */
 int tls13_seal(tls13_direction *d, unsigned char type, const unsigned char *in, size_t len, unsigned char *out);
 
+/* Why the 5-byte record header at ``header`` cannot start a protected record, or NULL when it can: read
+ * before the rest of the record arrives, as OpenSSL does. */
+const char *tls13_check_header(const unsigned char *header);
+
 /* Open the whole record at ``record`` (header included) into ``out`` (room for the record's length): its
  * content is the first *content_len bytes there, of *type. NULL on success, else the reason it failed. */
 const char *tls13_open(tls13_direction *d, const unsigned char *record, size_t record_len, unsigned char *out,

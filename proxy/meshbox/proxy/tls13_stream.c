@@ -135,10 +135,8 @@ tls13_stream_read(Records *r, const unsigned char *data, size_t len)
     while (error == NULL && !closed && src_len - off >= TLS13_HEADER) {
         const unsigned char *record = src + off;
         size_t body = ((size_t)record[3] << 8) | record[4];
-        if (body > TLS13_MAX_CIPHERTEXT) {
-            error = "record overflow";
+        if ((error = tls13_check_header(record)) != NULL)
             break;
-        }
         if (src_len - off < TLS13_HEADER + body)
             break;
         size_t content_len = 0;
