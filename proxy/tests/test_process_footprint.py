@@ -155,7 +155,7 @@ def test_tls_use_under_the_stand_in_is_a_clear_error() -> None:
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    assert "refused: meshbox-proxy runs without TLS" in result.stdout
+    assert "refused: meshbox-proxy does TLS through its own layer only" in result.stdout
 
 
 def test_stand_in_is_not_installed_once_asyncio_is_loaded() -> None:

@@ -1,10 +1,12 @@
-"""A stand-in for the ``ssl`` module, so the proxy process never loads OpenSSL.
+"""A stand-in for the ``ssl`` module, so the proxy process never loads ``ssl.py``, nor OpenSSL without a
+workload certificate.
 
-The proxy speaks no TLS, yet uvloop imports ``ssl`` at start-up (and keeps a dozen of its names): that
-maps libssl and libcrypto and costs about
-4.7 MB of resident memory, a fifth of the proxy's budget. Installed before anything imports asyncio,
-this module takes the name ``ssl``: its exception classes and constants are real enough for those
-imports, and anything that would actually do TLS raises :class:`TlsUnavailable` naming the cause.
+uvloop imports ``ssl`` at start-up (and keeps a dozen of its names): that maps libssl and libcrypto and
+costs about 4.7 MB of resident memory, a fifth of the proxy's budget. The proxy's own TLS layer
+(tls_layer, with a certificate) needs only CPython's ``_ssl``, not ``ssl.py``'s enums and helpers. So
+in every proxy process, installed before anything imports asyncio, this module takes the name ``ssl``:
+its exception classes and constants are real enough for those imports, and anything that would do TLS
+through it raises :class:`TlsUnavailable` naming the cause.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 import types
 from typing import Any
 
-_WHY = "meshbox-proxy runs without TLS (the ssl module is a stand-in, see meshbox/proxy/tls_stand_in.py)"
+_WHY = ("meshbox-proxy does TLS through its own layer only (the ssl module is a stand-in, see "
+        "meshbox/proxy/tls_stand_in.py)")
 
 
 class TlsUnavailable(RuntimeError):
