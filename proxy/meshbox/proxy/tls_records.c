@@ -360,19 +360,28 @@ PyDoc_STRVAR(read_records_doc,
 "record is still partial). Raises TlsClosed(plaintext) on the peer's close_notify and\n"
 "TlsFailed(reason, plaintext) on a record that fails, ``plaintext`` being what came before it.");
 
+typedef PyObject *(*own_path)(Records *, const unsigned char *, size_t);
+typedef PyObject *(*openssl_path)(SSL *, const void *, size_t);
+
+/* ``name(handle, data)``: ``data`` through the connection's record path, own or OpenSSL's. */
 static PyObject *
-read_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+move_records(const char *name, PyObject *const *args, Py_ssize_t nargs, own_path own, openssl_path openssl)
 {
     Records *r;
     Py_buffer view;
     if (nargs != 2)
-        return PyErr_Format(PyExc_TypeError, "read_records(handle, data) takes 2 arguments");
+        return PyErr_Format(PyExc_TypeError, "%s(handle, data) takes 2 arguments", name);
     if ((r = records(args[0])) == NULL || PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    PyObject *result = r->own ? tls13_stream_read(r, view.buf, (size_t)view.len)
-                              : openssl_read(r->ssl, view.buf, (size_t)view.len);
+    PyObject *result = r->own ? own(r, view.buf, (size_t)view.len) : openssl(r->ssl, view.buf, (size_t)view.len);
     PyBuffer_Release(&view);
     return result;
+}
+
+static PyObject *
+read_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return move_records("read_records", args, nargs, tls13_stream_read, openssl_read);
 }
 
 PyDoc_STRVAR(write_records_doc,
@@ -384,16 +393,7 @@ PyDoc_STRVAR(write_records_doc,
 static PyObject *
 write_records(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Records *r;
-    Py_buffer view;
-    if (nargs != 2)
-        return PyErr_Format(PyExc_TypeError, "write_records(handle, data) takes 2 arguments");
-    if ((r = records(args[0])) == NULL || PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
-        return NULL;
-    PyObject *result = r->own ? tls13_stream_write(r, view.buf, (size_t)view.len)
-                              : openssl_write(r->ssl, view.buf, (size_t)view.len);
-    PyBuffer_Release(&view);
-    return result;
+    return move_records("write_records", args, nargs, tls13_stream_write, openssl_write);
 }
 
 PyDoc_STRVAR(shutdown_records_doc,
