@@ -4,7 +4,7 @@
 # so unprivileged users can still run the tests that do not need these tools.
 set -euo pipefail
 
-packages=(python3 python3-venv python3-dev gcc libc6-dev iptables iproute2 curl procps util-linux nginx-light nghttp2-client wrk podman runc debootstrap shellcheck prometheus socat chromium chromium-driver tcpdump)
+packages=(python3 python3-venv python3-dev gcc libc6-dev libssl-dev iptables iproute2 curl procps util-linux nginx-light nghttp2-client wrk podman runc debootstrap shellcheck prometheus socat chromium chromium-driver tcpdump)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

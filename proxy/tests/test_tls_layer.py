@@ -249,10 +249,11 @@ def test_the_client_closing_during_the_handshake_fails_the_server(kit: Any, iden
     kit.run(main(), 20)
 
 
-def test_garbage_after_the_handshake_fails_that_connection_only(kit: Any, identities: Any) -> None:
+def test_garbage_after_the_handshake_fails_that_connection_only(kit: Any, identities: Any,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
     """Bytes that are no TLS record, written under a stdlib client's TLS after its handshake: that
-    connection's app gets connection_lost with "TLS record refused: <OpenSSL's reason>"; a second
-    connection open beside it goes on exchanging data."""
+    connection's app gets connection_lost with "TLS record refused: <reason>", stderr says so naming the
+    peer; a second connection open beside it goes on exchanging data."""
     client_tls, server_tls = identities
 
     async def main() -> None:
@@ -275,6 +276,8 @@ def test_garbage_after_the_handshake_fails_that_connection_only(kit: Any, identi
                 healthy.close()
 
     kit.run(main(), 20)
+    err = capfd.readouterr().err
+    assert "TLS connection with 127.0.0.1:" in err and "closed: record refused: wrong version number" in err
 
 
 def test_writing_to_a_peer_that_does_not_read_pauses_the_app(kit: Any, identities: Any) -> None:

@@ -3,15 +3,17 @@
 The proxy's own TLS layer, in place of the event loop's (uvloop's SSLProtocol): the handshake runs on
 CPython's C SSL object (``_ssl``, what ssl.SSLObject wraps) over memory BIOs, so OpenSSL does the
 certificate work, and once it is done every record goes through tls_records, one call per read and per
-write (why: docs/security.md, "mutual TLS cost"). ``get_extra_info("ssl_object")`` is that C object: it
+write (why: docs/security.md, "Benchmark"). ``get_extra_info("ssl_object")`` is that C object: it
 answers ``getpeercert()``, ``version()``, ``selected_alpn_protocol()``, ``session`` and
 ``session_reused`` as an ssl.SSLObject does. Application data is handed up as it is decrypted and written
 down as it is encrypted: no buffer of its own, so flow control is the TCP transport's, passed through
 both ways.
 
-Semantics follow asyncio's TLS transports: the protocol above is connected when the handshake is done
-(``waiter`` gets the result, or the handshake's exception); an EOF or the peer's close_notify reaches it
-as ``eof_received`` and then the connection closes (TLS has no half-close, so ``can_write_eof`` is
+A record that fails after the handshake (tampered, forged, not TLS) closes that connection only, with
+a stderr line naming the peer and OpenSSL's or the record layer's reason. Semantics follow asyncio's
+TLS transports: the protocol above is connected when the handshake is done (``waiter`` gets the
+result, or the handshake's exception); an EOF or the peer's close_notify reaches it as
+``eof_received`` and then the connection closes (TLS has no half-close, so ``can_write_eof`` is
 False); ``close`` sends close_notify, then closes the TCP connection once its buffer is written.
 
 Imported only by a proxy that has a workload certificate: it loads OpenSSL.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -102,6 +105,10 @@ class TlsLayer(asyncio.Protocol):
                 self._ended(end.args[0], None)
                 return
             except TlsFailed as failed:
+                peer = self.raw.get_extra_info("peername")
+                where = f"{peer[0]}:{peer[1]}" if peer else "-"
+                print(f"meshbox-proxy: TLS connection with {where} closed: record refused: {failed.args[0]}",
+                      file=sys.stderr, flush=True)
                 self._ended(failed.args[1], ConnectionAbortedError(f"TLS record refused: {failed.args[0]}"))
                 return
             if plaintext:
