@@ -33,6 +33,7 @@ from typing import Any
 from discovery_agents import ROUTE, Agent, connect
 from proc_sampler import tree_cpu_seconds, tree_rss_bytes
 from ruamel.yaml import YAML
+from server_processes import stop_process
 
 AGENTS = int(os.environ.get("MESHBOX_BENCH_DISCOVERY_AGENTS", "1000"))
 ROUNDS = int(os.environ.get("MESHBOX_BENCH_DISCOVERY_ROUNDS", "3"))
@@ -146,12 +147,7 @@ def rows() -> list[dict[str, Any]]:
         try:
             r = asyncio.run(_measure(target, proc.pid, rule_file))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     n = AGENTS
     base = r["baseline"]
     rss_all_mb, rss_one_mb = r["rss_all"] / 2**20, r["rss_one"] / 2**20

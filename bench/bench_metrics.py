@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from server_processes import stop_process
+
 CLUSTERS = int(os.environ.get("MESHBOX_BENCH_METRICS_CLUSTERS", "1000"))
 SCRAPES = int(os.environ.get("MESHBOX_BENCH_METRICS_SCRAPES", "20"))
 TARGET_MS = 50.0
@@ -120,12 +122,7 @@ def _scrape_ms(clusters: int, backend: int, tmp: Path) -> tuple[float, int]:
             size = len(body)
         return statistics.median(times), size
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
 
 
 def rows() -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from discovery_agents import ROUTE, Agent, connect
+from server_processes import stop_process
 
 RULES = int(os.environ.get("MESHBOX_BENCH_TRAFFIC_RULES", "1000"))
 AGENTS = int(os.environ.get("MESHBOX_BENCH_TRAFFIC_AGENTS", "100"))
@@ -148,12 +149,7 @@ def _measure(make_docs: Callable[[int, int], list[dict[str, Any]]]) -> float:
 
             return statistics.median(asyncio.run(rounds()))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def rows() -> list[dict[str, Any]]:
