@@ -77,6 +77,8 @@ def test_grpc_between_two_sidecars_negotiates_h2(kit: Any, proxy_cli: Any, tmp_p
     # Both calls on one upstream connection, which negotiated h2.
     assert client["upstream_cx_alpn_h2"] == 1 and "upstream_cx_alpn_http11" not in client, client
     assert server["downstream_cx_alpn_h2"] == 1 and "downstream_cx_alpn_http11" not in server, server
+    # Its records went through the proxy's own TLS 1.3 record layer on both sides.
+    assert client["upstream_cx_tls_own_records"] == 1 and server["downstream_cx_tls_own_records"] == 1
     assert server_log.count(f"200 - peer={CLIENT_ID} tls=TLSv1.3") == 2, server_log
     assert client_log.count(f"200 - peer=- tls=- up={SERVER_ID} fail=-") == 2, client_log
 

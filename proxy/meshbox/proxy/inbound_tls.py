@@ -175,6 +175,8 @@ class InboundGate(asyncio.Protocol):
     def tls_established(self, tls_transport: asyncio.Transport) -> None:
         stats = self.ctx.stats
         stats.incr("ssl_handshake")
+        if getattr(tls_transport, "own_records", False):
+            stats.incr("downstream_cx_tls_own_records")
         alpn_counter = counter("downstream", selected(tls_transport))
         if alpn_counter is not None:
             stats.incr(alpn_counter)

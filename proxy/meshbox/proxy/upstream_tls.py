@@ -84,6 +84,8 @@ async def open_upstream(ctx: ProxyContext, factory: Callable[[], P], cluster: Cl
         host.tls_last = (context, ssl_object)
         if ssl_object.session_reused:
             ctx.stats.incr("upstream_ssl_session_reused")
+        if getattr(transport, "own_records", False):
+            ctx.stats.incr("upstream_cx_tls_own_records")
         alpn_counter = counter("upstream", selected(transport))
         if alpn_counter is not None:
             ctx.stats.incr(alpn_counter)
